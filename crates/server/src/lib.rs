@@ -1,1 +1,6 @@
+//! The hedgewitch daemon: configuration, the sans-IO protocol core, the store, and the
+//! runtime that connects them to sockets and the control channel.
 
+pub mod config;
+pub mod core;
+pub mod store;

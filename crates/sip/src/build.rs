@@ -68,9 +68,16 @@ pub fn via_with_received(msg: &Message, source: SocketAddr) -> Option<String> {
     // Rebuild the params without an empty rport and without a stale received.
     let head_len = via.raw.len() - via.params.len();
     out.push_str(&via.raw[..head_len]);
-    for p in via.params.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+    for p in via
+        .params
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let name = p.split('=').next().unwrap_or("").trim();
-        if name.eq_ignore_ascii_case("received") || (wants_rport && name.eq_ignore_ascii_case("rport")) {
+        if name.eq_ignore_ascii_case("received")
+            || (wants_rport && name.eq_ignore_ascii_case("rport"))
+        {
             continue;
         }
         out.push(';');
@@ -108,7 +115,9 @@ pub fn response_to(
                     if let Some(top) = source.and_then(|s| via_with_received(req, s)) {
                         // The rewritten first element replaces its original text; any further
                         // elements of the same header line are kept.
-                        let rest = req.top_via().map_or("", |v| &value[v.raw.len().min(value.len())..]);
+                        let rest = req
+                            .top_via()
+                            .map_or("", |v| &value[v.raw.len().min(value.len())..]);
                         w.header("Via", format_args!("{top}{rest}"));
                         continue;
                     }
@@ -152,7 +161,10 @@ Call-ID: x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     fn rport_and_received() {
         let m = req("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKa");
         let v = via_with_received(&m, "198.18.0.7:4000".parse().unwrap()).unwrap();
-        assert_eq!(v, "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=198.18.0.7;rport=4000");
+        assert_eq!(
+            v,
+            "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=198.18.0.7;rport=4000"
+        );
         let m = req("SIP/2.0/UDP 198.18.0.7:5060;branch=z9hG4bKa");
         let v = via_with_received(&m, "198.18.0.7:5060".parse().unwrap()).unwrap();
         assert_eq!(v, "SIP/2.0/UDP 198.18.0.7:5060;branch=z9hG4bKa");
@@ -160,9 +172,16 @@ Call-ID: x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 
     #[test]
     fn response_copies_the_right_headers() {
-        let m = req("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKa, SIP/2.0/TCP h2;branch=z9hG4bKb");
-        let r = response_to(&m, 200, "OK", Some("xyz"), Some("198.18.0.7:4000".parse().unwrap()))
-            .finish(None, b"");
+        let m =
+            req("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKa, SIP/2.0/TCP h2;branch=z9hG4bKb");
+        let r = response_to(
+            &m,
+            200,
+            "OK",
+            Some("xyz"),
+            Some("198.18.0.7:4000".parse().unwrap()),
+        )
+        .finish(None, b"");
         let r = Message::parse(r, true).unwrap();
         assert_eq!(r.status(), Some(200));
         assert_eq!(r.to().unwrap().tag(), Some("xyz"));

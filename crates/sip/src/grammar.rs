@@ -2,7 +2,7 @@
 //! (From, To, Contact, Route, Record-Route), Via, CSeq, and parameter lists. Each parser reads one
 //! element and returns the rest, so comma-separated lists split correctly around quotes and `<>`.
 
-use crate::uri::{parse_hostport, param_in, Host, Uri, UriError};
+use crate::uri::{param_in, parse_hostport, Host, Uri, UriError};
 use std::borrow::Cow;
 
 /// Why a header value was refused; becomes a 400 with this text as reason.
@@ -156,7 +156,7 @@ impl<'a> NameAddr<'a> {
             // Unquoted display name: only tokens and spaces may come before `<` (RFC 4475
             // lwsdisp allows no space before `<`; baddn has a comma, which is refused).
             let words = &rest[..lt];
-            let before_comma = rest.find(',').map_or(true, |c| c > lt);
+            let before_comma = rest.find(',').is_none_or(|c| c > lt);
             if before_comma {
                 if !words.bytes().all(|c| is_token_char(c) || is_ws(c)) {
                     return Err(GrammarError("bad display name"));
@@ -175,9 +175,7 @@ impl<'a> NameAddr<'a> {
         } else {
             // addr-spec: the URI ends at `;` (header params), `,` or white space. RFC 3261 §20:
             // a URI with `,`, `;` or `?` must be in brackets (RFC 4475 regbadct).
-            let end = rest
-                .find(|c: char| c == ';' || c == ',' || c == ' ' || c == '\t')
-                .unwrap_or(rest.len());
+            let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
             let text = &rest[..end];
             if text.contains('?') {
                 return Err(GrammarError("URI with headers needs <>"));
@@ -296,9 +294,7 @@ impl<'a> Via<'a> {
         if parts[1] != "2.0" {
             return Err(GrammarError("Via version is not 2.0"));
         }
-        let end = rest
-            .find(|c: char| c == ';' || c == ',' || c == ' ' || c == '\t')
-            .unwrap_or(rest.len());
+        let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
         let sent_by = &rest[..end];
         let (host, port) = parse_hostport(sent_by)?;
         let (params, tail) = params(&rest[end..])?;
@@ -376,7 +372,11 @@ pub fn parse_bounded(s: &str, max: u64) -> Option<u64> {
     if digits.len() > 19 {
         return None;
     }
-    let n: u64 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let n: u64 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     (n <= max).then_some(n)
 }
 

@@ -1,1 +1,13 @@
+//! The SIP protocol for hedgewitch, without I/O: messages, URIs, digest authentication and the
+//! RFC 3261 transaction state machines. Nothing here touches a socket, a clock or a thread:
+//! callers pass bytes and the current time in and carry the returned actions out.
+
+pub mod build;
+pub mod digest;
+pub mod grammar;
+pub mod header;
 pub mod message;
+pub mod transaction;
+pub mod uri;
+
+pub use bytes::Bytes;

@@ -107,8 +107,17 @@ impl Method {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: Method, method_span: Span, uri: Span },
-    Response { code: u16, reason: Span },
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+        /// False for `SIP/x.y` other than 2.0: `validate_request` answers 505.
+        version_ok: bool,
+    },
+    Response {
+        code: u16,
+        reason: Span,
+    },
 }
 
 /// One header line: classified name, the name as written, and the trimmed value.
@@ -150,7 +159,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Finds the message boundary on a stream transport (RFC 3261 §18.3: Content-Length is
 /// mandatory there; without it the body is taken as empty).
 pub fn frame(buf: &[u8]) -> Framing {
-    let lead = buf.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
+    let lead = buf
+        .iter()
+        .take_while(|&&c| c == b'\r' || c == b'\n')
+        .count();
     if lead > 0 {
         if lead == buf.len() && lead < 4 {
             return Framing::Incomplete;
@@ -205,13 +217,26 @@ impl Message {
     /// Parses one message. `datagram` is true for UDP, where the body runs to the end of the
     /// datagram and bytes past Content-Length are discarded (RFC 3261 §18.3).
     pub fn parse(buf: Bytes, datagram: bool) -> Result<Message, ParseError> {
+        Self::parse_inner(buf, datagram, true)
+    }
+
+    /// Parses the head only, ignoring Content-Length, so that a request whose body cannot be
+    /// framed (RFC 4475 clerr, ncl) can still be answered with a 400.
+    pub fn parse_head(buf: Bytes) -> Result<Message, ParseError> {
+        Self::parse_inner(buf, true, false)
+    }
+
+    fn parse_inner(buf: Bytes, datagram: bool, frame_body: bool) -> Result<Message, ParseError> {
         if buf.len() > MAX_MESSAGE {
             return Err(ParseError {
                 status: 513,
                 reason: "Message Too Large",
             });
         }
-        let lead = buf.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
+        let lead = buf
+            .iter()
+            .take_while(|&&c| c == b'\r' || c == b'\n')
+            .count();
         let head_end = find(&buf[lead..], b"\r\n\r\n")
             .map(|i| i + lead)
             .ok_or(ParseError::bad("no end of header section"))?;
@@ -223,8 +248,7 @@ impl Message {
             let mut copy = buf.to_vec();
             let mut i = lead;
             while i + 2 < head_end + 2 {
-                if copy[i] == b'\r' && copy[i + 1] == b'\n' && matches!(copy[i + 2], b' ' | b'\t')
-                {
+                if copy[i] == b'\r' && copy[i + 1] == b'\n' && matches!(copy[i + 2], b' ' | b'\t') {
                     copy[i] = b' ';
                     copy[i + 1] = b' ';
                 }
@@ -245,7 +269,8 @@ impl Message {
         while pos < head_end {
             let end = find(&head[pos..], b"\r\n").map_or(head_end, |i| i + pos);
             let line = &head[pos..end];
-            let colon = memchr::memchr(b':', line).ok_or(ParseError::bad("header line without colon"))?;
+            let colon =
+                memchr::memchr(b':', line).ok_or(ParseError::bad("header line without colon"))?;
             let mut name_end = colon;
             while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
                 name_end -= 1;
@@ -282,6 +307,9 @@ impl Message {
             headers,
             body: Span::new(body_start, body_start),
         };
+        if !frame_body {
+            return Ok(msg);
+        }
         let available = msg.buf.len() - body_start;
         let declared = msg.content_length()?;
         let body_len = match (declared, datagram) {
@@ -388,7 +416,9 @@ impl Message {
     pub fn other_value(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|h| h.name == HeaderName::Other && self.text(h.name_span).eq_ignore_ascii_case(name))
+            .find(|h| {
+                h.name == HeaderName::Other && self.text(h.name_span).eq_ignore_ascii_case(name)
+            })
             .map(|h| self.text(h.value))
     }
 
@@ -433,8 +463,22 @@ impl Message {
     /// status to answer with.
     pub fn validate_request(&self) -> Result<(), ParseError> {
         let method = self.method_str();
+        if let StartLine::Request {
+            version_ok: false, ..
+        } = self.start
+        {
+            return Err(ParseError {
+                status: 505,
+                reason: "Version Not Supported",
+            });
+        }
         self.check_singletons()?;
-        for h in [HeaderName::To, HeaderName::From, HeaderName::CallId, HeaderName::CSeq] {
+        for h in [
+            HeaderName::To,
+            HeaderName::From,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ] {
             if self.value(h).is_none() {
                 return Err(ParseError::bad(match h {
                     HeaderName::To => "missing To",
@@ -459,7 +503,10 @@ impl Message {
         if let Some(mf) = self.value(HeaderName::MaxForwards) {
             grammar::parse_bounded(mf, 255).ok_or(ParseError::bad("bad Max-Forwards"))?;
         }
-        if self.value(HeaderName::CallId).is_some_and(|c| c.is_empty() || c.contains([' ', '\t'])) {
+        if self
+            .value(HeaderName::CallId)
+            .is_some_and(|c| c.is_empty() || c.contains([' ', '\t']))
+        {
             return Err(ParseError::bad("bad Call-ID"));
         }
         NameAddr::parse_single(self.value(HeaderName::To).unwrap_or(""))?;
@@ -533,7 +580,9 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
         if second.len() != 3 || !second.iter().all(u8::is_ascii_digit) {
             return Err(ParseError::bad("bad status code"));
         }
-        let code = (second[0] - b'0') as u16 * 100 + (second[1] - b'0') as u16 * 10 + (second[2] - b'0') as u16;
+        let code = (second[0] - b'0') as u16 * 100
+            + (second[1] - b'0') as u16 * 10
+            + (second[2] - b'0') as u16;
         if !(100..700).contains(&code) {
             return Err(ParseError::bad("status code out of range"));
         }
@@ -549,13 +598,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
     if second.is_empty() || third.contains(&b' ') {
         return Err(ParseError::bad("bad request line"));
     }
-    if !is_version(third) {
-        if looks_like_version(third) && !third.contains(&b' ') {
-            return Err(ParseError {
-                status: 505,
-                reason: "Version Not Supported",
-            });
-        }
+    if !looks_like_version(third) {
         return Err(ParseError::bad("bad request line"));
     }
     let method_str = std::str::from_utf8(first).unwrap_or("");
@@ -564,6 +607,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
         method: Method::parse(method_str),
         method_span: Span::new(start, start + first.len()),
         uri: Span::new(us, us + second.len()),
+        version_ok: is_version(third),
     })
 }
 
@@ -612,7 +656,13 @@ f: <sip:c@d>\r\n ;tag=1\r\ni: x\r\nCSeq: 1\r\n\tOPTIONS\r\nl: 0\r\n\r\n";
         assert_eq!(frame(raw), Framing::Message(raw.len()));
         assert_eq!(frame(&raw[..raw.len() - 1]), Framing::Incomplete);
         assert_eq!(frame(&raw[..40]), Framing::Incomplete);
-        assert_eq!(frame(b"\r\n\r\nINV"), Framing::KeepAlive { consumed: 4, ping: true });
+        assert_eq!(
+            frame(b"\r\n\r\nINV"),
+            Framing::KeepAlive {
+                consumed: 4,
+                ping: true
+            }
+        );
         assert_eq!(frame(b"\r\n"), Framing::Incomplete);
         let bad = INVITE.replace("Content-Length: 4", "Content-Length: -4");
         assert!(matches!(frame(bad.as_bytes()), Framing::Broken(_)));
@@ -620,7 +670,8 @@ f: <sip:c@d>\r\n ;tag=1\r\ni: x\r\nCSeq: 1\r\n\tOPTIONS\r\nl: 0\r\n\r\n";
 
     #[test]
     fn responses() {
-        let raw = "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nTo: <sip:a@b>;tag=2\r\n\
+        let raw =
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nTo: <sip:a@b>;tag=2\r\n\
 From: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let m = Message::parse(Bytes::copy_from_slice(raw.as_bytes()), true).unwrap();
         assert_eq!(m.status(), Some(180));

@@ -145,13 +145,17 @@ pub fn unescape(s: &str) -> Cow<'_, str> {
 /// Parses a host (name, IPv4, or bracketed IPv6) and optional port from `hostport`.
 pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
     if let Some(rest) = s.strip_prefix('[') {
-        let close = rest.find(']').ok_or(UriError::Syntax("unclosed IPv6 reference"))?;
+        let close = rest
+            .find(']')
+            .ok_or(UriError::Syntax("unclosed IPv6 reference"))?;
         let ip = parse_ipv6(&rest[..close])?;
         let after = &rest[close + 1..];
         let port = match after {
             "" => None,
             _ => Some(parse_port(
-                after.strip_prefix(':').ok_or(UriError::Syntax("junk after IPv6 reference"))?,
+                after
+                    .strip_prefix(':')
+                    .ok_or(UriError::Syntax("junk after IPv6 reference"))?,
             )?),
         };
         return Ok((Host::Ip(IpAddr::V6(ip)), port));

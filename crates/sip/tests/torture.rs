@@ -128,7 +128,10 @@ fn sha256_hex(b: &[u8]) -> String {
 
 #[test]
 fn corpus_matches_its_checksums() {
-    for (sums, base) in [("SHA256SUMS.rfc4475", ""), ("rfc5118/SHA256SUMS", "rfc5118/")] {
+    for (sums, base) in [
+        ("SHA256SUMS.rfc4475", ""),
+        ("rfc5118/SHA256SUMS", "rfc5118/"),
+    ] {
         let text = String::from_utf8(read(sums)).unwrap();
         let mut n = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -182,14 +185,19 @@ fn semantics_of_accepted_messages() {
     // wsinv: three Vias, the unknown header kept as opaque text, leading zeros read.
     let m = parse("wsinv.sip");
     assert_eq!(m.vias().count(), 3);
-    assert_eq!(m.other_value("UnknownHeaderWithUnusualValue"), Some(";;,,;;,;"));
+    assert_eq!(
+        m.other_value("UnknownHeaderWithUnusualValue"),
+        Some(";;,,;;,;")
+    );
     assert_eq!(m.max_forwards(), Some(68));
     assert_eq!(m.cseq().unwrap().0, 9);
 
     // intmeth: an unknown method is not INVITE.
     let m = parse("intmeth.sip");
     assert_eq!(m.method(), Some(Method::Other));
-    assert!(m.method_str().starts_with("!interesting-Method0123456789_*+`.%indeed'~"));
+    assert!(m
+        .method_str()
+        .starts_with("!interesting-Method0123456789_*+`.%indeed'~"));
 
     // esc01: escapes decoded for comparison; the user is literally `sips:user@example.com`.
     let m = parse("esc01.sip");
@@ -211,7 +219,12 @@ fn semantics_of_accepted_messages() {
     // esc02: RE%47IST%45R is not REGISTER; C%6Fntact is not Contact.
     let m = parse("esc02.sip");
     assert_eq!(m.method(), Some(Method::Other));
-    assert_eq!(m.values(HeaderName::Contact).flat_map(name_addr_list).count(), 2);
+    assert_eq!(
+        m.values(HeaderName::Contact)
+            .flat_map(name_addr_list)
+            .count(),
+        2
+    );
 
     // dblreq: the body ends at Content-Length 0; the trailing INVITE is ignored.
     let m = parse("dblreq.sip");
@@ -245,16 +258,31 @@ fn semantics_of_accepted_messages() {
 
     // cparam01/02: where `;unknownparam` belongs.
     let m = parse("cparam01.sip");
-    let c = m.values(HeaderName::Contact).flat_map(name_addr_list).next().unwrap().unwrap();
+    let c = m
+        .values(HeaderName::Contact)
+        .flat_map(name_addr_list)
+        .next()
+        .unwrap()
+        .unwrap();
     assert_eq!(c.uri.params, "");
     assert!(c.param("unknownparam").is_some());
     let m = parse("cparam02.sip");
-    let c = m.values(HeaderName::Contact).flat_map(name_addr_list).next().unwrap().unwrap();
+    let c = m
+        .values(HeaderName::Contact)
+        .flat_map(name_addr_list)
+        .next()
+        .unwrap()
+        .unwrap();
     assert!(c.uri.param("unknownparam").is_some());
 
     // regescrt: the contact keeps its escaped ?Route header as part of the URI.
     let m = parse("regescrt.sip");
-    let c = m.values(HeaderName::Contact).flat_map(name_addr_list).next().unwrap().unwrap();
+    let c = m
+        .values(HeaderName::Contact)
+        .flat_map(name_addr_list)
+        .next()
+        .unwrap()
+        .unwrap();
     assert!(c.uri.headers.unwrap().starts_with("Route=%3Csip:"));
 
     // inv2543: no Content-Length over UDP, the body is the rest of the datagram.
@@ -266,7 +294,13 @@ fn semantics_of_accepted_messages() {
 
     // RFC 5118: bracketed and bare IPv6 in received, ambiguous port.
     let m = parse("rfc5118/wire/via-received-param-no-delim.sip");
-    assert!(m.top_via().unwrap().param("received").flatten().unwrap().contains("2001:db8"));
+    assert!(m
+        .top_via()
+        .unwrap()
+        .param("received")
+        .flatten()
+        .unwrap()
+        .contains("2001:db8"));
     let m = parse("rfc5118/wire/port-ambiguous.sip");
     assert_eq!(m.uri().unwrap().port, None);
 }
@@ -275,7 +309,13 @@ fn semantics_of_accepted_messages() {
 #[test]
 fn no_input_panics() {
     let mut files = vec![];
-    for dir in ["", "extra/", "variants/", "rfc5118/wire/", "rfc5118/archive/"] {
+    for dir in [
+        "",
+        "extra/",
+        "variants/",
+        "rfc5118/wire/",
+        "rfc5118/archive/",
+    ] {
         for e in std::fs::read_dir(data().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "sip") {

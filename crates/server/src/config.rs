@@ -1,0 +1,260 @@
+//! The TOML configuration: what the server listens on, which domain it serves, where it keeps
+//! its data. Every key has a default, so the server runs with no file at all; a bad file fails at
+//! start with toml's message, which names the key and the line.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// The token written in Via headers.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        if s.eq_ignore_ascii_case("udp") {
+            Some(Transport::Udp)
+        } else if s.eq_ignore_ascii_case("tcp") {
+            Some(Transport::Tcp)
+        } else {
+            None
+        }
+    }
+}
+
+/// One `listen` entry: `"udp:127.0.0.1:5060"`, `"tcp:[::1]:5060"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (t, addr) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not TRANSPORT:ADDRESS:PORT"))?;
+        let transport = Transport::parse(t)
+            .ok_or_else(|| format!("unknown transport `{t}` in `{s}` (udp or tcp)"))?;
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not ADDRESS:PORT (IPv6 goes in brackets)"))?;
+        Ok(Listen { transport, addr })
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The SIP domain served, also the digest realm. Default: the host name.
+    pub domain: String,
+    /// Where the SQLite store and the control socket live.
+    pub data_dir: PathBuf,
+    pub listen: Vec<Listen>,
+    /// Address written in Via and Record-Route when a listener is bound to a wildcard address.
+    pub advertise: Option<std::net::IpAddr>,
+    /// Log filter (tracing-subscriber syntax): `info`, `debug`, `hedgewitch_server=trace`.
+    pub log: String,
+    pub registrar: RegistrarConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    /// Expiry used when a REGISTER asks for none (seconds).
+    pub default_expires: u32,
+    /// Shorter requests get 423 Interval Too Brief (RFC 3261 §10.3 step 7).
+    pub min_expires: u32,
+    /// Longer requests are shortened to this.
+    pub max_expires: u32,
+    /// Contacts kept per user; the oldest goes when a new one would exceed it.
+    pub max_contacts: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Digest algorithms offered, most preferred first: "SHA-256", "MD5".
+    pub algorithms: Vec<String>,
+    /// How long a nonce stays valid (seconds) before the client is asked again with stale=true.
+    pub nonce_lifetime: u64,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 86400,
+            max_contacts: 10,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithms: vec!["SHA-256".into(), "MD5".into()],
+            nonce_lifetime: 300,
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `$XDG_DATA_HOME/hedgewitch`, else `~/.local/share/hedgewitch`, else `./hedgewitch-data`.
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("hedgewitch");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(h).join(".local/share/hedgewitch");
+    }
+    PathBuf::from("hedgewitch-data")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: host_name(),
+            data_dir: default_data_dir(),
+            listen: [
+                "udp:0.0.0.0:5060",
+                "tcp:0.0.0.0:5060",
+                "udp:[::]:5060",
+                "tcp:[::]:5060",
+            ]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+            advertise: None,
+            log: "info".into(),
+            registrar: RegistrarConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Reads the file, or the defaults when `path` is None.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+                Config::parse(&text).map_err(|e| format!("config {}: {e}", p.display()))
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.domain.is_empty() || sip::uri::parse_hostport(&self.domain).is_err() {
+            return Err(format!(
+                "key `domain`: `{}` is not a host name",
+                self.domain
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err("key `listen`: at least one address is needed".into());
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.max_expires || r.default_expires > r.max_expires {
+            return Err(
+                "table `registrar`: need min_expires <= default_expires <= max_expires".into(),
+            );
+        }
+        for a in &self.auth.algorithms {
+            if a.parse::<sip::digest::Algorithm>().is_err() {
+                return Err(format!(
+                    "key `auth.algorithms`: unknown algorithm `{a}` (SHA-256 or MD5)"
+                ));
+            }
+        }
+        if self.auth.algorithms.is_empty() {
+            return Err("key `auth.algorithms`: at least one algorithm is needed".into());
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("hedgewitch.db")
+    }
+
+    pub fn control_path(&self) -> PathBuf {
+        self.data_dir.join("control.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse(
+            "domain = \"example.test\"\nlisten = [\"udp:127.0.0.1:5070\", \"tcp:[::1]:5070\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.domain, "example.test");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.listen[1].transport, Transport::Tcp);
+        assert_eq!(c.registrar.min_expires, 60);
+        assert!(Config::default().listen.len() == 4);
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e =
+            Config::parse("domain = \"a.test\"\n\nlisten = [\"sctp:1.2.3.4:5\"]\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("sctp"), "{e}");
+        let e = Config::parse("domian = \"a.test\"\n").unwrap_err();
+        assert!(e.contains("domian") && e.contains("line 1"), "{e}");
+        let e = Config::parse("[registrar]\nmin_expires = \"x\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

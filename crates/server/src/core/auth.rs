@@ -1,0 +1,119 @@
+//! Digest authentication of requests (RFC 3261 §22, RFC 7616, RFC 8760): challenges with a
+//! fresh nonce per offered algorithm, and verification against the stored HA1 hashes with
+//! nonce expiry and nonce-count replay protection.
+
+use super::Core;
+use sip::digest::{challenge, verify, Algorithm, Credentials, NonceCheck};
+use sip::header::HeaderName;
+use sip::message::Message;
+use sip::uri::Uri;
+use std::time::Instant;
+
+pub(crate) enum AuthOutcome {
+    /// Authenticated as this user (name).
+    User(String),
+    /// Answer 401/407 with fresh challenges (`stale` when only the nonce was old).
+    Challenge { stale: bool },
+    /// Answer with this status: the credentials are malformed.
+    Reject(u16, &'static str),
+}
+
+/// RFC 7616 §3.4.6: the digest URI must be the Request-URI. Compared as URIs (scheme, user,
+/// host, port), so harmless differences in parameters or case do not lock a phone out.
+fn same_target(digest_uri: &str, request_uri: &str) -> bool {
+    if digest_uri == request_uri {
+        return true;
+    }
+    match (Uri::parse(digest_uri), Uri::parse(request_uri)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme == b.scheme
+                && a.user_unescaped() == b.user_unescaped()
+                && a.host.matches(&b.host)
+                && a.port == b.port
+        }
+        _ => false,
+    }
+}
+
+impl Core {
+    pub(crate) fn authenticate(&mut self, now: Instant, msg: &Message, proxy: bool) -> AuthOutcome {
+        let name = if proxy {
+            HeaderName::ProxyAuthorization
+        } else {
+            HeaderName::Authorization
+        };
+        let mut found = None;
+        for value in msg.values(name) {
+            match Credentials::parse(value) {
+                Ok(c) if c.realm == self.cfg.domain.as_str() => {
+                    found = Some(c);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.should_challenge() => {}
+                Err(_) => return AuthOutcome::Reject(400, "Bad Authorization Header"),
+            }
+        }
+        let Some(creds) = found else {
+            return AuthOutcome::Challenge { stale: false };
+        };
+        if !self.cfg.algorithms.contains(&creds.algorithm.base()) {
+            return AuthOutcome::Challenge { stale: false };
+        }
+        if !same_target(&creds.uri, msg.uri_str()) {
+            return AuthOutcome::Reject(400, "Digest URI Does Not Match Request-URI");
+        }
+        let secs = self.unix(now);
+        let Some(user) = self.users.by_name(&creds.username) else {
+            self.counters.auth_failures += 1;
+            tracing::info!(user = %creds.username, "authentication for an unknown user");
+            return AuthOutcome::Challenge { stale: false };
+        };
+        let ha1 = match creds.algorithm.base() {
+            Algorithm::Sha256 => user.ha1_sha256.clone(),
+            _ => user.ha1_md5.clone(),
+        };
+        let user_name = user.name.clone();
+        match self.nonces.check(&creds.nonce, creds.nc, secs) {
+            NonceCheck::Invalid => return AuthOutcome::Challenge { stale: false },
+            NonceCheck::Stale => {
+                // Only a correct digest earns stale=true; a wrong one must not skip the prompt.
+                let good = verify(&creds, msg.method_str(), &ha1);
+                return AuthOutcome::Challenge { stale: good };
+            }
+            NonceCheck::Valid => {}
+        }
+        if !verify(&creds, msg.method_str(), &ha1) {
+            self.counters.auth_failures += 1;
+            tracing::info!(user = %user_name, "wrong digest response (password mismatch)");
+            return AuthOutcome::Challenge { stale: false };
+        }
+        match self.nonces.commit(&creds.nonce, creds.nc, secs) {
+            NonceCheck::Valid => AuthOutcome::User(user_name),
+            _ => AuthOutcome::Challenge { stale: true },
+        }
+    }
+
+    /// One WWW-Authenticate (or Proxy-Authenticate) header per offered algorithm, preferred
+    /// first (RFC 8760 §2.4).
+    pub(crate) fn challenges(
+        &mut self,
+        now: Instant,
+        proxy: bool,
+        stale: bool,
+    ) -> Vec<(&'static str, String)> {
+        let name = if proxy {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let secs = self.unix(now);
+        let algs = self.cfg.algorithms.clone();
+        algs.into_iter()
+            .map(|alg| {
+                let nonce = self.nonces.issue(secs);
+                (name, challenge(&self.cfg.domain, &nonce, alg, stale, None))
+            })
+            .collect()
+    }
+}

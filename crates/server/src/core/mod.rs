@@ -1,0 +1,615 @@
+//! The server's protocol core, without I/O: it takes received bytes, the time and send
+//! failures, and returns actions (send these bytes on this flow, persist this binding).
+//! It owns the transaction table, the proxy contexts, the location table and the user table;
+//! the runtime around it only moves bytes and runs the store.
+
+mod auth;
+mod location;
+mod proxy;
+mod registrar;
+mod route;
+mod timers;
+
+pub use location::{Binding, Location};
+
+use crate::config::{Config, Transport};
+use crate::store::{StoredBinding, User};
+use sip::build::{response_to, Writer};
+use sip::digest::{Algorithm, NonceManager};
+use sip::header::HeaderName;
+use sip::message::{Message, Method};
+use sip::transaction::{self as tx, Timers};
+use sip::Bytes;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use timers::{TimerQueue, TimerRef};
+
+/// Identifies a stream connection at the edge.
+pub type ConnId = u64;
+
+/// A path a message travels: transport, our local address, the peer, and for streams the
+/// connection (if it is gone, the edge connects to `remote` anew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub conn: Option<ConnId>,
+}
+
+/// What the core asks the edge to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send on a flow. If it cannot be sent (no connection possible), the edge reports
+    /// `handle_send_failure(key)` when `key` is set.
+    Send {
+        flow: Flow,
+        data: Bytes,
+        key: Option<String>,
+    },
+    /// Write a registration through to the store.
+    PutBinding(StoredBinding),
+    DeleteBinding {
+        aor: String,
+        contact: String,
+    },
+}
+
+/// A listening socket as the core sees it: what to write in Via and Record-Route.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// Address written in our headers (the bound one, or the advertised one for wildcards).
+    pub host: IpAddr,
+}
+
+/// The settings the core needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub domain: String,
+    pub listeners: Vec<Listener>,
+    pub default_expires: u32,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_contacts: usize,
+    pub algorithms: Vec<Algorithm>,
+    pub nonce_lifetime: u64,
+    pub timers: Timers,
+}
+
+impl CoreConfig {
+    pub fn from_config(cfg: &Config, listeners: Vec<Listener>) -> CoreConfig {
+        CoreConfig {
+            domain: cfg.domain.clone(),
+            listeners,
+            default_expires: cfg.registrar.default_expires,
+            min_expires: cfg.registrar.min_expires,
+            max_expires: cfg.registrar.max_expires,
+            max_contacts: cfg.registrar.max_contacts,
+            algorithms: cfg
+                .auth
+                .algorithms
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            nonce_lifetime: cfg.auth.nonce_lifetime,
+            timers: Timers::default(),
+        }
+    }
+}
+
+/// Counters shown by `hedgewitch status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Counters {
+    pub requests_in: u64,
+    pub responses_in: u64,
+    pub malformed_in: u64,
+    pub calls_forwarded: u64,
+    pub messages_forwarded: u64,
+    pub registrations_accepted: u64,
+    pub auth_failures: u64,
+}
+
+/// Snapshot for the control channel.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    pub domain: String,
+    pub uptime_secs: u64,
+    pub users: usize,
+    pub registered_users: usize,
+    pub contacts: usize,
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    pub proxy_contexts: usize,
+    pub counters: Counters,
+}
+
+/// One registered contact, for `hedgewitch registrations`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegistrationView {
+    pub user: String,
+    pub extension: Option<String>,
+    pub contact: String,
+    pub expires_in_secs: u64,
+    pub q: f32,
+    pub transport: String,
+    pub source: String,
+    pub user_agent: String,
+}
+
+pub(crate) enum ServerMachine {
+    Invite(tx::ServerInvite),
+    NonInvite(tx::ServerNonInvite),
+}
+
+/// A server transaction: the request as received, where responses go, and the proxy context
+/// that answers it, if forwarded.
+pub(crate) struct ServerTx {
+    pub machine: ServerMachine,
+    pub request: Message,
+    pub flow: Flow,
+    pub ctx: Option<u64>,
+    /// To tag for responses we generate, so that all of them carry the same one.
+    pub to_tag: String,
+    pub final_sent: bool,
+}
+
+pub(crate) enum ClientMachine {
+    Invite(tx::ClientInvite),
+    NonInvite(tx::ClientNonInvite),
+}
+
+/// A client transaction: the request we sent (to build ACK and CANCEL) and its branch slot.
+pub(crate) struct ClientTx {
+    pub machine: ClientMachine,
+    pub request: Message,
+    pub flow: Flow,
+    pub ctx: Option<(u64, usize)>,
+}
+
+/// Users by name, with an index by extension.
+#[derive(Default)]
+pub(crate) struct Users {
+    by_name: HashMap<String, User>,
+    by_ext: HashMap<String, String>,
+}
+
+impl Users {
+    fn new(list: Vec<User>) -> Users {
+        let mut u = Users::default();
+        for user in list {
+            if let Some(e) = &user.extension {
+                u.by_ext.insert(e.clone(), user.name.clone());
+            }
+            u.by_name.insert(user.name.clone(), user);
+        }
+        u
+    }
+
+    /// Finds a user by name or extension.
+    pub fn find(&self, key: &str) -> Option<&User> {
+        self.by_name
+            .get(key)
+            .or_else(|| self.by_ext.get(key).and_then(|n| self.by_name.get(n)))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&User> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+}
+
+pub struct Core {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) users: Users,
+    pub(crate) location: Location,
+    pub(crate) nonces: NonceManager,
+    pub(crate) servers: HashMap<String, ServerTx>,
+    pub(crate) clients: HashMap<String, ClientTx>,
+    pub(crate) contexts: HashMap<u64, proxy::ProxyCtx>,
+    pub(crate) timers: TimerQueue,
+    pub(crate) next_id: u64,
+    pub(crate) started: Instant,
+    /// Unix time at `started`, to persist absolute expiry times.
+    pub(crate) unix_at_start: u64,
+    pub(crate) counters: Counters,
+    pub(crate) out: Vec<Action>,
+    /// Random per process, mixed into branches and tags so they are unguessable.
+    pub(crate) salt: u64,
+}
+
+impl Core {
+    /// `secret` seeds nonces, branches and tags; `unix_now` is the wall clock at `now`.
+    pub fn new(
+        cfg: CoreConfig,
+        users: Vec<User>,
+        bindings: Vec<StoredBinding>,
+        secret: [u8; 32],
+        now: Instant,
+        unix_now: u64,
+    ) -> Core {
+        let mut core = Core {
+            nonces: NonceManager::new(secret, cfg.nonce_lifetime),
+            cfg,
+            users: Users::new(users),
+            location: Location::default(),
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            contexts: HashMap::new(),
+            timers: TimerQueue::default(),
+            next_id: 1,
+            started: now,
+            unix_at_start: unix_now,
+            counters: Counters::default(),
+            out: Vec::new(),
+            salt: u64::from_le_bytes(secret[..8].try_into().unwrap_or([7; 8])),
+        };
+        core.restore_bindings(now, bindings);
+        core
+    }
+
+    /// Replaces the user table (after `hedgewitch user ...` changed the store).
+    pub fn set_users(&mut self, users: Vec<User>) {
+        self.users = Users::new(users);
+    }
+
+    /// The actions produced since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub(crate) fn unix(&self, now: Instant) -> u64 {
+        self.unix_at_start + now.saturating_duration_since(self.started).as_secs()
+    }
+
+    pub(crate) fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A fresh token for tags and branches: unique in this process, not guessable outside it.
+    pub(crate) fn token(&mut self) -> String {
+        let id = self.id();
+        let mixed = (id ^ self.salt)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+            ^ self.salt;
+        format!("{mixed:016x}{id:x}")
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Entry point for every received message.
+    pub fn handle_message(&mut self, now: Instant, flow: Flow, data: Bytes) {
+        let datagram = flow.transport == Transport::Udp;
+        let msg = match Message::parse(data.clone(), datagram) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed_in += 1;
+                tracing::debug!(remote = %flow.remote, "malformed message: {e}");
+                if !data.starts_with(b"SIP/") {
+                    if let Ok(head) = Message::parse_head(data) {
+                        if head.is_request() && head.method() != Some(Method::Ack) {
+                            self.reply_stateless(&head, flow, e.status, e.reason);
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.counters.requests_in += 1;
+            self.on_request(now, flow, msg);
+        } else {
+            self.counters.responses_in += 1;
+            self.on_response(now, flow, msg);
+        }
+    }
+
+    /// Runs every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                TimerRef::Server(key) => self.server_timer(now, &key),
+                TimerRef::Client(key) => self.client_timer(now, &key),
+                TimerRef::TimerC(ctx, branch) => self.timer_c(now, ctx, branch),
+                TimerRef::Expiry(aor) => self.expire_bindings(now, &aor),
+            }
+        }
+    }
+
+    /// The edge could not send a request of client transaction `key` (connection refused...).
+    pub fn handle_send_failure(&mut self, now: Instant, key: &str) {
+        let Some(ct) = self.clients.get_mut(key) else {
+            return;
+        };
+        let actions = match &mut ct.machine {
+            ClientMachine::Invite(m) => m.on_transport_error(),
+            ClientMachine::NonInvite(m) => m.on_transport_error(),
+        };
+        self.client_actions(now, key.to_string(), actions);
+    }
+
+    /// Sends a response without a transaction (to requests we could not accept at all).
+    pub(crate) fn reply_stateless(&mut self, req: &Message, flow: Flow, code: u16, reason: &str) {
+        if req.top_via().is_none() {
+            return;
+        }
+        let tag = self.token();
+        let data = response_to(req, code, reason, Some(&tag), Some(flow.remote)).finish(None, b"");
+        self.out.push(Action::Send {
+            flow,
+            data,
+            key: None,
+        });
+    }
+
+    /// Builds a response to the request of server transaction `key` and sends it through
+    /// the transaction (which retransmits it as needed).
+    pub(crate) fn respond(
+        &mut self,
+        now: Instant,
+        key: &str,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) {
+        let Some(st) = self.servers.get(key) else {
+            return;
+        };
+        let mut w = response_to(
+            &st.request,
+            code,
+            reason,
+            Some(&st.to_tag),
+            Some(st.flow.remote),
+        );
+        for (name, value) in extra {
+            w.header(name, value);
+        }
+        w.header("Server", concat!("hedgewitch/", env!("CARGO_PKG_VERSION")));
+        let data = match body {
+            Some((ct, b)) => w.finish(Some(ct), b),
+            None => w.finish(None, b""),
+        };
+        self.send_server_response(now, key, code, data);
+    }
+
+    /// Hands a finished response to server transaction `key`.
+    pub(crate) fn send_server_response(&mut self, now: Instant, key: &str, code: u16, data: Bytes) {
+        let Some(st) = self.servers.get_mut(key) else {
+            return;
+        };
+        if code >= 200 {
+            st.final_sent = true;
+        }
+        let actions = match &mut st.machine {
+            ServerMachine::Invite(m) => m.send_response(now, code, data),
+            ServerMachine::NonInvite(m) => m.send_response(now, code, data),
+        };
+        self.server_actions(now, key.to_string(), actions);
+    }
+
+    pub(crate) fn server_actions(&mut self, _now: Instant, key: String, actions: Vec<tx::Action>) {
+        let mut terminated = false;
+        if let Some(st) = self.servers.get(&key) {
+            for a in actions {
+                match a {
+                    tx::Action::Transmit(data) => self.out.push(Action::Send {
+                        flow: st.flow,
+                        data,
+                        key: None,
+                    }),
+                    tx::Action::Timeout | tx::Action::TransportError => {
+                        tracing::debug!(key, "server transaction timed out")
+                    }
+                    tx::Action::Terminated => terminated = true,
+                }
+            }
+        }
+        if terminated {
+            self.servers.remove(&key);
+        } else if let Some(at) = self.servers.get(&key).and_then(|st| match &st.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        }) {
+            self.timers.push(at, TimerRef::Server(key));
+        }
+    }
+
+    fn server_timer(&mut self, now: Instant, key: &str) {
+        let Some(st) = self.servers.get_mut(key) else {
+            return;
+        };
+        let due = match &st.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        if due.is_none_or(|d| d > now) {
+            return;
+        }
+        let actions = match &mut st.machine {
+            ServerMachine::Invite(m) => m.handle_timeout(now),
+            ServerMachine::NonInvite(m) => m.handle_timeout(now),
+        };
+        self.server_actions(now, key.to_string(), actions);
+    }
+
+    fn client_timer(&mut self, now: Instant, key: &str) {
+        let Some(ct) = self.clients.get_mut(key) else {
+            return;
+        };
+        let due = match &ct.machine {
+            ClientMachine::Invite(m) => m.poll_timeout(),
+            ClientMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        if due.is_none_or(|d| d > now) {
+            return;
+        }
+        let actions = match &mut ct.machine {
+            ClientMachine::Invite(m) => m.handle_timeout(now),
+            ClientMachine::NonInvite(m) => m.handle_timeout(now),
+        };
+        self.client_actions(now, key.to_string(), actions);
+    }
+
+    /// Carries out a client transaction's actions; a timeout becomes a 408 for its branch.
+    pub(crate) fn client_actions(&mut self, now: Instant, key: String, actions: Vec<tx::Action>) {
+        let mut terminated = false;
+        let mut failed = None;
+        if let Some(ct) = self.clients.get(&key) {
+            for a in actions {
+                match a {
+                    tx::Action::Transmit(data) => self.out.push(Action::Send {
+                        flow: ct.flow,
+                        data,
+                        key: Some(key.clone()),
+                    }),
+                    tx::Action::Timeout => failed = Some((408, "Request Timeout")),
+                    tx::Action::TransportError => failed = Some((503, "Service Unavailable")),
+                    tx::Action::Terminated => terminated = true,
+                }
+            }
+        }
+        let ctx = self.clients.get(&key).and_then(|c| c.ctx);
+        if terminated {
+            self.clients.remove(&key);
+        } else if let Some(at) = self.clients.get(&key).and_then(|ct| match &ct.machine {
+            ClientMachine::Invite(m) => m.poll_timeout(),
+            ClientMachine::NonInvite(m) => m.poll_timeout(),
+        }) {
+            self.timers.push(at, TimerRef::Client(key));
+        }
+        if let (Some((code, reason)), Some((ctx, branch))) = (failed, ctx) {
+            self.branch_failed(now, ctx, branch, code, reason);
+        }
+    }
+
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            domain: self.cfg.domain.clone(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            users: self.users.len(),
+            registered_users: self.location.aors(),
+            contacts: self.location.contacts(),
+            server_transactions: self.servers.len(),
+            client_transactions: self.clients.len(),
+            proxy_contexts: self.contexts.len(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    pub fn registrations(&self, now: Instant) -> Vec<RegistrationView> {
+        let mut out = vec![];
+        for (aor, bindings) in self.location.iter() {
+            let ext = self.users.find(aor).and_then(|u| u.extension.clone());
+            for b in bindings {
+                out.push(RegistrationView {
+                    user: aor.clone(),
+                    extension: ext.clone(),
+                    contact: b.contact.clone(),
+                    expires_in_secs: b.expires.saturating_duration_since(now).as_secs(),
+                    q: b.q,
+                    transport: b.flow.transport.as_str().into(),
+                    source: b.flow.remote.to_string(),
+                    user_agent: b.user_agent.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.user, &a.contact).cmp(&(&b.user, &b.contact)));
+        out
+    }
+
+    /// The listener to send from for a transport and address family.
+    pub(crate) fn listener_for(
+        &self,
+        transport: Transport,
+        remote: &SocketAddr,
+    ) -> Option<&Listener> {
+        self.cfg
+            .listeners
+            .iter()
+            .find(|l| l.transport == transport && l.addr.is_ipv4() == remote.is_ipv4())
+    }
+
+    /// Writes `Allow`, `Accept`, `Supported` for OPTIONS and 405/415 answers.
+    pub(crate) fn capability_headers() -> Vec<(&'static str, String)> {
+        vec![
+            ("Allow", ALLOW.into()),
+            ("Accept", "application/sdp, text/plain".into()),
+            ("Supported", "path, outbound".into()),
+        ]
+    }
+}
+
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK, REGISTER";
+
+/// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by and method, with ACK
+/// matching its INVITE; RFC 2543 requests fall back to the dialog and CSeq identifiers.
+pub(crate) fn server_key(msg: &Message, method_override: Option<&str>) -> Option<String> {
+    let via = msg.top_via()?;
+    let method = method_override.unwrap_or(match msg.method() {
+        Some(Method::Ack) => "INVITE",
+        _ => msg.method_str(),
+    });
+    match via.rfc3261_branch() {
+        Some(branch) => Some(format!(
+            "s|{branch}|{}|{method}",
+            via.sent_by.to_ascii_lowercase()
+        )),
+        None => {
+            let (num, _) = msg.cseq()?;
+            let from_tag = msg.from().and_then(|f| f.tag()).unwrap_or("");
+            Some(format!(
+                "s2543|{}|{}|{from_tag}|{num}|{}|{method}",
+                msg.uri_str(),
+                msg.call_id(),
+                via.raw
+            ))
+        }
+    }
+}
+
+/// Writes a request from scratch (ACK for non-2xx, CANCEL), copying the listed headers.
+pub(crate) fn request_like(orig: &Message, method: &str, to: Option<&str>) -> Writer {
+    let mut w = Writer::request(method, orig.uri_str());
+    if let Some(v) = orig.headers.iter().find(|h| h.name == HeaderName::Via) {
+        // Only the top Via (ours): the first element of the first Via line.
+        let value = orig.text(v.value);
+        let top = orig.top_via().map_or(value, |t| t.raw);
+        w.header("Via", top);
+    }
+    for h in &orig.headers {
+        match h.name {
+            HeaderName::Route | HeaderName::From | HeaderName::CallId => {
+                w.line(orig.text(h.line));
+            }
+            HeaderName::To if to.is_none() => {
+                w.line(orig.text(h.line));
+            }
+            _ => {}
+        }
+    }
+    if let Some(to) = to {
+        w.header("To", to);
+    }
+    let num = orig.cseq().map_or(1, |c| c.0);
+    w.header("CSeq", format_args!("{num} {method}"));
+    w.header("Max-Forwards", 70);
+    w
+}
+
+/// Bound on time a client transaction can block a context: Timer C (RFC 3261 §16.6 step 11).
+pub(crate) const TIMER_C: Duration = Duration::from_secs(180);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,837 @@
+//! The transaction-stateful proxy (RFC 3261 §16): the request pipeline (validate, loop and
+//! hop checks, loose routing, authentication, location lookup), parallel forking with a
+//! response context per request, best-response selection, CANCEL fan-out and Timer C.
+
+use super::auth::AuthOutcome;
+use super::route::{Fnv, Hop};
+use super::timers::TimerRef;
+use super::{
+    request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow, ServerMachine, ServerTx,
+    TIMER_C,
+};
+use crate::config::Transport;
+use sip::build::{via_with_received, Writer};
+use sip::grammar::name_addr_list;
+use sip::header::HeaderName;
+use sip::message::{Message, Method};
+use sip::transaction::{self as tx, Disposition};
+use sip::uri::Uri;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// RFC 3261 §18.1.1: without a known path MTU, requests over 1300 bytes go over TCP.
+const UDP_LIMIT: usize = 1300;
+
+/// A final response kept as a candidate for the best one (§16.7 step 6).
+pub(crate) enum Candidate {
+    Received(Message),
+    Local(u16, &'static str),
+}
+
+impl Candidate {
+    fn status(&self) -> u16 {
+        match self {
+            Candidate::Received(m) => m.status().unwrap_or(500),
+            Candidate::Local(c, _) => *c,
+        }
+    }
+}
+
+/// Lower is better: 6xx first, then the lowest class; within a class the responses that let
+/// the caller act (auth challenges, 415, 420, 484) before the rest.
+fn rank(status: u16) -> (u8, u8, u16) {
+    let class = match status / 100 {
+        6 => 0,
+        3 => 1,
+        4 => 2,
+        _ => 3,
+    };
+    let useful = matches!(status, 401 | 407 | 415 | 420 | 484);
+    (class, u8::from(!useful), status)
+}
+
+pub(crate) struct Branch {
+    pub client_key: String,
+    pub provisional: bool,
+    pub final_status: Option<u16>,
+    /// A CANCEL is owed once the branch answers provisionally (§9.1).
+    pub cancel_wanted: bool,
+    pub cancel_sent: bool,
+    pub timer_c: Option<Instant>,
+}
+
+/// The response context of one forwarded request.
+pub(crate) struct ProxyCtx {
+    pub server_key: String,
+    pub invite: bool,
+    pub branches: Vec<Branch>,
+    pub best: Option<Candidate>,
+    /// A 2xx went upstream: later non-2xx finals are dropped.
+    pub answered: bool,
+    pub final_sent: bool,
+}
+
+/// What the pipeline decided for a new request.
+enum Decision {
+    Reply(u16, &'static str),
+    Register,
+    OptionsHere,
+    /// Forward to these hops, popping our Route entries; record-route if dialog-creating.
+    Forward {
+        hops: Vec<Hop>,
+        pop: usize,
+    },
+}
+
+impl Core {
+    pub(crate) fn on_request(&mut self, now: Instant, flow: Flow, msg: Message) {
+        if let Err(e) = msg.validate_request() {
+            self.counters.malformed_in += 1;
+            if msg.method() != Some(Method::Ack) {
+                self.reply_stateless(&msg, flow, e.status, e.reason);
+            }
+            return;
+        }
+        let method = msg.method();
+        let Some(key) = server_key(&msg, None) else {
+            return;
+        };
+        if method == Some(Method::Ack) {
+            return self.on_ack(now, flow, msg, &key);
+        }
+        if let Some(st) = self.servers.get(&key) {
+            let actions = match &st.machine {
+                ServerMachine::Invite(m) => m.on_request_retransmission(),
+                ServerMachine::NonInvite(m) => m.on_request_retransmission(),
+            };
+            return self.server_actions(now, key, actions);
+        }
+        if method == Some(Method::Cancel) {
+            return self.on_cancel(now, flow, msg, key);
+        }
+        let reliable = flow.transport.is_reliable();
+        let machine = if method == Some(Method::Invite) {
+            ServerMachine::Invite(tx::ServerInvite::new(reliable, &self.cfg.timers))
+        } else {
+            ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
+        };
+        let to_tag = self.token();
+        self.servers.insert(
+            key.clone(),
+            ServerTx {
+                machine,
+                request: msg.clone(),
+                flow,
+                ctx: None,
+                to_tag,
+                final_sent: false,
+            },
+        );
+        if method == Some(Method::Invite) {
+            // §16.2: a stateful proxy answers INVITE with 100 at once, stopping retransmissions.
+            self.respond(now, &key, 100, "Trying", &[], None);
+        }
+        match self.decide(now, &msg, &key) {
+            Some(Decision::Reply(code, reason)) => self.respond(now, &key, code, reason, &[], None),
+            Some(Decision::Register) => self.register(now, &key, &msg, flow),
+            Some(Decision::OptionsHere) => {
+                let h = Core::capability_headers();
+                self.respond(now, &key, 200, "OK", &h, None);
+            }
+            Some(Decision::Forward { hops, pop }) => self.fork(now, &key, &msg, hops, pop),
+            None => {} // already answered (challenge)
+        }
+    }
+
+    /// The routing pipeline (§16.3–16.5). `None` means a response was already sent.
+    fn decide(&mut self, now: Instant, msg: &Message, key: &str) -> Option<Decision> {
+        let method = msg.method();
+        let uri = match msg.uri() {
+            Ok(u) => u,
+            Err(_) => return Some(Decision::Reply(400, "Bad Request-URI")),
+        };
+        let for_us = uri.user.is_none() && self.is_local_domain(&uri);
+        if msg.max_forwards() == Some(0) {
+            // RFC 4475 zeromf: the proxy may answer an OPTIONS to itself.
+            if for_us && method == Some(Method::Options) {
+                return Some(Decision::OptionsHere);
+            }
+            return Some(Decision::Reply(483, "Too Many Hops"));
+        }
+        let unsupported = self.unsupported_proxy_require(msg);
+        if !unsupported.is_empty() {
+            let h = [("Unsupported", unsupported.join(", "))];
+            self.respond(now, key, 420, "Bad Extension", &h, None);
+            return None;
+        }
+        let hash = self.loop_hash(msg);
+        if self.is_loop(msg, &hash) {
+            return Some(Decision::Reply(482, "Loop Detected"));
+        }
+        let pop = self.our_routes(msg);
+        if let Some(next) = self.next_route(msg, pop) {
+            if pop == 0 {
+                // Someone else's route set: not a dialog we record-routed. Relaying for
+                // other domains is issue #6's policy; until then, no open relay.
+                return Some(Decision::Reply(403, "Relaying Denied"));
+            }
+            let hop = Uri::parse(next).ok().and_then(|u| self.resolve(&u));
+            return Some(match hop {
+                Some(flow) => Decision::Forward {
+                    hops: vec![Hop {
+                        uri: msg.uri_str().to_string(),
+                        flow,
+                    }],
+                    pop,
+                },
+                None => Decision::Reply(503, "Cannot Resolve Route"),
+            });
+        }
+        if !self.is_local_domain(&uri) {
+            if pop == 0 {
+                return Some(Decision::Reply(403, "Relaying Denied"));
+            }
+            // In-dialog request through our Record-Route: the R-URI is the peer's contact.
+            return Some(match self.resolve(&uri) {
+                Some(flow) => Decision::Forward {
+                    hops: vec![Hop {
+                        uri: msg.uri_str().to_string(),
+                        flow,
+                    }],
+                    pop,
+                },
+                None => Decision::Reply(503, "Cannot Resolve Target"),
+            });
+        }
+        if method == Some(Method::Register) {
+            return Some(Decision::Register);
+        }
+        let Some(callee) = uri.user_unescaped() else {
+            return Some(match method {
+                Some(Method::Options) => Decision::OptionsHere,
+                _ => Decision::Reply(404, "Not Found"),
+            });
+        };
+        let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
+        // Requests from local users are authenticated (§22.3, 407) and must be sent as
+        // themselves; requests from elsewhere reach local users unauthenticated.
+        let from = msg.from()?;
+        let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
+        if from_local && !in_dialog {
+            match self.authenticate(now, msg, true) {
+                AuthOutcome::User(user) => {
+                    let claimed = from
+                        .uri
+                        .user_unescaped()
+                        .and_then(|u| self.users.find(&u).map(|u| u.name.clone()));
+                    if claimed.as_deref() != Some(user.as_str()) {
+                        tracing::info!(%user, from = %from.uri, "request with someone else's From refused");
+                        return Some(Decision::Reply(403, "Forbidden: From Is Not You"));
+                    }
+                }
+                AuthOutcome::Challenge { stale } => {
+                    let h = self.challenges(now, true, stale);
+                    self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
+                    return None;
+                }
+                AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
+            }
+        }
+        let Some(user) = self.users.find(&callee).map(|u| u.name.clone()) else {
+            return Some(Decision::Reply(404, "Not Found"));
+        };
+        let hops: Vec<Hop> = self
+            .location
+            .lookup(&user, now)
+            .into_iter()
+            .filter_map(|b| {
+                let uri = Uri::parse(&b.contact).ok()?;
+                let mut flow = self.resolve(&uri)?;
+                if b.flow.transport == flow.transport && flow.transport.is_reliable() {
+                    // Reuse the connection the phone registered over (it may not accept new ones).
+                    flow.conn = b.flow.conn;
+                    if b.flow.conn.is_some() {
+                        flow.remote = b.flow.remote;
+                        flow.local = b.flow.local;
+                    }
+                }
+                Some(Hop {
+                    uri: b.contact.clone(),
+                    flow,
+                })
+            })
+            .collect();
+        if hops.is_empty() {
+            return Some(Decision::Reply(480, "Temporarily Unavailable"));
+        }
+        Some(Decision::Forward { hops, pop })
+    }
+
+    /// Forks the request to every hop in parallel (§16.6) under one response context.
+    fn fork(&mut self, now: Instant, key: &str, msg: &Message, hops: Vec<Hop>, pop: usize) {
+        let invite = msg.method() == Some(Method::Invite);
+        match msg.method() {
+            Some(Method::Invite) => self.counters.calls_forwarded += 1,
+            Some(Method::Message) => self.counters.messages_forwarded += 1,
+            _ => {}
+        }
+        let ctx_id = self.id();
+        let in_flow = match self.servers.get_mut(key) {
+            Some(st) => {
+                st.ctx = Some(ctx_id);
+                st.flow
+            }
+            None => return,
+        };
+        self.contexts.insert(
+            ctx_id,
+            ProxyCtx {
+                server_key: key.to_string(),
+                invite,
+                branches: vec![],
+                best: None,
+                answered: false,
+                final_sent: false,
+            },
+        );
+        let hash = self.loop_hash(msg);
+        let dialog_creating = msg.to().is_none_or(|t| t.tag().is_none())
+            && matches!(
+                msg.method(),
+                Some(Method::Invite | Method::Subscribe | Method::Refer)
+            );
+        for (idx, hop) in hops.into_iter().enumerate() {
+            let branch = format!("z9hG4bK{hash}.{}", self.token());
+            let mut flow = hop.flow;
+            let mut data =
+                self.forward_bytes(msg, &hop.uri, flow, in_flow, &branch, dialog_creating, pop);
+            if flow.transport == Transport::Udp && data.len() > UDP_LIMIT {
+                if let Some(l) = self.listener_for(Transport::Tcp, &flow.remote) {
+                    flow = Flow {
+                        transport: Transport::Tcp,
+                        local: l.addr,
+                        remote: flow.remote,
+                        conn: None,
+                    };
+                    data = self.forward_bytes(
+                        msg,
+                        &hop.uri,
+                        flow,
+                        in_flow,
+                        &branch,
+                        dialog_creating,
+                        pop,
+                    );
+                }
+            }
+            let Ok(sent) = Message::parse(data.clone(), false) else {
+                tracing::error!("could not re-parse a request we built; branch dropped");
+                continue;
+            };
+            let ckey = client_key(&branch, msg.method_str());
+            let reliable = flow.transport.is_reliable();
+            let (machine, actions) = if invite {
+                let (m, a) = tx::ClientInvite::new(now, reliable, &self.cfg.timers, data);
+                (ClientMachine::Invite(m), a)
+            } else {
+                let (m, a) = tx::ClientNonInvite::new(now, reliable, &self.cfg.timers, data);
+                (ClientMachine::NonInvite(m), a)
+            };
+            self.clients.insert(
+                ckey.clone(),
+                ClientTx {
+                    machine,
+                    request: sent,
+                    flow,
+                    ctx: Some((ctx_id, idx)),
+                },
+            );
+            if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                ctx.branches.push(Branch {
+                    client_key: ckey.clone(),
+                    provisional: false,
+                    final_status: None,
+                    cancel_wanted: false,
+                    cancel_sent: false,
+                    timer_c: invite.then(|| now + TIMER_C),
+                });
+            }
+            if invite {
+                self.timers
+                    .push(now + TIMER_C, TimerRef::TimerC(ctx_id, idx));
+            }
+            self.client_actions(now, ckey, actions);
+        }
+        if self
+            .contexts
+            .get(&ctx_id)
+            .is_some_and(|c| c.branches.is_empty())
+        {
+            self.contexts.remove(&ctx_id);
+            self.respond(now, key, 500, "Server Internal Error", &[], None);
+        }
+    }
+
+    /// Our Via for a flow; IPv6 hosts in brackets.
+    fn via_for(&self, flow: Flow, branch: &str) -> String {
+        let host = self
+            .listener_for(flow.transport, &flow.remote)
+            .map_or(flow.local.ip(), |l| l.host);
+        format!(
+            "SIP/2.0/{} {}:{};branch={branch};rport",
+            flow.transport.via_token(),
+            bracket(host),
+            flow.local.port()
+        )
+    }
+
+    fn record_route_for(&self, flow: Flow) -> String {
+        let host = self
+            .listener_for(flow.transport, &flow.remote)
+            .map_or(flow.local.ip(), |l| l.host);
+        let t = match flow.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        };
+        format!("<sip:{}:{}{t};lr>", bracket(host), flow.local.port())
+    }
+
+    /// The request as we forward it (§16.6): new Request-URI, our Via on top with the
+    /// previous one completed per RFC 3581, Max-Forwards decremented, our Route entries
+    /// removed and, for dialog-creating requests, our Record-Route (two when the request
+    /// changes transport or interface, RFC 5658).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_bytes(
+        &self,
+        msg: &Message,
+        ruri: &str,
+        out: Flow,
+        inbound: Flow,
+        branch: &str,
+        record_route: bool,
+        pop: usize,
+    ) -> sip::Bytes {
+        let mut w = Writer::request(msg.method_str(), ruri);
+        w.header("Via", self.via_for(out, branch));
+        if record_route {
+            let rr_out = self.record_route_for(out);
+            w.header("Record-Route", &rr_out);
+            let rr_in = self.record_route_for(inbound);
+            if rr_in != rr_out {
+                w.header("Record-Route", rr_in);
+            }
+        }
+        let mut first_via = true;
+        let mut to_pop = pop;
+        let mut saw_mf = false;
+        for h in &msg.headers {
+            match h.name {
+                HeaderName::Via if first_via => {
+                    first_via = false;
+                    let value = msg.text(h.value);
+                    match (via_with_received(msg, inbound.remote), msg.top_via()) {
+                        (Some(top), Some(v)) => {
+                            let rest = value.get(v.raw.len()..).unwrap_or("");
+                            w.header("Via", format_args!("{top}{rest}"));
+                        }
+                        _ => {
+                            w.line(msg.text(h.line));
+                        }
+                    }
+                }
+                HeaderName::MaxForwards => {
+                    saw_mf = true;
+                    let mf = msg.max_forwards().unwrap_or(70).saturating_sub(1);
+                    w.header("Max-Forwards", mf);
+                }
+                HeaderName::Route if to_pop > 0 => {
+                    let rest: Vec<&str> = name_addr_list(msg.text(h.value))
+                        .filter_map(Result::ok)
+                        .map(|r| r.raw)
+                        .collect();
+                    let skip = to_pop.min(rest.len());
+                    to_pop -= skip;
+                    if rest.len() > skip {
+                        w.header("Route", rest[skip..].join(", "));
+                    }
+                }
+                HeaderName::ContentLength => {}
+                _ => {
+                    w.line(msg.text(h.line));
+                }
+            }
+        }
+        if !saw_mf {
+            w.header("Max-Forwards", 70);
+        }
+        w.finish(None, msg.body())
+    }
+
+    /// ACK: absorbed by the INVITE server transaction for a non-2xx, otherwise (ACK for a
+    /// 2xx, new branch) forwarded statelessly along the dialog's route.
+    fn on_ack(&mut self, now: Instant, flow: Flow, msg: Message, key: &str) {
+        if let Some(st) = self.servers.get_mut(key) {
+            if let ServerMachine::Invite(m) = &mut st.machine {
+                let (disp, actions) = m.on_ack(now);
+                self.server_actions(now, key.to_string(), actions);
+                if disp == Disposition::Absorb {
+                    return;
+                }
+            }
+        }
+        let pop = self.our_routes(&msg);
+        let target = match self.next_route(&msg, pop) {
+            Some(r) if pop > 0 => Uri::parse(r).ok().and_then(|u| self.resolve(&u)),
+            Some(_) => None,
+            None => msg.uri().ok().and_then(|u| {
+                if pop > 0 || !self.is_local_domain(&u) {
+                    (pop > 0).then(|| self.resolve(&u)).flatten()
+                } else {
+                    // ACK to a local user's AOR (2xx from a UA that ignores Record-Route):
+                    // route like the INVITE did.
+                    let user = u.user_unescaped()?;
+                    let name = self.users.find(&user)?.name.clone();
+                    let b = self.location.lookup(&name, now).into_iter().next()?;
+                    Uri::parse(&b.contact).ok().and_then(|c| self.resolve(&c))
+                }
+            }),
+        };
+        let Some(out) = target else {
+            tracing::debug!("ACK with nowhere to go dropped");
+            return;
+        };
+        // Stateless forwarding needs a branch that is the same for retransmissions (§16.11).
+        let mut h = Fnv::new(self.salt);
+        h.write(msg.top_via().and_then(|v| v.branch()).unwrap_or(""));
+        h.write(msg.call_id());
+        let branch = format!("z9hG4bKack{:016x}", h.finish());
+        let data = self.forward_bytes(&msg, msg.uri_str(), out, flow, &branch, false, pop);
+        self.out.push(Action::Send {
+            flow: out,
+            data,
+            key: None,
+        });
+    }
+
+    /// CANCEL (§16.10): answered at once, then every pending branch of the INVITE is
+    /// cancelled; the INVITE gets its 487 from the branches.
+    fn on_cancel(&mut self, now: Instant, flow: Flow, msg: Message, key: String) {
+        let invite_key = server_key(&msg, Some("INVITE"));
+        let Some(invite_key) = invite_key.filter(|k| self.servers.contains_key(k)) else {
+            return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
+        };
+        let to_tag = self.token();
+        self.servers.insert(
+            key.clone(),
+            ServerTx {
+                machine: super::ServerMachine::NonInvite(tx::ServerNonInvite::new(
+                    flow.transport.is_reliable(),
+                    &self.cfg.timers,
+                )),
+                request: msg,
+                flow,
+                ctx: None,
+                to_tag,
+                final_sent: false,
+            },
+        );
+        self.respond(now, &key, 200, "OK", &[], None);
+        let (ctx, final_sent) = match self.servers.get(&invite_key) {
+            Some(st) => (st.ctx, st.final_sent),
+            None => return,
+        };
+        if final_sent {
+            return;
+        }
+        match ctx {
+            Some(ctx) => {
+                let n = self.contexts.get(&ctx).map_or(0, |c| c.branches.len());
+                for i in 0..n {
+                    self.cancel_branch(now, ctx, i);
+                }
+            }
+            None => self.respond(now, &invite_key, 487, "Request Terminated", &[], None),
+        }
+    }
+
+    /// Sends CANCEL on a branch that has answered provisionally; otherwise remembers to.
+    pub(crate) fn cancel_branch(&mut self, now: Instant, ctx: u64, idx: usize) {
+        let Some(b) = self
+            .contexts
+            .get_mut(&ctx)
+            .and_then(|c| c.branches.get_mut(idx))
+        else {
+            return;
+        };
+        if b.final_status.is_some() || b.cancel_sent {
+            return;
+        }
+        if !b.provisional {
+            b.cancel_wanted = true;
+            return;
+        }
+        b.cancel_sent = true;
+        let ckey = b.client_key.clone();
+        let Some(ct) = self.clients.get(&ckey) else {
+            return;
+        };
+        let data = request_like(&ct.request, "CANCEL", None).finish(None, b"");
+        let flow = ct.flow;
+        let Ok(sent) = Message::parse(data.clone(), false) else {
+            return;
+        };
+        let branch = sent
+            .top_via()
+            .and_then(|v| v.branch())
+            .unwrap_or("")
+            .to_string();
+        let (m, actions) =
+            tx::ClientNonInvite::new(now, flow.transport.is_reliable(), &self.cfg.timers, data);
+        let key = client_key(&branch, "CANCEL");
+        self.clients.insert(
+            key.clone(),
+            ClientTx {
+                machine: ClientMachine::NonInvite(m),
+                request: sent,
+                flow,
+                ctx: None,
+            },
+        );
+        self.client_actions(now, key, actions);
+    }
+
+    /// Responses: matched to a client transaction by branch and CSeq method (§17.1.3).
+    pub(crate) fn on_response(&mut self, now: Instant, _flow: Flow, msg: Message) {
+        if msg.validate_response().is_err() {
+            self.counters.malformed_in += 1;
+            return;
+        }
+        let (Some(via), Some((_, method))) = (msg.top_via(), msg.cseq()) else {
+            return;
+        };
+        let key = client_key(via.branch().unwrap_or(""), method);
+        let status = msg.status().unwrap_or(500);
+        let Some(ct) = self.clients.get_mut(&key) else {
+            // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
+            // forwarded to whatever its next Via names.
+            tracing::debug!(status, "response matches no transaction; dropped");
+            return;
+        };
+        let (disp, actions) = match &mut ct.machine {
+            ClientMachine::Invite(m) => {
+                let req = &ct.request;
+                let resp = &msg;
+                m.on_response(now, status, || ack_for(req, resp))
+            }
+            ClientMachine::NonInvite(m) => m.on_response(now, status),
+        };
+        let ctx = ct.ctx;
+        self.client_actions(now, key, actions);
+        if disp == Disposition::PassUp {
+            if let Some((ctx, idx)) = ctx {
+                self.branch_response(now, ctx, idx, msg);
+            }
+        }
+    }
+
+    fn branch_response(&mut self, now: Instant, ctx_id: u64, idx: usize, resp: Message) {
+        let status = resp.status().unwrap_or(500);
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let server_key = ctx.server_key.clone();
+        let invite = ctx.invite;
+        if status < 200 {
+            let mut cancel = false;
+            if let Some(b) = ctx.branches.get_mut(idx) {
+                b.provisional = true;
+                cancel = b.cancel_wanted;
+                if invite {
+                    b.timer_c = Some(now + TIMER_C);
+                    self.timers
+                        .push(now + TIMER_C, TimerRef::TimerC(ctx_id, idx));
+                }
+            }
+            let forward = status > 100 && !ctx.final_sent;
+            if cancel {
+                self.cancel_branch(now, ctx_id, idx);
+            }
+            if forward {
+                let data = upstream_bytes(&resp, None);
+                self.send_server_response(now, &server_key, status, data);
+            }
+            return;
+        }
+        if let Some(b) = ctx.branches.get_mut(idx) {
+            b.final_status = Some(status);
+        }
+        if status < 300 {
+            // §16.7 step 5: every 2xx goes upstream at once, even after another one.
+            ctx.answered = true;
+            ctx.final_sent = true;
+            let data = upstream_bytes(&resp, None);
+            self.send_server_response(now, &server_key, status, data);
+            if invite {
+                self.cancel_all(now, ctx_id);
+            }
+        } else {
+            if !ctx.answered
+                && ctx
+                    .best
+                    .as_ref()
+                    .is_none_or(|b| rank(status) < rank(b.status()))
+            {
+                ctx.best = Some(Candidate::Received(resp));
+            }
+            if invite && status >= 600 {
+                self.cancel_all(now, ctx_id);
+            }
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    /// A branch failed without a response (timeout, transport error): a local final for it.
+    pub(crate) fn branch_failed(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        code: u16,
+        reason: &'static str,
+    ) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let Some(b) = ctx.branches.get_mut(idx) else {
+            return;
+        };
+        if b.final_status.is_some() {
+            return;
+        }
+        b.final_status = Some(code);
+        if !ctx.answered
+            && ctx
+                .best
+                .as_ref()
+                .is_none_or(|c| rank(code) < rank(c.status()))
+        {
+            ctx.best = Some(Candidate::Local(code, reason));
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    fn cancel_all(&mut self, now: Instant, ctx_id: u64) {
+        let n = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
+        for i in 0..n {
+            self.cancel_branch(now, ctx_id, i);
+        }
+    }
+
+    /// When every branch has a final response: send the best one up if nothing was, and drop
+    /// the context.
+    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else {
+            return;
+        };
+        if ctx.branches.iter().any(|b| b.final_status.is_none()) {
+            return;
+        }
+        let Some(ctx) = self.contexts.remove(&ctx_id) else {
+            return;
+        };
+        if ctx.final_sent {
+            return;
+        }
+        match ctx.best {
+            Some(Candidate::Received(resp)) => {
+                let status = resp.status().unwrap_or(500);
+                // §16.7 step 6: a 503 from downstream must not make the caller's
+                // proxy think *we* are overloaded.
+                let (code, data) = if status == 503 {
+                    (
+                        500,
+                        upstream_bytes(&resp, Some((500, "Server Internal Error"))),
+                    )
+                } else {
+                    (status, upstream_bytes(&resp, None))
+                };
+                self.send_server_response(now, &ctx.server_key, code, data);
+            }
+            Some(Candidate::Local(code, reason)) => {
+                self.respond(now, &ctx.server_key, code, reason, &[], None)
+            }
+            None => self.respond(
+                now,
+                &ctx.server_key,
+                500,
+                "Server Internal Error",
+                &[],
+                None,
+            ),
+        }
+    }
+
+    /// Timer C fired for a branch (§16.8): cancel it if it rang, else give it up as 408.
+    pub(crate) fn timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
+        let Some(b) = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(idx)) else {
+            return;
+        };
+        if b.final_status.is_some() || b.timer_c.is_none_or(|t| t > now) {
+            return;
+        }
+        if b.provisional {
+            self.cancel_branch(now, ctx_id, idx);
+        } else {
+            let key = b.client_key.clone();
+            self.clients.remove(&key);
+            self.branch_failed(now, ctx_id, idx, 408, "Request Timeout");
+        }
+    }
+}
+
+pub(crate) fn client_key(branch: &str, method: &str) -> String {
+    let method = if method == "ACK" { "INVITE" } else { method };
+    format!("c|{branch}|{method}")
+}
+
+fn bracket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// ACK for a non-2xx final response (§17.1.1.3): same branch and Route set as the INVITE,
+/// To from the response.
+fn ack_for(req: &Message, resp: &Message) -> sip::Bytes {
+    let to = resp.value(HeaderName::To).unwrap_or("");
+    request_like(req, "ACK", Some(to)).finish(None, b"")
+}
+
+/// A response as it goes upstream: our Via removed, optionally a new status line.
+fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>) -> sip::Bytes {
+    let mut w = match status {
+        Some((code, reason)) => Writer::response(code, reason),
+        None => Writer::response(resp.status().unwrap_or(500), resp.reason()),
+    };
+    let mut first_via = true;
+    for h in &resp.headers {
+        match h.name {
+            HeaderName::Via if first_via => {
+                first_via = false;
+                let value = resp.text(h.value);
+                if let Some(top) = resp.top_via() {
+                    let rest = value.get(top.raw.len()..).unwrap_or("").trim_start();
+                    if let Some(rest) = rest.strip_prefix(',') {
+                        w.header("Via", rest.trim_start());
+                    }
+                }
+            }
+            HeaderName::ContentLength => {}
+            _ => {
+                w.line(resp.text(h.line));
+            }
+        }
+    }
+    w.finish(None, resp.body())
+}

@@ -1,0 +1,307 @@
+//! The registrar (RFC 3261 §10.3): authenticates REGISTER, then adds, refreshes and removes
+//! contacts of the user's address-of-record, writing every change through to the store.
+
+use super::auth::AuthOutcome;
+use super::location::Binding;
+use super::timers::TimerRef;
+use super::{Action, Core, Flow};
+use crate::config::Transport;
+use crate::store::StoredBinding;
+use sip::grammar::{name_addr_list, parse_bounded, token_list};
+use sip::header::HeaderName;
+use sip::message::Message;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// What a REGISTER asked for one contact.
+struct Wanted {
+    contact: String,
+    expires: u32,
+    q: f32,
+}
+
+impl Core {
+    pub(crate) fn register(&mut self, now: Instant, key: &str, msg: &Message, flow: Flow) {
+        let user = match self.authenticate(now, msg, false) {
+            AuthOutcome::User(u) => u,
+            AuthOutcome::Challenge { stale } => {
+                let h = self.challenges(now, false, stale);
+                return self.respond(now, key, 401, "Unauthorized", &h, None);
+            }
+            AuthOutcome::Reject(code, reason) => {
+                return self.respond(now, key, code, reason, &[], None)
+            }
+        };
+        let Some(to) = msg.to() else {
+            return self.respond(now, key, 400, "Bad To", &[], None);
+        };
+        if !to.uri.is_sip() {
+            // RFC 4475 unksm2: an address-of-record is a SIP or SIPS URI.
+            return self.respond(now, key, 400, "AOR Must Be a SIP URI", &[], None);
+        }
+        let aor = to
+            .uri
+            .user_unescaped()
+            .map(|u| u.into_owned())
+            .unwrap_or_default();
+        let Some(owner) = self.users.find(&aor).map(|u| u.name.clone()) else {
+            return self.respond(now, key, 404, "Not Found", &[], None);
+        };
+        if owner != user {
+            tracing::info!(%user, aor = %owner, "REGISTER for someone else's address refused");
+            return self.respond(now, key, 403, "Forbidden: Not Your Address", &[], None);
+        }
+        let unsupported: Vec<&str> = msg
+            .values(HeaderName::Require)
+            .flat_map(token_list)
+            .filter(|t| !t.eq_ignore_ascii_case("path"))
+            .collect();
+        if !unsupported.is_empty() {
+            let h = [("Unsupported", unsupported.join(", "))];
+            return self.respond(now, key, 420, "Bad Extension", &h, None);
+        }
+        let header_expires = msg.value(HeaderName::Expires).map(|v| {
+            parse_bounded(v, u64::MAX)
+                .map_or(self.cfg.default_expires, |n| n.min(u32::MAX as u64) as u32)
+        });
+        let star = msg.values(HeaderName::Contact).any(|v| v.trim() == "*");
+        if star {
+            let contacts = msg.values(HeaderName::Contact).count();
+            if contacts != 1 || header_expires != Some(0) {
+                return self.respond(now, key, 400, "Bad Wildcard Contact", &[], None);
+            }
+            let removed: Vec<Binding> = self.location.bindings_mut(&owner).drain(..).collect();
+            self.location.remove_empty(&owner);
+            for b in removed {
+                self.out.push(Action::DeleteBinding {
+                    aor: owner.clone(),
+                    contact: b.contact,
+                });
+            }
+            return self.registered(now, key, &owner);
+        }
+        let mut wanted = vec![];
+        for v in msg.values(HeaderName::Contact) {
+            for c in name_addr_list(v).flatten() {
+                let expires = c
+                    .param("expires")
+                    .flatten()
+                    .map(|e| {
+                        parse_bounded(e, u64::MAX)
+                            .map_or(self.cfg.default_expires, |n| n.min(u32::MAX as u64) as u32)
+                    })
+                    .or(header_expires)
+                    .unwrap_or(self.cfg.default_expires)
+                    .min(self.cfg.max_expires);
+                if expires > 0 && expires < self.cfg.min_expires {
+                    let h = [("Min-Expires", self.cfg.min_expires.to_string())];
+                    return self.respond(now, key, 423, "Interval Too Brief", &h, None);
+                }
+                let q = c
+                    .param("q")
+                    .flatten()
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(1.0);
+                wanted.push(Wanted {
+                    contact: c.uri.raw.to_string(),
+                    expires,
+                    q,
+                });
+            }
+        }
+        let call_id = msg.call_id().to_string();
+        let cseq = msg.cseq().map_or(0, |c| c.0);
+        let user_agent = msg.value(HeaderName::UserAgent).unwrap_or("").to_string();
+        let unix = self.unix(now);
+        let mut changes = vec![];
+        {
+            let list = self.location.bindings_mut(&owner);
+            for w in wanted {
+                let existing = list.iter().position(|b| b.contact == w.contact);
+                if let Some(i) = existing {
+                    // §10.3 step 7: same Call-ID with an older CSeq must not change the binding.
+                    if list[i].call_id == call_id && list[i].cseq >= cseq {
+                        continue;
+                    }
+                }
+                if w.expires == 0 {
+                    if let Some(i) = existing {
+                        let b = list.remove(i);
+                        changes.push(Action::DeleteBinding {
+                            aor: owner.clone(),
+                            contact: b.contact,
+                        });
+                    }
+                    continue;
+                }
+                let binding = Binding {
+                    contact: w.contact,
+                    expires: now + Duration::from_secs(w.expires as u64),
+                    q: w.q,
+                    call_id: call_id.clone(),
+                    cseq,
+                    flow,
+                    user_agent: user_agent.clone(),
+                };
+                changes.push(Action::PutBinding(stored(
+                    &owner,
+                    &binding,
+                    unix + w.expires as u64,
+                )));
+                match existing {
+                    Some(i) => list[i] = binding,
+                    None => list.push(binding),
+                }
+            }
+            while list.len() > self.cfg.max_contacts {
+                // The one closest to expiry goes first.
+                let oldest = list
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, b)| b.expires)
+                    .map_or(0, |(i, _)| i);
+                let b = list.remove(oldest);
+                changes.push(Action::DeleteBinding {
+                    aor: owner.clone(),
+                    contact: b.contact,
+                });
+            }
+        }
+        self.location.remove_empty(&owner);
+        self.out.extend(changes);
+        if let Some(first) = self.location.get(&owner).iter().map(|b| b.expires).min() {
+            self.timers.push(first, TimerRef::Expiry(owner.clone()));
+        }
+        self.counters.registrations_accepted += 1;
+        self.registered(now, key, &owner);
+    }
+
+    /// 200 OK listing every current contact with its remaining time (§10.3 step 8).
+    fn registered(&mut self, now: Instant, key: &str, aor: &str) {
+        let mut h: Vec<(&str, String)> = self
+            .location
+            .get(aor)
+            .iter()
+            .map(|b| {
+                let secs = b.expires.saturating_duration_since(now).as_secs();
+                ("Contact", format!("<{}>;expires={secs}", b.contact))
+            })
+            .collect();
+        h.push(("Date", httpdate(self.unix(now))));
+        self.respond(now, key, 200, "OK", &h, None);
+    }
+
+    /// Drops the expired contacts of `aor` and schedules the next check.
+    pub(crate) fn expire_bindings(&mut self, now: Instant, aor: &str) {
+        for b in self.location.purge(aor, now) {
+            tracing::info!(user = aor, contact = %b.contact, "registration expired");
+            self.out.push(Action::DeleteBinding {
+                aor: aor.to_string(),
+                contact: b.contact,
+            });
+        }
+        if let Some(next) = self.location.get(aor).iter().map(|b| b.expires).min() {
+            self.timers.push(next, TimerRef::Expiry(aor.to_string()));
+        }
+    }
+
+    /// Loads persisted registrations at start; expired ones are dropped from the store.
+    pub(crate) fn restore_bindings(&mut self, now: Instant, bindings: Vec<StoredBinding>) {
+        let unix = self.unix(now);
+        for s in bindings {
+            if s.expires_at <= unix {
+                self.out.push(Action::DeleteBinding {
+                    aor: s.aor,
+                    contact: s.contact,
+                });
+                continue;
+            }
+            let (Ok(remote), Ok(local)) = (
+                s.source.parse::<SocketAddr>(),
+                s.local.parse::<SocketAddr>(),
+            ) else {
+                tracing::warn!(user = %s.aor, contact = %s.contact, "stored registration has a bad address; dropped");
+                continue;
+            };
+            let expires = now + Duration::from_secs(s.expires_at - unix);
+            let binding = Binding {
+                contact: s.contact,
+                expires,
+                q: s.q,
+                call_id: s.call_id,
+                cseq: s.cseq,
+                flow: Flow {
+                    transport: Transport::parse(&s.transport).unwrap_or(Transport::Udp),
+                    local,
+                    remote,
+                    conn: None,
+                },
+                user_agent: s.user_agent,
+            };
+            self.location.bindings_mut(&s.aor).push(binding);
+            self.timers.push(expires, TimerRef::Expiry(s.aor));
+        }
+    }
+}
+
+fn stored(aor: &str, b: &Binding, expires_at: u64) -> StoredBinding {
+    StoredBinding {
+        aor: aor.to_string(),
+        contact: b.contact.clone(),
+        expires_at,
+        q: b.q,
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        transport: b.flow.transport.as_str().to_string(),
+        source: b.flow.remote.to_string(),
+        local: b.flow.local.to_string(),
+        user_agent: b.user_agent.clone(),
+    }
+}
+
+/// RFC 1123 date for the Date header (RFC 3261 §20.17), from Unix seconds.
+pub(crate) fn httpdate(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(super::httpdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            super::httpdate(1_795_400_000),
+            "Mon, 23 Nov 2026 02:13:20 GMT"
+        );
+        assert_eq!(
+            super::httpdate(951_782_400),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+    }
+}

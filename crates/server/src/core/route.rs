@@ -1,0 +1,152 @@
+//! Routing decisions that depend only on the request and our own addresses: is a URI ours,
+//! how many top Route entries are ours (loose routing, RFC 3261 §16.4), where a URI's next hop
+//! is, and the loop-detection hash that goes into our branches (§16.6 step 8, §16.3 step 4).
+
+use super::{Core, Flow};
+use crate::config::Transport;
+use sip::grammar::{name_addr_list, token_list};
+use sip::header::HeaderName;
+use sip::message::Message;
+use sip::uri::{Host, Scheme, Uri};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Where a request goes next: the Request-URI to write and the flow to send on.
+#[derive(Clone, Debug)]
+pub(crate) struct Hop {
+    pub uri: String,
+    pub flow: Flow,
+}
+
+impl Core {
+    /// True when `host:port` names this server: the domain, or one of our addresses.
+    pub(crate) fn is_us(&self, host: &Host<'_>, port: Option<u16>) -> bool {
+        let port_ok = |p: Option<u16>| match p {
+            None => true,
+            Some(p) => self.cfg.listeners.iter().any(|l| l.addr.port() == p),
+        };
+        match host {
+            Host::Name(n) => n.eq_ignore_ascii_case(&self.cfg.domain) && port_ok(port),
+            Host::Ip(ip) => {
+                self.cfg.listeners.iter().any(|l| {
+                    (l.host == *ip || l.addr.ip() == *ip) && port.is_none_or(|p| l.addr.port() == p)
+                }) || (port.is_none() && self.cfg.listeners.iter().any(|l| l.host == *ip))
+            }
+        }
+    }
+
+    /// True when the URI's host is the domain we serve (with any of our ports or none).
+    pub(crate) fn is_local_domain(&self, uri: &Uri<'_>) -> bool {
+        uri.is_sip() && self.is_us(&uri.host, uri.port)
+    }
+
+    /// How many Route entries at the top are ours (we Record-Routed this dialog).
+    pub(crate) fn our_routes(&self, msg: &Message) -> usize {
+        let mut n = 0;
+        for v in msg.values(HeaderName::Route) {
+            for r in name_addr_list(v) {
+                match r {
+                    Ok(r)
+                        if r.uri.is_sip()
+                            && r.uri.user.is_none()
+                            && self.is_us(&r.uri.host, r.uri.port) =>
+                    {
+                        n += 1
+                    }
+                    _ => return n,
+                }
+            }
+        }
+        n
+    }
+
+    /// The first Route entry after the `skip` ones that are ours.
+    pub(crate) fn next_route<'m>(&self, msg: &'m Message, skip: usize) -> Option<&'m str> {
+        msg.values(HeaderName::Route)
+            .flat_map(name_addr_list)
+            .nth(skip)
+            .and_then(Result::ok)
+            .map(|r| r.uri.raw)
+    }
+
+    /// Resolves a URI to a flow. Issue-2 scope: IP literals and `localhost`; names wait for
+    /// RFC 3263 resolution. `conn` prefers an existing stream connection.
+    pub(crate) fn resolve(&self, uri: &Uri<'_>) -> Option<Flow> {
+        if uri.scheme != Scheme::Sip {
+            return None;
+        }
+        let transport = match uri.transport() {
+            None => Transport::Udp,
+            Some(t) => Transport::parse(t)?,
+        };
+        let ip = match uri.host {
+            Host::Ip(ip) => ip,
+            Host::Name(n) if n.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Host::Name(_) => return None,
+        };
+        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return None;
+        }
+        let remote = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+        let listener = self.listener_for(transport, &remote)?;
+        Some(Flow {
+            transport,
+            local: listener.addr,
+            remote,
+            conn: None,
+        })
+    }
+
+    /// Option tags of Proxy-Require we do not support (RFC 3261 §16.3 step 5: 420).
+    pub(crate) fn unsupported_proxy_require<'m>(&self, msg: &'m Message) -> Vec<&'m str> {
+        msg.values(HeaderName::ProxyRequire)
+            .flat_map(token_list)
+            .collect()
+    }
+
+    /// Hash of what identifies a request as it reaches us (R-URI, tags, Call-ID, CSeq,
+    /// Route, Proxy-Require); it goes into our branch so the same request coming back is
+    /// recognised as a loop while a spiral (changed R-URI) is not.
+    pub(crate) fn loop_hash(&self, msg: &Message) -> String {
+        let mut h = Fnv::new(self.salt);
+        h.write(msg.uri_str());
+        h.write(msg.from().and_then(|f| f.tag()).unwrap_or(""));
+        h.write(msg.to().and_then(|t| t.tag()).unwrap_or(""));
+        h.write(msg.call_id());
+        h.write(&msg.cseq().map_or(0, |c| c.0).to_string());
+        for v in msg.values(HeaderName::Route) {
+            h.write(v);
+        }
+        for v in msg.values(HeaderName::ProxyRequire) {
+            h.write(v);
+        }
+        format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+    }
+
+    /// §16.3 step 4: a Via of ours whose branch carries this request's loop hash.
+    pub(crate) fn is_loop(&self, msg: &Message, hash: &str) -> bool {
+        let prefix = format!("z9hG4bK{hash}.");
+        msg.vias().flatten().any(|v| {
+            self.is_us(&v.host, v.port) && v.branch().is_some_and(|b| b.starts_with(&prefix))
+        })
+    }
+}
+
+/// FNV-1a, seeded: cheap and good enough for loop detection (not a security boundary).
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub fn new(seed: u64) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325 ^ seed)
+    }
+
+    pub fn write(&mut self, s: &str) {
+        for b in s.bytes().chain(std::iter::once(0)) {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,40 @@
+//! The core's one timer queue. Entries are hints: when one fires, its owner checks whether it
+//! is really due (a transaction may have moved on), so nothing is ever removed early.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerRef {
+    Server(String),
+    Client(String),
+    /// Timer C of a proxy context's branch.
+    TimerC(u64, usize),
+    /// Registrations of an address-of-record may have expired.
+    Expiry(String),
+}
+
+#[derive(Default)]
+pub(crate) struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Instant, u64, TimerRef)>>,
+    seq: u64,
+}
+
+impl TimerQueue {
+    pub fn push(&mut self, at: Instant, what: TimerRef) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, what)));
+    }
+
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    pub fn pop_due(&mut self, now: Instant) -> Option<TimerRef> {
+        if self.next()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse((_, _, t))| t)
+    }
+}

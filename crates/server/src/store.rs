@@ -1,0 +1,324 @@
+//! Persistent state: user accounts (passwords only as digest HA1 hashes) and registrations.
+//! `Store` is the trait the daemon and the CLI use; `SqliteStore` is the embedded default.
+//! The proxy never waits on it: it keeps its tables in memory and writes through.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub extension: Option<String>,
+    /// The realm the hashes were made for; a domain change needs new passwords.
+    pub realm: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+impl User {
+    pub fn new(name: &str, extension: Option<&str>, realm: &str, password: &str) -> User {
+        use sip::digest::{ha1, Algorithm};
+        User {
+            name: name.into(),
+            extension: extension.map(Into::into),
+            realm: realm.into(),
+            ha1_md5: ha1(Algorithm::Md5, name, realm, password),
+            ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
+        }
+    }
+}
+
+/// One registered contact as stored: expiry as Unix seconds so it survives a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBinding {
+    pub aor: String,
+    pub contact: String,
+    pub expires_at: u64,
+    pub q: f32,
+    pub call_id: String,
+    pub cseq: u32,
+    /// `udp`, `tcp`...
+    pub transport: String,
+    /// Where the REGISTER came from (`ip:port`), for routing back to it.
+    pub source: String,
+    pub local: String,
+    pub user_agent: String,
+}
+
+pub type StoreResult<T> = Result<T, String>;
+
+pub trait Store: Send {
+    fn users(&self) -> StoreResult<Vec<User>>;
+    fn user(&self, name: &str) -> StoreResult<Option<User>>;
+    /// Fails with a clear message if the name or extension is taken.
+    fn add_user(&self, user: &User) -> StoreResult<()>;
+    fn update_user(&self, user: &User) -> StoreResult<bool>;
+    fn remove_user(&self, name: &str) -> StoreResult<bool>;
+    fn bindings(&self) -> StoreResult<Vec<StoredBinding>>;
+    fn put_binding(&self, b: &StoredBinding) -> StoreResult<()>;
+    fn delete_binding(&self, aor: &str, contact: &str) -> StoreResult<()>;
+    fn delete_bindings(&self, aor: &str) -> StoreResult<()>;
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    extension TEXT UNIQUE,
+    realm TEXT NOT NULL,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    aor TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    q REAL NOT NULL,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    source TEXT NOT NULL,
+    local TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    PRIMARY KEY (aor, contact)
+);
+";
+
+fn err(e: rusqlite::Error) -> String {
+    e.to_string()
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create data folder {}: {e}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        // WAL lets the CLI write users while the daemon reads; busy_timeout rides out the
+        // short moments when both write.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| format!("cannot set up store {}: {e}", path.display()))?;
+        Ok(SqliteStore { conn })
+    }
+
+    pub fn in_memory() -> StoreResult<SqliteStore> {
+        let conn = Connection::open_in_memory().map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: r.get(0)?,
+        extension: r.get(1)?,
+        realm: r.get(2)?,
+        ha1_md5: r.get(3)?,
+        ha1_sha256: r.get(4)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn users(&self) -> StoreResult<Vec<User>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, extension, realm, ha1_md5, ha1_sha256 FROM users ORDER BY name")
+            .map_err(err)?;
+        let rows = st.query_map([], user_row).map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
+    fn user(&self, name: &str) -> StoreResult<Option<User>> {
+        self.conn
+            .query_row(
+                "SELECT name, extension, realm, ha1_md5, ha1_sha256 FROM users WHERE name = ?1",
+                [name],
+                user_row,
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    fn add_user(&self, u: &User) -> StoreResult<()> {
+        let clash: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM users WHERE name = ?1 OR extension = ?1 OR name = ?2 OR extension = ?2",
+                params![u.name, u.extension.as_deref().unwrap_or(&u.name)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if let Some(other) = clash {
+            return Err(format!(
+                "`{}`{} clashes with the existing user `{other}` (names and extensions share one namespace)",
+                u.name,
+                u.extension.as_ref().map(|e| format!(" / extension {e}")).unwrap_or_default()
+            ));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn update_user(&self, u: &User) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE users SET extension = ?2, realm = ?3, ha1_md5 = ?4, ha1_sha256 = ?5 WHERE name = ?1",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256],
+            )
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+
+    fn remove_user(&self, name: &str) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM users WHERE name = ?1", [name])
+            .map_err(err)?;
+        self.delete_bindings(name)?;
+        Ok(n > 0)
+    }
+
+    fn bindings(&self) -> StoreResult<Vec<StoredBinding>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent
+                 FROM bindings ORDER BY aor, contact",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(StoredBinding {
+                    aor: r.get(0)?,
+                    contact: r.get(1)?,
+                    expires_at: r.get::<_, i64>(2)?.max(0) as u64,
+                    q: r.get::<_, f64>(3)? as f32,
+                    call_id: r.get(4)?,
+                    cseq: r.get::<_, i64>(5)?.clamp(0, u32::MAX as i64) as u32,
+                    transport: r.get(6)?,
+                    source: r.get(7)?,
+                    local: r.get(8)?,
+                    user_agent: r.get(9)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
+    fn put_binding(&self, b: &StoredBinding) -> StoreResult<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO bindings
+                 (aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    b.aor,
+                    b.contact,
+                    b.expires_at as i64,
+                    b.q as f64,
+                    b.call_id,
+                    b.cseq as i64,
+                    b.transport,
+                    b.source,
+                    b.local,
+                    b.user_agent
+                ],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn delete_binding(&self, aor: &str, contact: &str) -> StoreResult<()> {
+        self.conn
+            .execute(
+                "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2",
+                [aor, contact],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn delete_bindings(&self, aor: &str) -> StoreResult<()> {
+        self.conn
+            .execute("DELETE FROM bindings WHERE aor = ?1", [aor])
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_clashes() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.add_user(&User::new("alice", Some("101"), "example.test", "pw"))
+            .unwrap();
+        let e = s
+            .add_user(&User::new("bob", Some("101"), "example.test", "pw"))
+            .unwrap_err();
+        assert!(e.contains("alice"), "{e}");
+        let e = s
+            .add_user(&User::new("101", None, "example.test", "pw"))
+            .unwrap_err();
+        assert!(e.contains("alice"), "{e}");
+        s.add_user(&User::new("bob", Some("102"), "example.test", "pw"))
+            .unwrap();
+        assert_eq!(s.users().unwrap().len(), 2);
+        let a = s.user("alice").unwrap().unwrap();
+        assert_eq!(
+            a.ha1_md5,
+            sip::digest::ha1(sip::digest::Algorithm::Md5, "alice", "example.test", "pw")
+        );
+        assert!(!a.ha1_md5.contains("pw"));
+        assert!(s.remove_user("alice").unwrap());
+        assert!(!s.remove_user("alice").unwrap());
+    }
+
+    #[test]
+    fn bindings_round_trip() {
+        let s = SqliteStore::in_memory().unwrap();
+        let b = StoredBinding {
+            aor: "alice".into(),
+            contact: "<sip:alice@127.0.0.1:5062>".into(),
+            expires_at: 1_900_000_000,
+            q: 0.5,
+            call_id: "c1".into(),
+            cseq: 7,
+            transport: "udp".into(),
+            source: "127.0.0.1:5062".into(),
+            local: "127.0.0.1:5060".into(),
+            user_agent: "test".into(),
+        };
+        s.put_binding(&b).unwrap();
+        s.put_binding(&StoredBinding {
+            cseq: 8,
+            ..b.clone()
+        })
+        .unwrap();
+        let all = s.bindings().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].cseq, 8);
+        s.delete_binding("alice", &b.contact).unwrap();
+        assert!(s.bindings().unwrap().is_empty());
+    }
+}
