@@ -105,7 +105,8 @@ pub struct RegistrarConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Digest algorithms offered, most preferred first: "SHA-256", "MD5".
+    /// Digest algorithms offered, one challenge each, most preferred first. MD5 leads by default
+    /// because many phones read only the first challenge and know nothing else (RFC 8760 §2.4).
     pub algorithms: Vec<String>,
     /// How long a nonce stays valid (seconds) before the client is asked again with stale=true.
     pub nonce_lifetime: u64,
@@ -125,7 +126,7 @@ impl Default for RegistrarConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            algorithms: vec!["SHA-256".into(), "MD5".into()],
+            algorithms: vec!["MD5".into(), "SHA-256".into()],
             nonce_lifetime: 300,
         }
     }

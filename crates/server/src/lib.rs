@@ -2,5 +2,8 @@
 //! runtime that connects them to sockets and the control channel.
 
 pub mod config;
+pub mod control;
 pub mod core;
+pub mod runtime;
 pub mod store;
+pub mod transport;

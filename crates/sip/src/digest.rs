@@ -358,6 +358,38 @@ pub fn verify(creds: &Credentials<'_>, method: &str, ha1_hex: &str) -> bool {
     ct_eq(expected.as_bytes(), got.as_bytes())
 }
 
+/// Client side: the `Authorization` / `Proxy-Authorization` value answering a challenge with
+/// qop=auth (used by tests and, later, when registering to a SIP provider).
+#[allow(clippy::too_many_arguments)]
+pub fn authorization(
+    alg: Algorithm,
+    user: &str,
+    realm: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    cnonce: &str,
+    nc: u32,
+) -> String {
+    let mut ha1 = hash_hex(alg, &[user, realm, password]);
+    if alg.is_sess() {
+        ha1 = hash_hex(alg, &[&ha1, nonce, cnonce]);
+    }
+    let ha2 = hash_hex(alg, &[method, uri]);
+    let nc = format!("{nc:08x}");
+    let response = hash_hex(alg, &[&ha1, nonce, &nc, cnonce, "auth", &ha2]);
+    format!(
+        "Digest username={}, realm={}, nonce={}, uri={}, response=\"{response}\", algorithm={}, cnonce={}, qop=auth, nc={nc}",
+        quote(user),
+        quote(realm),
+        quote(nonce),
+        quote(uri),
+        alg.as_str(),
+        quote(cnonce)
+    )
+}
+
 fn quote(v: &str) -> String {
     let mut out = String::from('"');
     for ch in v.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')) {
@@ -839,5 +871,34 @@ mod tests {
             assert_eq!(m.commit(&n, Some(1), t), Valid);
         }
         assert!(m.len() == 101 && !m.is_empty());
+    }
+
+    #[test]
+    fn client_authorization_round_trips() {
+        for alg in [Algorithm::Md5, Algorithm::Sha256, Algorithm::Md5Sess] {
+            let v = authorization(
+                alg,
+                "alice",
+                "example.test",
+                "pw",
+                "REGISTER",
+                "sip:example.test",
+                "n1",
+                "c1",
+                1,
+            );
+            let c = Credentials::parse(&v).unwrap();
+            assert_eq!(c.nc, Some(1));
+            assert!(verify(
+                &c,
+                "REGISTER",
+                &ha1(alg, "alice", "example.test", "pw")
+            ));
+            assert!(!verify(
+                &c,
+                "INVITE",
+                &ha1(alg, "alice", "example.test", "pw")
+            ));
+        }
     }
 }

@@ -220,8 +220,9 @@ impl Message {
         Self::parse_inner(buf, datagram, true)
     }
 
-    /// Parses the head only, ignoring Content-Length, so that a request whose body cannot be
-    /// framed (RFC 4475 clerr, ncl) can still be answered with a 400.
+    /// Parses the head only, ignoring Content-Length and tolerating a broken request line, so
+    /// that a request that cannot be used (RFC 4475 clerr, ncl, lwsruri) can still be answered
+    /// with a 400. Never route on what this returns.
     pub fn parse_head(buf: Bytes) -> Result<Message, ParseError> {
         Self::parse_inner(buf, true, false)
     }
@@ -263,7 +264,21 @@ impl Message {
             return Err(ParseError::bad("header section is not UTF-8"));
         }
         let line_end = find(&head[lead..], b"\r\n").map_or(head_end, |i| i + lead);
-        let start = parse_start_line(&buf, lead, line_end)?;
+        let start = match parse_start_line(&buf, lead, line_end) {
+            Ok(s) => s,
+            // For answering a broken request: keep its headers, whatever its first line.
+            Err(_) if !frame_body && !buf[lead..].starts_with(b"SIP/") => {
+                let m_end =
+                    memchr::memchr(b' ', &buf[lead..line_end]).map_or(line_end, |i| i + lead);
+                StartLine::Request {
+                    method: Method::Other,
+                    method_span: Span::new(lead, m_end),
+                    uri: Span::new(m_end, m_end),
+                    version_ok: true,
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let mut headers = Vec::with_capacity(16);
         let mut pos = line_end + 2;
         while pos < head_end {

@@ -167,6 +167,9 @@ pub(crate) struct ClientTx {
     pub request: Message,
     pub flow: Flow,
     pub ctx: Option<(u64, usize)>,
+    /// The server transaction it forwards for: late 2xx retransmissions go there even after
+    /// the response context is gone (RFC 6026).
+    pub server: Option<String>,
 }
 
 /// Users by name, with an index by extension.
@@ -339,7 +342,9 @@ impl Core {
 
     /// Sends a response without a transaction (to requests we could not accept at all).
     pub(crate) fn reply_stateless(&mut self, req: &Message, flow: Flow, code: u16, reason: &str) {
-        if req.top_via().is_none() {
+        // Without any Via the response could not be matched by anybody. A malformed one is
+        // copied as it is (RFC 4475 badinv01 still deserves its 400).
+        if req.value(HeaderName::Via).is_none() {
             return;
         }
         let tag = self.token();

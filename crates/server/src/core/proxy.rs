@@ -37,8 +37,8 @@ impl Candidate {
     }
 }
 
-/// Lower is better: 6xx first, then the lowest class; within a class the responses that let
-/// the caller act (auth challenges, 415, 420, 484) before the rest.
+/// Lower is better: 6xx first, then the lowest class; within a class the responses that tell
+/// the caller something it can act on (auth challenges, 415, 420, 484, busy) before the rest.
 fn rank(status: u16) -> (u8, u8, u16) {
     let class = match status / 100 {
         6 => 0,
@@ -46,7 +46,7 @@ fn rank(status: u16) -> (u8, u8, u16) {
         4 => 2,
         _ => 3,
     };
-    let useful = matches!(status, 401 | 407 | 415 | 420 | 484);
+    let useful = matches!(status, 401 | 407 | 415 | 420 | 484 | 486);
     (class, u8::from(!useful), status)
 }
 
@@ -131,7 +131,7 @@ impl Core {
             // §16.2: a stateful proxy answers INVITE with 100 at once, stopping retransmissions.
             self.respond(now, &key, 100, "Trying", &[], None);
         }
-        match self.decide(now, &msg, &key) {
+        match self.decide(now, &msg, &key, flow) {
             Some(Decision::Reply(code, reason)) => self.respond(now, &key, code, reason, &[], None),
             Some(Decision::Register) => self.register(now, &key, &msg, flow),
             Some(Decision::OptionsHere) => {
@@ -144,7 +144,7 @@ impl Core {
     }
 
     /// The routing pipeline (§16.3–16.5). `None` means a response was already sent.
-    fn decide(&mut self, now: Instant, msg: &Message, key: &str) -> Option<Decision> {
+    fn decide(&mut self, now: Instant, msg: &Message, key: &str, flow: Flow) -> Option<Decision> {
         let method = msg.method();
         let uri = match msg.uri() {
             Ok(u) => u,
@@ -217,7 +217,9 @@ impl Core {
         // themselves; requests from elsewhere reach local users unauthenticated.
         let from = msg.from()?;
         let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
-        if from_local && !in_dialog {
+        // A request we sent to ourselves (a spiral) was authenticated on its first pass.
+        let spiral = self.cfg.listeners.iter().any(|l| l.addr == flow.remote);
+        if from_local && !in_dialog && !spiral {
             match self.authenticate(now, msg, true) {
                 AuthOutcome::User(user) => {
                     let claimed = from
@@ -344,6 +346,7 @@ impl Core {
                     request: sent,
                     flow,
                     ctx: Some((ctx_id, idx)),
+                    server: Some(key.to_string()),
                 },
             );
             if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
@@ -595,6 +598,7 @@ impl Core {
                 request: sent,
                 flow,
                 ctx: None,
+                server: None,
             },
         );
         self.client_actions(now, key, actions);
@@ -626,10 +630,18 @@ impl Core {
             ClientMachine::NonInvite(m) => m.on_response(now, status),
         };
         let ctx = ct.ctx;
+        let server = ct.server.clone();
         self.client_actions(now, key, actions);
         if disp == Disposition::PassUp {
-            if let Some((ctx, idx)) = ctx {
-                self.branch_response(now, ctx, idx, msg);
+            match (ctx, server) {
+                (Some((ctx, idx)), _) if self.contexts.contains_key(&ctx) => {
+                    self.branch_response(now, ctx, idx, msg)
+                }
+                (_, Some(server)) if (200..300).contains(&status) => {
+                    let data = upstream_bytes(&msg, None);
+                    self.send_server_response(now, &server, status, data);
+                }
+                _ => {}
             }
         }
     }

@@ -1,0 +1,80 @@
+//! The control channel between the CLI and the running daemon: a Unix socket in the data
+//! folder (mode 0600, so only the server's own user can use it). One request per connection:
+//! the client writes a command line (`status`, `registrations`, `reload-users`) and reads one
+//! line of JSON back.
+
+use crate::runtime::Event;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub fn spawn_server(path: &Path, events: mpsc::UnboundedSender<Event>) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another hedgewitch is already running with this data folder (control socket {} answers)",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot open control socket {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let events = events.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut line = String::new();
+                let mut rd = tokio::io::BufReader::new(rd);
+                if rd.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                let command = line.trim().to_string();
+                if events.send(Event::Control { command, reply: tx }).is_err() {
+                    return;
+                }
+                if let Ok(v) = rx.await {
+                    let mut out = v.to_string();
+                    out.push('\n');
+                    let _ = wr.write_all(out.as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Client side, used by the CLI: sends one command and returns the daemon's JSON answer.
+pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "the server is not running (cannot reach {}: {e}); start it with `hedgewitch serve`",
+            path.display()
+        )
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("control socket: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("bad answer from server: {e}"))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(e.to_string());
+    }
+    Ok(v)
+}

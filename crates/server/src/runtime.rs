@@ -1,0 +1,380 @@
+//! The event loop: one task owns the core and feeds it received messages, timer expiries and
+//! send failures; it carries the core's actions out on sockets and hands store writes to the
+//! store thread. Sockets, the clock, the store and the control channel live here, never in
+//! the core.
+
+use crate::config::{Config, Transport};
+use crate::control;
+use crate::core::{Action, ConnId, Core, CoreConfig, Flow, Listener};
+use crate::store::{SqliteStore, Store, StoredBinding, User};
+use crate::transport;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+pub enum Event {
+    Message {
+        flow: Flow,
+        data: Bytes,
+    },
+    ConnOpened {
+        id: ConnId,
+        remote: SocketAddr,
+        sender: mpsc::UnboundedSender<Bytes>,
+    },
+    ConnClosed {
+        id: ConnId,
+        remote: SocketAddr,
+    },
+    SendFailed {
+        key: Option<String>,
+        remote: SocketAddr,
+    },
+    Control {
+        command: String,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    Shutdown,
+}
+
+/// Writes from the core to the store, done on their own thread so a slow disk never stalls
+/// signalling.
+enum StoreOp {
+    Put(StoredBinding),
+    Delete { aor: String, contact: String },
+    Users(std::sync::mpsc::Sender<Result<Vec<User>, String>>),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The address to write in headers for a wildcard listener: the configured one, else the
+/// source address the kernel would use for an outside destination (no packet is sent).
+fn guess_host(bind: SocketAddr, advertise: Option<IpAddr>) -> IpAddr {
+    if !bind.ip().is_unspecified() {
+        return bind.ip();
+    }
+    if let Some(a) = advertise.filter(|a| a.is_ipv4() == bind.is_ipv4()) {
+        return a;
+    }
+    let (probe, any): (SocketAddr, SocketAddr) = if bind.is_ipv4() {
+        (
+            "198.18.0.1:9".parse().unwrap_or(bind),
+            "0.0.0.0:0".parse().unwrap_or(bind),
+        )
+    } else {
+        (
+            "[2001:db8::1]:9".parse().unwrap_or(bind),
+            "[::]:0".parse().unwrap_or(bind),
+        )
+    };
+    StdUdp::bind(any)
+        .and_then(|s| s.connect(probe).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(if bind.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        })
+}
+
+fn secret() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    if let Err(e) = getrandom::getrandom(&mut s) {
+        tracing::warn!("no system randomness ({e}); nonces use a time-derived secret");
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        s[..16].copy_from_slice(&t.to_le_bytes());
+    }
+    s
+}
+
+fn spawn_store(mut store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
+    let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
+    std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            for op in rx {
+                match op {
+                    StoreOp::Put(b) => {
+                        if let Err(e) = store.put_binding(&b) {
+                            tracing::error!(user = %b.aor, contact = %b.contact,
+                                "store write failed: {e}; the registration is kept in memory only and will not survive a restart");
+                        }
+                    }
+                    StoreOp::Delete { aor, contact } => {
+                        if let Err(e) = store.delete_binding(&aor, &contact) {
+                            tracing::error!(user = %aor, %contact, "store delete failed: {e}; the binding may come back after a restart until it expires");
+                        }
+                    }
+                    StoreOp::Users(reply) => {
+                        let _ = reply.send(store.users());
+                    }
+                }
+            }
+            let _ = &mut store;
+        })
+        .ok();
+    tx
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn serve(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let store = SqliteStore::open(&cfg.db_path())?;
+    let users = store.users()?;
+    for u in users.iter().filter(|u| u.realm != cfg.domain) {
+        tracing::warn!(user = %u.name, realm = %u.realm,
+            "user was created for another realm than `{}`; set its password again (hedgewitch user passwd)", cfg.domain);
+    }
+    let bindings = store.bindings()?;
+    let store_tx = spawn_store(store);
+
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut udp: Vec<(SocketAddr, Arc<UdpSocket>)> = vec![];
+    let mut listeners = vec![];
+    for l in &cfg.listen {
+        let bound = match l.transport {
+            Transport::Udp => transport::bind_udp(l.addr).map(|s| {
+                let s = Arc::new(s);
+                tokio::spawn(transport::udp_loop(s.clone(), l.addr, events_tx.clone()));
+                udp.push((l.addr, s));
+            }),
+            Transport::Tcp => transport::bind_tcp(l.addr).map(|s| {
+                tokio::spawn(transport::tcp_accept_loop(s, l.addr, events_tx.clone()));
+            }),
+        };
+        match bound {
+            Ok(()) => {
+                let host = guess_host(l.addr, cfg.advertise);
+                tracing::info!(
+                    "listening on {}:{} (advertised as {host})",
+                    l.transport.as_str(),
+                    l.addr
+                );
+                listeners.push(Listener {
+                    transport: l.transport,
+                    addr: l.addr,
+                    host,
+                });
+            }
+            Err(e) if l.addr.ip().is_unspecified() && cfg.listen.len() > 1 => {
+                tracing::warn!(
+                    "cannot listen on {}:{}: {e}; continuing without it",
+                    l.transport.as_str(),
+                    l.addr
+                );
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot listen on {}:{}: {e}",
+                    l.transport.as_str(),
+                    l.addr
+                ))
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err("no listening socket could be opened".into());
+    }
+    control::spawn_server(&cfg.control_path(), events_tx.clone())?;
+    spawn_signals(events_tx.clone());
+
+    let now = Instant::now();
+    let mut core = Core::new(
+        CoreConfig::from_config(&cfg, listeners),
+        users,
+        bindings,
+        secret(),
+        now,
+        unix_now(),
+    );
+    tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
+
+    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Bytes>> = HashMap::new();
+    let mut conn_by_remote: HashMap<SocketAddr, ConnId> = HashMap::new();
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    loop {
+        execute(
+            &mut core,
+            &udp,
+            &mut conns,
+            &conn_by_remote,
+            &store_tx,
+            &events_tx,
+        );
+        let deadline = core.poll_timeout();
+        if let Some(d) = deadline {
+            sleep.as_mut().reset(tokio::time::Instant::from_std(d));
+        }
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                let now = Instant::now();
+                match ev {
+                    Event::Message { flow, data } => core.handle_message(now, flow, data),
+                    Event::ConnOpened { id, remote, sender } => {
+                        conns.insert(id, sender);
+                        conn_by_remote.insert(remote, id);
+                    }
+                    Event::ConnClosed { id, remote } => {
+                        conns.remove(&id);
+                        if conn_by_remote.get(&remote) == Some(&id) {
+                            conn_by_remote.remove(&remote);
+                        }
+                    }
+                    Event::SendFailed { key, remote } => {
+                        tracing::debug!(%remote, "send failed");
+                        if let Some(k) = key {
+                            core.handle_send_failure(now, &k);
+                        }
+                    }
+                    Event::Control { command, reply } => {
+                        let answer = control_answer(&mut core, now, &command, &store_tx);
+                        let _ = reply.send(answer);
+                    }
+                    Event::Shutdown => break,
+                }
+            }
+            _ = &mut sleep, if deadline.is_some() => {
+                core.handle_timeout(Instant::now());
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    execute(
+        &mut core,
+        &udp,
+        &mut conns,
+        &conn_by_remote,
+        &store_tx,
+        &events_tx,
+    );
+    drop(store_tx);
+    let _ = std::fs::remove_file(cfg.control_path());
+    Ok(())
+}
+
+fn control_answer(
+    core: &mut Core,
+    now: Instant,
+    command: &str,
+    store: &std::sync::mpsc::Sender<StoreOp>,
+) -> serde_json::Value {
+    match command {
+        "status" => serde_json::to_value(core.status(now)).unwrap_or_default(),
+        "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
+        "reload-users" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            if store.send(StoreOp::Users(tx)).is_err() {
+                return serde_json::json!({"error": "store thread is gone"});
+            }
+            match rx.recv() {
+                Ok(Ok(users)) => {
+                    let n = users.len();
+                    core.set_users(users);
+                    serde_json::json!({"users": n})
+                }
+                Ok(Err(e)) => serde_json::json!({"error": e}),
+                Err(_) => serde_json::json!({"error": "store thread is gone"}),
+            }
+        }
+        other => serde_json::json!({"error": format!("unknown command `{other}`")}),
+    }
+}
+
+fn execute(
+    core: &mut Core,
+    udp: &[(SocketAddr, Arc<UdpSocket>)],
+    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Bytes>>,
+    conn_by_remote: &HashMap<SocketAddr, ConnId>,
+    store: &std::sync::mpsc::Sender<StoreOp>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    for action in core.take_actions() {
+        match action {
+            Action::Send { flow, data, key } => match flow.transport {
+                Transport::Udp => {
+                    let Some((_, sock)) =
+                        udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
+                            udp.iter()
+                                .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
+                        })
+                    else {
+                        tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
+                        continue;
+                    };
+                    match sock.try_send_to(&data, flow.remote) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let sock = sock.clone();
+                            tokio::spawn(async move {
+                                let _ = sock.send_to(&data, flow.remote).await;
+                            });
+                        }
+                        Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
+                    }
+                }
+                Transport::Tcp => {
+                    let conn = flow
+                        .conn
+                        .filter(|c| conns.contains_key(c))
+                        .or_else(|| conn_by_remote.get(&flow.remote).copied());
+                    let sent = conn
+                        .and_then(|c| conns.get(&c))
+                        .is_some_and(|s| s.send(data.clone()).is_ok());
+                    if !sent {
+                        tokio::spawn(transport::connect_and_send(
+                            flow.local,
+                            flow.remote,
+                            data,
+                            key,
+                            events.clone(),
+                        ));
+                    }
+                }
+            },
+            Action::PutBinding(b) => {
+                if store.send(StoreOp::Put(b)).is_err() {
+                    tracing::error!("store thread is gone; registrations are not persisted");
+                }
+            }
+            Action::DeleteBinding { aor, contact } => {
+                let _ = store.send(StoreOp::Delete { aor, contact });
+            }
+        }
+    }
+}
+
+fn spawn_signals(events: mpsc::UnboundedSender<Event>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = events.send(Event::Shutdown);
+    });
+}

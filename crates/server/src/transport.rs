@@ -1,0 +1,215 @@
+//! Sockets: UDP receive loops, TCP listeners and connections with RFC 3261 §18.3 framing and
+//! RFC 5626 §4.4.1 CRLF keep-alives. Everything received is handed to the event loop as
+//! `Event::Message`; nothing here interprets SIP beyond finding message boundaries.
+
+use crate::config::Transport;
+use crate::core::{ConnId, Flow};
+use crate::runtime::Event;
+use bytes::{Bytes, BytesMut};
+use sip::message::{frame, Framing, MAX_MESSAGE};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// Closes stream connections that send nothing for this long (phones send keep-alives or
+/// re-register well within it).
+const IDLE: Duration = Duration::from_secs(900);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // So that 0.0.0.0:5060 and [::]:5060 can both be bound.
+        s.set_only_v6(true)?;
+    }
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Receives datagrams forever and posts each to the event loop.
+pub async fn udp_loop(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, remote)) => {
+                // A lone CRLF (or CRLFCRLF) is a keep-alive; nothing to answer over UDP.
+                if buf[..n].iter().all(|&c| c == b'\r' || c == b'\n') {
+                    continue;
+                }
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local,
+                    remote,
+                    conn: None,
+                };
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                if events.send(Event::Message { flow, data }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // ICMP port unreachable surfaces here on Linux; it is not fatal.
+                tracing::debug!(%local, "udp receive error: {e}");
+            }
+        }
+    }
+}
+
+pub async fn tcp_accept_loop(
+    listener: TcpListener,
+    local: SocketAddr,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(run_connection(stream, local, remote, events.clone(), None));
+            }
+            Err(e) => {
+                tracing::warn!(%local, "tcp accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Opens a connection for an outgoing request, sends `first` on it and then serves it like an
+/// accepted one. On failure the core hears `SendFailed` for `key`.
+pub async fn connect_and_send(
+    local: SocketAddr,
+    remote: SocketAddr,
+    first: Bytes,
+    key: Option<String>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            run_connection(stream, local, remote, events, Some(first)).await;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%remote, "tcp connect failed: {e}");
+            let _ = events.send(Event::SendFailed { key, remote });
+        }
+        Err(_) => {
+            tracing::info!(%remote, "tcp connect timed out");
+            let _ = events.send(Event::SendFailed { key, remote });
+        }
+    }
+}
+
+async fn run_connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    events: mpsc::UnboundedSender<Event>,
+    first: Option<Bytes>,
+) {
+    let id: ConnId = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    if let Some(first) = first {
+        let _ = tx.send(first);
+    }
+    let flow = Flow {
+        transport: Transport::Tcp,
+        local,
+        remote,
+        conn: Some(id),
+    };
+    if events
+        .send(Event::ConnOpened {
+            id,
+            remote,
+            sender: tx.clone(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = wr.write_all(&data).await {
+                tracing::debug!(%remote, "tcp write failed: {e}");
+                break;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(8192);
+    'read: loop {
+        match tokio::time::timeout(IDLE, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+        }
+        loop {
+            match frame(&buf) {
+                Framing::Incomplete => {
+                    if buf.len() > MAX_MESSAGE {
+                        break 'read;
+                    }
+                    break;
+                }
+                Framing::KeepAlive { consumed, ping } => {
+                    let _ = buf.split_to(consumed);
+                    if ping {
+                        // RFC 5626 §4.4.1: a double-CRLF ping gets a single CRLF pong.
+                        let _ = tx.send(Bytes::from_static(b"\r\n"));
+                    }
+                }
+                Framing::Message(n) => {
+                    let data = buf.split_to(n).freeze();
+                    if events.send(Event::Message { flow, data }).is_err() {
+                        break 'read;
+                    }
+                }
+                Framing::Broken(e) => {
+                    // RFC 4475 ncl: a stream whose framing is lost cannot be resynchronised.
+                    tracing::info!(%remote, "closing tcp connection: {e}");
+                    let data = buf.split().freeze();
+                    let _ = events.send(Event::Message { flow, data });
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = events.send(Event::ConnClosed { id, remote });
+    // Let queued responses (e.g. the 400 for a broken stream) go out before closing.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
