@@ -26,11 +26,14 @@ impl Core {
         };
         match host {
             Host::Name(n) => n.eq_ignore_ascii_case(&self.cfg.domain) && port_ok(port),
-            Host::Ip(ip) => {
-                self.cfg.listeners.iter().any(|l| {
-                    (l.host == *ip || l.addr.ip() == *ip) && port.is_none_or(|p| l.addr.port() == p)
-                }) || (port.is_none() && self.cfg.listeners.iter().any(|l| l.host == *ip))
-            }
+            Host::Ip(ip) => self.cfg.listeners.iter().any(|l| {
+                // Behind a wildcard listener, loopback reaches us too.
+                let same = l.host == *ip
+                    || l.addr.ip() == *ip
+                    || (l.addr.ip().is_unspecified() && ip.is_loopback());
+                // No port in the URI: lenient, any of ours (phones often omit it).
+                same && port.is_none_or(|p| l.addr.port() == p)
+            }),
         }
     }
 

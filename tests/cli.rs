@@ -1,0 +1,232 @@
+//! The `hedgewitch` command itself: account management against the store, configuration
+//! errors, and the control channel to a running server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hedgewitch");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hw-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let cfg = dir.join("hw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"example.test\"\ndata_dir = \"{}\"\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn hw(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn accounts_are_managed_in_the_store() {
+    let dir = temp_dir("accounts");
+    let cfg = write_config(&dir, "");
+    let o = hw(
+        &cfg,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--extension",
+            "101",
+            "--password-stdin",
+        ],
+        Some("pw1\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(
+        &cfg,
+        &[
+            "user",
+            "add",
+            "bob",
+            "--extension",
+            "102",
+            "--password-stdin",
+        ],
+        Some("pw2\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A clash names the user it clashes with.
+    let o = hw(
+        &cfg,
+        &[
+            "user",
+            "add",
+            "carol",
+            "--extension",
+            "101",
+            "--password-stdin",
+        ],
+        Some("x\n"),
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("alice"), "{}", text(&o));
+    // Bad names and extensions are refused before the store is touched.
+    let o = hw(
+        &cfg,
+        &["user", "add", "bad name", "--password-stdin"],
+        Some("x\n"),
+    );
+    assert!(!o.status.success());
+    let o = hw(
+        &cfg,
+        &[
+            "user",
+            "add",
+            "dave",
+            "--extension",
+            "12a",
+            "--password-stdin",
+        ],
+        Some("x\n"),
+    );
+    assert!(!o.status.success());
+    let o = hw(
+        &cfg,
+        &["user", "add", "erin", "--password-stdin"],
+        Some("\n"),
+    );
+    assert!(!o.status.success(), "empty password refused");
+
+    let o = hw(&cfg, &["user", "list"], None);
+    let list = text(&o);
+    assert!(
+        list.contains("alice") && list.contains("101") && list.contains("bob"),
+        "{list}"
+    );
+    assert!(!list.contains("carol") && !list.contains("dave"));
+
+    // The password is stored only as hashes.
+    let db = std::fs::read(dir.join("data/hedgewitch.db")).unwrap();
+    assert!(!db.windows(3).any(|w| w == b"pw1"));
+
+    let o = hw(
+        &cfg,
+        &["user", "passwd", "alice", "--password-stdin"],
+        Some("pw3\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(
+        &cfg,
+        &["user", "passwd", "nobody", "--password-stdin"],
+        Some("pw3\n"),
+    );
+    assert!(!o.status.success());
+    let o = hw(&cfg, &["user", "remove", "bob"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(&cfg, &["user", "remove", "bob"], None);
+    assert!(!o.status.success());
+    assert!(!text(&hw(&cfg, &["user", "list"], None)).contains("bob"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_line() {
+    let dir = temp_dir("badcfg");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "domain = \"example.test\"\n\nlisten = [\"sctp:127.0.0.1:5060\"]\n",
+    )
+    .unwrap();
+    let o = hw(&cfg, &["serve"], None);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("line 3") && t.contains("sctp"), "{t}");
+    std::fs::write(&cfg, "domian = \"example.test\"\n").unwrap();
+    let t = text(&hw(&cfg, &["serve"], None));
+    assert!(t.contains("domian") && t.contains("line 1"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn status_needs_a_running_server_and_then_reports_it() {
+    let dir = temp_dir("status");
+    let cfg = write_config(&dir, "");
+    let o = hw(&cfg, &["status"], None);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not running"), "{}", text(&o));
+
+    let mut server = Command::new(BIN)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let o = hw(&cfg, &["status", "--json"], None);
+        if o.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not come up: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["domain"], "example.test");
+    assert_eq!(status["users"], 0);
+
+    // A user added while the server runs is known to it at once.
+    let o = hw(
+        &cfg,
+        &["user", "add", "zoe", "--password-stdin"],
+        Some("pw\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(&cfg, &["status", "--json"], None);
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(status["users"], 1);
+    let o = hw(&cfg, &["registrations"], None);
+    assert!(text(&o).contains("no registrations"), "{}", text(&o));
+    // A second server on the same data folder refuses to start.
+    let o = hw(&cfg, &["serve"], None);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already running"), "{}", text(&o));
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
