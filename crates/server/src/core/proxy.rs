@@ -169,8 +169,12 @@ impl Core {
             return Some(Decision::Reply(482, "Loop Detected"));
         }
         let pop = self.our_routes(msg);
+        // Only requests inside a dialog we record-routed may use our route to reach targets
+        // that are not ours; anything else would make us an open relay.
+        let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
+        let dialog_route = pop > 0 && in_dialog;
         if let Some(next) = self.next_route(msg, pop) {
-            if pop == 0 {
+            if !dialog_route {
                 // Someone else's route set: not a dialog we record-routed. Relaying for
                 // other domains is issue #6's policy; until then, no open relay.
                 return Some(Decision::Reply(403, "Relaying Denied"));
@@ -188,7 +192,7 @@ impl Core {
             });
         }
         if !self.is_local_domain(&uri) {
-            if pop == 0 {
+            if !dialog_route {
                 return Some(Decision::Reply(403, "Relaying Denied"));
             }
             // In-dialog request through our Record-Route: the R-URI is the peer's contact.
@@ -212,7 +216,6 @@ impl Core {
                 _ => Decision::Reply(404, "Not Found"),
             });
         };
-        let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
         // Requests from local users are authenticated (§22.3, 407) and must be sent as
         // themselves; requests from elsewhere reach local users unauthenticated.
         let from = msg.from()?;
@@ -250,12 +253,9 @@ impl Core {
                 let uri = Uri::parse(&b.contact).ok()?;
                 let mut flow = self.resolve(&uri)?;
                 if b.flow.transport == flow.transport && flow.transport.is_reliable() {
-                    // Reuse the connection the phone registered over (it may not accept new ones).
+                    // Reuse the connection the phone registered over while it is open; if it
+                    // is gone, the edge connects to the contact address.
                     flow.conn = b.flow.conn;
-                    if b.flow.conn.is_some() {
-                        flow.remote = b.flow.remote;
-                        flow.local = b.flow.local;
-                    }
                 }
                 Some(Hop {
                     uri: b.contact.clone(),
@@ -574,6 +574,10 @@ impl Core {
             return;
         }
         b.cancel_sent = true;
+        // §16.8: a cancelled branch that never answers is given up after 64*T1.
+        let give_up = now + self.cfg.timers.t1 * 64;
+        b.timer_c = Some(give_up);
+        self.timers.push(give_up, TimerRef::TimerC(ctx, idx));
         let ckey = b.client_key.clone();
         let Some(ct) = self.clients.get(&ckey) else {
             return;
@@ -783,7 +787,8 @@ impl Core {
         }
     }
 
-    /// Timer C fired for a branch (§16.8): cancel it if it rang, else give it up as 408.
+    /// Timer C fired for a branch (§16.8): cancel it if it rang, else (or if even the CANCEL
+    /// brought no final response) give it up as 408.
     pub(crate) fn timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
         let Some(b) = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(idx)) else {
             return;
@@ -791,7 +796,7 @@ impl Core {
         if b.final_status.is_some() || b.timer_c.is_none_or(|t| t > now) {
             return;
         }
-        if b.provisional {
+        if b.provisional && !b.cancel_sent {
             self.cancel_branch(now, ctx_id, idx);
         } else {
             let key = b.client_key.clone();

@@ -1343,3 +1343,51 @@ fn rfc4475_answers_from_the_server() {
     );
     assert_eq!(core.counters.requests_in, 1);
 }
+
+#[test]
+fn a_ringing_branch_that_never_answers_is_cancelled_then_given_up() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let out = t.invite("alice", ALICE, "sip:bob@example.test", "timer-c");
+    let (_, inv) = out.iter().find(|(_, m)| m.is_request()).unwrap().clone();
+    t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
+    let _ = t.sent();
+    // Timer C (3 minutes) cancels the ringing branch.
+    t.advance(Duration::from_secs(181));
+    let out = t.sent();
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Cancel)));
+    assert!(out.iter().all(|(f, _)| f.remote != addr(ALICE)));
+    // bob ignores even the CANCEL: after 64*T1 the caller gets 408 and nothing is left over.
+    t.advance(Duration::from_secs(33));
+    let up: Vec<_> = t
+        .sent()
+        .into_iter()
+        .filter(|(f, _)| f.remote == addr(ALICE))
+        .collect();
+    assert_eq!(up.first().and_then(|u| u.1.status()), Some(408));
+    assert!(t.core.contexts.is_empty());
+    t.advance(Duration::from_secs(64));
+    assert!(
+        t.core.servers.is_empty(),
+        "server transaction ends after Timer H"
+    );
+    assert!(t.core.clients.is_empty());
+}
+
+#[test]
+fn an_initial_request_cannot_use_our_route_to_relay() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    let opt = format!(
+        "MESSAGE sip:someone@198.18.0.9 SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKrel1\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:someone@198.18.0.9>\r\n\
+Call-ID: rel\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(ALICE, &opt);
+    let out = t.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.status(), Some(403));
+}
