@@ -281,6 +281,11 @@ fn print_status(v: &serde_json::Value) {
         c("messages_forwarded"),
         c("auth_failures")
     );
+    println!(
+        "overload       {} requests refused (503), {} datagrams dropped",
+        c("overloaded"),
+        g("dropped_datagrams")
+    );
 }
 
 fn print_registrations(v: &serde_json::Value) {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
-pub fn spawn_server(path: &Path, events: mpsc::UnboundedSender<Event>) -> Result<(), String> {
+pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -42,7 +42,11 @@ pub fn spawn_server(path: &Path, events: mpsc::UnboundedSender<Event>) -> Result
                 }
                 let (tx, rx) = oneshot::channel();
                 let command = line.trim().to_string();
-                if events.send(Event::Control { command, reply: tx }).is_err() {
+                if events
+                    .send(Event::Control { command, reply: tx })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if let Ok(v) = rx.await {

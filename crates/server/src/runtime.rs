@@ -24,7 +24,7 @@ pub enum Event {
     ConnOpened {
         id: ConnId,
         remote: SocketAddr,
-        sender: mpsc::UnboundedSender<Bytes>,
+        sender: mpsc::Sender<Bytes>,
     },
     ConnClosed {
         id: ConnId,
@@ -48,6 +48,9 @@ enum StoreOp {
     Delete { aor: String, contact: String },
     Users(std::sync::mpsc::Sender<Result<Vec<User>, String>>),
 }
+
+/// Events waiting for the core; beyond this UDP input is dropped and streams wait.
+const EVENT_QUEUE: usize = 16384;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -145,7 +148,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let bindings = store.bindings()?;
     let store_tx = spawn_store(store);
 
-    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    // Bounded: under overload UDP input is dropped at the socket edge and streams wait.
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut udp: Vec<(SocketAddr, Arc<UdpSocket>)> = vec![];
     let mut listeners = vec![];
     for l in &cfg.listen {
@@ -206,7 +210,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     );
     tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
 
-    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Bytes>> = HashMap::new();
+    let mut conns: HashMap<ConnId, mpsc::Sender<Bytes>> = HashMap::new();
     let mut conn_by_remote: HashMap<SocketAddr, ConnId> = HashMap::new();
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
@@ -278,7 +282,13 @@ fn control_answer(
     store: &std::sync::mpsc::Sender<StoreOp>,
 ) -> serde_json::Value {
     match command {
-        "status" => serde_json::to_value(core.status(now)).unwrap_or_default(),
+        "status" => {
+            let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
+            v["dropped_datagrams"] = transport::DROPPED
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into();
+            v
+        }
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
         "reload-users" => {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -302,10 +312,10 @@ fn control_answer(
 fn execute(
     core: &mut Core,
     udp: &[(SocketAddr, Arc<UdpSocket>)],
-    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Bytes>>,
+    conns: &mut HashMap<ConnId, mpsc::Sender<Bytes>>,
     conn_by_remote: &HashMap<SocketAddr, ConnId>,
     store: &std::sync::mpsc::Sender<StoreOp>,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &mpsc::Sender<Event>,
 ) {
     for action in core.take_actions() {
         match action {
@@ -336,9 +346,19 @@ fn execute(
                         .conn
                         .filter(|c| conns.contains_key(c))
                         .or_else(|| conn_by_remote.get(&flow.remote).copied());
-                    let sent = conn
-                        .and_then(|c| conns.get(&c))
-                        .is_some_and(|s| s.send(data.clone()).is_ok());
+                    let sent = match conn.and_then(|c| conns.get(&c).map(|s| (c, s))) {
+                        Some((c, s)) => match s.try_send(data.clone()) {
+                            Ok(()) => true,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                // The peer reads nothing: cut it off rather than queue forever.
+                                tracing::warn!(remote = %flow.remote, "connection not reading; closed");
+                                conns.remove(&c);
+                                continue;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        },
+                        None => false,
+                    };
                     if !sent {
                         tokio::spawn(transport::connect_and_send(
                             flow.local,
@@ -362,7 +382,7 @@ fn execute(
     }
 }
 
-fn spawn_signals(events: mpsc::UnboundedSender<Event>) {
+fn spawn_signals(events: mpsc::Sender<Event>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -375,6 +395,6 @@ fn spawn_signals(events: mpsc::UnboundedSender<Event>) {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        let _ = events.send(Event::Shutdown);
+        let _ = events.send(Event::Shutdown).await;
     });
 }

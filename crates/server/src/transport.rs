@@ -8,7 +8,7 @@ use crate::runtime::Event;
 use bytes::{Bytes, BytesMut};
 use sip::message::{frame, Framing, MAX_MESSAGE};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,13 @@ const IDLE: Duration = Duration::from_secs(900);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// Datagrams dropped because the event loop was behind.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Open stream connections, capped at `MAX_CONNECTIONS`.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+pub const MAX_CONNECTIONS: usize = 8192;
+/// Messages queued for one connection's writer; a peer that reads nothing is cut off.
+const WRITE_QUEUE: usize = 512;
 
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
@@ -58,11 +65,7 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Receives datagrams forever and posts each to the event loop.
-pub async fn udp_loop(
-    socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    events: mpsc::UnboundedSender<Event>,
-) {
+pub async fn udp_loop(socket: Arc<UdpSocket>, local: SocketAddr, events: mpsc::Sender<Event>) {
     let mut buf = vec![0u8; 65536];
     loop {
         match socket.recv_from(&mut buf).await {
@@ -78,8 +81,14 @@ pub async fn udp_loop(
                     conn: None,
                 };
                 let data = Bytes::copy_from_slice(&buf[..n]);
-                if events.send(Event::Message { flow, data }).is_err() {
-                    return;
+                match events.try_send(Event::Message { flow, data }) {
+                    Ok(()) => {}
+                    // Overload: drop the datagram as a full socket buffer would; the sender
+                    // retransmits. Memory stays bounded.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        DROPPED.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
             Err(e) => {
@@ -93,11 +102,15 @@ pub async fn udp_loop(
 pub async fn tcp_accept_loop(
     listener: TcpListener,
     local: SocketAddr,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                if OPEN.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    tracing::warn!(%remote, "too many connections ({MAX_CONNECTIONS}); refused");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(run_connection(stream, local, remote, events.clone(), None));
             }
@@ -116,7 +129,7 @@ pub async fn connect_and_send(
     remote: SocketAddr,
     first: Bytes,
     key: Option<String>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
         Ok(Ok(stream)) => {
@@ -125,11 +138,11 @@ pub async fn connect_and_send(
         }
         Ok(Err(e)) => {
             tracing::info!(%remote, "tcp connect failed: {e}");
-            let _ = events.send(Event::SendFailed { key, remote });
+            let _ = events.send(Event::SendFailed { key, remote }).await;
         }
         Err(_) => {
             tracing::info!(%remote, "tcp connect timed out");
-            let _ = events.send(Event::SendFailed { key, remote });
+            let _ = events.send(Event::SendFailed { key, remote }).await;
         }
     }
 }
@@ -138,14 +151,15 @@ async fn run_connection(
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     first: Option<Bytes>,
 ) {
     let id: ConnId = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     if let Some(first) = first {
-        let _ = tx.send(first);
+        let _ = tx.try_send(first);
     }
     let flow = Flow {
         transport: Transport::Tcp,
@@ -159,8 +173,10 @@ async fn run_connection(
             remote,
             sender: tx.clone(),
         })
+        .await
         .is_err()
     {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         return;
     }
     let writer = tokio::spawn(async move {
@@ -189,12 +205,13 @@ async fn run_connection(
                     let _ = buf.split_to(consumed);
                     if ping {
                         // RFC 5626 §4.4.1: a double-CRLF ping gets a single CRLF pong.
-                        let _ = tx.send(Bytes::from_static(b"\r\n"));
+                        let _ = tx.try_send(Bytes::from_static(b"\r\n"));
                     }
                 }
                 Framing::Message(n) => {
                     let data = buf.split_to(n).freeze();
-                    if events.send(Event::Message { flow, data }).is_err() {
+                    // Backpressure: a stream waits for the event loop instead of queueing.
+                    if events.send(Event::Message { flow, data }).await.is_err() {
                         break 'read;
                     }
                 }
@@ -202,14 +219,15 @@ async fn run_connection(
                     // RFC 4475 ncl: a stream whose framing is lost cannot be resynchronised.
                     tracing::info!(%remote, "closing tcp connection: {e}");
                     let data = buf.split().freeze();
-                    let _ = events.send(Event::Message { flow, data });
+                    let _ = events.send(Event::Message { flow, data }).await;
                     break 'read;
                 }
             }
         }
     }
     drop(tx);
-    let _ = events.send(Event::ConnClosed { id, remote });
+    let _ = events.send(Event::ConnClosed { id, remote }).await;
+    OPEN.fetch_sub(1, Ordering::Relaxed);
     // Let queued responses (e.g. the 400 for a broken stream) go out before closing.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }

@@ -77,6 +77,9 @@ pub struct CoreConfig {
     pub algorithms: Vec<Algorithm>,
     pub nonce_lifetime: u64,
     pub timers: Timers,
+    /// Server transactions kept at most; past it new requests get 503 (memory stays bounded
+    /// under a flood; each transaction lives 32 s at most over UDP).
+    pub max_transactions: usize,
 }
 
 impl CoreConfig {
@@ -96,6 +99,7 @@ impl CoreConfig {
                 .collect(),
             nonce_lifetime: cfg.auth.nonce_lifetime,
             timers: Timers::default(),
+            max_transactions: 200_000,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Counters {
     pub messages_forwarded: u64,
     pub registrations_accepted: u64,
     pub auth_failures: u64,
+    /// Requests refused with 503 because the transaction table was full.
+    pub overloaded: u64,
 }
 
 /// Snapshot for the control channel.

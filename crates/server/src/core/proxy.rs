@@ -109,6 +109,10 @@ impl Core {
         if method == Some(Method::Cancel) {
             return self.on_cancel(now, flow, msg, key);
         }
+        if self.servers.len() >= self.cfg.max_transactions {
+            self.counters.overloaded += 1;
+            return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
+        }
         let reliable = flow.transport.is_reliable();
         let machine = if method == Some(Method::Invite) {
             ServerMachine::Invite(tx::ServerInvite::new(reliable, &self.cfg.timers))

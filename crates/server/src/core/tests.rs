@@ -58,6 +58,7 @@ fn config() -> CoreConfig {
         algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
         nonce_lifetime: 300,
         timers: Timers::default(),
+        max_transactions: 1000,
     }
 }
 
@@ -1390,4 +1391,32 @@ Call-ID: rel\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
     let out = t.sent();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.status(), Some(403));
+}
+
+#[test]
+fn a_flood_is_refused_once_the_transaction_table_is_full() {
+    let mut cfg = config();
+    cfg.max_transactions = 5;
+    let now = Instant::now();
+    let mut core = Core::new(cfg, users(), vec![], [2; 32], now, 1_800_000_000);
+    let mut codes = vec![];
+    for i in 0..8 {
+        let opt = format!(
+            "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKflood{i}\r\nMax-Forwards: 70\r\n\
+From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        core.handle_message(now, udp(ALICE), Bytes::from(opt));
+        for a in core.take_actions() {
+            if let Action::Send { data, .. } = a {
+                codes.push(Message::parse(data, false).unwrap().status().unwrap());
+            }
+        }
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
+    assert_eq!(core.servers.len(), 5);
+    assert_eq!(core.counters.overloaded, 3);
+    // Transactions end (Timer J) and room is made again.
+    let later = now + Duration::from_secs(33);
+    core.handle_timeout(later);
+    assert!(core.servers.is_empty());
 }
