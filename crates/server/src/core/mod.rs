@@ -556,7 +556,8 @@ impl Core {
         vec![
             ("Allow", ALLOW.into()),
             ("Accept", "application/sdp, text/plain".into()),
-            ("Supported", "path, outbound".into()),
+            // No option tags yet: Path and outbound (RFC 3327, 5626) come with NAT support.
+            ("Supported", String::new()),
         ]
     }
 }

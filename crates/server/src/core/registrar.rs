@@ -51,11 +51,8 @@ impl Core {
             tracing::info!(%user, aor = %owner, "REGISTER for someone else's address refused");
             return self.respond(now, key, 403, "Forbidden: Not Your Address", &[], None);
         }
-        let unsupported: Vec<&str> = msg
-            .values(HeaderName::Require)
-            .flat_map(token_list)
-            .filter(|t| !t.eq_ignore_ascii_case("path"))
-            .collect();
+        // The registrar supports no option tags yet (Path and outbound come with NAT support).
+        let unsupported: Vec<&str> = msg.values(HeaderName::Require).flat_map(token_list).collect();
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];
             return self.respond(now, key, 420, "Bad Extension", &h, None);
