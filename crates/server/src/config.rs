@@ -105,8 +105,9 @@ pub struct RegistrarConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Digest algorithms offered, one challenge each, most preferred first. MD5 leads by default
-    /// because many phones read only the first challenge and know nothing else (RFC 8760 §2.4).
+    /// Digest algorithms offered, one challenge each, most preferred first. MD5 alone by
+    /// default: baresip 1.0 gives up on any challenge with an algorithm it does not know, and
+    /// sipsak reads only the first one, so offering SHA-256 too would lock such phones out.
     pub algorithms: Vec<String>,
     /// How long a nonce stays valid (seconds) before the client is asked again with stale=true.
     pub nonce_lifetime: u64,
@@ -126,7 +127,7 @@ impl Default for RegistrarConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            algorithms: vec!["MD5".into(), "SHA-256".into()],
+            algorithms: vec!["MD5".into()],
             nonce_lifetime: 300,
         }
     }

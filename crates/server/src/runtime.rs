@@ -319,57 +319,14 @@ fn execute(
 ) {
     for action in core.take_actions() {
         match action {
-            Action::Send { flow, data, key } => match flow.transport {
-                Transport::Udp => {
-                    let Some((_, sock)) =
-                        udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
-                            udp.iter()
-                                .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
-                        })
-                    else {
-                        tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
-                        continue;
-                    };
-                    match sock.try_send_to(&data, flow.remote) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            let sock = sock.clone();
-                            tokio::spawn(async move {
-                                let _ = sock.send_to(&data, flow.remote).await;
-                            });
-                        }
-                        Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
-                    }
+            Action::Send { flow, data, key } => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let line = data.split(|&c| c == b'\r').next().unwrap_or_default();
+                    tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(),
+                        "send {}", String::from_utf8_lossy(line));
                 }
-                Transport::Tcp => {
-                    let conn = flow
-                        .conn
-                        .filter(|c| conns.contains_key(c))
-                        .or_else(|| conn_by_remote.get(&flow.remote).copied());
-                    let sent = match conn.and_then(|c| conns.get(&c).map(|s| (c, s))) {
-                        Some((c, s)) => match s.try_send(data.clone()) {
-                            Ok(()) => true,
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                // The peer reads nothing: cut it off rather than queue forever.
-                                tracing::warn!(remote = %flow.remote, "connection not reading; closed");
-                                conns.remove(&c);
-                                continue;
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => false,
-                        },
-                        None => false,
-                    };
-                    if !sent {
-                        tokio::spawn(transport::connect_and_send(
-                            flow.local,
-                            flow.remote,
-                            data,
-                            key,
-                            events.clone(),
-                        ));
-                    }
-                }
-            },
+                send(flow, data, key, udp, conns, conn_by_remote, events)
+            }
             Action::PutBinding(b) => {
                 if store.send(StoreOp::Put(b)).is_err() {
                     tracing::error!("store thread is gone; registrations are not persisted");
@@ -377,6 +334,68 @@ fn execute(
             }
             Action::DeleteBinding { aor, contact } => {
                 let _ = store.send(StoreOp::Delete { aor, contact });
+            }
+        }
+    }
+}
+
+/// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
+/// connection while it is open, else on a new one.
+fn send(
+    flow: Flow,
+    data: Bytes,
+    key: Option<String>,
+    udp: &[(SocketAddr, Arc<UdpSocket>)],
+    conns: &mut HashMap<ConnId, mpsc::Sender<Bytes>>,
+    conn_by_remote: &HashMap<SocketAddr, ConnId>,
+    events: &mpsc::Sender<Event>,
+) {
+    match flow.transport {
+        Transport::Udp => {
+            let Some((_, sock)) = udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
+                udp.iter()
+                    .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
+            }) else {
+                tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
+                return;
+            };
+            match sock.try_send_to(&data, flow.remote) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let sock = sock.clone();
+                    tokio::spawn(async move {
+                        let _ = sock.send_to(&data, flow.remote).await;
+                    });
+                }
+                Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
+            }
+        }
+        Transport::Tcp => {
+            let conn = flow
+                .conn
+                .filter(|c| conns.contains_key(c))
+                .or_else(|| conn_by_remote.get(&flow.remote).copied());
+            let sent = match conn.and_then(|c| conns.get(&c).map(|s| (c, s))) {
+                Some((c, s)) => match s.try_send(data.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // The peer reads nothing: cut it off rather than queue forever.
+                        tracing::warn!(remote = %flow.remote, "connection not reading; closed");
+                        conns.remove(&c);
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                },
+                None => false,
+            };
+            if !sent {
+                tokio::spawn(transport::connect_and_send(
+                    flow.local,
+                    flow.remote,
+                    data,
+                    key,
+                    events.clone(),
+                ));
             }
         }
     }

@@ -36,6 +36,11 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
 }
 
 impl Core {
+    /// True for credentials addressed to our realm (the ones we consume).
+    pub(crate) fn is_our_realm(&self, credentials: &str) -> bool {
+        Credentials::parse(credentials).is_ok_and(|c| c.realm == self.cfg.domain.as_str())
+    }
+
     pub(crate) fn authenticate(&mut self, now: Instant, msg: &Message, proxy: bool) -> AuthOutcome {
         let name = if proxy {
             HeaderName::ProxyAuthorization

@@ -176,6 +176,9 @@ pub(crate) struct ClientTx {
     /// The server transaction it forwards for: late 2xx retransmissions go there even after
     /// the response context is gone (RFC 6026).
     pub server: Option<String>,
+    /// The UDP form of a request moved to TCP for its size: sent instead if TCP is refused
+    /// (RFC 3261 §18.1.1).
+    pub udp_fallback: Option<(Flow, Bytes)>,
 }
 
 /// Users by name, with an index by extension.
@@ -313,6 +316,10 @@ impl Core {
                 return;
             }
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(), call_id = msg.call_id(),
+                "recv {}", first_line(&msg));
+        }
         if msg.is_request() {
             self.counters.requests_in += 1;
             self.on_request(now, flow, msg);
@@ -339,6 +346,25 @@ impl Core {
         let Some(ct) = self.clients.get_mut(key) else {
             return;
         };
+        if let Some((flow, data)) = ct.udp_fallback.take() {
+            if let Ok(request) = Message::parse(data.clone(), false) {
+                tracing::debug!(remote = %flow.remote, "TCP refused; sending the request over UDP");
+                let (machine, actions) = match ct.machine {
+                    ClientMachine::Invite(_) => {
+                        let (m, a) = tx::ClientInvite::new(now, false, &self.cfg.timers, data);
+                        (ClientMachine::Invite(m), a)
+                    }
+                    ClientMachine::NonInvite(_) => {
+                        let (m, a) = tx::ClientNonInvite::new(now, false, &self.cfg.timers, data);
+                        (ClientMachine::NonInvite(m), a)
+                    }
+                };
+                ct.machine = machine;
+                ct.flow = flow;
+                ct.request = request;
+                return self.client_actions(now, key.to_string(), actions);
+            }
+        }
         let actions = match &mut ct.machine {
             ClientMachine::Invite(m) => m.on_transport_error(),
             ClientMachine::NonInvite(m) => m.on_transport_error(),
@@ -564,6 +590,18 @@ impl Core {
 
 pub(crate) const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK, REGISTER";
+
+/// The start line, for logs.
+pub(crate) fn first_line(msg: &Message) -> String {
+    match msg.status() {
+        Some(code) => format!(
+            "{code} {} ({})",
+            msg.reason(),
+            msg.cseq().map_or("", |c| c.1)
+        ),
+        None => format!("{} {}", msg.method_str(), msg.uri_str()),
+    }
+}
 
 /// Key of a server transaction (RFC 3261 §17.2.3): branch, sent-by and method, with ACK
 /// matching its INVITE; RFC 2543 requests fall back to the dialog and CSeq identifiers.

@@ -311,23 +311,26 @@ impl Core {
             let mut flow = hop.flow;
             let mut data =
                 self.forward_bytes(msg, &hop.uri, flow, in_flow, &branch, dialog_creating, pop);
+            let mut udp_fallback = None;
             if flow.transport == Transport::Udp && data.len() > UDP_LIMIT {
                 if let Some(l) = self.listener_for(Transport::Tcp, &flow.remote) {
-                    flow = Flow {
+                    let tcp = Flow {
                         transport: Transport::Tcp,
                         local: l.addr,
                         remote: flow.remote,
                         conn: None,
                     };
-                    data = self.forward_bytes(
+                    let tcp_data = self.forward_bytes(
                         msg,
                         &hop.uri,
-                        flow,
+                        tcp,
                         in_flow,
                         &branch,
                         dialog_creating,
                         pop,
                     );
+                    udp_fallback = Some((flow, std::mem::replace(&mut data, tcp_data)));
+                    flow = tcp;
                 }
             }
             let Ok(sent) = Message::parse(data.clone(), false) else {
@@ -351,6 +354,7 @@ impl Core {
                     flow,
                     ctx: Some((ctx_id, idx)),
                     server: Some(key.to_string()),
+                    udp_fallback,
                 },
             );
             if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
@@ -420,18 +424,21 @@ impl Core {
     ) -> sip::Bytes {
         let mut w = Writer::request(msg.method_str(), ruri);
         w.header("Via", self.via_for(out, branch));
-        if record_route {
-            let rr_out = self.record_route_for(out);
-            w.header("Record-Route", &rr_out);
-            let rr_in = self.record_route_for(inbound);
-            if rr_in != rr_out {
-                w.header("Record-Route", rr_in);
-            }
-        }
         let mut first_via = true;
         let mut to_pop = pop;
         let mut saw_mf = false;
+        let mut rr_pending = record_route;
         for h in &msg.headers {
+            if rr_pending && h.name != HeaderName::Via {
+                // Ours goes on top of the Record-Route list, after the Via block.
+                rr_pending = false;
+                let rr_out = self.record_route_for(out);
+                w.header("Record-Route", &rr_out);
+                let rr_in = self.record_route_for(inbound);
+                if rr_in != rr_out {
+                    w.header("Record-Route", rr_in);
+                }
+            }
             match h.name {
                 HeaderName::Via if first_via => {
                     first_via = false;
@@ -463,6 +470,9 @@ impl Core {
                     }
                 }
                 HeaderName::ContentLength => {}
+                // §22.3: credentials for our own realm end here; the callee has no use for
+                // them and should not get a digest to attack offline.
+                HeaderName::ProxyAuthorization if self.is_our_realm(msg.text(h.value)) => {}
                 _ => {
                     w.line(msg.text(h.line));
                 }
@@ -607,6 +617,7 @@ impl Core {
                 flow,
                 ctx: None,
                 server: None,
+                udp_fallback: None,
             },
         );
         self.client_actions(now, key, actions);
@@ -623,6 +634,11 @@ impl Core {
         };
         let key = client_key(via.branch().unwrap_or(""), method);
         let status = msg.status().unwrap_or(500);
+        if msg.vias().count() < 2 {
+            // §16.7 step 3: with our Via removed nothing would be left to route it by.
+            tracing::debug!(status, "response with no Via beyond ours; dropped");
+            return;
+        }
         let Some(ct) = self.clients.get_mut(&key) else {
             // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
             // forwarded to whatever its next Via names.

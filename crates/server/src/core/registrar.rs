@@ -52,7 +52,10 @@ impl Core {
             return self.respond(now, key, 403, "Forbidden: Not Your Address", &[], None);
         }
         // The registrar supports no option tags yet (Path and outbound come with NAT support).
-        let unsupported: Vec<&str> = msg.values(HeaderName::Require).flat_map(token_list).collect();
+        let unsupported: Vec<&str> = msg
+            .values(HeaderName::Require)
+            .flat_map(token_list)
+            .collect();
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];
             return self.respond(now, key, 420, "Bad Extension", &h, None);

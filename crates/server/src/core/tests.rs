@@ -737,9 +737,16 @@ fn parallel_fork_first_2xx_wins_and_others_are_cancelled() {
             m.value(HeaderName::RecordRoute),
             Some("<sip:127.0.0.1:5060;lr>")
         );
+        // Our Record-Route comes after the Via block, not inside it.
+        let names: Vec<_> = m.headers.iter().take(3).map(|h| h.name).collect();
+        assert_eq!(
+            names,
+            [HeaderName::Via, HeaderName::Via, HeaderName::RecordRoute]
+        );
+        // §22.3: the caller's credentials for our realm are consumed here.
         assert!(
-            m.value(HeaderName::ProxyAuthorization).is_some(),
-            "credentials are passed on"
+            m.value(HeaderName::ProxyAuthorization).is_none(),
+            "credentials must not reach the callee"
         );
         assert_eq!(m.body(), b"v=0\r\n");
         if flow.remote == addr(BOB) {
@@ -1419,4 +1426,93 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i
     let later = now + Duration::from_secs(33);
     core.handle_timeout(later);
     assert!(core.servers.is_empty());
+}
+
+#[test]
+fn a_response_with_only_our_via_is_dropped() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let out = t.invite("alice", ALICE, "sip:bob@example.test", "novia");
+    let (_, inv) = out.iter().find(|(_, m)| m.is_request()).unwrap().clone();
+    let full = answer(&inv, 180, "Ringing", "b");
+    // Keep only the first Via line (ours).
+    let mut seen = false;
+    let only_ours: String = full
+        .split_inclusive("\r\n")
+        .filter(|l| {
+            if l.starts_with("Via:") {
+                let keep = !seen;
+                seen = true;
+                keep
+            } else {
+                true
+            }
+        })
+        .collect();
+    t.recv(BOB, &only_ours);
+    assert!(t.sent().is_empty(), "must not be forwarded without a Via");
+    t.recv(BOB, &full);
+    assert_eq!(t.sent().len(), 1);
+}
+
+#[test]
+fn credentials_for_other_realms_pass_through() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let msg = format!(
+        "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.5:5060;branch=z9hG4bKpa1\r\nMax-Forwards: 70\r\n\
+From: <sip:eve@elsewhere.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: pa\r\nCSeq: 1 MESSAGE\r\n\
+Proxy-Authorization: Digest username=\"eve\", realm=\"elsewhere.test\", nonce=\"n\", uri=\"sip:bob@example.test\", response=\"00\"\r\n\
+Content-Length: 0\r\n\r\n"
+    );
+    t.recv("198.18.0.5:5060", &msg);
+    let out = t.sent();
+    let fwd = out.iter().find(|(_, m)| m.is_request()).unwrap();
+    assert!(fwd
+        .1
+        .value(HeaderName::ProxyAuthorization)
+        .unwrap()
+        .contains("elsewhere.test"));
+}
+
+#[test]
+fn a_big_request_falls_back_to_udp_when_tcp_is_refused() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let body = "a=x-filler:".to_string() + &"y".repeat(1500) + "\r\n";
+    let branch = t.branch();
+    let mut r = Req {
+        method: "INVITE",
+        uri: "sip:bob@example.test",
+        from_user: "alice",
+        to: "<sip:bob@example.test>",
+        src: ALICE,
+        call_id: "fallback",
+        cseq: 1,
+        branch,
+        extra: vec![],
+        body: &body,
+    };
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    let tcp = out.iter().find(|(_, m)| m.is_request()).unwrap();
+    assert_eq!(tcp.0.transport, Transport::Tcp);
+    let branch = tcp.1.top_via().unwrap().branch().unwrap().to_string();
+    // The edge reports that bob refused the connection.
+    t.core
+        .handle_send_failure(t.now, &format!("c|{branch}|INVITE"));
+    let out = t.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.transport, Transport::Udp);
+    assert_eq!(out[0].0.remote, addr(BOB));
+    assert_eq!(out[0].1.top_via().unwrap().transport, "UDP");
+    assert_eq!(out[0].1.top_via().unwrap().branch(), Some(branch.as_str()));
+    // ...and it behaves as a UDP transaction from then on (Timer A retransmits it).
+    t.advance(Duration::from_millis(600));
+    assert_eq!(t.sent().len(), 1);
+    // bob answers over UDP: the call proceeds.
+    let inv = out[0].1.clone();
+    t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
+    assert_eq!(t.sent()[0].1.status(), Some(180));
 }

@@ -1,0 +1,81 @@
+//! PJSIP, a third independent SIP stack (pjsua2 from PyPI), against a server that offers only
+//! SHA-256 digest (RFC 7616/8760): alice and bob register, alice calls bob through the proxy
+//! (407 answered with SHA-256 too), bob answers, alice hangs up.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// The Python that has pjsua2: `HEDGEWITCH_PJSUA_PYTHON` (set by scripts/test), else python3.
+fn pjsua_python() -> Option<String> {
+    let py = std::env::var("HEDGEWITCH_PJSUA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import pjsua2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    if std::env::var("HEDGEWITCH_SKIP_PEERS").is_ok_and(|v| v == "1") {
+        println!("skipped: pjsua2 not importable (HEDGEWITCH_SKIP_PEERS=1)");
+        return None;
+    }
+    panic!(
+        "pjsua2 is not importable by `{py}`. Run scripts/test, which installs pjsua2-python \
+         from PyPI into a virtual environment, or set HEDGEWITCH_SKIP_PEERS=1."
+    );
+}
+
+#[test]
+fn pjsip_registers_and_calls_with_sha256_digest() {
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let srv = Server::start(ServerOpts {
+        algorithms: Some(vec!["SHA-256"]),
+        ..ServerOpts::default()
+    });
+    let local = free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pjsua_call.py");
+    let ran = run_bounded(
+        Command::new(&python).arg(&script).args([
+            srv.port.to_string(),
+            local.to_string(),
+            DOMAIN.to_string(),
+            ALICE.password.to_string(),
+            BOB.password.to_string(),
+        ]),
+        None,
+        &srv.dir.join("pjsua"),
+        Duration::from_secs(60),
+    );
+    let out = ran.stdout.clone();
+    let has = |line: &str| out.lines().any(|l| l.trim() == line);
+    assert!(ran.success(), "pjsua script failed:\n{out}\n{}", ran.stderr);
+    assert!(
+        has("alice REG 200") && has("bob REG 200"),
+        "registration failed:\n{out}"
+    );
+    assert!(
+        has("alice CALL CONFIRMED 200"),
+        "caller never got the call up:\n{out}"
+    );
+    assert!(
+        has("bob CALL CONFIRMED 200"),
+        "callee never got the call up:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("alice CALL DISCONNECTED"))
+            && out.lines().any(|l| l.starts_with("bob CALL DISCONNECTED")),
+        "hang-up did not reach both:\n{out}"
+    );
+    assert!(has("DONE"));
+    // Both registrations and the call went through the server, authenticated with SHA-256
+    // (the only algorithm offered).
+    assert!(srv.counter("registrations_accepted") >= 2);
+    assert_eq!(srv.counter("calls_forwarded"), 1);
+    assert_eq!(srv.counter("auth_failures"), 0);
+}
