@@ -1460,7 +1460,7 @@ fn a_response_with_only_our_via_is_dropped() {
 fn credentials_for_other_realms_pass_through() {
     let mut t = T::new();
     t.register("bob", BOB, &[]);
-    let msg = 
+    let msg =
         "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.5:5060;branch=z9hG4bKpa1\r\nMax-Forwards: 70\r\n\
 From: <sip:eve@elsewhere.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: pa\r\nCSeq: 1 MESSAGE\r\n\
 Proxy-Authorization: Digest username=\"eve\", realm=\"elsewhere.test\", nonce=\"n\", uri=\"sip:bob@example.test\", response=\"00\"\r\n\
