@@ -1465,7 +1465,7 @@ fn credentials_for_other_realms_pass_through() {
 From: <sip:eve@elsewhere.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: pa\r\nCSeq: 1 MESSAGE\r\n\
 Proxy-Authorization: Digest username=\"eve\", realm=\"elsewhere.test\", nonce=\"n\", uri=\"sip:bob@example.test\", response=\"00\"\r\n\
 Content-Length: 0\r\n\r\n";
-    t.recv("198.18.0.5:5060", &msg);
+    t.recv("198.18.0.5:5060", msg);
     let out = t.sent();
     let fwd = out.iter().find(|(_, m)| m.is_request()).unwrap();
     assert!(fwd
