@@ -1,6 +1,7 @@
 //! PJSIP, a third independent SIP stack (pjsua2 from PyPI), against a server that offers only
 //! SHA-256 digest (RFC 7616/8760): alice and bob register, alice calls bob through the proxy
-//! (407 answered with SHA-256 too), bob answers, alice hangs up.
+//! (407 answered with SHA-256 too), bob answers, alice hangs up; then alice sends bob an
+//! instant message, which bob receives.
 
 mod common;
 
@@ -29,7 +30,7 @@ fn pjsua_python() -> Option<String> {
 }
 
 #[test]
-fn pjsip_registers_and_calls_with_sha256_digest() {
+fn pjsip_registers_calls_and_messages_with_sha256_digest() {
     let Some(python) = pjsua_python() else {
         return;
     };
@@ -72,10 +73,19 @@ fn pjsip_registers_and_calls_with_sha256_digest() {
             && out.lines().any(|l| l.starts_with("bob CALL DISCONNECTED")),
         "hang-up did not reach both:\n{out}"
     );
+    assert!(
+        has("bob IM hello bob, from pjsua"),
+        "the message did not arrive:\n{out}"
+    );
+    assert!(
+        has("alice IMSTATUS 200"),
+        "the sender did not get 200:\n{out}"
+    );
     assert!(has("DONE"));
     // Both registrations and the call went through the server, authenticated with SHA-256
     // (the only algorithm offered).
     assert!(srv.counter("registrations_accepted") >= 2);
     assert_eq!(srv.counter("calls_forwarded"), 1);
+    assert_eq!(srv.counter("messages_forwarded"), 1);
     assert_eq!(srv.counter("auth_failures"), 0);
 }

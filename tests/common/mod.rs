@@ -57,10 +57,12 @@ pub struct ServerOpts {
     /// `registrar.min_expires`; the server's default (60) when `None`.
     pub min_expires: Option<u32>,
     pub log: String,
-    /// `auth.algorithms`; the server's default (MD5 then SHA-256) when `None`.
+    /// `auth.algorithms`; the server's default (MD5) when `None`.
     pub algorithms: Option<Vec<&'static str>>,
     /// The SIP port (UDP and TCP); a free one from [`free_port`] when `None`.
     pub port: Option<u16>,
+    /// Also listen on `[::1]` (UDP and TCP, same port).
+    pub ipv6: bool,
     /// How long to wait for the server to answer `status` after it was spawned.
     pub ready_timeout: Duration,
 }
@@ -73,6 +75,7 @@ impl Default for ServerOpts {
             log: "debug".into(),
             algorithms: None,
             port: None,
+            ipv6: false,
             ready_timeout: Duration::from_secs(20),
         }
     }
@@ -351,10 +354,15 @@ impl Server {
         let port = opts.port.unwrap_or_else(free_port);
         let config = dir.join("hedgewitch.toml");
         let data = dir.join("data");
+        let v6 = if opts.ipv6 {
+            format!(", \"udp:[::1]:{port}\", \"tcp:[::1]:{port}\"")
+        } else {
+            String::new()
+        };
         let mut text = format!(
             "domain = \"{DOMAIN}\"\n\
              data_dir = \"{}\"\n\
-             listen = [\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\"]\n\
+             listen = [\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\"{v6}]\n\
              log = \"{}\"\n",
             data.display(),
             opts.log

@@ -1,5 +1,6 @@
 """Two PJSIP (pjsua2) accounts register through hedgewitch, alice calls bob, bob answers,
-alice hangs up. Prints one line per event for the Rust test to check.
+alice hangs up, then alice sends bob an instant message (SIP MESSAGE). Prints one line per
+event for the Rust test to check.
 
 usage: pjsua_call.py SERVER_PORT LOCAL_PORT DOMAIN ALICE_PASSWORD BOB_PASSWORD
 """
@@ -35,10 +36,18 @@ class Account(pj.Account):
         self.name = name
         self.calls = []
         self.reg = None
+        self.im_status = None
 
     def onRegState(self, prm):
         self.reg = prm.code
         say(self.name, "REG", prm.code)
+
+    def onInstantMessage(self, prm):
+        say(self.name, "IM", prm.msgBody)
+
+    def onInstantMessageStatus(self, prm):
+        self.im_status = prm.code
+        say(self.name, "IMSTATUS", prm.code)
 
     def onIncomingCall(self, prm):
         call = Call(self, self.name, prm.callId)
@@ -95,6 +104,17 @@ if alice.reg == 200 and bob.reg == 200:
         call.hangup(pj.CallOpParam())
         pump(ep, 5, lambda: all(c.state == pj.PJSIP_INV_STATE_DISCONNECTED
                                   for c in alice.calls + bob.calls))
+
+    buddy_cfg = pj.BuddyConfig()
+    buddy_cfg.uri = f"sip:bob@{domain}"
+    buddy_cfg.subscribe = False
+    buddy = pj.Buddy()
+    buddy.create(alice, buddy_cfg)
+    im = pj.SendInstantMessageParam()
+    im.content = "hello bob, from pjsua"
+    buddy.sendInstantMessage(im)
+    pump(ep, 10, lambda: alice.im_status is not None)
+    pump(ep, 0.5)
 
 say("DONE")
 # Unregister, then leave without tearing pjsua down: destroying finished pjsua2 Call objects

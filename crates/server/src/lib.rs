@@ -7,3 +7,6 @@ pub mod core;
 pub mod runtime;
 pub mod store;
 pub mod transport;
+
+/// The protocol crate, for tools and tests built on the server.
+pub use sip;
