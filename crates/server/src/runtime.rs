@@ -210,19 +210,17 @@ async fn run(cfg: Config) -> Result<(), String> {
     );
     tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
 
-    let mut conns: HashMap<ConnId, mpsc::Sender<Bytes>> = HashMap::new();
-    let mut conn_by_remote: HashMap<SocketAddr, ConnId> = HashMap::new();
+    let mut edge = Edge {
+        udp,
+        conns: HashMap::new(),
+        conn_by_remote: HashMap::new(),
+        store: store_tx,
+        events: events_tx,
+    };
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
     loop {
-        execute(
-            &mut core,
-            &udp,
-            &mut conns,
-            &conn_by_remote,
-            &store_tx,
-            &events_tx,
-        );
+        edge.execute(&mut core);
         let deadline = core.poll_timeout();
         if let Some(d) = deadline {
             sleep.as_mut().reset(tokio::time::Instant::from_std(d));
@@ -234,13 +232,13 @@ async fn run(cfg: Config) -> Result<(), String> {
                 match ev {
                     Event::Message { flow, data } => core.handle_message(now, flow, data),
                     Event::ConnOpened { id, remote, sender } => {
-                        conns.insert(id, sender);
-                        conn_by_remote.insert(remote, id);
+                        edge.conns.insert(id, sender);
+                        edge.conn_by_remote.insert(remote, id);
                     }
                     Event::ConnClosed { id, remote } => {
-                        conns.remove(&id);
-                        if conn_by_remote.get(&remote) == Some(&id) {
-                            conn_by_remote.remove(&remote);
+                        edge.conns.remove(&id);
+                        if edge.conn_by_remote.get(&remote) == Some(&id) {
+                            edge.conn_by_remote.remove(&remote);
                         }
                     }
                     Event::SendFailed { key, remote } => {
@@ -250,7 +248,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                         }
                     }
                     Event::Control { command, reply } => {
-                        let answer = control_answer(&mut core, now, &command, &store_tx);
+                        let answer = control_answer(&mut core, now, &command, &edge.store);
                         let _ = reply.send(answer);
                     }
                     Event::Shutdown => break,
@@ -262,15 +260,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
     }
     tracing::info!("shutting down");
-    execute(
-        &mut core,
-        &udp,
-        &mut conns,
-        &conn_by_remote,
-        &store_tx,
-        &events_tx,
-    );
-    drop(store_tx);
+    edge.execute(&mut core);
+    drop(edge);
     let _ = std::fs::remove_file(cfg.control_path());
     Ok(())
 }
@@ -309,92 +300,87 @@ fn control_answer(
     }
 }
 
-fn execute(
-    core: &mut Core,
-    udp: &[(SocketAddr, Arc<UdpSocket>)],
-    conns: &mut HashMap<ConnId, mpsc::Sender<Bytes>>,
-    conn_by_remote: &HashMap<SocketAddr, ConnId>,
-    store: &std::sync::mpsc::Sender<StoreOp>,
-    events: &mpsc::Sender<Event>,
-) {
-    for action in core.take_actions() {
-        match action {
-            Action::Send { flow, data, key } => {
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    let line = data.split(|&c| c == b'\r').next().unwrap_or_default();
-                    tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(),
-                        "send {}", String::from_utf8_lossy(line));
+/// The sockets and queues the core's actions go out through.
+struct Edge {
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    conns: HashMap<ConnId, mpsc::Sender<Bytes>>,
+    conn_by_remote: HashMap<SocketAddr, ConnId>,
+    store: std::sync::mpsc::Sender<StoreOp>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Edge {
+    fn execute(&mut self, core: &mut Core) {
+        for action in core.take_actions() {
+            match action {
+                Action::Send { flow, data, key } => {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let line = data.split(|&c| c == b'\r').next().unwrap_or_default();
+                        tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(),
+                            "send {}", String::from_utf8_lossy(line));
+                    }
+                    self.send(flow, data, key);
                 }
-                send(flow, data, key, udp, conns, conn_by_remote, events)
-            }
-            Action::PutBinding(b) => {
-                if store.send(StoreOp::Put(b)).is_err() {
-                    tracing::error!("store thread is gone; registrations are not persisted");
+                Action::PutBinding(b) => {
+                    if self.store.send(StoreOp::Put(b)).is_err() {
+                        tracing::error!("store thread is gone; registrations are not persisted");
+                    }
                 }
-            }
-            Action::DeleteBinding { aor, contact } => {
-                let _ = store.send(StoreOp::Delete { aor, contact });
+                Action::DeleteBinding { aor, contact } => {
+                    let _ = self.store.send(StoreOp::Delete { aor, contact });
+                }
             }
         }
     }
-}
 
-/// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
-/// connection while it is open, else on a new one.
-fn send(
-    flow: Flow,
-    data: Bytes,
-    key: Option<String>,
-    udp: &[(SocketAddr, Arc<UdpSocket>)],
-    conns: &mut HashMap<ConnId, mpsc::Sender<Bytes>>,
-    conn_by_remote: &HashMap<SocketAddr, ConnId>,
-    events: &mpsc::Sender<Event>,
-) {
-    match flow.transport {
-        Transport::Udp => {
-            let Some((_, sock)) = udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
-                udp.iter()
-                    .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
-            }) else {
-                tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
-                return;
-            };
-            match sock.try_send_to(&data, flow.remote) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let sock = sock.clone();
-                    tokio::spawn(async move {
-                        let _ = sock.send_to(&data, flow.remote).await;
-                    });
-                }
-                Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
-            }
-        }
-        Transport::Tcp => {
-            let conn = flow
-                .conn
-                .filter(|c| conns.contains_key(c))
-                .or_else(|| conn_by_remote.get(&flow.remote).copied());
-            let sent = match conn.and_then(|c| conns.get(&c).map(|s| (c, s))) {
-                Some((c, s)) => match s.try_send(data.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // The peer reads nothing: cut it off rather than queue forever.
-                        tracing::warn!(remote = %flow.remote, "connection not reading; closed");
-                        conns.remove(&c);
-                        return;
+    /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
+    /// connection while it is open, else on a new one.
+    fn send(&mut self, flow: Flow, data: Bytes, key: Option<String>) {
+        match flow.transport {
+            Transport::Udp => {
+                let sock = self.udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
+                    self.udp
+                        .iter()
+                        .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
+                });
+                let Some((_, sock)) = sock else {
+                    tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
+                    return;
+                };
+                match sock.try_send_to(&data, flow.remote) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let sock = sock.clone();
+                        tokio::spawn(async move {
+                            let _ = sock.send_to(&data, flow.remote).await;
+                        });
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                },
-                None => false,
-            };
-            if !sent {
+                    Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
+                }
+            }
+            Transport::Tcp => {
+                let conn = flow
+                    .conn
+                    .filter(|c| self.conns.contains_key(c))
+                    .or_else(|| self.conn_by_remote.get(&flow.remote).copied());
+                if let Some((c, s)) = conn.and_then(|c| self.conns.get(&c).map(|s| (c, s))) {
+                    match s.try_send(data.clone()) {
+                        Ok(()) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The peer reads nothing: cut it off rather than queue forever.
+                            tracing::warn!(remote = %flow.remote, "connection not reading; closed");
+                            self.conns.remove(&c);
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
                 tokio::spawn(transport::connect_and_send(
                     flow.local,
                     flow.remote,
                     data,
                     key,
-                    events.clone(),
+                    self.events.clone(),
                 ));
             }
         }

@@ -150,6 +150,34 @@ pub(crate) enum ServerMachine {
     NonInvite(tx::ServerNonInvite),
 }
 
+/// The calls both kinds of machine answer alike.
+macro_rules! either {
+    ($m:expr, $x:ident => $e:expr) => {
+        match $m {
+            Self::Invite($x) => $e,
+            Self::NonInvite($x) => $e,
+        }
+    };
+}
+
+impl ServerMachine {
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        either!(self, m => m.poll_timeout())
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
+        either!(self, m => m.handle_timeout(now))
+    }
+
+    pub fn send_response(&mut self, now: Instant, code: u16, data: Bytes) -> Vec<tx::Action> {
+        either!(self, m => m.send_response(now, code, data))
+    }
+
+    pub fn on_request_retransmission(&self) -> Vec<tx::Action> {
+        either!(self, m => m.on_request_retransmission())
+    }
+}
+
 /// A server transaction: the request as received, where responses go, and the proxy context
 /// that answers it, if forwarded.
 pub(crate) struct ServerTx {
@@ -165,6 +193,20 @@ pub(crate) struct ServerTx {
 pub(crate) enum ClientMachine {
     Invite(tx::ClientInvite),
     NonInvite(tx::ClientNonInvite),
+}
+
+impl ClientMachine {
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        either!(self, m => m.poll_timeout())
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
+        either!(self, m => m.handle_timeout(now))
+    }
+
+    pub fn on_transport_error(&mut self) -> Vec<tx::Action> {
+        either!(self, m => m.on_transport_error())
+    }
 }
 
 /// A client transaction: the request we sent (to build ACK and CANCEL) and its branch slot.
@@ -365,10 +407,7 @@ impl Core {
                 return self.client_actions(now, key.to_string(), actions);
             }
         }
-        let actions = match &mut ct.machine {
-            ClientMachine::Invite(m) => m.on_transport_error(),
-            ClientMachine::NonInvite(m) => m.on_transport_error(),
-        };
+        let actions = ct.machine.on_transport_error();
         self.client_actions(now, key.to_string(), actions);
     }
 
@@ -428,10 +467,7 @@ impl Core {
         if code >= 200 {
             st.final_sent = true;
         }
-        let actions = match &mut st.machine {
-            ServerMachine::Invite(m) => m.send_response(now, code, data),
-            ServerMachine::NonInvite(m) => m.send_response(now, code, data),
-        };
+        let actions = st.machine.send_response(now, code, data);
         self.server_actions(now, key.to_string(), actions);
     }
 
@@ -454,10 +490,11 @@ impl Core {
         }
         if terminated {
             self.servers.remove(&key);
-        } else if let Some(at) = self.servers.get(&key).and_then(|st| match &st.machine {
-            ServerMachine::Invite(m) => m.poll_timeout(),
-            ServerMachine::NonInvite(m) => m.poll_timeout(),
-        }) {
+        } else if let Some(at) = self
+            .servers
+            .get(&key)
+            .and_then(|st| st.machine.poll_timeout())
+        {
             self.timers.push(at, TimerRef::Server(key));
         }
     }
@@ -466,17 +503,11 @@ impl Core {
         let Some(st) = self.servers.get_mut(key) else {
             return;
         };
-        let due = match &st.machine {
-            ServerMachine::Invite(m) => m.poll_timeout(),
-            ServerMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let due = st.machine.poll_timeout();
         if due.is_none_or(|d| d > now) {
             return;
         }
-        let actions = match &mut st.machine {
-            ServerMachine::Invite(m) => m.handle_timeout(now),
-            ServerMachine::NonInvite(m) => m.handle_timeout(now),
-        };
+        let actions = st.machine.handle_timeout(now);
         self.server_actions(now, key.to_string(), actions);
     }
 
@@ -484,17 +515,11 @@ impl Core {
         let Some(ct) = self.clients.get_mut(key) else {
             return;
         };
-        let due = match &ct.machine {
-            ClientMachine::Invite(m) => m.poll_timeout(),
-            ClientMachine::NonInvite(m) => m.poll_timeout(),
-        };
+        let due = ct.machine.poll_timeout();
         if due.is_none_or(|d| d > now) {
             return;
         }
-        let actions = match &mut ct.machine {
-            ClientMachine::Invite(m) => m.handle_timeout(now),
-            ClientMachine::NonInvite(m) => m.handle_timeout(now),
-        };
+        let actions = ct.machine.handle_timeout(now);
         self.client_actions(now, key.to_string(), actions);
     }
 
@@ -519,10 +544,11 @@ impl Core {
         let ctx = self.clients.get(&key).and_then(|c| c.ctx);
         if terminated {
             self.clients.remove(&key);
-        } else if let Some(at) = self.clients.get(&key).and_then(|ct| match &ct.machine {
-            ClientMachine::Invite(m) => m.poll_timeout(),
-            ClientMachine::NonInvite(m) => m.poll_timeout(),
-        }) {
+        } else if let Some(at) = self
+            .clients
+            .get(&key)
+            .and_then(|ct| ct.machine.poll_timeout())
+        {
             self.timers.push(at, TimerRef::Client(key));
         }
         if let (Some((code, reason)), Some((ctx, branch))) = (failed, ctx) {

@@ -100,10 +100,7 @@ impl Core {
             return self.on_ack(now, flow, msg, &key);
         }
         if let Some(st) = self.servers.get(&key) {
-            let actions = match &st.machine {
-                ServerMachine::Invite(m) => m.on_request_retransmission(),
-                ServerMachine::NonInvite(m) => m.on_request_retransmission(),
-            };
+            let actions = st.machine.on_request_retransmission();
             return self.server_actions(now, key, actions);
         }
         if method == Some(Method::Cancel) {
