@@ -61,6 +61,9 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Create many accounts at once from a file of `name,extension,password` lines (extension
+    /// may be empty; `#` starts a comment). All or nothing.
+    Import { file: PathBuf },
     /// List accounts.
     List,
     /// Change a password.
@@ -197,6 +200,49 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                     .map(|e| format!(" (extension {e})"))
                     .unwrap_or_default()
             );
+        }
+        UserCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let mut users = vec![];
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let mut f = line.splitn(3, ',');
+                let (name, ext, pw) = match (f.next(), f.next(), f.next()) {
+                    (Some(n), Some(e), Some(p)) => (n.trim(), e.trim(), p),
+                    _ => {
+                        return Err(format!(
+                            "{}:{}: expected name,extension,password",
+                            file.display(),
+                            n + 1
+                        ))
+                    }
+                };
+                if !valid_name(name) || pw.is_empty() {
+                    return Err(format!(
+                        "{}:{}: bad name or empty password",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+                if !ext.is_empty() && !(ext.len() <= 16 && ext.bytes().all(|c| c.is_ascii_digit()))
+                {
+                    return Err(format!(
+                        "{}:{}: extension must be 1 to 16 digits",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+                let ext = (!ext.is_empty()).then_some(ext);
+                users.push(User::new(name, ext, &cfg.domain, pw));
+            }
+            let mut store = store;
+            store.import_users(&users)?;
+            notify_daemon(cfg);
+            println!("imported {} users", users.len());
         }
         UserCommand::List => {
             let users = store.users()?;

@@ -150,6 +150,23 @@ fn accounts_are_managed_in_the_store() {
         Some("pw3\n"),
     );
     assert!(!o.status.success());
+    // Bulk import: all or nothing, with the failing line named.
+    let list = dir.join("users.csv");
+    std::fs::write(&list, "# name,extension,password\nu1,201,p1\nu2,,p2\n").unwrap();
+    let o = hw(&cfg, &["user", "import", list.to_str().unwrap()], None);
+    assert!(
+        o.status.success() && text(&o).contains("imported 2"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&list, "u3,301,p3\nu4 has spaces,302,p4\n").unwrap();
+    let o = hw(&cfg, &["user", "import", list.to_str().unwrap()], None);
+    assert!(
+        !o.status.success() && text(&o).contains(":2:"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&hw(&cfg, &["user", "list"], None)).contains("u3"));
     let o = hw(&cfg, &["user", "remove", "bob"], None);
     assert!(o.status.success(), "{}", text(&o));
     let o = hw(&cfg, &["user", "remove", "bob"], None);

@@ -52,6 +52,8 @@ pub trait Store: Send {
     fn user(&self, name: &str) -> StoreResult<Option<User>>;
     /// Fails with a clear message if the name or extension is taken.
     fn add_user(&self, user: &User) -> StoreResult<()>;
+    /// Adds many users in one transaction: all or none.
+    fn import_users(&mut self, users: &[User]) -> StoreResult<()>;
     fn update_user(&self, user: &User) -> StoreResult<bool>;
     fn remove_user(&self, name: &str) -> StoreResult<bool>;
     fn bindings(&self) -> StoreResult<Vec<StoredBinding>>;
@@ -176,6 +178,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn import_users(&mut self, users: &[User]) -> StoreResult<()> {
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for u in users {
+                st.execute(params![
+                    u.name,
+                    u.extension,
+                    u.realm,
+                    u.ha1_md5,
+                    u.ha1_sha256
+                ])
+                .map_err(|e| {
+                    format!(
+                        "user `{}`: {e} (names and extensions must be unique)",
+                        u.name
+                    )
+                })?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
     fn update_user(&self, u: &User) -> StoreResult<bool> {
         let n = self
             .conn
@@ -292,6 +321,33 @@ mod tests {
         assert!(!a.ha1_md5.contains("pw"));
         assert!(s.remove_user("alice").unwrap());
         assert!(!s.remove_user("alice").unwrap());
+    }
+
+    #[test]
+    fn import_is_all_or_nothing() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let many: Vec<User> = (0..1000)
+            .map(|i| {
+                User::new(
+                    &format!("u{i}"),
+                    Some(&format!("{}", 5000 + i)),
+                    "example.test",
+                    "pw",
+                )
+            })
+            .collect();
+        s.import_users(&many).unwrap();
+        assert_eq!(s.users().unwrap().len(), 1000);
+        let clash = vec![
+            User::new("fresh", None, "example.test", "pw"),
+            User::new("u7", None, "example.test", "pw"),
+        ];
+        let e = s.import_users(&clash).unwrap_err();
+        assert!(e.contains("u7"), "{e}");
+        assert!(
+            s.user("fresh").unwrap().is_none(),
+            "nothing of a failed import stays"
+        );
     }
 
     #[test]
