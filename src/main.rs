@@ -228,8 +228,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                         n + 1
                     ));
                 }
-                if !ext.is_empty() && !(ext.len() <= 16 && ext.bytes().all(|c| c.is_ascii_digit()))
-                {
+                if !ext.is_empty() && (ext.len() > 16 || !ext.bytes().all(|c| c.is_ascii_digit())) {
                     return Err(format!(
                         "{}:{}: extension must be 1 to 16 digits",
                         file.display(),
