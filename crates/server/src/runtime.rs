@@ -6,7 +6,7 @@
 use crate::config::{Config, Transport};
 use crate::control;
 use crate::core::{Action, ConnId, Core, CoreConfig, Flow, Listener};
-use crate::store::{SqliteStore, Store, StoredBinding, User};
+use crate::store::{BindingWrite, SqliteStore, Store, StoredBinding, User};
 use crate::transport;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -100,33 +100,57 @@ fn secret() -> [u8; 32] {
     s
 }
 
+/// Most binding writes committed in one transaction.
+const STORE_BATCH: usize = 1024;
+
 fn spawn_store(mut store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
     let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
     std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
-            for op in rx {
-                match op {
-                    StoreOp::Put(b) => {
-                        if let Err(e) = store.put_binding(&b) {
-                            tracing::error!(user = %b.aor, contact = %b.contact,
-                                "store write failed: {e}; the registration is kept in memory only and will not survive a restart");
+            let mut batch = Vec::with_capacity(STORE_BATCH);
+            while let Ok(first) = rx.recv() {
+                // Everything queued meanwhile goes into the same transaction: under load one
+                // commit carries many registrations.
+                let mut next = Some(first);
+                while let Some(op) = next.take() {
+                    match op {
+                        StoreOp::Put(b) => batch.push(BindingWrite::Put(b)),
+                        StoreOp::Delete { aor, contact } => {
+                            batch.push(BindingWrite::Delete { aor, contact })
+                        }
+                        StoreOp::Users(reply) => {
+                            flush(&mut store, &mut batch);
+                            let _ = reply.send(store.users());
                         }
                     }
-                    StoreOp::Delete { aor, contact } => {
-                        if let Err(e) = store.delete_binding(&aor, &contact) {
-                            tracing::error!(user = %aor, %contact, "store delete failed: {e}; the binding may come back after a restart until it expires");
-                        }
-                    }
-                    StoreOp::Users(reply) => {
-                        let _ = reply.send(store.users());
+                    if batch.len() < STORE_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
+                flush(&mut store, &mut batch);
             }
-            let _ = &mut store;
         })
         .ok();
     tx
+}
+
+/// Writes a batch; on failure names every registration it could not keep.
+fn flush(store: &mut SqliteStore, batch: &mut Vec<BindingWrite>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = store.write_bindings(batch) {
+        for w in batch.iter() {
+            match w {
+                BindingWrite::Put(b) => tracing::error!(user = %b.aor, contact = %b.contact,
+                    "store write failed: {e}; the registration is kept in memory only and will not survive a restart"),
+                BindingWrite::Delete { aor, contact } => tracing::error!(user = %aor, %contact,
+                    "store delete failed: {e}; the binding may come back after a restart until it expires"),
+            }
+        }
+    }
+    batch.clear();
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.

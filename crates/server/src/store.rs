@@ -47,6 +47,13 @@ pub struct StoredBinding {
 
 pub type StoreResult<T> = Result<T, String>;
 
+/// One change to the stored registrations.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BindingWrite {
+    Put(StoredBinding),
+    Delete { aor: String, contact: String },
+}
+
 pub trait Store: Send {
     fn users(&self) -> StoreResult<Vec<User>>;
     fn user(&self, name: &str) -> StoreResult<Option<User>>;
@@ -60,10 +67,32 @@ pub trait Store: Send {
     fn put_binding(&self, b: &StoredBinding) -> StoreResult<()>;
     fn delete_binding(&self, aor: &str, contact: &str) -> StoreResult<()>;
     fn delete_bindings(&self, aor: &str) -> StoreResult<()>;
+    /// Applies the changes in order, in one transaction: all or none.
+    fn write_bindings(&mut self, batch: &[BindingWrite]) -> StoreResult<()>;
 }
 
 pub struct SqliteStore {
     conn: Connection,
+}
+
+const PUT_BINDING: &str = "INSERT OR REPLACE INTO bindings
+    (aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const DELETE_BINDING: &str = "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2";
+
+fn put_binding(conn: &Connection, b: &StoredBinding) -> rusqlite::Result<usize> {
+    conn.prepare_cached(PUT_BINDING)?.execute(params![
+        b.aor,
+        b.contact,
+        b.expires_at as i64,
+        b.q as f64,
+        b.call_id,
+        b.cseq as i64,
+        b.transport,
+        b.source,
+        b.local,
+        b.user_agent
+    ])
 }
 
 const SCHEMA: &str = "
@@ -253,34 +282,14 @@ impl Store for SqliteStore {
     }
 
     fn put_binding(&self, b: &StoredBinding) -> StoreResult<()> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO bindings
-                 (aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    b.aor,
-                    b.contact,
-                    b.expires_at as i64,
-                    b.q as f64,
-                    b.call_id,
-                    b.cseq as i64,
-                    b.transport,
-                    b.source,
-                    b.local,
-                    b.user_agent
-                ],
-            )
-            .map_err(err)?;
+        put_binding(&self.conn, b).map_err(err)?;
         Ok(())
     }
 
     fn delete_binding(&self, aor: &str, contact: &str) -> StoreResult<()> {
         self.conn
-            .execute(
-                "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2",
-                [aor, contact],
-            )
+            .prepare_cached(DELETE_BINDING)
+            .and_then(|mut st| st.execute([aor, contact]))
             .map_err(err)?;
         Ok(())
     }
@@ -290,6 +299,20 @@ impl Store for SqliteStore {
             .execute("DELETE FROM bindings WHERE aor = ?1", [aor])
             .map_err(err)?;
         Ok(())
+    }
+
+    fn write_bindings(&mut self, batch: &[BindingWrite]) -> StoreResult<()> {
+        let tx = self.conn.transaction().map_err(err)?;
+        for w in batch {
+            match w {
+                BindingWrite::Put(b) => put_binding(&tx, b),
+                BindingWrite::Delete { aor, contact } => tx
+                    .prepare_cached(DELETE_BINDING)
+                    .and_then(|mut st| st.execute([aor, contact])),
+            }
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 }
 
@@ -376,5 +399,21 @@ mod tests {
         assert_eq!(all[0].cseq, 8);
         s.delete_binding("alice", &b.contact).unwrap();
         assert!(s.bindings().unwrap().is_empty());
+        // A batch applies in order, in one transaction.
+        let mut s = s;
+        let other = StoredBinding {
+            contact: "<sip:alice@127.0.0.1:5064>".into(),
+            ..b.clone()
+        };
+        s.write_bindings(&[
+            BindingWrite::Put(b.clone()),
+            BindingWrite::Put(other.clone()),
+            BindingWrite::Delete {
+                aor: "alice".into(),
+                contact: b.contact.clone(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.bindings().unwrap(), vec![other]);
     }
 }

@@ -417,6 +417,13 @@ pub fn challenge(
     format!("Digest realm={realm}, nonce={nonce}, algorithm={alg}, qop=\"auth\"{stale}{opaque}")
 }
 
+/// A nonce that [`NonceManager::check_token`] found genuine and usable; only it can make one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedNonce {
+    key: (u64, u64),
+    nc: Option<u32>,
+}
+
 /// Verdict of [`NonceManager::check`] / [`NonceManager::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
@@ -448,7 +455,8 @@ type Use = Option<u32>;
 /// (and each cluster node) its own random secret; otherwise a nonce from another node, or
 /// from a previous process in the very second this one first issues, may be taken once.
 pub struct NonceManager {
-    secret: [u8; 32],
+    /// HMAC-SHA-256 keyed with the secret, pads already absorbed (half the work per MAC).
+    hmac: HmacKey,
     lifetime: u64,
     counter: u64,
     last_time: u64,
@@ -468,27 +476,49 @@ impl fmt::Debug for NonceManager {
     }
 }
 
+/// An HMAC-SHA-256 key with its inner and outer pad blocks hashed once, up front.
+#[derive(Clone)]
+struct HmacKey {
+    inner: sha2::Sha256,
+    outer: sha2::Sha256,
+}
+
+impl HmacKey {
+    fn new(key: &[u8; 32]) -> HmacKey {
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for ((i, o), k) in ipad.iter_mut().zip(opad.iter_mut()).zip(key) {
+            *i ^= k;
+            *o ^= k;
+        }
+        HmacKey {
+            inner: sha2::Sha256::new_with_prefix(ipad),
+            outer: sha2::Sha256::new_with_prefix(opad),
+        }
+    }
+
+    fn mac(&self, msg: &[&[u8]]) -> [u8; 32] {
+        let mut inner = self.inner.clone();
+        for m in msg {
+            inner.update(m);
+        }
+        self.outer
+            .clone()
+            .chain_update(inner.finalize())
+            .finalize()
+            .into()
+    }
+}
+
+#[cfg(test)]
 fn hmac_sha256(key: &[u8; 32], msg: &[&[u8]]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for ((i, o), k) in ipad.iter_mut().zip(opad.iter_mut()).zip(key) {
-        *i ^= k;
-        *o ^= k;
-    }
-    let mut inner = sha2::Sha256::new_with_prefix(ipad);
-    for m in msg {
-        inner.update(m);
-    }
-    sha2::Sha256::new_with_prefix(opad)
-        .chain_update(inner.finalize())
-        .finalize()
-        .into()
+    HmacKey::new(key).mac(msg)
 }
 
 impl NonceManager {
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
         NonceManager {
-            secret,
+            hmac: HmacKey::new(&secret),
             lifetime: lifetime_secs,
             counter: 0,
             last_time: 0,
@@ -515,7 +545,7 @@ impl NonceManager {
 
     fn mac(&self, time: u64, counter: u64) -> [u8; 32] {
         let (t, c) = (time.to_be_bytes(), counter.to_be_bytes());
-        hmac_sha256(&self.secret, &[b"hedgewitch-nonce-v1", &t, &c])
+        self.hmac.mac(&[b"hedgewitch-nonce-v1", &t, &c])
     }
 
     /// A new nonce. Issue times never go backwards, even if `now_secs` does.
@@ -553,6 +583,11 @@ impl NonceManager {
     fn verdict(&self, nonce: &str, nc: Option<u32>, now: u64) -> Result<(u64, u64), NonceCheck> {
         let key = self.decode(nonce).filter(|_| nc != Some(0));
         let key = key.ok_or(NonceCheck::Invalid)?;
+        self.fresh(key, nc, now)
+    }
+
+    /// Whether a genuine nonce may still be used with `nc` (not expired, not replayed).
+    fn fresh(&self, key: (u64, u64), nc: Option<u32>, now: u64) -> Result<(u64, u64), NonceCheck> {
         let fresh = match self.used.get(&key) {
             Some(Some(last)) => nc.is_some_and(|n| n > *last),
             Some(None) => false,
@@ -570,14 +605,39 @@ impl NonceManager {
             .unwrap_or(NonceCheck::Valid)
     }
 
+    /// Like [`check`](Self::check), but on success returns a token that
+    /// [`commit_checked`](Self::commit_checked) accepts without deriving the MAC again.
+    pub fn check_token(
+        &self,
+        nonce: &str,
+        nc: Option<u32>,
+        now_secs: u64,
+    ) -> Result<CheckedNonce, NonceCheck> {
+        self.verdict(nonce, nc, now_secs)
+            .map(|key| CheckedNonce { key, nc })
+    }
+
     /// Call only after [`verify`] succeeded: re-checks like [`check`](Self::check) and, if
     /// `Valid`, records `nc` (or the single use) so it cannot be replayed, then prunes.
     /// Accept the request only when this returns `Valid`.
     pub fn commit(&mut self, nonce: &str, nc: Option<u32>, now_secs: u64) -> NonceCheck {
-        let key = match self.verdict(nonce, nc, now_secs) {
-            Ok(key) => key,
-            Err(v) => return v,
-        };
+        match self.verdict(nonce, nc, now_secs) {
+            Ok(key) => self.record(key, nc, now_secs),
+            Err(v) => v,
+        }
+    }
+
+    /// [`commit`](Self::commit) for a nonce that passed [`check_token`](Self::check_token):
+    /// freshness is checked again (another request may have used the count meanwhile), the
+    /// MAC is not.
+    pub fn commit_checked(&mut self, checked: CheckedNonce, now_secs: u64) -> NonceCheck {
+        match self.fresh(checked.key, checked.nc, now_secs) {
+            Ok(key) => self.record(key, checked.nc, now_secs),
+            Err(v) => v,
+        }
+    }
+
+    fn record(&mut self, key: (u64, u64), nc: Option<u32>, now_secs: u64) -> NonceCheck {
         self.used.insert(key, nc);
         self.prune(now_secs);
         NonceCheck::Valid
@@ -900,5 +960,24 @@ mod tests {
                 &ha1(alg, "alice", "example.test", "pw")
             ));
         }
+    }
+
+    #[test]
+    fn checked_tokens_commit_once() {
+        let mut m = NonceManager::new([5; 32], 300);
+        let n = m.issue(1000);
+        let t = m.check_token(&n, Some(1), 1001).unwrap();
+        assert_eq!(m.commit_checked(t, 1001), NonceCheck::Valid);
+        // The same count again: replay, stale.
+        assert_eq!(m.commit_checked(t, 1002), NonceCheck::Stale);
+        assert_eq!(m.check_token(&n, Some(1), 1002), Err(NonceCheck::Stale));
+        let t2 = m.check_token(&n, Some(2), 1002).unwrap();
+        assert_eq!(m.commit_checked(t2, 1002), NonceCheck::Valid);
+        let mut forged = n.clone().into_bytes();
+        forged[63] = if forged[63] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            m.check_token(std::str::from_utf8(&forged).unwrap(), Some(3), 1002),
+            Err(NonceCheck::Invalid)
+        );
     }
 }

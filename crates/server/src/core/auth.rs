@@ -79,21 +79,21 @@ impl Core {
             _ => user.ha1_md5.clone(),
         };
         let user_name = user.name.clone();
-        match self.nonces.check(&creds.nonce, creds.nc, secs) {
-            NonceCheck::Invalid => return AuthOutcome::Challenge { stale: false },
-            NonceCheck::Stale => {
+        let checked = match self.nonces.check_token(&creds.nonce, creds.nc, secs) {
+            Ok(c) => c,
+            Err(NonceCheck::Stale) => {
                 // Only a correct digest earns stale=true; a wrong one must not skip the prompt.
                 let good = verify(&creds, msg.method_str(), &ha1);
                 return AuthOutcome::Challenge { stale: good };
             }
-            NonceCheck::Valid => {}
-        }
+            Err(_) => return AuthOutcome::Challenge { stale: false },
+        };
         if !verify(&creds, msg.method_str(), &ha1) {
             self.counters.auth_failures += 1;
             tracing::info!(user = %user_name, "wrong digest response (password mismatch)");
             return AuthOutcome::Challenge { stale: false };
         }
-        match self.nonces.commit(&creds.nonce, creds.nc, secs) {
+        match self.nonces.commit_checked(checked, secs) {
             NonceCheck::Valid => AuthOutcome::User(user_name),
             _ => AuthOutcome::Challenge { stale: true },
         }
