@@ -25,7 +25,41 @@ impl Writer {
         Writer { buf }
     }
 
-    pub fn header(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Writer {
+    pub fn header(&mut self, name: &str, value: &str) -> &mut Writer {
+        self.header_parts(name, &[value])
+    }
+
+    /// A header whose value is the concatenation of `parts` (no formatting machinery: this is
+    /// on every forwarded message).
+    pub fn header_parts(&mut self, name: &str, parts: &[&str]) -> &mut Writer {
+        self.buf.push_str(name);
+        self.buf.push_str(": ");
+        for p in parts {
+            self.buf.push_str(p);
+        }
+        self.buf.push_str("\r\n");
+        self
+    }
+
+    pub fn header_num(&mut self, name: &str, value: u64) -> &mut Writer {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = value;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        // Only ASCII digits were written.
+        let text = std::str::from_utf8(&digits[i..]).unwrap_or("0");
+        self.header_parts(name, &[text])
+    }
+
+    /// A header with a formatted value, for the paths that are not per message.
+    pub fn header_fmt(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Writer {
         let _ = write!(self.buf, "{name}: {value}\r\n");
         self
     }
@@ -48,9 +82,10 @@ impl Writer {
     /// Ends the head with Content-Length (and Content-Type when there is a body).
     pub fn finish(mut self, content_type: Option<&str>, body: &[u8]) -> Bytes {
         if let (Some(ct), false) = (content_type, body.is_empty()) {
-            let _ = write!(self.buf, "Content-Type: {ct}\r\n");
+            self.header("Content-Type", ct);
         }
-        let _ = write!(self.buf, "Content-Length: {}\r\n\r\n", body.len());
+        self.header_num("Content-Length", body.len() as u64);
+        self.buf.push_str("\r\n");
         let mut out = self.buf.into_bytes();
         out.extend_from_slice(body);
         Bytes::from(out)
@@ -118,7 +153,7 @@ pub fn response_to(
                         let rest = req
                             .top_via()
                             .map_or("", |v| &value[v.raw.len().min(value.len())..]);
-                        w.header("Via", format_args!("{top}{rest}"));
+                        w.header_parts("Via", &[&top, rest]);
                         continue;
                     }
                 }
@@ -129,7 +164,7 @@ pub fn response_to(
                 let has_tag = req.to().is_some_and(|t| t.tag().is_some());
                 match to_tag {
                     Some(tag) if !has_tag && code > 100 => {
-                        w.header("To", format_args!("{value};tag={tag}"));
+                        w.header_parts("To", &[value, ";tag=", tag]);
                     }
                     _ => {
                         w.line(req.text(h.line));
@@ -155,6 +190,19 @@ mod tests {
 Call-ID: x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         );
         Message::parse(Bytes::from(raw), true).unwrap()
+    }
+
+    #[test]
+    fn numbers_and_parts() {
+        let mut w = Writer::response(200, "OK");
+        w.header_num("Expires", 0)
+            .header_num("Max", u64::MAX)
+            .header_parts("X-Y", &["a", "b"]);
+        let m = Message::parse(w.finish(None, b"hi"), false).unwrap();
+        assert_eq!(m.value(HeaderName::Expires), Some("0"));
+        assert_eq!(m.other_value("Max"), Some("18446744073709551615"));
+        assert_eq!(m.other_value("X-Y"), Some("ab"));
+        assert_eq!(m.body(), b"hi");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (From, To, Contact, Route, Record-Route), Via, CSeq, and parameter lists. Each parser reads one
 //! element and returns the rest, so comma-separated lists split correctly around quotes and `<>`.
 
-use crate::uri::{param_in, parse_hostport, Host, Uri, UriError};
+use crate::uri::{find_any, find_byte, param_in, parse_hostport, Host, Uri, UriError};
 use std::borrow::Cow;
 
 /// Why a header value was refused; becomes a 400 with this text as reason.
@@ -152,11 +152,11 @@ impl<'a> NameAddr<'a> {
             if !rest.starts_with('<') {
                 return Err(GrammarError("display name without <URI>"));
             }
-        } else if let Some(lt) = rest.find('<') {
+        } else if let Some(lt) = find_byte(rest, b'<') {
             // Unquoted display name: only tokens and spaces may come before `<` (RFC 4475
             // lwsdisp allows no space before `<`; baddn has a comma, which is refused).
             let words = &rest[..lt];
-            let before_comma = rest.find(',').is_none_or(|c| c > lt);
+            let before_comma = find_byte(rest, b',').is_none_or(|c| c > lt);
             if before_comma {
                 if !words.bytes().all(|c| is_token_char(c) || is_ws(c)) {
                     return Err(GrammarError("bad display name"));
@@ -169,13 +169,13 @@ impl<'a> NameAddr<'a> {
             }
         }
         let (uri, after) = if let Some(inner) = rest.strip_prefix('<') {
-            let gt = inner.find('>').ok_or(GrammarError("missing >"))?;
+            let gt = find_byte(inner, b'>').ok_or(GrammarError("missing >"))?;
             let uri = Uri::parse(&inner[..gt])?;
             (uri, &inner[gt + 1..])
         } else {
             // addr-spec: the URI ends at `;` (header params), `,` or white space. RFC 3261 §20:
             // a URI with `,`, `;` or `?` must be in brackets (RFC 4475 regbadct).
-            let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
+            let end = find_any(rest, b";, \t").unwrap_or(rest.len());
             let text = &rest[..end];
             if text.contains('?') {
                 return Err(GrammarError("URI with headers needs <>"));
@@ -294,7 +294,7 @@ impl<'a> Via<'a> {
         if parts[1] != "2.0" {
             return Err(GrammarError("Via version is not 2.0"));
         }
-        let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
+        let end = find_any(rest, b";, \t").unwrap_or(rest.len());
         let sent_by = &rest[..end];
         let (host, port) = parse_hostport(sent_by)?;
         let (params, tail) = params(&rest[end..])?;

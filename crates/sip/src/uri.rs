@@ -78,6 +78,19 @@ pub struct Uri<'a> {
     pub headers: Option<&'a str>,
 }
 
+/// Position of an ASCII byte: plain iteration beats `str::find(char)` on the short strings of
+/// SIP headers (callgrind: `CharSearcher` was 4% of a REGISTER).
+#[inline]
+pub fn find_byte(s: &str, b: u8) -> Option<usize> {
+    s.as_bytes().iter().position(|&c| c == b)
+}
+
+/// Position of the first of several ASCII bytes.
+#[inline]
+pub fn find_any(s: &str, set: &[u8]) -> Option<usize> {
+    s.as_bytes().iter().position(|c| set.contains(c))
+}
+
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c)
 }
@@ -160,7 +173,7 @@ pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
         };
         return Ok((Host::Ip(IpAddr::V6(ip)), port));
     }
-    let (host, port) = match s.find(':') {
+    let (host, port) = match find_byte(s, b':') {
         Some(i) => (&s[..i], Some(parse_port(&s[i + 1..])?)),
         None => (s, None),
     };
@@ -218,7 +231,7 @@ fn scheme_ok(s: &str) -> bool {
 impl<'a> Uri<'a> {
     /// Parses any absolute URI; sip/sips are parsed fully, other schemes only checked for shape.
     pub fn parse(raw: &'a str) -> Result<Uri<'a>, UriError> {
-        let colon = raw.find(':').ok_or(UriError::Syntax("no scheme"))?;
+        let colon = find_byte(raw, b':').ok_or(UriError::Syntax("no scheme"))?;
         let scheme_str = &raw[..colon];
         if !scheme_ok(scheme_str) {
             return Err(UriError::Syntax("bad scheme"));
@@ -252,18 +265,18 @@ impl<'a> Uri<'a> {
                 headers: None,
             });
         }
-        let (body, headers) = match rest.find('?') {
+        let (body, headers) = match find_byte(rest, b'?') {
             // A `?` inside the userinfo is legal (user-unreserved); headers start after the host.
             Some(q) if !rest[q..].contains('@') => (&rest[..q], Some(&rest[q + 1..])),
             _ => (rest, None),
         };
-        let (userinfo, hostpart) = match body.find('@') {
+        let (userinfo, hostpart) = match find_byte(body, b'@') {
             Some(at) => (Some(&body[..at]), &body[at + 1..]),
             None => (None, body),
         };
         let (user, password) = match userinfo {
             Some(ui) => {
-                let (u, p) = match ui.find(':') {
+                let (u, p) = match find_byte(ui, b':') {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
@@ -279,14 +292,14 @@ impl<'a> Uri<'a> {
             }
             None => (None, None),
         };
-        let (hostport, params) = match hostpart.find(';') {
+        let (hostport, params) = match find_byte(hostpart, b';') {
             Some(s) => (&hostpart[..s], &hostpart[s..]),
             None => (hostpart, ""),
         };
         let (host, port) = parse_hostport(hostport)?;
         if !params.is_empty() {
             for p in params[1..].split(';') {
-                let (name, value) = match p.find('=') {
+                let (name, value) = match find_byte(p, b'=') {
                     Some(e) => (&p[..e], Some(&p[e + 1..])),
                     None => (p, None),
                 };
@@ -345,7 +358,7 @@ impl<'a> Uri<'a> {
 pub fn param_in<'a>(params: &'a str, name: &str) -> Option<Option<&'a str>> {
     for p in params.split(';') {
         let p = p.trim();
-        let (n, v) = match p.find('=') {
+        let (n, v) = match find_byte(p, b'=') {
             Some(e) => (p[..e].trim_end(), Some(p[e + 1..].trim_start())),
             None => (p, None),
         };

@@ -185,8 +185,6 @@ pub(crate) struct ServerTx {
     pub request: Message,
     pub flow: Flow,
     pub ctx: Option<u64>,
-    /// To tag for responses we generate, so that all of them carry the same one.
-    pub to_tag: String,
     pub final_sent: bool,
 }
 
@@ -333,7 +331,21 @@ impl Core {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .rotate_left(29)
             ^ self.salt;
-        format!("{mixed:016x}{id:x}")
+        let mut out = String::with_capacity(24);
+        push_hex(&mut out, mixed, 16);
+        push_hex(&mut out, id, 0);
+        out
+    }
+
+    /// The To tag of our own responses to a server transaction: derived from its key, so all
+    /// its responses carry the same one and nothing is stored or computed for the transactions
+    /// we only forward.
+    pub(crate) fn to_tag(&self, key: &str) -> String {
+        let mut h = route::Fnv::new(self.salt);
+        h.write(key);
+        let mut out = String::with_capacity(16);
+        push_hex(&mut out, h.finish(), 16);
+        out
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -438,6 +450,7 @@ impl Core {
         extra: &[(&str, String)],
         body: Option<(&str, &[u8])>,
     ) {
+        let tag = (code > 100).then(|| self.to_tag(key));
         let Some(st) = self.servers.get(key) else {
             return;
         };
@@ -445,7 +458,7 @@ impl Core {
             &st.request,
             code,
             reason,
-            Some(&st.to_tag),
+            tag.as_deref(),
             Some(st.flow.remote),
         );
         for (name, value) in extra {
@@ -617,6 +630,15 @@ impl Core {
 pub(crate) const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK, REGISTER";
 
+/// Appends `v` in lowercase hex, zero-padded to `width` digits (0: no padding).
+pub(crate) fn push_hex(out: &mut String, v: u64, width: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (16 - v.leading_zeros() as usize / 4).max(1).max(width);
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+}
+
 /// The start line, for logs.
 pub(crate) fn first_line(msg: &Message) -> String {
     match msg.status() {
@@ -638,10 +660,16 @@ pub(crate) fn server_key(msg: &Message, method_override: Option<&str>) -> Option
         _ => msg.method_str(),
     });
     match via.rfc3261_branch() {
-        Some(branch) => Some(format!(
-            "s|{branch}|{}|{method}",
-            via.sent_by.to_ascii_lowercase()
-        )),
+        Some(branch) => {
+            let mut k = String::with_capacity(4 + branch.len() + via.sent_by.len() + method.len());
+            k.push_str("s|");
+            k.push_str(branch);
+            k.push('|');
+            k.extend(via.sent_by.chars().map(|c| c.to_ascii_lowercase()));
+            k.push('|');
+            k.push_str(method);
+            Some(k)
+        }
         None => {
             let (num, _) = msg.cseq()?;
             let from_tag = msg.from().and_then(|f| f.tag()).unwrap_or("");
@@ -679,8 +707,8 @@ pub(crate) fn request_like(orig: &Message, method: &str, to: Option<&str>) -> Wr
         w.header("To", to);
     }
     let num = orig.cseq().map_or(1, |c| c.0);
-    w.header("CSeq", format_args!("{num} {method}"));
-    w.header("Max-Forwards", 70);
+    w.header_fmt("CSeq", format_args!("{num} {method}"));
+    w.header("Max-Forwards", "70");
     w
 }
 
@@ -689,3 +717,15 @@ pub(crate) const TIMER_C: Duration = Duration::from_secs(180);
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn hex() {
+        let mut s = String::new();
+        super::push_hex(&mut s, 0xab, 4);
+        super::push_hex(&mut s, 0, 0);
+        super::push_hex(&mut s, u64::MAX, 0);
+        assert_eq!(s, "00ab0ffffffffffffffff");
+    }
+}

@@ -116,7 +116,6 @@ impl Core {
         } else {
             ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
         };
-        let to_tag = self.token();
         self.servers.insert(
             key.clone(),
             ServerTx {
@@ -124,7 +123,6 @@ impl Core {
                 request: msg.clone(),
                 flow,
                 ctx: None,
-                to_tag,
                 final_sent: false,
             },
         );
@@ -304,7 +302,12 @@ impl Core {
                 Some(Method::Invite | Method::Subscribe | Method::Refer)
             );
         for (idx, hop) in hops.into_iter().enumerate() {
-            let branch = format!("z9hG4bK{hash}.{}", self.token());
+            let token = self.token();
+            let mut branch = String::with_capacity(8 + hash.len() + token.len());
+            branch.push_str("z9hG4bK");
+            branch.push_str(&hash);
+            branch.push('.');
+            branch.push_str(&token);
             let mut flow = hop.flow;
             let mut data =
                 self.forward_bytes(msg, &hop.uri, flow, in_flow, &branch, dialog_creating, pop);
@@ -420,7 +423,7 @@ impl Core {
         pop: usize,
     ) -> sip::Bytes {
         let mut w = Writer::request(msg.method_str(), ruri);
-        w.header("Via", self.via_for(out, branch));
+        w.header("Via", &self.via_for(out, branch));
         let mut first_via = true;
         let mut to_pop = pop;
         let mut saw_mf = false;
@@ -433,7 +436,7 @@ impl Core {
                 w.header("Record-Route", &rr_out);
                 let rr_in = self.record_route_for(inbound);
                 if rr_in != rr_out {
-                    w.header("Record-Route", rr_in);
+                    w.header("Record-Route", &rr_in);
                 }
             }
             match h.name {
@@ -443,7 +446,7 @@ impl Core {
                     match (via_with_received(msg, inbound.remote), msg.top_via()) {
                         (Some(top), Some(v)) => {
                             let rest = value.get(v.raw.len()..).unwrap_or("");
-                            w.header("Via", format_args!("{top}{rest}"));
+                            w.header_parts("Via", &[&top, rest]);
                         }
                         _ => {
                             w.line(msg.text(h.line));
@@ -453,7 +456,7 @@ impl Core {
                 HeaderName::MaxForwards => {
                     saw_mf = true;
                     let mf = msg.max_forwards().unwrap_or(70).saturating_sub(1);
-                    w.header("Max-Forwards", mf);
+                    w.header_num("Max-Forwards", mf as u64);
                 }
                 HeaderName::Route if to_pop > 0 => {
                     let rest: Vec<&str> = name_addr_list(msg.text(h.value))
@@ -463,7 +466,7 @@ impl Core {
                     let skip = to_pop.min(rest.len());
                     to_pop -= skip;
                     if rest.len() > skip {
-                        w.header("Route", rest[skip..].join(", "));
+                        w.header("Route", &rest[skip..].join(", "));
                     }
                 }
                 HeaderName::ContentLength => {}
@@ -476,7 +479,7 @@ impl Core {
             }
         }
         if !saw_mf {
-            w.header("Max-Forwards", 70);
+            w.header("Max-Forwards", "70");
         }
         w.finish(None, msg.body())
     }
@@ -534,7 +537,6 @@ impl Core {
         let Some(invite_key) = invite_key.filter(|k| self.servers.contains_key(k)) else {
             return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
         };
-        let to_tag = self.token();
         self.servers.insert(
             key.clone(),
             ServerTx {
@@ -545,7 +547,6 @@ impl Core {
                 request: msg,
                 flow,
                 ctx: None,
-                to_tag,
                 final_sent: false,
             },
         );
@@ -825,7 +826,12 @@ impl Core {
 
 pub(crate) fn client_key(branch: &str, method: &str) -> String {
     let method = if method == "ACK" { "INVITE" } else { method };
-    format!("c|{branch}|{method}")
+    let mut k = String::with_capacity(4 + branch.len() + method.len());
+    k.push_str("c|");
+    k.push_str(branch);
+    k.push('|');
+    k.push_str(method);
+    k
 }
 
 fn bracket(ip: IpAddr) -> String {

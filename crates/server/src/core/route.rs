@@ -115,14 +115,16 @@ impl Core {
         h.write(msg.from().and_then(|f| f.tag()).unwrap_or(""));
         h.write(msg.to().and_then(|t| t.tag()).unwrap_or(""));
         h.write(msg.call_id());
-        h.write(&msg.cseq().map_or(0, |c| c.0).to_string());
+        h.write_u64(msg.cseq().map_or(0, |c| c.0) as u64);
         for v in msg.values(HeaderName::Route) {
             h.write(v);
         }
         for v in msg.values(HeaderName::ProxyRequire) {
             h.write(v);
         }
-        format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+        let mut out = String::with_capacity(12);
+        super::push_hex(&mut out, h.finish() & 0xffff_ffff_ffff, 12);
+        out
     }
 
     /// §16.3 step 4: a Via of ours whose branch carries this request's loop hash.
@@ -144,6 +146,13 @@ impl Fnv {
 
     pub fn write(&mut self, s: &str) {
         for b in s.bytes().chain(std::iter::once(0)) {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn write_u64(&mut self, v: u64) {
+        for b in v.to_le_bytes() {
             self.0 ^= b as u64;
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
