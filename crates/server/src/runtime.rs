@@ -360,6 +360,9 @@ impl Edge {
     /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
     /// connection while it is open, else on a new one.
     fn send(&mut self, flow: Flow, data: Bytes, key: Option<String>) {
+        if data.is_empty() {
+            return;
+        }
         match flow.transport {
             Transport::Udp => {
                 let sock = self.udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {

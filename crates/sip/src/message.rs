@@ -207,6 +207,33 @@ pub fn frame(buf: &[u8]) -> Framing {
     }
 }
 
+/// Finds the end of the header section in one pass over the lines: the index where the final
+/// CRLF CRLF starts, and whether any header line is folded. `None` if the head is not complete
+/// or has a line not ended by CRLF.
+fn scan_head(buf: &[u8], lead: usize) -> Option<(usize, bool)> {
+    let mut pos = lead;
+    let mut folded = false;
+    loop {
+        let rel = memchr::memchr(b'\n', buf.get(pos..)?)?;
+        let nl = pos + rel;
+        if rel == 0 || buf[nl - 1] != b'\r' {
+            return None;
+        }
+        if rel == 1 && pos > lead {
+            return Some((pos - 2, folded));
+        }
+        if pos > lead && matches!(buf[pos], b' ' | b'\t') {
+            folded = true;
+        }
+        pos = nl + 1;
+    }
+}
+
+/// End of the line starting at `pos` (where its CR is), within a scanned head.
+fn line_end(head: &[u8], pos: usize) -> usize {
+    memchr::memchr(b'\n', &head[pos..]).map_or(head.len(), |i| pos + i - 1)
+}
+
 fn is_version(s: &[u8]) -> bool {
     s.len() == 7 && s[..4].eq_ignore_ascii_case(b"SIP/") && &s[4..] == b"2.0"
 }
@@ -240,14 +267,11 @@ impl Message {
             .iter()
             .take_while(|&&c| c == b'\r' || c == b'\n')
             .count();
-        let head_end = find(&buf[lead..], b"\r\n\r\n")
-            .map(|i| i + lead)
-            .ok_or(ParseError::bad("no end of header section"))?;
+        let (head_end, folded) =
+            scan_head(&buf, lead).ok_or(ParseError::bad("no end of header section"))?;
         // RFC 3261 §7.3.1 folding: CRLF followed by SP/HT continues the line. Blank the CRLF so
-        // spans stay valid and every header is one line.
-        let buf = if find(&buf[lead..head_end], b"\r\n ").is_some()
-            || find(&buf[lead..head_end], b"\r\n\t").is_some()
-        {
+        // spans stay valid and every header is one line (rare: only then is the head copied).
+        let buf = if folded {
             let mut copy = buf.to_vec();
             let mut i = lead;
             while i + 2 < head_end + 2 {
@@ -265,13 +289,13 @@ impl Message {
         if std::str::from_utf8(head).is_err() {
             return Err(ParseError::bad("header section is not UTF-8"));
         }
-        let line_end = find(&head[lead..], b"\r\n").map_or(head_end, |i| i + lead);
-        let start = match parse_start_line(&buf, lead, line_end) {
+        let first_end = line_end(head, lead);
+        let start = match parse_start_line(&buf, lead, first_end) {
             Ok(s) => s,
             // For answering a broken request: keep its headers, whatever its first line.
             Err(_) if !frame_body && !buf[lead..].starts_with(b"SIP/") => {
                 let m_end =
-                    memchr::memchr(b' ', &buf[lead..line_end]).map_or(line_end, |i| i + lead);
+                    memchr::memchr(b' ', &buf[lead..first_end]).map_or(first_end, |i| i + lead);
                 StartLine::Request {
                     method: Method::Other,
                     method_span: Span::new(lead, m_end),
@@ -282,9 +306,9 @@ impl Message {
             Err(e) => return Err(e),
         };
         let mut headers = Vec::with_capacity(16);
-        let mut pos = line_end + 2;
+        let mut pos = first_end + 2;
         while pos < head_end {
-            let end = find(&head[pos..], b"\r\n").map_or(head_end, |i| i + pos);
+            let end = line_end(head, pos);
             let line = &head[pos..end];
             let colon =
                 memchr::memchr(b':', line).ok_or(ParseError::bad("header line without colon"))?;
@@ -571,17 +595,26 @@ impl Message {
         Ok(())
     }
 
-    /// Checks a response before it is matched to a transaction; a bad one is dropped.
+    /// Checks what matching a response to its transaction needs (RFC 3261 §17.1.3: top Via
+    /// and CSeq) and that it names its dialog (To, From); a bad one is dropped. The rest of it
+    /// is the next hop's business: a proxy passes responses on.
     pub fn validate_response(&self) -> Result<(), ParseError> {
         self.check_singletons()?;
         grammar::parse_cseq(self.value(HeaderName::CSeq).unwrap_or(""))?;
-        for via in self.vias() {
-            via?;
-        }
         self.top_via().ok_or(ParseError::bad("missing Via"))?;
         NameAddr::parse_single(self.value(HeaderName::To).unwrap_or(""))?;
         NameAddr::parse_single(self.value(HeaderName::From).unwrap_or(""))?;
         Ok(())
+    }
+
+    /// Whether there is a Via after the first one (a second header line, or a second element
+    /// on the first line), without parsing them all.
+    pub fn has_second_via(&self) -> bool {
+        let mut lines = self.values(HeaderName::Via);
+        let Some(first) = lines.next() else {
+            return false;
+        };
+        lines.next().is_some() || grammar::via_list(first).nth(1).is_some()
     }
 
     fn check_singletons(&self) -> Result<(), ParseError> {

@@ -210,7 +210,9 @@ impl ClientMachine {
 /// A client transaction: the request we sent (to build ACK and CANCEL) and its branch slot.
 pub(crate) struct ClientTx {
     pub machine: ClientMachine,
-    pub request: Message,
+    /// The request as sent; parsed again only to build a CANCEL or an ACK (most
+    /// transactions never need either).
+    pub request: Bytes,
     pub flow: Flow,
     pub ctx: Option<(u64, usize)>,
     /// The server transaction it forwards for: late 2xx retransmissions go there even after
@@ -401,7 +403,8 @@ impl Core {
             return;
         };
         if let Some((flow, data)) = ct.udp_fallback.take() {
-            if let Ok(request) = Message::parse(data.clone(), false) {
+            let data_copy = data.clone();
+            {
                 tracing::debug!(remote = %flow.remote, "TCP refused; sending the request over UDP");
                 let (machine, actions) = match ct.machine {
                     ClientMachine::Invite(_) => {
@@ -415,7 +418,7 @@ impl Core {
                 };
                 ct.machine = machine;
                 ct.flow = flow;
-                ct.request = request;
+                ct.request = data_copy;
                 return self.client_actions(now, key.to_string(), actions);
             }
         }

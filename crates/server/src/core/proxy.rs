@@ -77,9 +77,11 @@ enum Decision {
     Register,
     OptionsHere,
     /// Forward to these hops, popping our Route entries; record-route if dialog-creating.
+    /// `hash` is the request's loop-detection hash, for the branches.
     Forward {
         hops: Vec<Hop>,
         pop: usize,
+        hash: String,
     },
 }
 
@@ -137,7 +139,9 @@ impl Core {
                 let h = Core::capability_headers();
                 self.respond(now, &key, 200, "OK", &h, None);
             }
-            Some(Decision::Forward { hops, pop }) => self.fork(now, &key, &msg, hops, pop),
+            Some(Decision::Forward { hops, pop, hash }) => {
+                self.fork(now, &key, &msg, hops, pop, &hash)
+            }
             None => {} // already answered (challenge)
         }
     }
@@ -186,6 +190,7 @@ impl Core {
                         flow,
                     }],
                     pop,
+                    hash: hash.clone(),
                 },
                 None => Decision::Reply(503, "Cannot Resolve Route"),
             });
@@ -202,6 +207,7 @@ impl Core {
                         flow,
                     }],
                     pop,
+                    hash: hash.clone(),
                 },
                 None => Decision::Reply(503, "Cannot Resolve Target"),
             });
@@ -265,11 +271,19 @@ impl Core {
         if hops.is_empty() {
             return Some(Decision::Reply(480, "Temporarily Unavailable"));
         }
-        Some(Decision::Forward { hops, pop })
+        Some(Decision::Forward { hops, pop, hash })
     }
 
     /// Forks the request to every hop in parallel (§16.6) under one response context.
-    fn fork(&mut self, now: Instant, key: &str, msg: &Message, hops: Vec<Hop>, pop: usize) {
+    fn fork(
+        &mut self,
+        now: Instant,
+        key: &str,
+        msg: &Message,
+        hops: Vec<Hop>,
+        pop: usize,
+        hash: &str,
+    ) {
         let invite = msg.method() == Some(Method::Invite);
         match msg.method() {
             Some(Method::Invite) => self.counters.calls_forwarded += 1,
@@ -295,7 +309,6 @@ impl Core {
                 final_sent: false,
             },
         );
-        let hash = self.loop_hash(msg);
         let dialog_creating = msg.to().is_none_or(|t| t.tag().is_none())
             && matches!(
                 msg.method(),
@@ -305,7 +318,7 @@ impl Core {
             let token = self.token();
             let mut branch = String::with_capacity(8 + hash.len() + token.len());
             branch.push_str("z9hG4bK");
-            branch.push_str(&hash);
+            branch.push_str(hash);
             branch.push('.');
             branch.push_str(&token);
             let mut flow = hop.flow;
@@ -333,10 +346,7 @@ impl Core {
                     flow = tcp;
                 }
             }
-            let Ok(sent) = Message::parse(data.clone(), false) else {
-                tracing::error!("could not re-parse a request we built; branch dropped");
-                continue;
-            };
+            let sent = data.clone();
             let ckey = client_key(&branch, msg.method_str());
             let reliable = flow.transport.is_reliable();
             let (machine, actions) = if invite {
@@ -594,16 +604,18 @@ impl Core {
         let Some(ct) = self.clients.get(&ckey) else {
             return;
         };
-        let data = request_like(&ct.request, "CANCEL", None).finish(None, b"");
-        let flow = ct.flow;
-        let Ok(sent) = Message::parse(data.clone(), false) else {
+        let Ok(invite) = Message::parse(ct.request.clone(), false) else {
             return;
         };
-        let branch = sent
+        let data = request_like(&invite, "CANCEL", None).finish(None, b"");
+        let flow = ct.flow;
+        // A CANCEL shares its INVITE's branch (RFC 3261 §9.1).
+        let branch = invite
             .top_via()
             .and_then(|v| v.branch())
             .unwrap_or("")
             .to_string();
+        let data_for_tx = data.clone();
         let (m, actions) =
             tx::ClientNonInvite::new(now, flow.transport.is_reliable(), &self.cfg.timers, data);
         let key = client_key(&branch, "CANCEL");
@@ -611,7 +623,7 @@ impl Core {
             key.clone(),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
-                request: sent,
+                request: data_for_tx,
                 flow,
                 ctx: None,
                 server: None,
@@ -632,7 +644,7 @@ impl Core {
         };
         let key = client_key(via.branch().unwrap_or(""), method);
         let status = msg.status().unwrap_or(500);
-        if msg.vias().count() < 2 {
+        if !msg.has_second_via() {
             // §16.7 step 3: with our Via removed nothing would be left to route it by.
             tracing::debug!(status, "response with no Via beyond ours; dropped");
             return;
@@ -843,9 +855,14 @@ fn bracket(ip: IpAddr) -> String {
 
 /// ACK for a non-2xx final response (§17.1.1.3): same branch and Route set as the INVITE,
 /// To from the response.
-fn ack_for(req: &Message, resp: &Message) -> sip::Bytes {
+fn ack_for(req: &sip::Bytes, resp: &Message) -> sip::Bytes {
     let to = resp.value(HeaderName::To).unwrap_or("");
-    request_like(req, "ACK", Some(to)).finish(None, b"")
+    match Message::parse(req.clone(), false) {
+        Ok(req) => request_like(&req, "ACK", Some(to)).finish(None, b""),
+        // We wrote this request ourselves, so it parses; were it not to, sending nothing
+        // (the edge skips empty data) beats sending garbage.
+        Err(_) => sip::Bytes::new(),
+    }
 }
 
 /// A response as it goes upstream: our Via removed, optionally a new status line.
