@@ -10,3 +10,4 @@ pub mod transport;
 
 /// The protocol crate, for tools and tests built on the server.
 pub use sip;
+pub mod mmsg;

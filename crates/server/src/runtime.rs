@@ -6,13 +6,16 @@
 use crate::config::{Config, Transport};
 use crate::control;
 use crate::core::{Action, ConnId, Core, CoreConfig, Flow, Listener};
+use crate::mmsg;
 use crate::store::{BindingWrite, SqliteStore, Store, StoredBinding, User};
 use crate::transport;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +24,8 @@ pub enum Event {
         flow: Flow,
         data: Bytes,
     },
+    /// Datagrams received by one system call.
+    Datagrams(Vec<(Flow, Bytes)>),
     ConnOpened {
         id: ConnId,
         remote: SocketAddr,
@@ -236,6 +241,7 @@ async fn run(cfg: Config) -> Result<(), String> {
 
     let mut edge = Edge {
         udp,
+        udp_out: Vec::new(),
         conns: HashMap::new(),
         conn_by_remote: HashMap::new(),
         store: store_tx,
@@ -255,6 +261,11 @@ async fn run(cfg: Config) -> Result<(), String> {
                 let now = Instant::now();
                 match ev {
                     Event::Message { flow, data } => core.handle_message(now, flow, data),
+                    Event::Datagrams(items) => {
+                        for (flow, data) in items {
+                            core.handle_message(now, flow, data);
+                        }
+                    }
                     Event::ConnOpened { id, remote, sender } => {
                         edge.conns.insert(id, sender);
                         edge.conn_by_remote.insert(remote, id);
@@ -327,6 +338,8 @@ fn control_answer(
 /// The sockets and queues the core's actions go out through.
 struct Edge {
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// UDP sends of the current batch of actions: (socket index, destination, data).
+    udp_out: Vec<(usize, SocketAddr, Bytes)>,
     conns: HashMap<ConnId, mpsc::Sender<Bytes>>,
     conn_by_remote: HashMap<SocketAddr, ConnId>,
     store: std::sync::mpsc::Sender<StoreOp>,
@@ -355,6 +368,45 @@ impl Edge {
                 }
             }
         }
+        self.flush_udp();
+    }
+
+    /// Sends the queued datagrams, one sendmmsg per socket; what would block goes out
+    /// asynchronously.
+    fn flush_udp(&mut self) {
+        if self.udp_out.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.udp_out);
+        out.sort_by_key(|(i, _, _)| *i);
+        for (idx, sock) in self.udp.iter().enumerate().map(|(i, (_, s))| (i, s)) {
+            let mine: Vec<(SocketAddr, &[u8])> = out
+                .iter()
+                .filter(|(i, _, _)| *i == idx)
+                .map(|(_, a, d)| (*a, d.as_ref()))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let fd = sock.as_raw_fd();
+            let sent = match sock.try_io(Interest::WRITABLE, || mmsg::send_batch(fd, &mine)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    tracing::debug!("udp send failed: {e}");
+                    mine.len()
+                }
+            };
+            for (to, data) in mine.into_iter().skip(sent) {
+                let sock = sock.clone();
+                let data = Bytes::copy_from_slice(data);
+                tokio::spawn(async move {
+                    let _ = sock.send_to(&data, to).await;
+                });
+            }
+        }
+        out.clear();
+        self.udp_out = out;
     }
 
     /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
@@ -365,24 +417,20 @@ impl Edge {
         }
         match flow.transport {
             Transport::Udp => {
-                let sock = self.udp.iter().find(|(a, _)| *a == flow.local).or_else(|| {
-                    self.udp
-                        .iter()
-                        .find(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
-                });
-                let Some((_, sock)) = sock else {
-                    tracing::warn!(remote = %flow.remote, "no UDP socket for this address family");
-                    return;
-                };
-                match sock.try_send_to(&data, flow.remote) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        let sock = sock.clone();
-                        tokio::spawn(async move {
-                            let _ = sock.send_to(&data, flow.remote).await;
-                        });
+                let idx = self
+                    .udp
+                    .iter()
+                    .position(|(a, _)| *a == flow.local)
+                    .or_else(|| {
+                        self.udp
+                            .iter()
+                            .position(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
+                    });
+                match idx {
+                    Some(i) => self.udp_out.push((i, flow.remote, data)),
+                    None => {
+                        tracing::warn!(remote = %flow.remote, "no UDP socket for this address family")
                     }
-                    Err(e) => tracing::debug!(remote = %flow.remote, "udp send failed: {e}"),
                 }
             }
             Transport::Tcp => {

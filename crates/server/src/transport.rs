@@ -4,13 +4,16 @@
 
 use crate::config::Transport;
 use crate::core::{ConnId, Flow};
+use crate::mmsg::RecvBatch;
 use crate::runtime::Event;
 use bytes::{Bytes, BytesMut};
 use sip::message::{frame, Framing, MAX_MESSAGE};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -64,37 +67,53 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Receives datagrams forever and posts each to the event loop.
+/// Receives datagrams forever, as many per system call as are waiting (recvmmsg), and posts
+/// them to the event loop as one batch.
 pub async fn udp_loop(socket: Arc<UdpSocket>, local: SocketAddr, events: mpsc::Sender<Event>) {
-    let mut buf = vec![0u8; 65536];
+    let mut batch = RecvBatch::new(32);
+    let fd = socket.as_raw_fd();
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                // A lone CRLF (or CRLFCRLF) is a keep-alive; nothing to answer over UDP.
-                if buf[..n].iter().all(|&c| c == b'\r' || c == b'\n') {
-                    continue;
-                }
-                let flow = Flow {
-                    transport: Transport::Udp,
-                    local,
-                    remote,
-                    conn: None,
-                };
-                let data = Bytes::copy_from_slice(&buf[..n]);
-                match events.try_send(Event::Message { flow, data }) {
-                    Ok(()) => {}
-                    // Overload: drop the datagram as a full socket buffer would; the sender
-                    // retransmits. Memory stays bounded.
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        DROPPED.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            }
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(%local, "udp socket failed: {e}");
+            return;
+        }
+        let n = match socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP port unreachable surfaces here on Linux; it is not fatal.
                 tracing::debug!(%local, "udp receive error: {e}");
+                continue;
             }
+        };
+        let mut items = Vec::with_capacity(n);
+        for i in 0..n {
+            let (data, remote) = batch.get(i);
+            // A lone CRLF (or CRLFCRLF) is a keep-alive; nothing to answer over UDP.
+            let Some(remote) = remote.filter(|_| !data.iter().all(|&c| c == b'\r' || c == b'\n'))
+            else {
+                continue;
+            };
+            let flow = Flow {
+                transport: Transport::Udp,
+                local,
+                remote,
+                conn: None,
+            };
+            items.push((flow, Bytes::copy_from_slice(data)));
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let count = items.len() as u64;
+        match events.try_send(Event::Datagrams(items)) {
+            Ok(()) => {}
+            // Overload: drop the datagrams as a full socket buffer would; senders retransmit.
+            // Memory stays bounded.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                DROPPED.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }

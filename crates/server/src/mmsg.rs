@@ -1,0 +1,188 @@
+//! Batched datagram I/O: `recvmmsg`/`sendmmsg` move many datagrams per system call (Linux).
+//! The buffers are allocated once per socket; the pointers the kernel needs are rebuilt
+//! before each call, so nothing here is self-referential.
+
+use socket2::SockAddr;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// Largest UDP payload we accept (RFC 3261 messages are far smaller).
+const SLOT: usize = 65535;
+
+/// Receive buffers for up to `n` datagrams per call, with the kernel's header arrays kept
+/// from call to call (only their pointers are refreshed).
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    lens: Vec<usize>,
+    addr_lens: Vec<libc::socklen_t>,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into this struct's own
+// heap buffers, which move with it; they are rewritten before every use.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    pub fn new(n: usize) -> RecvBatch {
+        RecvBatch {
+            bufs: (0..n).map(|_| vec![0u8; SLOT]).collect(),
+            // SAFETY: these are plain old data; all-zero is a valid value of each.
+            addrs: (0..n)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+            iovs: (0..n)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+            hdrs: (0..n)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+            lens: vec![0; n],
+            addr_lens: vec![0; n],
+        }
+    }
+
+    /// Receives as many waiting datagrams as fit, without blocking. `WouldBlock` when none.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.bufs.len();
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.bufs[i].len(),
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: `hdrs` points at `iovs`, `addrs` and `bufs`, all owned by self, alive and
+        // not moved during the call; the lengths match the allocations.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = got as usize;
+        for i in 0..got {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.addr_lens[i] = self.hdrs[i].msg_hdr.msg_namelen;
+        }
+        Ok(got)
+    }
+
+    /// The `i`-th datagram of the last `recv` and its source (None for a non-IP source).
+    pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let data = &self.bufs[i][..self.lens[i].min(SLOT)];
+        // SAFETY: the kernel wrote a socket address of `addr_lens[i]` bytes into addrs[i].
+        let addr = unsafe { SockAddr::new(self.addrs[i], self.addr_lens[i]) };
+        (data, addr.as_socket())
+    }
+}
+
+/// Sends the datagrams in order with as few calls as possible; returns how many went out
+/// before the socket would block (the caller sends the rest another way).
+pub fn send_batch(fd: RawFd, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < msgs.len() {
+        let chunk = &msgs[sent..msgs.len().min(sent + 64)];
+        let addrs: Vec<SockAddr> = chunk.iter().map(|(a, _)| SockAddr::from(*a)).collect();
+        let mut iovs: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(_, d)| libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            })
+            .collect();
+        // SAFETY: plain old data, pointer fields set below.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len())
+            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+            .collect();
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addrs[i].len();
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every pointer refers to `addrs`, `iovs` or the caller's data, all alive
+        // during the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if sent > 0 && e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(sent);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn many_datagrams_each_way_in_few_calls() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..100)
+            .map(|i| format!("datagram {i}").into_bytes())
+            .collect();
+        let msgs: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (to, p.as_slice())).collect();
+        assert_eq!(send_batch(a.as_raw_fd(), &msgs).unwrap(), 100);
+        let mut batch = RecvBatch::new(32);
+        let mut got = vec![];
+        for _ in 0..50 {
+            match batch.recv(b.as_raw_fd()) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (d, from) = batch.get(i);
+                        assert_eq!(from, Some(a.local_addr().unwrap()));
+                        got.push(String::from_utf8(d.to_vec()).unwrap());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+            if got.len() == 100 {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[0], "datagram 0");
+        assert_eq!(got[99], "datagram 99");
+        assert!(
+            matches!(batch.recv(b.as_raw_fd()), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+    }
+}
