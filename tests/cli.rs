@@ -39,7 +39,8 @@ fn hw(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        // The command may exit before reading (e.g. an unknown user): a broken pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(s.as_bytes());
     } else {
         drop(child.stdin.take());
     }
