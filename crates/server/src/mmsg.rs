@@ -45,6 +45,11 @@ impl RecvBatch {
         }
     }
 
+    /// How many datagrams one call can receive.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
     /// Receives as many waiting datagrams as fit, without blocking. `WouldBlock` when none.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.bufs.len();

@@ -77,8 +77,21 @@ pub async fn udp_loop(socket: Arc<UdpSocket>, local: SocketAddr, events: mpsc::S
             tracing::warn!(%local, "udp socket failed: {e}");
             return;
         }
-        let n = match socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+        // A short batch means the queue was empty a moment ago: report WouldBlock from
+        // inside try_io so tokio clears the readiness now, instead of paying one more
+        // recvmmsg that would only return EAGAIN. Tokio clears it only if no new readiness
+        // event arrived since, so a datagram landing meanwhile still wakes us.
+        let mut short = 0;
+        let n = match socket.try_io(Interest::READABLE, || {
+            let n = batch.recv(fd)?;
+            if n < batch.capacity() {
+                short = n;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && short > 0 => short,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP port unreachable surfaces here on Linux; it is not fatal.
