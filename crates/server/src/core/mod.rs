@@ -99,7 +99,7 @@ impl CoreConfig {
                 .collect(),
             nonce_lifetime: cfg.auth.nonce_lifetime,
             timers: Timers::default(),
-            max_transactions: 200_000,
+            max_transactions: 1_000_000,
         }
     }
 }
@@ -182,7 +182,9 @@ impl ServerMachine {
 /// that answers it, if forwarded.
 pub(crate) struct ServerTx {
     pub machine: ServerMachine,
-    pub request: Message,
+    /// The request as received; dropped once a non-INVITE transaction has its final answer
+    /// (only the answer is kept for retransmissions: Timer J keeps it 32 s).
+    pub request: Option<Message>,
     pub flow: Flow,
     pub ctx: Option<u64>,
     pub final_sent: bool,
@@ -457,13 +459,10 @@ impl Core {
         let Some(st) = self.servers.get(key) else {
             return;
         };
-        let mut w = response_to(
-            &st.request,
-            code,
-            reason,
-            tag.as_deref(),
-            Some(st.flow.remote),
-        );
+        let Some(request) = st.request.as_ref() else {
+            return;
+        };
+        let mut w = response_to(request, code, reason, tag.as_deref(), Some(st.flow.remote));
         for (name, value) in extra {
             w.header(name, value);
         }
@@ -472,6 +471,20 @@ impl Core {
             Some((ct, b)) => w.finish(Some(ct), b),
             None => w.finish(None, b""),
         };
+        // A digest challenge to a non-INVITE request is sent without keeping the transaction:
+        // a retransmitted request just earns a fresh challenge, and at thousands of
+        // registrations a second the 32 s of Timer J would otherwise hold one transaction per
+        // challenge (RFC 3261 §8.2.7 allows a UAS to answer statelessly).
+        if matches!(code, 401 | 407) && matches!(st.machine, ServerMachine::NonInvite(_)) {
+            let flow = st.flow;
+            self.servers.remove(key);
+            self.out.push(Action::Send {
+                flow,
+                data,
+                key: None,
+            });
+            return;
+        }
         self.send_server_response(now, key, code, data);
     }
 
@@ -482,6 +495,9 @@ impl Core {
         };
         if code >= 200 {
             st.final_sent = true;
+            if matches!(st.machine, ServerMachine::NonInvite(_)) {
+                st.request = None;
+            }
         }
         let actions = st.machine.send_response(now, code, data);
         self.server_actions(now, key.to_string(), actions);

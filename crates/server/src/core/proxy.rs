@@ -122,7 +122,7 @@ impl Core {
             key.clone(),
             ServerTx {
                 machine,
-                request: msg.clone(),
+                request: Some(msg.clone()),
                 flow,
                 ctx: None,
                 final_sent: false,
@@ -554,7 +554,7 @@ impl Core {
                     flow.transport.is_reliable(),
                     &self.cfg.timers,
                 )),
-                request: msg,
+                request: Some(msg),
                 flow,
                 ctx: None,
                 final_sent: false,

@@ -1485,3 +1485,30 @@ fn a_big_request_falls_back_to_udp_when_tcp_is_refused() {
     t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
     assert_eq!(t.sent()[0].1.status(), Some(180));
 }
+
+#[test]
+fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
+    let mut t = T::new();
+    let r = t.req(
+        "REGISTER",
+        "sip:example.test",
+        "alice",
+        "<sip:alice@example.test>",
+        ALICE,
+        "light",
+    );
+    t.recv(ALICE, &r.text());
+    assert_eq!(t.sent()[0].1.status(), Some(401));
+    assert!(
+        t.core.servers.is_empty(),
+        "a challenge leaves no transaction behind"
+    );
+    // The same request again (a retransmission) just gets another challenge.
+    t.recv(ALICE, &r.text());
+    assert_eq!(t.sent()[0].1.status(), Some(401));
+    let ok = t.register("alice", ALICE, &[]);
+    assert_eq!(ok.status(), Some(200));
+    // The 200's transaction stays (Timer J) to answer retransmissions, without the request.
+    assert_eq!(t.core.servers.len(), 1);
+    assert!(t.core.servers.values().all(|st| st.request.is_none()));
+}
