@@ -123,40 +123,53 @@ const STORE_BATCH: usize = 1024;
 const STORE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn spawn_store(mut store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
-    use std::sync::mpsc::RecvTimeoutError;
+    use std::sync::mpsc::TryRecvError;
     let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
     std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
             let mut batch = Vec::with_capacity(STORE_BATCH);
-            let mut open = true;
-            while open {
-                let Ok(first) = rx.recv() else { break };
-                let deadline = std::time::Instant::now() + STORE_DELAY;
+            // Wait for the first change, then sleep through the batching window and take all
+            // that came meanwhile: while this thread sleeps, senders never have to wake it
+            // (one futex wake and two context switches per REGISTER otherwise).
+            while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
-                while let Some(op) = next.take() {
-                    match op {
-                        StoreOp::Put(b) => batch.push(BindingWrite::Put(b)),
-                        StoreOp::Delete { aor, contact } => {
-                            batch.push(BindingWrite::Delete { aor, contact })
+                let mut slept = false;
+                let mut open = true;
+                loop {
+                    while let Some(op) = next.take() {
+                        match op {
+                            StoreOp::Put(b) => batch.push(BindingWrite::Put(b)),
+                            StoreOp::Delete { aor, contact } => {
+                                batch.push(BindingWrite::Delete { aor, contact })
+                            }
+                            StoreOp::Users(reply) => {
+                                flush(&mut store, &mut batch);
+                                let _ = reply.send(store.users());
+                            }
                         }
-                        StoreOp::Users(reply) => {
+                        if batch.len() >= STORE_BATCH {
                             flush(&mut store, &mut batch);
-                            let _ = reply.send(store.users());
+                        }
+                        match rx.try_recv() {
+                            Ok(op) => next = Some(op),
+                            Err(TryRecvError::Empty) => {}
+                            Err(TryRecvError::Disconnected) => open = false,
                         }
                     }
-                    if batch.len() >= STORE_BATCH {
+                    if slept || !open || batch.is_empty() {
                         break;
                     }
-                    let wait = deadline.saturating_duration_since(std::time::Instant::now());
-                    match rx.recv_timeout(wait) {
-                        Ok(op) => next = Some(op),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => open = false,
-                    }
+                    std::thread::sleep(STORE_DELAY);
+                    slept = true;
+                    next = rx.try_recv().ok();
                 }
                 flush(&mut store, &mut batch);
+                if !open {
+                    break;
+                }
             }
+            flush(&mut store, &mut batch);
         })
         .ok();
     tx
