@@ -7,7 +7,7 @@ import statistics
 import time
 
 from . import procs, sipp
-from .servers import ServerError, BENCH_DIR
+from .servers import BENCH_DIR
 
 REPO = os.path.dirname(BENCH_DIR)
 from .users import DOMAIN, CALLEE
@@ -253,7 +253,6 @@ class Bench:
         cpu_s = user_s + (cpu1[1] - cpu0[1]) / procs.CLK_TCK
         ok = s_uac.get("successful", 0)
         failed = s_uac.get("failed", 0)
-        created = s_uac.get("created", 0)
         sipp_cpu = uac.cpu_seconds() + (uas_cpu1 - uas_cpu0)
         busy = (sys1["tasks"] - sys0["tasks"]) / procs.CLK_TCK
         irq = (sys1["irq"] - sys0["irq"]) / procs.CLK_TCK
@@ -456,7 +455,7 @@ class Bench:
                 rate = int(round((confirmed * c_fail) ** 0.5, -1))
         # What limits the rate: look at the failing run just above the found rate.
         above = [p for p in probes if not p["pass"] and (confirmed is None or p["rate"] > confirmed)]
-        limit_run = min(above, key=lambda p: p["rate"]) if above else None
+        limit_run = min(above, key=lambda p: (p["rate"], p["what"] != "confirm")) if above else None
         at = [p for p in probes if p["pass"] and p["rate"] == confirmed and p["what"] == "confirm"]
         at_run = at[-1] if at else None
         return {
@@ -464,8 +463,9 @@ class Bench:
             "probe_s": probe_s,
             "confirm_s": confirm_s,
             "bracket": [lo, hi],
-            "at_rate": _brief(at_run),
-            "limit_run": _brief(limit_run),
+            # indexes into "probes": the passing 30 s run, the first failing run above it
+            "at_rate": probes.index(at_run) if at_run else None,
+            "limit_run": probes.index(limit_run) if limit_run else None,
             "bottleneck": _bottleneck(limit_run, at_run) if limit_run else "none found",
             "lower_bound": confirmed is not None and limit_run is None,
             "probes": [_brief(p) for p in probes],
@@ -567,16 +567,19 @@ def notable_counters(c):
 
 
 def _brief(p):
+    """The figures of a probe kept in the results."""
     if p is None:
         return None
-    keys = ("what", "rate", "calls", "pass", "reasons", "successful", "failed", "unfinished",
-            "retransmissions", "achieved_rate", "server_cpu_pct", "sipp_cpu_pct", "steady_server_cpu_pct", "steady_sipp_cpu_pct",
-            "server_backlog_kib", "stopped_early",
-            "other_cpu_pct", "irq_cpu_pct",
-            "cpu_ms_per_1000", "udp_errors", "socket_drops", "counters")
-    out = {k: p.get(k) for k in keys if k in p}
-    out["counters"] = notable_counters(p.get("counters"))
-    out["socket_drops"] = {k: v for k, v in (p.get("socket_drops") or {}).items() if v}
+    keys = ("what", "rate", "pass", "reasons", "failed", "unfinished", "retransmissions",
+            "achieved_rate", "steady_server_cpu_pct", "steady_sipp_cpu_pct", "server_backlog_kib",
+            "cpu_ms_per_1000", "other_cpu_pct", "stopped_early")
+    out = {k: p.get(k) for k in keys if p.get(k) is not None}
+    c = notable_counters(p.get("counters"))
+    if c:
+        out["counters"] = c
+    d = {k: v for k, v in (p.get("socket_drops") or {}).items() if v}
+    if d:
+        out["socket_drops"] = d
     return out
 
 

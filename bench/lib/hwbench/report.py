@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 
 START = "<!-- side-by-side:start -->"
 END = "<!-- side-by-side:end -->"
@@ -28,12 +27,17 @@ def _mib(kib):
     return None if kib is None else kib / 1024.0
 
 
+def _clean(v):
+    """SIPp's rtt file has values like 3.999 for one 4 ms step."""
+    return round(v) if v is not None and abs(v - round(v)) < 0.01 else v
+
+
 def _ms(v, quantum):
     if v is None:
         return "—"
     if v == 0:
-        return "<%g ms" % quantum
-    return "%g ms" % v
+        return "<%g ms" % _clean(quantum)
+    return "%g ms" % _clean(v)
 
 
 def _row(metric, h, k, ratio):
@@ -120,9 +124,11 @@ def scenario_section(scen, res, settings):
                 th[k] = th.get(k, 0) + v
         tot = sum(th.values())
         if tot > 0:
+            names = {"hedgewitch": "thread `hedgewitch` (SIP)",
+                     "store": "thread `store` (SQLite writer)"}
             notes.append("hedgewitch's CPU by thread at %d/s: %s." % (fx["rate"], ", ".join(
-                "%s %d%%" % (k, round(100 * v / tot)) for k, v in
-                sorted(th.items(), key=lambda kv: -kv[1]))))
+                "%s %d%%" % (names.get(k, "thread `%s`" % k), round(100 * v / tot))
+                for k, v in sorted(th.items(), key=lambda kv: -kv[1]))))
     if mr:
         for key, label in NAMES:
             m = mr[key]
@@ -191,6 +197,13 @@ def _median(v):
     return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
 
+def _probe(m, key):
+    i = m.get(key)
+    if isinstance(i, int) and 0 <= i < len(m["probes"]):
+        return m["probes"][i]
+    return i if isinstance(i, dict) else None
+
+
 def _maxrate_note(m, scen):
     probes = ", ".join("%s%s%s" % (_n(p["rate"]), "" if p["what"] == "probe" else " (%d s)" % m[
         "confirm_s"], "✓" if p["pass"] else "✗") for p in m["probes"])
@@ -205,11 +218,11 @@ def _maxrate_note(m, scen):
                 _counters_text(f))
         return s + ". Runs: " + probes + "."
     s = "%s %s/s held for %d s" % (_n(m["rate"]), scen.unit, m["confirm_s"])
-    at = m.get("at_rate") or {}
+    at = _probe(m, "at_rate") or {}
     if at:
         s += " (CPU while loading: server %s%% of its core, SIPp %s%% of its core)" % (
             _n(at.get("steady_server_cpu_pct")), _n(at.get("steady_sipp_cpu_pct")))
-    lim = m.get("limit_run")
+    lim = _probe(m, "limit_run")
     if lim:
         s += "; at %s/s: %s (server %s%%, SIPp %s%%%s)" % (
             _n(lim["rate"]), "; ".join(lim.get("reasons") or []),
@@ -284,7 +297,7 @@ def method(results):
     return [
         "### Method",
         "",
-        "- Reproduce with `%s` (full run: about 25 minutes; `bench/run --quick` for a short one, "
+        "- Reproduce with `%s` (full run: about 30 minutes; `bench/run --quick` for a short one, "
         "`bench/run --only call` for one scenario). It builds hedgewitch in release mode, "
         "installs `sip-tester` and `kamailio` from Debian's packages when missing, writes the "
         "Kamailio configuration from `bench/kamailio/kamailio.cfg.in`, and runs the SIPp "
@@ -306,7 +319,7 @@ def method(results):
         "each scenario (`start_rtd`/`rtd` on the authenticated request and its final "
         "response), pooled over the fixed-rate runs, nearest-rank percentiles. SIPp's clock "
         "advances in steps (here %g ms): a reading of 0 is shown as \"<%g ms\", and a reading of "
-        "N ms means between N and N+%g ms." % ((s.get("rtt_quantum_ms") or 1,) * 3),
+        "N ms means between N and N+%g ms." % ((_clean(s.get("rtt_quantum_ms") or 1),) * 3),
         "- Highest rate: probes of %d s (doubling or halving from a start rate, then bisection; "
         "at most %d probes), then a %d s run at the best passing rate (if it fails: halving until "
         "a run passes, then bisection; up to %d such runs). A run passes with fewer than 0.1%% failed or unfinished calls, no "
@@ -369,10 +382,26 @@ def strip_private(obj):
     return obj
 
 
+def _dump(obj, indent=0):
+    """JSON with one line per small object (a run, a probe): short and diff-friendly."""
+    flat = json.dumps(obj, ensure_ascii=False)
+    if len(flat) <= 160 or not isinstance(obj, (dict, list)) or not obj:
+        return flat
+    pad = " " * (indent + 1)
+    if isinstance(obj, list):
+        items = [pad + _dump(x, indent + 1) for x in obj]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    if indent >= 6 or all(not isinstance(v, (dict, list)) or len(json.dumps(v)) < 60
+                          for v in obj.values()):
+        return flat
+    items = [pad + json.dumps(k) + ": " + _dump(v, indent + 1) for k, v in obj.items()]
+    return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+
+
 def write_json(path, results):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(strip_private(results), f, indent=1, sort_keys=False, ensure_ascii=False)
+        f.write(_dump(strip_private(results)))
         f.write("\n")
     os.replace(tmp, path)
