@@ -297,7 +297,7 @@ def method(results):
     return [
         "### Method",
         "",
-        "- Reproduce with `%s` (full run: about 30 minutes; `bench/run --quick` for a short one, "
+        "- Reproduce with `%s` (full run: about 25 minutes; `bench/run --quick` for a short one, "
         "`bench/run --only call` for one scenario). It builds hedgewitch in release mode, "
         "installs `sip-tester` and `kamailio` from Debian's packages when missing, writes the "
         "Kamailio configuration from `bench/kamailio/kamailio.cfg.in`, and runs the SIPp "
