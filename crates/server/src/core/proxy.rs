@@ -183,34 +183,15 @@ impl Core {
                 return Some(Decision::Reply(403, "Relaying Denied"));
             }
             let hop = Uri::parse(next).ok().and_then(|u| self.resolve(&u));
-            return Some(match hop {
-                Some(flow) => Decision::Forward {
-                    hops: vec![Hop {
-                        uri: msg.uri_str().to_string(),
-                        flow,
-                    }],
-                    pop,
-                    hash: hash.clone(),
-                },
-                None => Decision::Reply(503, "Cannot Resolve Route"),
-            });
+            return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Route"));
         }
         if !self.is_local_domain(&uri) {
             if !dialog_route {
                 return Some(Decision::Reply(403, "Relaying Denied"));
             }
             // In-dialog request through our Record-Route: the R-URI is the peer's contact.
-            return Some(match self.resolve(&uri) {
-                Some(flow) => Decision::Forward {
-                    hops: vec![Hop {
-                        uri: msg.uri_str().to_string(),
-                        flow,
-                    }],
-                    pop,
-                    hash: hash.clone(),
-                },
-                None => Decision::Reply(503, "Cannot Resolve Target"),
-            });
+            let hop = self.resolve(&uri);
+            return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
         }
         if method == Some(Method::Register) {
             return Some(Decision::Register);
@@ -833,6 +814,27 @@ impl Core {
             self.clients.remove(&key);
             self.branch_failed(now, ctx_id, idx, 408, "Request Timeout");
         }
+    }
+}
+
+/// An in-dialog request goes to one hop with its Request-URI unchanged, or gets 503.
+fn along_dialog(
+    msg: &Message,
+    hop: Option<Flow>,
+    pop: usize,
+    hash: &str,
+    unresolved: &'static str,
+) -> Decision {
+    match hop {
+        Some(flow) => Decision::Forward {
+            hops: vec![Hop {
+                uri: msg.uri_str().to_string(),
+                flow,
+            }],
+            pop,
+            hash: hash.to_string(),
+        },
+        None => Decision::Reply(503, unresolved),
     }
 }
 
