@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from . import measure, procs, report, sipp
+from . import measure, procs, profiles, report, sipp
 from .servers import Hedgewitch, Kamailio, ServerError, BENCH_DIR
 from .users import UserSet
 
@@ -63,6 +63,10 @@ def parse_args(argv):
     p.add_argument("--kamailio-pkg", type=int, default=32, help="Kamailio -M, MiB (default 32)")
     p.add_argument("--kamailio-auth", choices=("htable", "auth_db"), default="htable",
                    help="where Kamailio looks up the users' HA1 (default htable)")
+    p.add_argument("--perf", action="store_true",
+                   help="profile each server with `perf record -e cpu-clock -g` during its "
+                        "fixed-rate runs; the hottest symbols (kernel and user) go to "
+                        "bench/results/profile-SCENARIO.txt")
     p.add_argument("--render", metavar="RESULTS_JSON",
                    help="only rewrite the BENCHMARKS.md section and latest.json from the "
                         "results.json of an earlier run (its work folder)")
@@ -229,7 +233,7 @@ def run(args, profile, workroot, log, binary, t_start):
     kam = Kamailio(ports[1], args.kamailio_children, args.kamailio_shm, args.kamailio_pkg,
                    args.kamailio_auth)
     hw.prepare(small, workroot)
-    bench = measure.Bench(workroot, ports, log)
+    bench = measure.Bench(workroot, ports, log, perf=args.perf)
 
     if args.tune_kamailio:
         return tune(args, profile, bench, kam, small, scenarios, log, t_start)
@@ -274,6 +278,10 @@ def run(args, profile, workroot, log, binary, t_start):
             res["fixed"] = bench.fixed_rate(servers, scen, small, profile["fixed_seconds"],
                                             profile["fixed_rounds"])
             quanta.append(res["fixed"]["rtt_quantum_ms"])
+            if args.perf:
+                path = os.path.join(BENCH_DIR, "results", "profile-%s.txt" % key)
+                profiles.write(path, scen, res["fixed"], command)
+                log("  profile written to %s" % path)
         if "maxrate" in args.phases:
             res["max_rate"] = {}
             for s in servers:
@@ -311,7 +319,10 @@ def run(args, profile, workroot, log, binary, t_start):
     text = report.section(results, measure.SCENARIOS)
     with open(os.path.join(workroot, "side-by-side.md"), "w") as f:
         f.write(text)
-    if args.no_write:
+    if args.perf:
+        log("--perf: the figures of profiled runs are disturbed; BENCHMARKS.md left alone "
+            "(section in %s/side-by-side.md)" % workroot)
+    elif args.no_write:
         log("--no-write: section in %s/side-by-side.md" % workroot)
     else:
         report.write_json(os.path.join(BENCH_DIR, "results", "latest.json"), results)

@@ -6,7 +6,7 @@ import shlex
 import statistics
 import time
 
-from . import procs, sipp
+from . import procs, profiles, sipp
 from .servers import BENCH_DIR
 
 REPO = os.path.dirname(BENCH_DIR)
@@ -89,7 +89,9 @@ def _delta(before, after):
 
 
 class Bench:
-    def __init__(self, workroot, ports, log):
+    def __init__(self, workroot, ports, log, perf=False):
+        self.perf = perf
+        self.perf_round = 0
         self.workroot = workroot
         self.server_port = {"hedgewitch": ports[0], "kamailio": ports[1]}
         self.uas_port = ports[2]
@@ -212,7 +214,12 @@ class Bench:
         server.start(os.path.join(run_dir, "srv"), userset, SERVER_CPU)
         uas = None
         uac = None
+        recorder = None
         try:
+            if self.perf and what == "fixed":
+                # first round: where the time goes; second: the system calls made
+                mode = "trace" if self.perf_round else "record"
+                recorder = profiles.Recorder(server.pids(), run_dir, mode)
             if scen.uas:
                 uas = self._start_uas(server, scen, userset, run_dir, calls, timeout_s + 10,
                                       max(10000, hold + 10000))
@@ -231,6 +238,8 @@ class Bench:
             st, drops, steady = self._monitor(uac, uas, server, timeout_s + 20, calls / rate,
                                               calls if stop_on_failure else None)
             t1 = time.monotonic()
+            if recorder:
+                recorder.stop()
             cpu1 = server.cpu_split()
             threads1 = server.thread_ticks()
             uas_cpu1 = uas.cpu_seconds() if uas else 0.0
@@ -244,6 +253,8 @@ class Bench:
             s_uac = uac.stats()
             s_uas = uas.stats() if uas else {}
         finally:
+            if recorder:
+                recorder.stop()
             for p in (uac, uas):
                 if p is not None:
                     p.stop()
@@ -294,6 +305,8 @@ class Bench:
             "_commands": {"server": server.argv, "uac": argv,
                           "uas": uas.argv if uas else None},
         }
+        if recorder:
+            res["_profile"] = recorder.report()
         if threads1:
             res["thread_cpu_s"] = {k: round((v - threads0.get(k, 0)) / procs.CLK_TCK, 2)
                                    for k, v in threads1.items()}
@@ -311,12 +324,18 @@ class Bench:
         calls = int(rate * seconds)
         runs = {s.key: [] for s in servers}
         rtts = {s.key: [] for s in servers}
+        profs = {}
         commands = {}
+        if self.perf:
+            rounds = max(rounds, 2)
         for r in range(rounds):
+            self.perf_round = r
             for s in servers:
                 self.log("  fixed rate %d/s, round %d/%d, %s ..." % (rate, r + 1, rounds, s.label))
                 res = self.run_load(s, scen, userset, rate, calls, "fixed", rtt=True)
                 rtts[s.key].extend(res.pop("_rtt", []))
+                if "_profile" in res:
+                    profs.setdefault(s.key, []).append(res.pop("_profile"))
                 cmds = res.pop("_commands")
                 res["counters"] = notable_counters(res["counters"])
                 res["socket_drops"] = {k: v for k, v in res["socket_drops"].items() if v}
@@ -348,7 +367,7 @@ class Bench:
             }
         return {"rate": rate, "calls_per_run": calls, "rounds": rounds, "seconds": seconds,
                 "rtt_quantum_ms": quantum, "runs": runs, "summary": summary,
-                "commands": commands}
+                "commands": commands, "_profiles": profs}
 
     def show_command(self, argv):
         """A command line with the work folder's paths shortened (for the report)."""
@@ -547,6 +566,8 @@ class Bench:
             s_uac, s_uas = uac.stats(), uas.stats()
             counters = server.counters()
         finally:
+            if recorder:
+                recorder.stop()
             for p in (uac, uas):
                 if p is not None:
                     p.stop()

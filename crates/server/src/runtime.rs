@@ -15,8 +15,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 pub enum Event {
@@ -24,8 +23,6 @@ pub enum Event {
         flow: Flow,
         data: Bytes,
     },
-    /// Datagrams received by one system call.
-    Datagrams(Vec<(Flow, Bytes)>),
     ConnOpened {
         id: ConnId,
         remote: SocketAddr,
@@ -214,15 +211,17 @@ async fn run(cfg: Config) -> Result<(), String> {
 
     // Bounded: under overload UDP input is dropped at the socket edge and streams wait.
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let mut udp: Vec<(SocketAddr, Arc<UdpSocket>)> = vec![];
+    let mut udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)> = vec![];
+    let mut udp_in: Vec<transport::UdpListener> = vec![];
     let mut listeners = vec![];
     for l in &cfg.listen {
         let bound = match l.transport {
-            Transport::Udp => transport::bind_udp(l.addr).map(|s| {
-                let s = Arc::new(s);
-                tokio::spawn(transport::udp_loop(s.clone(), l.addr, events_tx.clone()));
-                udp.push((l.addr, s));
-            }),
+            Transport::Udp => transport::bind_udp(l.addr)
+                .and_then(|s| transport::UdpListener::new(s, l.addr))
+                .map(|s| {
+                    udp.push((l.addr, s.sender()));
+                    udp_in.push(s);
+                }),
             Transport::Tcp => transport::bind_tcp(l.addr).map(|s| {
                 tokio::spawn(transport::tcp_accept_loop(s, l.addr, events_tx.clone()));
             }),
@@ -286,6 +285,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let mut armed: Option<Instant> = None;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
+    let mut inbox: Vec<(Flow, Bytes)> = Vec::with_capacity(64);
+    let mut first_udp = 0usize;
     loop {
         edge.execute(&mut core);
         // Timers wake the loop on a 20 ms grid: a busy server has a transaction timer due
@@ -297,16 +298,30 @@ async fn run(cfg: Config) -> Result<(), String> {
             armed = Some(d);
         }
         tokio::select! {
+            // Datagrams are read and handled here, with no hop through another task: one
+            // wake-up per batch instead of two.
+            () = std::future::poll_fn(|cx| {
+                let n = udp_in.len();
+                for i in 0..n {
+                    let idx = (first_udp + i) % n;
+                    if udp_in[idx].poll_recv(cx, &mut inbox).is_ready() {
+                        // The next turn starts with the next socket, so none starves another.
+                        first_udp = idx + 1;
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            }) => {
+                let now = Instant::now();
+                for (flow, data) in inbox.drain(..) {
+                    core.handle_message(now, flow, data);
+                }
+            }
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 let now = Instant::now();
                 match ev {
                     Event::Message { flow, data } => core.handle_message(now, flow, data),
-                    Event::Datagrams(items) => {
-                        for (flow, data) in items {
-                            core.handle_message(now, flow, data);
-                        }
-                    }
                     Event::ConnOpened { id, remote, sender } => {
                         edge.conns.insert(id, sender);
                         edge.conn_by_remote.insert(remote, id);
@@ -324,7 +339,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                         }
                     }
                     Event::Control { command, reply } => {
-                        let answer = control_answer(&mut core, now, &command, &edge.store);
+                        let answer = control_answer(&mut core, now, &command, &edge);
                         let _ = reply.send(answer);
                     }
                     Event::Shutdown => break,
@@ -343,18 +358,13 @@ async fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn control_answer(
-    core: &mut Core,
-    now: Instant,
-    command: &str,
-    store: &std::sync::mpsc::Sender<StoreOp>,
-) -> serde_json::Value {
+fn control_answer(core: &mut Core, now: Instant, command: &str, edge: &Edge) -> serde_json::Value {
+    let store = &edge.store;
     match command {
         "status" => {
             let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
-            v["dropped_datagrams"] = transport::DROPPED
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .into();
+            let sockets: Vec<_> = edge.udp.iter().map(|(_, s)| s.clone()).collect();
+            v["dropped_datagrams"] = transport::udp_drops(&sockets).into();
             v
         }
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
@@ -379,7 +389,7 @@ fn control_answer(
 
 /// The sockets and queues the core's actions go out through.
 struct Edge {
-    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
     /// UDP sends of the current batch of actions: (socket index, destination, data).
     udp_out: Vec<(usize, SocketAddr, Bytes)>,
     conns: HashMap<ConnId, mpsc::Sender<Bytes>>,
@@ -430,8 +440,7 @@ impl Edge {
             if mine.is_empty() {
                 continue;
             }
-            let fd = sock.as_raw_fd();
-            let sent = match sock.try_io(Interest::WRITABLE, || mmsg::send_batch(fd, &mine)) {
+            let sent = match mmsg::send_batch(sock.as_raw_fd(), &mine) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                 Err(e) => {
@@ -439,12 +448,12 @@ impl Edge {
                     mine.len()
                 }
             };
-            for (to, data) in mine.into_iter().skip(sent) {
-                let sock = sock.clone();
-                let data = Bytes::copy_from_slice(data);
-                tokio::spawn(async move {
-                    let _ = sock.send_to(&data, to).await;
-                });
+            if sent < mine.len() {
+                let rest = mine[sent..]
+                    .iter()
+                    .map(|(to, d)| (*to, Bytes::copy_from_slice(d)))
+                    .collect();
+                transport::send_later(sock.get_ref(), rest);
             }
         }
         out.clear();

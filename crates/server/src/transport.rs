@@ -1,6 +1,6 @@
-//! Sockets: UDP receive loops, TCP listeners and connections with RFC 3261 §18.3 framing and
-//! RFC 5626 §4.4.1 CRLF keep-alives. Everything received is handed to the event loop as
-//! `Event::Message`; nothing here interprets SIP beyond finding message boundaries.
+//! Sockets: UDP listeners (read by the event loop itself), TCP listeners and connections with
+//! RFC 3261 §18.3 framing and RFC 5626 §4.4.1 CRLF keep-alives, whose messages reach the event
+//! loop as `Event::Message`. Nothing here interprets SIP beyond finding message boundaries.
 
 use crate::config::Transport;
 use crate::core::{ConnId, Flow};
@@ -13,9 +13,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Closes stream connections that send nothing for this long (phones send keep-alives or
@@ -24,15 +25,14 @@ const IDLE: Duration = Duration::from_secs(900);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-/// Datagrams dropped because the event loop was behind.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Open stream connections, capped at `MAX_CONNECTIONS`.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 pub const MAX_CONNECTIONS: usize = 8192;
 /// Messages queued for one connection's writer; a peer that reads nothing is cut off.
 const WRITE_QUEUE: usize = 512;
 
-pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Binds a UDP listening socket (not yet registered with the event loop).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -47,7 +47,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -67,68 +67,158 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Receives datagrams forever, as many per system call as are waiting (recvmmsg), and posts
-/// them to the event loop as one batch.
-pub async fn udp_loop(socket: Arc<UdpSocket>, local: SocketAddr, events: mpsc::Sender<Event>) {
-    let mut batch = RecvBatch::new(32);
-    let fd = socket.as_raw_fd();
-    loop {
-        if let Err(e) = socket.readable().await {
-            tracing::warn!(%local, "udp socket failed: {e}");
-            return;
-        }
-        // A short batch means the queue was empty a moment ago: report WouldBlock from
-        // inside try_io so tokio clears the readiness now, instead of paying one more
-        // recvmmsg that would only return EAGAIN. Tokio clears it only if no new readiness
-        // event arrived since, so a datagram landing meanwhile still wakes us.
-        let mut short = 0;
-        let n = match socket.try_io(Interest::READABLE, || {
-            let n = batch.recv(fd)?;
-            if n < batch.capacity() {
-                short = n;
-                return Err(std::io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && short > 0 => short,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                // ICMP port unreachable surfaces here on Linux; it is not fatal.
-                tracing::debug!(%local, "udp receive error: {e}");
-                continue;
-            }
-        };
-        let mut items = Vec::with_capacity(n);
-        for i in 0..n {
-            let (data, remote) = batch.get(i);
-            // A lone CRLF (or CRLFCRLF) is a keep-alive; nothing to answer over UDP.
-            let Some(remote) = remote.filter(|_| !data.iter().all(|&c| c == b'\r' || c == b'\n'))
-            else {
-                continue;
+/// A UDP listener, read by the event loop itself (no hand-over to another task).
+///
+/// It is registered for readability only. Tokio's `UdpSocket` also registers writability,
+/// and then every datagram we send wakes the loop once more when the kernel frees its buffer
+/// (an EPOLLOUT edge), for nothing: one context switch per response. Sends go straight to
+/// the socket (`sendmmsg`); the rare one that would block waits on a duplicate descriptor
+/// registered for writability only while it waits (`send_later`).
+pub struct UdpListener {
+    pub local: SocketAddr,
+    socket: Arc<AsyncFd<std::net::UdpSocket>>,
+    batch: RecvBatch,
+}
+
+impl UdpListener {
+    /// Registers the socket with the running event loop.
+    pub fn new(socket: std::net::UdpSocket, local: SocketAddr) -> std::io::Result<UdpListener> {
+        Ok(UdpListener {
+            local,
+            socket: Arc::new(register(socket, Interest::READABLE)?),
+            batch: RecvBatch::new(32),
+        })
+    }
+
+    /// The socket, for sending.
+    pub fn sender(&self) -> Arc<AsyncFd<std::net::UdpSocket>> {
+        self.socket.clone()
+    }
+
+    /// Waits until datagrams are waiting, then receives as many as one system call brings
+    /// (recvmmsg) into `out`. Keep-alives (a lone CRLF) are dropped here.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut Vec<(Flow, Bytes)>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let fd = self.socket.as_raw_fd();
+        loop {
+            let mut guard = match self.socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(local = %self.local, "udp socket failed: {e}");
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
             };
-            let flow = Flow {
-                transport: Transport::Udp,
-                local,
-                remote,
-                conn: None,
+            let n = match self.batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) => {
+                    // ICMP port unreachable surfaces here on Linux; it is not fatal.
+                    tracing::debug!(local = %self.local, "udp receive error: {e}");
+                    continue;
+                }
             };
-            items.push((flow, Bytes::copy_from_slice(data)));
-        }
-        if items.is_empty() {
-            continue;
-        }
-        let count = items.len() as u64;
-        match events.try_send(Event::Datagrams(items)) {
-            Ok(()) => {}
-            // Overload: drop the datagrams as a full socket buffer would; senders retransmit.
-            // Memory stays bounded.
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                DROPPED.fetch_add(count, Ordering::Relaxed);
+            // A short batch means the queue was empty a moment ago: clear the readiness now
+            // rather than pay one more recvmmsg that would only say EAGAIN. Tokio clears it
+            // only if no readiness event arrived since, so a datagram landing meanwhile
+            // still wakes us.
+            if n < self.batch.capacity() {
+                guard.clear_ready();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            for i in 0..n {
+                let (data, remote) = self.batch.get(i);
+                let Some(remote) =
+                    remote.filter(|_| !data.iter().all(|&c| c == b'\r' || c == b'\n'))
+                else {
+                    continue;
+                };
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local: self.local,
+                    remote,
+                    conn: None,
+                };
+                out.push((flow, Bytes::copy_from_slice(data)));
+            }
+            return Poll::Ready(());
         }
     }
+}
+
+/// Registers a socket with the event loop for these readiness events only.
+fn register(
+    socket: std::net::UdpSocket,
+    interest: Interest,
+) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the socket owns its descriptor, which stays open and the same for as long as
+    // the AsyncFd (which owns the socket) lives.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+}
+
+/// Datagrams the kernel dropped at these sockets because their receive buffers were full
+/// (the event loop was behind): SO_MEMINFO's drop count.
+pub fn udp_drops(sockets: &[Arc<AsyncFd<std::net::UdpSocket>>]) -> u64 {
+    sockets
+        .iter()
+        .map(|s| {
+            let mut info = [0u32; 16];
+            let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+            // SAFETY: SO_MEMINFO writes at most `len` bytes into `info` and updates `len`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_MEMINFO,
+                    info.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let drops = libc::SK_MEMINFO_DROPS as usize;
+            if rc == 0 && len as usize > drops * 4 {
+                info[drops] as u64
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// Sends datagrams that would have blocked, once the socket can take them. A duplicate
+/// descriptor is registered for writability for just that long.
+pub fn send_later(socket: &std::net::UdpSocket, items: Vec<(SocketAddr, Bytes)>) {
+    let dup = match socket.try_clone() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(
+                "udp send queue full and no descriptor to wait on ({e}); {} datagram(s) dropped",
+                items.len()
+            );
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let Ok(fd) = register(dup, Interest::WRITABLE) else {
+            return;
+        };
+        for (to, data) in items {
+            loop {
+                let Ok(mut guard) = fd.writable().await else {
+                    return;
+                };
+                match guard.try_io(|s| s.get_ref().send_to(&data, to)) {
+                    Ok(_) => break,
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+    });
 }
 
 pub async fn tcp_accept_loop(
