@@ -1,5 +1,8 @@
-//! The `hedgewitch` command: runs the daemon (`serve`) and manages it (`user`, `status`,
-//! `registrations`). Argument parsing and printing only; the work is done by the server crate.
+//! The `hedgewitch` command: runs the daemon (`serve`) and manages it (`user`, `group`,
+//! `forward`, `speeddial`, `dialplan`, `reload`, `status`, `registrations`). Argument parsing
+//! and printing only; the work is done by the server crate.
+
+mod plan_cli;
 
 use clap::{Parser, Subcommand};
 use hedgewitch_server::config::Config;
@@ -37,6 +40,20 @@ enum Command {
     /// Manage user accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Ring groups: several phones behind one name and extension.
+    #[command(subcommand)]
+    Group(plan_cli::GroupCommand),
+    /// Call forwarding and do-not-disturb per user.
+    #[command(subcommand)]
+    Forward(plan_cli::ForwardCommand),
+    /// Short codes that dial a target.
+    #[command(subcommand)]
+    Speeddial(plan_cli::SpeedDialCommand),
+    /// Number rewriting, routing and barring rules.
+    #[command(subcommand)]
+    Dialplan(plan_cli::DialPlanCommand),
+    /// Make the running server re-read its config file and store (same as SIGHUP).
+    Reload,
     /// Show the running server's state.
     Status {
         #[arg(long)]
@@ -74,6 +91,17 @@ enum UserCommand {
     },
     /// Delete an account and its registrations.
     Remove { name: String },
+    /// Change an account's extension or permissions.
+    Set {
+        name: String,
+        #[arg(long, conflicts_with = "no_extension")]
+        extension: Option<String>,
+        #[arg(long)]
+        no_extension: bool,
+        /// Whether the user may call outside the domain (numbers, other domains).
+        #[arg(long)]
+        outside: Option<plan_cli::OnOff>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,9 +126,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 cfg.data_dir = d;
             }
             init_logging(&cfg.log);
-            hedgewitch_server::runtime::serve(cfg)
+            hedgewitch_server::runtime::serve(cfg, cli.config.clone())
         }
         Command::User(cmd) => user(&cfg, cmd),
+        Command::Group(cmd) => plan_cli::group(&cfg, cmd),
+        Command::Forward(cmd) => plan_cli::forward(&cfg, cmd),
+        Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
+        Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
+        Command::Reload => {
+            let v = control::request(&cfg.control_path(), "reload")?;
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(format!("reload refused, the previous settings stay: {e}"));
+            }
+            println!("reloaded: {v}");
+            Ok(())
+        }
         Command::Status { json } => {
             let v = control::request(&cfg.control_path(), "status")?;
             if json {
@@ -163,11 +203,16 @@ fn read_password(from_stdin: bool, who: &str) -> Result<String, String> {
     Ok(pw)
 }
 
-/// Asks a running daemon to re-read the users; fine if none runs.
-fn notify_daemon(cfg: &Config) {
+/// Asks a running daemon to re-read the users and the dial plan; fine if none runs.
+pub(crate) fn notify_daemon(cfg: &Config) {
     if cfg.control_path().exists() {
-        if let Err(e) = control::request(&cfg.control_path(), "reload-users") {
-            eprintln!("note: the running server did not reload its users: {e}");
+        match control::request(&cfg.control_path(), "reload-users") {
+            Ok(v) => {
+                if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                    eprintln!("note: the running server did not reload: {e}");
+                }
+            }
+            Err(e) => eprintln!("note: the running server did not reload: {e}"),
         }
     }
 }
@@ -186,12 +231,18 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 ));
             }
             if let Some(e) = &extension {
-                if e.is_empty() || e.len() > 16 || !e.bytes().all(|c| c.is_ascii_digit()) {
-                    return Err(format!("extension `{e}` must be 1 to 16 digits"));
-                }
+                check_extension(cfg, e)?;
             }
             let pw = read_password(password_stdin, &name)?;
-            store.add_user(&User::new(&name, extension.as_deref(), &cfg.domain, &pw))?;
+            let new = User::new(&name, extension.as_deref(), &cfg.domain, &pw);
+            if store.user(&name)?.is_none() {
+                // Names and extensions share a namespace with groups and speed dials.
+                let mut users = store.users()?;
+                users.push(new.clone());
+                hedgewitch_server::runtime::build_plan(cfg, &users, &store.plan()?)
+                    .map_err(|e| format!("refused: {e}"))?;
+            }
+            store.add_user(&new)?;
             notify_daemon(cfg);
             println!(
                 "added {name}@{}{}",
@@ -269,14 +320,54 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 .user(&name)?
                 .ok_or_else(|| format!("no user `{name}`"))?;
             let pw = read_password(password_stdin, &name)?;
-            store.update_user(&User::new(
-                &name,
-                old.extension.as_deref(),
-                &cfg.domain,
-                &pw,
-            ))?;
+            store.update_user(&User {
+                outside: old.outside,
+                ..User::new(&name, old.extension.as_deref(), &cfg.domain, &pw)
+            })?;
             notify_daemon(cfg);
             println!("password of {name} changed");
+        }
+        UserCommand::Set {
+            name,
+            extension,
+            no_extension,
+            outside,
+        } => {
+            let mut u = store
+                .user(&name)?
+                .ok_or_else(|| format!("no user `{name}`"))?;
+            if let Some(e) = &extension {
+                check_extension(cfg, e)?;
+                u.extension = Some(e.clone());
+            }
+            if no_extension {
+                u.extension = None;
+            }
+            if let Some(o) = outside {
+                u.outside = matches!(o, plan_cli::OnOff::On);
+            }
+            // The whole plan must still hold (an extension may clash with a group's).
+            let mut users = store.users()?;
+            users.retain(|x| x.name != name);
+            users.push(u.clone());
+            hedgewitch_server::runtime::build_plan(cfg, &users, &store.plan()?)
+                .map_err(|e| format!("refused: {e}"))?;
+            store.update_user(&u).map_err(|e| {
+                if e.contains("UNIQUE") {
+                    format!(
+                        "extension `{}` is taken",
+                        u.extension.as_deref().unwrap_or("")
+                    )
+                } else {
+                    e
+                }
+            })?;
+            notify_daemon(cfg);
+            println!(
+                "{name}: extension {}, calls outside the domain {}",
+                u.extension.as_deref().unwrap_or("none"),
+                if u.outside { "allowed" } else { "not allowed" }
+            );
         }
         UserCommand::Remove { name } => {
             if !store.remove_user(&name)? {
@@ -287,6 +378,14 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An extension must be digits and fit the numbering plan.
+fn check_extension(cfg: &Config, e: &str) -> Result<(), String> {
+    if e.is_empty() || e.len() > 16 || !e.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(format!("extension `{e}` must be 1 to 16 digits"));
+    }
+    hedgewitch_server::plan::check_extension(&cfg.numbering, e)
 }
 
 fn print_status(v: &serde_json::Value) {

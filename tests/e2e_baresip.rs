@@ -1,6 +1,7 @@
-//! End-to-end test with two real softphones: baresip as alice and as bob register through the
+//! End-to-end tests with two real softphones: baresip as alice and as bob register through the
 //! server over UDP, alice calls bob (who answers by himself), PCMU audio flows both ways, and
-//! alice hangs up.
+//! alice hangs up; and the phone system from baresip (feature codes with their confirming
+//! MESSAGE, do-not-disturb, a ring group).
 //!
 //! Each baresip gets its own config folder (`-f`), a UDP console (`cons.so`) to be driven
 //! with `/dial` and `/hangup`, an 8 kHz tone WAV (made with sox) as microphone and an
@@ -262,5 +263,85 @@ fn two_baresip_phones_register_call_and_hang_up() {
     });
     bob.wait_for("the call terminated (BYE through the proxy)", t, |o| {
         o.contains(&format!("Call with sip:alice@{DOMAIN} terminated"))
+    });
+}
+
+/// The phone system with real softphones: alice (baresip) dials the feature code `*78`; the
+/// call ends at once with the reason phrase saying do-not-disturb is on, and her baresip
+/// receives the server's confirming MESSAGE. bob (baresip) then calls alice and gets 486
+/// (Do Not Disturb). alice dials `*79`, then calls bob through the ring group `office`
+/// (extension 200), and bob's baresip answers it.
+#[test]
+fn baresip_feature_codes_and_ring_group() {
+    if !peers_available(&["baresip", "sox"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts {
+        algorithms: Some(vec!["MD5"]),
+        extra_config: "[[group]]\nname = \"office\"\nextension = \"200\"\nmembers = [\"bob\"]\n"
+            .into(),
+        ..ServerOpts::default()
+    });
+    let tone = srv.dir.join("tone8k.wav");
+    let mut sox = Command::new("sox");
+    sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&tone)
+        .args(["synth", "30", "sine", "1000"]);
+    let r = run_bounded(
+        &mut sox,
+        None,
+        &srv.dir.join("sox"),
+        Duration::from_secs(30),
+    );
+    assert!(r.success(), "sox failed: {}", r.stderr);
+
+    let mut bob = Baresip::start(&srv, &BOB, true, &tone);
+    let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
+    srv.wait_registrations("alice and bob registered", Duration::from_secs(20), |r| {
+        ["alice", "bob"]
+            .iter()
+            .all(|u| r.iter().any(|x| x["user"] == *u))
+    });
+    let t = Duration::from_secs(20);
+
+    alice.command(&format!("/dial sip:*78@{DOMAIN}"));
+    alice.wait_for("the do-not-disturb answer", t, |o| {
+        o.contains("Do Not Disturb On")
+    });
+    // baresip shows incoming messages only on its UI, not in its log: its 200 to the
+    // server's MESSAGE is what shows it arrived.
+    assert!(
+        poll_until(t, || srv.counter("notifications_delivered") == 1),
+        "the confirming MESSAGE was not accepted by baresip: {:#}",
+        srv.status()
+    );
+    // Stored by the server's store thread, for the CLI to see.
+    assert!(poll_until(t, || srv
+        .cli(&["forward", "show", "alice"])
+        .stdout
+        .contains("do not disturb")));
+
+    bob.command(&format!("/dial sip:alice@{DOMAIN}"));
+    bob.wait_for("486 from alice's do-not-disturb", t, |o| o.contains("486"));
+
+    alice.command(&format!("/dial sip:*79@{DOMAIN}"));
+    alice.wait_for("do-not-disturb off", t, |o| {
+        o.contains("Do Not Disturb Off")
+    });
+
+    alice.command(&format!("/dial sip:200@{DOMAIN}"));
+    alice.wait_for("the group call established", t, |o| {
+        o.contains(&format!("Call established: sip:200@{DOMAIN}"))
+    });
+    bob.wait_for("the group call answered", t, |o| {
+        o.contains(&format!("Call established: sip:alice@{DOMAIN}"))
+    });
+    alice.command("/hangup");
+    // baresip reports the BYE either way, depending on where the call was.
+    bob.wait_for("the call terminated by the BYE", t, |o| {
+        o.contains(&format!("Call with sip:alice@{DOMAIN} terminated"))
+            || o.contains(&format!(
+                "sip:alice@{DOMAIN}: session closed: Connection reset"
+            ))
     });
 }

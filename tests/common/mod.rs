@@ -65,6 +65,8 @@ pub struct ServerOpts {
     pub ipv6: bool,
     /// How long to wait for the server to answer `status` after it was spawned.
     pub ready_timeout: Duration,
+    /// TOML appended to the config file (ring groups, forwarding, rules...).
+    pub extra_config: String,
 }
 
 impl Default for ServerOpts {
@@ -77,6 +79,7 @@ impl Default for ServerOpts {
             port: None,
             ipv6: false,
             ready_timeout: Duration::from_secs(20),
+            extra_config: String::new(),
         }
     }
 }
@@ -374,6 +377,8 @@ impl Server {
             let list: Vec<String> = algs.iter().map(|a| format!("\"{a}\"")).collect();
             text.push_str(&format!("\n[auth]\nalgorithms = [{}]\n", list.join(", ")));
         }
+        text.push('\n');
+        text.push_str(&opts.extra_config);
         fs::write(&config, text).expect("write config");
         let mut srv = Server {
             log: dir.join("server.log"),
@@ -560,6 +565,11 @@ impl Server {
         Sipp::new(self, name, scenario)
     }
 
+    /// The server's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -685,9 +695,19 @@ impl Sipp {
 
     /// Replaces `@NAME@` in the scenario text (for the templated scenarios) by writing a
     /// copy into the test folder.
-    pub fn subst(mut self, name: &str, value: &str) -> Sipp {
+    pub fn subst(self, name: &str, value: &str) -> Sipp {
+        self.replace(&format!("@{name}@"), value)
+    }
+
+    /// Replaces any text of the scenario, in a copy written into the test folder.
+    pub fn replace(mut self, from: &str, to: &str) -> Sipp {
         let text = fs::read_to_string(&self.scenario).expect("read scenario");
-        let text = text.replace(&format!("@{name}@"), value);
+        assert!(
+            text.contains(from),
+            "`{from}` is not in {}",
+            self.scenario.display()
+        );
+        let text = text.replace(from, to);
         let copy = self.dir.join(format!("{}.xml", self.name));
         fs::write(&copy, text).expect("write scenario copy");
         self.scenario = copy;

@@ -566,8 +566,6 @@ class Bench:
             s_uac, s_uas = uac.stats(), uas.stats()
             counters = server.counters()
         finally:
-            if recorder:
-                recorder.stop()
             for p in (uac, uas):
                 if p is not None:
                     p.stop()

@@ -2,6 +2,10 @@
 //! its data. Every key has a default, so the server runs with no file at all; a bad file fails at
 //! start with toml's message, which names the key and the line.
 
+use crate::plan::settings::{
+    CallSettings, FeatureCodes, ForwardSpec, GroupSpec, Numbering, PlanSettings, RuleSpec,
+    SpeedDialSpec,
+};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +91,19 @@ pub struct Config {
     pub log: String,
     pub registrar: RegistrarConfig,
     pub auth: AuthConfig,
+    /// Which extensions are valid.
+    pub numbering: Numbering,
+    /// Codes dialled from a phone to change one's forwarding.
+    pub features: FeatureCodes,
+    pub calls: CallSettings,
+    /// Ring groups (`[[group]]`).
+    pub group: Vec<GroupSpec>,
+    /// Call forwarding per user (`[[forward]]`).
+    pub forward: Vec<ForwardSpec>,
+    /// Speed dials (`[[speeddial]]`).
+    pub speeddial: Vec<SpeedDialSpec>,
+    /// Dial-plan rules, in order (`[[dialplan]]`).
+    pub dialplan: Vec<RuleSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -171,6 +188,13 @@ impl Default for Config {
             log: "info".into(),
             registrar: RegistrarConfig::default(),
             auth: AuthConfig::default(),
+            numbering: Numbering::default(),
+            features: FeatureCodes::default(),
+            calls: CallSettings::default(),
+            group: vec![],
+            forward: vec![],
+            speeddial: vec![],
+            dialplan: vec![],
         }
     }
 }
@@ -223,6 +247,16 @@ impl Config {
         Ok(())
     }
 
+    /// The phone-system settings written in the file.
+    pub fn plan(&self) -> PlanSettings {
+        PlanSettings {
+            groups: self.group.clone(),
+            forwards: self.forward.clone(),
+            speed_dials: self.speeddial.clone(),
+            rules: self.dialplan.clone(),
+        }
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("hedgewitch.db")
     }
@@ -247,6 +281,60 @@ mod tests {
         assert_eq!(c.listen[1].transport, Transport::Tcp);
         assert_eq!(c.registrar.min_expires, 60);
         assert!(Config::default().listen.len() == 4);
+    }
+
+    #[test]
+    fn phone_system_settings() {
+        let c = Config::parse(
+            r#"
+[numbering]
+extensions = "200-299"
+
+[features]
+dnd_on = "*88"
+
+[calls]
+local_only = ["kid"]
+
+[[group]]
+name = "sales"
+extension = "250"
+strategy = "sequential"
+members = ["alice", { target = "bob", ring_time = 5 }, "sip:desk@198.18.0.5"]
+timeout = 30
+fallback = "carol"
+
+[[forward]]
+user = "alice"
+busy = "bob"
+no_answer = "250"
+no_answer_after = 15
+
+[[speeddial]]
+code = "11"
+target = "sip:mum@example.org"
+
+[[dialplan]]
+match = "0900."
+action = "reject"
+status = 403
+reason = "Premium Numbers Barred"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.numbering.extensions.as_deref(), Some("200-299"));
+        assert_eq!(c.features.dnd_on, "*88");
+        assert_eq!(
+            c.features.forward_all, "*72",
+            "the other codes keep their defaults"
+        );
+        let p = c.plan();
+        assert_eq!(p.groups[0].members.len(), 3);
+        assert_eq!(p.groups[0].members[1].ring_time(), Some(5));
+        assert_eq!(p.forwards[0].no_answer_after, Some(15));
+        assert_eq!(p.rules[0].status, Some(403));
+        let e = Config::parse("[[group]]\nname = \"x\"\nstrategy = \"random\"\n").unwrap_err();
+        assert!(e.contains("random"), "{e}");
     }
 
     #[test]

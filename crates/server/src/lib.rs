@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod plan;
 pub mod runtime;
 pub mod store;
 pub mod transport;

@@ -7,6 +7,8 @@ use crate::config::{Config, Transport};
 use crate::control;
 use crate::core::{Action, ConnId, Core, CoreConfig, Flow, Listener};
 use crate::mmsg;
+use crate::plan::settings::{ForwardSpec, PlanSettings};
+use crate::plan::Directory;
 use crate::store::{BindingWrite, SqliteStore, Store, StoredBinding, User};
 use crate::transport;
 use bytes::Bytes;
@@ -40,6 +42,8 @@ pub enum Event {
         command: String,
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// SIGHUP: re-read the config file and the store.
+    Reload,
     Shutdown,
 }
 
@@ -47,8 +51,13 @@ pub enum Event {
 /// signalling.
 enum StoreOp {
     Put(StoredBinding),
-    Delete { aor: String, contact: String },
-    Users(std::sync::mpsc::Sender<Result<Vec<User>, String>>),
+    Delete {
+        aor: String,
+        contact: String,
+    },
+    /// Read the users and the stored phone-system settings (after the writes before it).
+    Load(std::sync::mpsc::Sender<Result<(Vec<User>, PlanSettings), String>>),
+    Forward(ForwardSpec),
 }
 
 /// Timer granularity of the event loop.
@@ -140,9 +149,15 @@ fn spawn_store(mut store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
                             StoreOp::Delete { aor, contact } => {
                                 batch.push(BindingWrite::Delete { aor, contact })
                             }
-                            StoreOp::Users(reply) => {
+                            StoreOp::Load(reply) => {
                                 flush(&mut store, &mut batch);
-                                let _ = reply.send(store.users());
+                                let _ = reply.send(store.users().and_then(|u| Ok((u, store.plan()?))));
+                            }
+                            StoreOp::Forward(f) => {
+                                flush(&mut store, &mut batch);
+                                if let Err(e) = store.put_forward(&f) {
+                                    tracing::error!(user = %f.user, "cannot store the forwarding set from the phone: {e}; it applies until the next restart or reload");
+                                }
                             }
                         }
                         if batch.len() >= STORE_BATCH {
@@ -190,18 +205,42 @@ fn flush(store: &mut SqliteStore, batch: &mut Vec<BindingWrite>) {
     batch.clear();
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
-pub fn serve(cfg: Config) -> Result<(), String> {
+/// Runs the daemon until SIGINT/SIGTERM. `config_path` is re-read on reload (SIGHUP or
+/// `hedgewitch reload`).
+pub fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(run(cfg))
+    rt.block_on(run(cfg, config_path))
 }
 
-async fn run(cfg: Config) -> Result<(), String> {
+/// Builds the dial plan from the file's settings, the users and the stored settings.
+pub fn build_plan(
+    cfg: &Config,
+    users: &[User],
+    stored: &PlanSettings,
+) -> Result<Directory, String> {
+    let settings = PlanSettings::merged(&cfg.plan(), stored);
+    let (plan, warnings) = Directory::build(
+        &cfg.domain,
+        users,
+        &cfg.numbering,
+        &cfg.features,
+        &cfg.calls,
+        &settings,
+    )?;
+    for w in warnings {
+        tracing::warn!("dial plan: {w}");
+    }
+    Ok(plan)
+}
+
+async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let store = SqliteStore::open(&cfg.db_path())?;
     let users = store.users()?;
+    let plan = build_plan(&cfg, &users, &store.plan()?)
+        .map_err(|e| format!("the dial plan is not valid: {e}"))?;
     for u in users.iter().filter(|u| u.realm != cfg.domain) {
         tracing::warn!(user = %u.name, realm = %u.realm,
             "user was created for another realm than `{}`; set its password again (hedgewitch user passwd)", cfg.domain);
@@ -271,6 +310,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         now,
         unix_now(),
     );
+    core.set_plan(plan);
+    let reloader = Reloader {
+        started_with: cfg.clone(),
+        path: config_path,
+    };
     tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
 
     let mut edge = Edge {
@@ -339,8 +383,14 @@ async fn run(cfg: Config) -> Result<(), String> {
                         }
                     }
                     Event::Control { command, reply } => {
-                        let answer = control_answer(&mut core, now, &command, &edge);
+                        let answer = control_answer(&mut core, now, &command, &edge, &reloader);
                         let _ = reply.send(answer);
+                    }
+                    Event::Reload => {
+                        match reloader.reload(&mut core, &edge.store) {
+                            Ok(v) => tracing::info!("reloaded on SIGHUP: {v}"),
+                            Err(e) => tracing::error!("reload on SIGHUP failed, the previous settings stay: {e}"),
+                        }
                     }
                     Event::Shutdown => break,
                 }
@@ -358,8 +408,61 @@ async fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn control_answer(core: &mut Core, now: Instant, command: &str, edge: &Edge) -> serde_json::Value {
-    let store = &edge.store;
+/// Re-reads the config file and the store and swaps in the new users and dial plan; calls
+/// and registrations in progress are untouched. Other settings (addresses, domain) need a
+/// restart, which is said in the log.
+struct Reloader {
+    started_with: Config,
+    path: Option<std::path::PathBuf>,
+}
+
+impl Reloader {
+    fn reload(
+        &self,
+        core: &mut Core,
+        store: &std::sync::mpsc::Sender<StoreOp>,
+    ) -> Result<serde_json::Value, String> {
+        let cfg = match &self.path {
+            Some(p) => Config::load(Some(p))?,
+            None => self.started_with.clone(),
+        };
+        let old = &self.started_with;
+        if cfg.domain != old.domain
+            || cfg.listen != old.listen
+            || cfg.data_dir != old.data_dir
+            || cfg.advertise != old.advertise
+        {
+            tracing::warn!(
+                "domain, listen, advertise and data_dir changes take effect at the next restart"
+            );
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        store
+            .send(StoreOp::Load(tx))
+            .map_err(|_| "store thread is gone".to_string())?;
+        let (users, stored) = rx
+            .recv()
+            .map_err(|_| "store thread is gone".to_string())??;
+        // The domain is the digest realm and cannot change live: keep the running one.
+        let cfg = Config {
+            domain: old.domain.clone(),
+            ..cfg
+        };
+        let plan = build_plan(&cfg, &users, &stored)?;
+        let n = users.len();
+        core.set_users(users);
+        core.set_plan(plan);
+        Ok(serde_json::json!({"users": n, "groups": stored.groups.len() + cfg.group.len()}))
+    }
+}
+
+fn control_answer(
+    core: &mut Core,
+    now: Instant,
+    command: &str,
+    edge: &Edge,
+    reloader: &Reloader,
+) -> serde_json::Value {
     match command {
         "status" => {
             let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
@@ -368,21 +471,11 @@ fn control_answer(core: &mut Core, now: Instant, command: &str, edge: &Edge) -> 
             v
         }
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
-        "reload-users" => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            if store.send(StoreOp::Users(tx)).is_err() {
-                return serde_json::json!({"error": "store thread is gone"});
-            }
-            match rx.recv() {
-                Ok(Ok(users)) => {
-                    let n = users.len();
-                    core.set_users(users);
-                    serde_json::json!({"users": n})
-                }
-                Ok(Err(e)) => serde_json::json!({"error": e}),
-                Err(_) => serde_json::json!({"error": "store thread is gone"}),
-            }
-        }
+        // `reload-users` is what `hedgewitch user ...` sends; both re-read everything.
+        "reload" | "reload-users" => match reloader.reload(core, &edge.store) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e }),
+        },
         other => serde_json::json!({"error": format!("unknown command `{other}`")}),
     }
 }
@@ -417,6 +510,13 @@ impl Edge {
                 }
                 Action::DeleteBinding { aor, contact } => {
                     let _ = self.store.send(StoreOp::Delete { aor, contact });
+                }
+                Action::SaveForward(f) => {
+                    if self.store.send(StoreOp::Forward(f)).is_err() {
+                        tracing::error!(
+                            "store thread is gone; forwarding changes are not persisted"
+                        );
+                    }
                 }
             }
         }
@@ -516,15 +616,21 @@ impl Edge {
 fn spawn_signals(events: mpsc::Sender<Event>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let _ = events.send(Event::Reload).await;
+                }
+            }
         }
         let _ = events.send(Event::Shutdown).await;
     });

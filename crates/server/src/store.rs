@@ -2,6 +2,7 @@
 //! `Store` is the trait the daemon and the CLI use; `SqliteStore` is the embedded default.
 //! The proxy never waits on it: it keeps its tables in memory and writes through.
 
+use crate::plan::settings::{ForwardSpec, GroupSpec, PlanSettings, RuleSpec, SpeedDialSpec};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
@@ -13,6 +14,8 @@ pub struct User {
     pub realm: String,
     pub ha1_md5: String,
     pub ha1_sha256: String,
+    /// May call outside the domain (numbers and other domains' URIs).
+    pub outside: bool,
 }
 
 impl User {
@@ -24,6 +27,7 @@ impl User {
             realm: realm.into(),
             ha1_md5: ha1(Algorithm::Md5, name, realm, password),
             ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
+            outside: true,
         }
     }
 }
@@ -103,6 +107,15 @@ CREATE TABLE IF NOT EXISTS users (
     ha1_md5 TEXT NOT NULL,
     ha1_sha256 TEXT NOT NULL
 );
+-- Phone-system settings made from the CLI or a phone, as JSON: kind is `group` (key: its
+-- name), `forward` (key: the user), `speeddial` (key: user or empty, a space, the code) or
+-- `rule` (key: its position, zero-padded).
+CREATE TABLE IF NOT EXISTS plan (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS bindings (
     aor TEXT NOT NULL,
     contact TEXT NOT NULL,
@@ -140,14 +153,140 @@ impl SqliteStore {
             .map_err(err)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| format!("cannot set up store {}: {e}", path.display()))?;
+        migrate(&conn).map_err(|e| format!("cannot upgrade store {}: {e}", path.display()))?;
         Ok(SqliteStore { conn })
     }
 
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let conn = Connection::open_in_memory().map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn).map_err(err)?;
         Ok(SqliteStore { conn })
     }
+
+    /// The phone-system settings kept in the store.
+    pub fn plan(&self) -> StoreResult<PlanSettings> {
+        let mut out = PlanSettings::default();
+        let mut st = self
+            .conn
+            .prepare("SELECT kind, key, value FROM plan ORDER BY kind, key")
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(err)?;
+        for row in rows {
+            let (kind, key, value) = row.map_err(err)?;
+            let bad = |e: serde_json::Error| format!("stored {kind} `{key}` is unreadable: {e}");
+            match kind.as_str() {
+                "group" => out.groups.push(serde_json::from_str(&value).map_err(bad)?),
+                "forward" => out
+                    .forwards
+                    .push(serde_json::from_str(&value).map_err(bad)?),
+                "speeddial" => out
+                    .speed_dials
+                    .push(serde_json::from_str(&value).map_err(bad)?),
+                "rule" => out.rules.push(serde_json::from_str(&value).map_err(bad)?),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_plan<T: serde::Serialize>(&self, kind: &str, key: &str, value: &T) -> StoreResult<()> {
+        let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO plan (kind, key, value) VALUES (?1, ?2, ?3)",
+                params![kind, key, json],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn delete_plan(&self, kind: &str, key: &str) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM plan WHERE kind = ?1 AND key = ?2",
+                params![kind, key],
+            )
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+
+    pub fn put_group(&self, g: &GroupSpec) -> StoreResult<()> {
+        self.put_plan("group", &g.name, g)
+    }
+
+    pub fn remove_group(&self, name: &str) -> StoreResult<bool> {
+        self.delete_plan("group", name)
+    }
+
+    /// Stores a user's forwarding; an empty one is deleted.
+    pub fn put_forward(&self, f: &ForwardSpec) -> StoreResult<()> {
+        if f.is_empty() {
+            self.delete_plan("forward", &f.user).map(|_| ())
+        } else {
+            self.put_plan("forward", &f.user, f)
+        }
+    }
+
+    pub fn put_speed_dial(&self, d: &SpeedDialSpec) -> StoreResult<()> {
+        self.put_plan("speeddial", &speed_key(d.user.as_deref(), &d.code), d)
+    }
+
+    pub fn remove_speed_dial(&self, user: Option<&str>, code: &str) -> StoreResult<bool> {
+        self.delete_plan("speeddial", &speed_key(user, code))
+    }
+
+    /// Replaces the stored dial-plan rules, in order.
+    pub fn set_rules(&mut self, rules: &[RuleSpec]) -> StoreResult<()> {
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute("DELETE FROM plan WHERE kind = 'rule'", [])
+            .map_err(err)?;
+        for (i, r) in rules.iter().enumerate() {
+            let json = serde_json::to_string(r).map_err(|e| e.to_string())?;
+            tx.execute(
+                "INSERT INTO plan (kind, key, value) VALUES ('rule', ?1, ?2)",
+                params![format!("{i:06}"), json],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Allows or forbids a user's calls outside the domain.
+    pub fn set_outside(&self, name: &str, outside: bool) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE users SET outside = ?2 WHERE name = ?1",
+                params![name, outside],
+            )
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+}
+
+fn speed_key(user: Option<&str>, code: &str) -> String {
+    format!("{} {code}", user.unwrap_or(""))
+}
+
+/// Brings a store made by an older version up to date.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_outside: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'outside'")?
+        .exists([])?;
+    if !has_outside {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN outside INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
 }
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
@@ -157,6 +296,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         realm: r.get(2)?,
         ha1_md5: r.get(3)?,
         ha1_sha256: r.get(4)?,
+        outside: r.get(5)?,
     })
 }
 
@@ -164,7 +304,7 @@ impl Store for SqliteStore {
     fn users(&self) -> StoreResult<Vec<User>> {
         let mut st = self
             .conn
-            .prepare("SELECT name, extension, realm, ha1_md5, ha1_sha256 FROM users ORDER BY name")
+            .prepare("SELECT name, extension, realm, ha1_md5, ha1_sha256, outside FROM users ORDER BY name")
             .map_err(err)?;
         let rows = st.query_map([], user_row).map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)
@@ -173,7 +313,7 @@ impl Store for SqliteStore {
     fn user(&self, name: &str) -> StoreResult<Option<User>> {
         self.conn
             .query_row(
-                "SELECT name, extension, realm, ha1_md5, ha1_sha256 FROM users WHERE name = ?1",
+                "SELECT name, extension, realm, ha1_md5, ha1_sha256, outside FROM users WHERE name = ?1",
                 [name],
                 user_row,
             )
@@ -200,8 +340,8 @@ impl Store for SqliteStore {
         }
         self.conn
             .execute(
-                "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256],
+                "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside],
             )
             .map_err(err)?;
         Ok(())
@@ -212,7 +352,7 @@ impl Store for SqliteStore {
         {
             let mut st = tx
                 .prepare(
-                    "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(err)?;
             for u in users {
@@ -221,7 +361,8 @@ impl Store for SqliteStore {
                     u.extension,
                     u.realm,
                     u.ha1_md5,
-                    u.ha1_sha256
+                    u.ha1_sha256,
+                    u.outside
                 ])
                 .map_err(|e| {
                     format!(
@@ -238,8 +379,8 @@ impl Store for SqliteStore {
         let n = self
             .conn
             .execute(
-                "UPDATE users SET extension = ?2, realm = ?3, ha1_md5 = ?4, ha1_sha256 = ?5 WHERE name = ?1",
-                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256],
+                "UPDATE users SET extension = ?2, realm = ?3, ha1_md5 = ?4, ha1_sha256 = ?5, outside = ?6 WHERE name = ?1",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside],
             )
             .map_err(err)?;
         Ok(n > 0)
@@ -371,6 +512,86 @@ mod tests {
             s.user("fresh").unwrap().is_none(),
             "nothing of a failed import stays"
         );
+    }
+
+    #[test]
+    fn plan_settings_round_trip() {
+        use crate::plan::settings::*;
+        let mut s = SqliteStore::in_memory().unwrap();
+        let g = GroupSpec {
+            name: "sales".into(),
+            extension: Some("300".into()),
+            strategy: Strategy::Sequential,
+            members: vec![
+                MemberSpec::Target("alice".into()),
+                MemberSpec::Detailed {
+                    target: "sip:x@198.18.0.9".into(),
+                    ring_time: Some(5),
+                },
+            ],
+            ring_time: Some(10),
+            timeout: Some(60),
+            fallback: Some("bob".into()),
+        };
+        s.put_group(&g).unwrap();
+        let f = ForwardSpec {
+            user: "alice".into(),
+            busy: Some("bob".into()),
+            dnd: true,
+            ..Default::default()
+        };
+        s.put_forward(&f).unwrap();
+        s.put_speed_dial(&SpeedDialSpec {
+            code: "11".into(),
+            target: "bob".into(),
+            user: Some("alice".into()),
+        })
+        .unwrap();
+        let r = RuleSpec {
+            mask: Some("0.".into()),
+            regex: None,
+            action: RuleAction::Reject,
+            strip: 0,
+            prefix: String::new(),
+            target: None,
+            status: Some(403),
+            reason: Some("No".into()),
+        };
+        s.set_rules(&[r.clone(), r.clone()]).unwrap();
+        let p = s.plan().unwrap();
+        assert_eq!(p.groups, vec![g]);
+        assert_eq!(p.forwards, vec![f.clone()]);
+        assert_eq!(p.speed_dials.len(), 1);
+        assert_eq!(p.rules.len(), 2);
+        s.put_forward(&ForwardSpec {
+            user: "alice".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            s.plan().unwrap().forwards.is_empty(),
+            "an empty forwarding is deleted"
+        );
+        assert!(s.remove_speed_dial(Some("alice"), "11").unwrap());
+        assert!(s.remove_group("sales").unwrap());
+    }
+
+    #[test]
+    fn outside_permission_and_migration() {
+        let conn = Connection::open_in_memory().unwrap();
+        // A store from before the `outside` column.
+        conn.execute_batch(
+            "CREATE TABLE users (name TEXT PRIMARY KEY, extension TEXT UNIQUE, realm TEXT NOT NULL,
+             ha1_md5 TEXT NOT NULL, ha1_sha256 TEXT NOT NULL);
+             INSERT INTO users VALUES ('old', NULL, 'r', 'a', 'b');",
+        )
+        .unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let s = SqliteStore { conn };
+        assert!(s.user("old").unwrap().unwrap().outside);
+        assert!(s.set_outside("old", false).unwrap());
+        assert!(!s.user("old").unwrap().unwrap().outside);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the runtime around it only moves bytes and runs the store.
 
 mod auth;
+mod hunt;
 mod location;
 mod proxy;
 mod registrar;
@@ -13,6 +14,8 @@ mod timers;
 pub use location::{Binding, Location};
 
 use crate::config::{Config, Transport};
+use crate::plan::settings::{CallSettings, FeatureCodes, ForwardSpec, Numbering, PlanSettings};
+use crate::plan::Directory;
 use crate::store::{StoredBinding, User};
 use sip::build::{response_to, Writer};
 use sip::digest::{Algorithm, NonceManager};
@@ -54,6 +57,8 @@ pub enum Action {
         aor: String,
         contact: String,
     },
+    /// A user changed their forwarding from the phone (feature code): keep it.
+    SaveForward(ForwardSpec),
 }
 
 /// A listening socket as the core sees it: what to write in Via and Record-Route.
@@ -116,6 +121,8 @@ pub struct Counters {
     pub auth_failures: u64,
     /// Requests refused with 503 because the transaction table was full.
     pub overloaded: u64,
+    /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
+    pub notifications_delivered: u64,
 }
 
 /// Snapshot for the control channel.
@@ -277,6 +284,10 @@ pub struct Core {
     pub(crate) out: Vec<Action>,
     /// Random per process, mixed into branches and tags so they are unguessable.
     pub(crate) salt: u64,
+    /// Extensions, groups, forwarding, speed dials, rules.
+    pub(crate) plan: Directory,
+    /// Where each rotating group starts its next call.
+    pub(crate) rotation: HashMap<String, usize>,
 }
 
 impl Core {
@@ -289,7 +300,10 @@ impl Core {
         now: Instant,
         unix_now: u64,
     ) -> Core {
+        let plan = default_plan(&cfg.domain, &users);
         let mut core = Core {
+            plan,
+            rotation: HashMap::new(),
             nonces: NonceManager::new(secret, cfg.nonce_lifetime),
             cfg,
             users: Users::new(users),
@@ -312,6 +326,42 @@ impl Core {
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
     pub fn set_users(&mut self, users: Vec<User>) {
         self.users = Users::new(users);
+    }
+
+    /// Replaces the dial plan (start, reload). Calls in progress keep the stages they have.
+    pub fn set_plan(&mut self, plan: Directory) {
+        self.plan = plan;
+    }
+
+    /// Sends a request of our own (not forwarded) in a client transaction whose response
+    /// goes nowhere.
+    pub(crate) fn send_request(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        branch: &str,
+        method: &str,
+        data: Bytes,
+    ) {
+        let (m, actions) = tx::ClientNonInvite::new(
+            now,
+            flow.transport.is_reliable(),
+            &self.cfg.timers,
+            data.clone(),
+        );
+        let key = proxy::client_key(branch, method);
+        self.clients.insert(
+            key.clone(),
+            ClientTx {
+                machine: ClientMachine::NonInvite(m),
+                request: data,
+                flow,
+                ctx: None,
+                server: None,
+                udp_fallback: None,
+            },
+        );
+        self.client_actions(now, key, actions);
     }
 
     /// The actions produced since the last call.
@@ -395,6 +445,8 @@ impl Core {
                 TimerRef::Client(key) => self.client_timer(now, &key),
                 TimerRef::TimerC(ctx, branch) => self.timer_c(now, ctx, branch),
                 TimerRef::Expiry(aor) => self.expire_bindings(now, &aor),
+                TimerRef::Hunt(ctx, generation) => self.hunt_timer(now, ctx, Some(generation)),
+                TimerRef::HuntOverall(ctx) => self.hunt_timer(now, ctx, None),
             }
         }
     }
@@ -650,6 +702,28 @@ pub(crate) const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK, REGISTER";
 
 /// Appends `v` in lowercase hex, zero-padded to `width` digits (0: no padding).
+/// The plan of a server started without one: users by name and extension, defaults for the
+/// rest (the runtime sets the real one before any request arrives).
+fn default_plan(domain: &str, users: &[User]) -> Directory {
+    let build = |u: &[User]| {
+        Directory::build(
+            domain,
+            u,
+            &Numbering::default(),
+            &FeatureCodes::default(),
+            &CallSettings::default(),
+            &PlanSettings::default(),
+        )
+    };
+    match build(users) {
+        Ok((d, _)) => d,
+        Err(e) => {
+            tracing::error!("the users do not make a valid plan: {e}");
+            Directory::empty(domain)
+        }
+    }
+}
+
 pub(crate) fn push_hex(out: &mut String, v: u64, width: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (16 - v.leading_zeros() as usize / 4).max(1).max(width);

@@ -3,6 +3,7 @@
 //! response context per request, best-response selection, CANCEL fan-out and Timer C.
 
 use super::auth::AuthOutcome;
+use super::hunt::Hunt;
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
 use super::{
@@ -10,6 +11,7 @@ use super::{
     TIMER_C,
 };
 use crate::config::Transport;
+use crate::plan::{Dialed, FeatureRequest};
 use sip::build::{via_with_received, Writer};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
@@ -58,6 +60,8 @@ pub(crate) struct Branch {
     pub cancel_wanted: bool,
     pub cancel_sent: bool,
     pub timer_c: Option<Instant>,
+    /// Cancelled by the hunt (ring time over): its final response does not count.
+    pub abandoned: bool,
 }
 
 /// The response context of one forwarded request.
@@ -69,11 +73,34 @@ pub(crate) struct ProxyCtx {
     /// A 2xx went upstream: later non-2xx finals are dropped.
     pub answered: bool,
     pub final_sent: bool,
+    /// The caller sent CANCEL: nothing new is tried.
+    pub cancelled: bool,
+    pub redirects: u8,
+    /// How branches are built: our Route entries to pop, the loop hash, the inbound flow,
+    /// whether to record-route.
+    pub pop: usize,
+    pub hash: String,
+    pub in_flow: Flow,
+    pub dialog_creating: bool,
+    /// Calls to local targets: stages, forwarding, history.
+    pub hunt: Option<Box<Hunt>>,
 }
 
 /// What the pipeline decided for a new request.
 enum Decision {
     Reply(u16, &'static str),
+    ReplyOwned(u16, String),
+    /// Ring a local target (or a remote one a local user dialled) through a hunt.
+    Hunt {
+        target: Dialed,
+        hunt: Box<Hunt>,
+        pop: usize,
+        hash: String,
+    },
+    Feature {
+        user: String,
+        req: FeatureRequest,
+    },
     Register,
     OptionsHere,
     /// Forward to these hops, popping our Route entries; record-route if dialog-creating.
@@ -134,6 +161,20 @@ impl Core {
         }
         match self.decide(now, &msg, &key, flow) {
             Some(Decision::Reply(code, reason)) => self.respond(now, &key, code, reason, &[], None),
+            Some(Decision::ReplyOwned(code, reason)) => {
+                self.respond(now, &key, code, &reason, &[], None)
+            }
+            Some(Decision::Feature { user, req }) => self.apply_feature(now, &key, &user, req),
+            Some(Decision::Hunt {
+                target,
+                hunt,
+                pop,
+                hash,
+            }) => {
+                if let Some(ctx_id) = self.new_context(&key, &msg, pop, &hash, Some(hunt)) {
+                    self.hunt_start(now, ctx_id, target);
+                }
+            }
             Some(Decision::Register) => self.register(now, &key, &msg, flow),
             Some(Decision::OptionsHere) => {
                 let h = Core::capability_headers();
@@ -208,6 +249,7 @@ impl Core {
         let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
         // A request we sent to ourselves (a spiral) was authenticated on its first pass.
         let spiral = self.cfg.listeners.iter().any(|l| l.addr == flow.remote);
+        let mut caller = None;
         if from_local && !in_dialog && !spiral {
             match self.authenticate(now, msg, true) {
                 AuthOutcome::User(user) => {
@@ -219,6 +261,7 @@ impl Core {
                         tracing::info!(%user, from = %from.uri, "request with someone else's From refused");
                         return Some(Decision::Reply(403, "Forbidden: From Is Not You"));
                     }
+                    caller = Some(user);
                 }
                 AuthOutcome::Challenge { stale } => {
                     let h = self.challenges(now, true, stale);
@@ -228,31 +271,81 @@ impl Core {
                 AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
             }
         }
-        let Some(user) = self.users.find(&callee).map(|u| u.name.clone()) else {
-            return Some(Decision::Reply(404, "Not Found"));
-        };
-        let hops: Vec<Hop> = self
-            .location
-            .lookup(&user, now)
-            .into_iter()
-            .filter_map(|b| {
-                let uri = Uri::parse(&b.contact).ok()?;
-                let mut flow = self.resolve(&uri)?;
-                if b.flow.transport == flow.transport && flow.transport.is_reliable() {
-                    // Reuse the connection the phone registered over while it is open; if it
-                    // is gone, the edge connects to the contact address.
-                    flow.conn = b.flow.conn;
-                }
-                Some(Hop {
-                    uri: b.contact.clone(),
-                    flow,
+        let target = match self.plan.dial(&callee, caller.as_deref()) {
+            Dialed::Feature(req) => {
+                return Some(match (caller, method) {
+                    (Some(user), Some(Method::Invite)) => Decision::Feature { user, req },
+                    _ => Decision::Reply(404, "Not Found"),
                 })
-            })
-            .collect();
-        if hops.is_empty() {
-            return Some(Decision::Reply(480, "Temporarily Unavailable"));
-        }
-        Some(Decision::Forward { hops, pop, hash })
+            }
+            Dialed::Reject(code, reason) => return Some(Decision::ReplyOwned(code, reason)),
+            Dialed::NotFound => return Some(Decision::Reply(404, "Not Found")),
+            Dialed::Remote(_)
+                if !caller
+                    .as_deref()
+                    .is_some_and(|c| self.plan.may_call_outside(c)) =>
+            {
+                return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"))
+            }
+            t => t,
+        };
+        let asserted = caller
+            .as_ref()
+            .map(|c| format!("<sip:{c}@{}>", self.cfg.domain));
+        let private = msg
+            .other_value("Privacy")
+            .is_some_and(|p| p.split(';').any(|t| t.trim().eq_ignore_ascii_case("id")));
+        let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted, private));
+        Some(Decision::Hunt {
+            target,
+            hunt,
+            pop,
+            hash,
+        })
+    }
+
+    /// A response context for the request of server transaction `key`, with no branch yet.
+    pub(crate) fn new_context(
+        &mut self,
+        key: &str,
+        msg: &Message,
+        pop: usize,
+        hash: &str,
+        hunt: Option<Box<Hunt>>,
+    ) -> Option<u64> {
+        let invite = msg.method() == Some(Method::Invite);
+        let ctx_id = self.id();
+        let in_flow = match self.servers.get_mut(key) {
+            Some(st) => {
+                st.ctx = Some(ctx_id);
+                st.flow
+            }
+            None => return None,
+        };
+        let dialog_creating = msg.to().is_none_or(|t| t.tag().is_none())
+            && matches!(
+                msg.method(),
+                Some(Method::Invite | Method::Subscribe | Method::Refer)
+            );
+        self.contexts.insert(
+            ctx_id,
+            ProxyCtx {
+                server_key: key.to_string(),
+                invite,
+                branches: vec![],
+                best: None,
+                answered: false,
+                final_sent: false,
+                cancelled: false,
+                redirects: 0,
+                pop,
+                hash: hash.to_string(),
+                in_flow,
+                dialog_creating,
+                hunt,
+            },
+        );
+        Some(ctx_id)
     }
 
     /// Forks the request to every hop in parallel (§16.6) under one response context.
@@ -265,46 +358,65 @@ impl Core {
         pop: usize,
         hash: &str,
     ) {
-        let invite = msg.method() == Some(Method::Invite);
-        match msg.method() {
-            Some(Method::Invite) => self.counters.calls_forwarded += 1,
-            Some(Method::Message) => self.counters.messages_forwarded += 1,
-            _ => {}
-        }
-        let ctx_id = self.id();
-        let in_flow = match self.servers.get_mut(key) {
-            Some(st) => {
-                st.ctx = Some(ctx_id);
-                st.flow
+        if let Some(ctx_id) = self.new_context(key, msg, pop, hash, None) {
+            self.add_branches(now, ctx_id, hops, &[]);
+            if self
+                .contexts
+                .get(&ctx_id)
+                .is_some_and(|c| c.branches.is_empty())
+            {
+                self.contexts.remove(&ctx_id);
+                self.respond(now, key, 500, "Server Internal Error", &[], None);
             }
-            None => return,
+        }
+    }
+
+    /// Adds a branch per hop to a context and sends the request on each; `extra` headers
+    /// (Diversion, History-Info, P-Asserted-Identity) go into every copy.
+    pub(crate) fn add_branches(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        hops: Vec<Hop>,
+        extra: &[(&'static str, String)],
+    ) {
+        let Some(ctx) = self.contexts.get(&ctx_id) else {
+            return;
         };
-        self.contexts.insert(
-            ctx_id,
-            ProxyCtx {
-                server_key: key.to_string(),
-                invite,
-                branches: vec![],
-                best: None,
-                answered: false,
-                final_sent: false,
-            },
-        );
-        let dialog_creating = msg.to().is_none_or(|t| t.tag().is_none())
-            && matches!(
-                msg.method(),
-                Some(Method::Invite | Method::Subscribe | Method::Refer)
-            );
-        for (idx, hop) in hops.into_iter().enumerate() {
+        let key = ctx.server_key.clone();
+        let (pop, in_flow, dialog_creating, invite) =
+            (ctx.pop, ctx.in_flow, ctx.dialog_creating, ctx.invite);
+        let hash = ctx.hash.clone();
+        let hunting = ctx.hunt.is_some();
+        let Some(msg) = self.servers.get(&key).and_then(|st| st.request.clone()) else {
+            return;
+        };
+        if ctx.branches.is_empty() && !hops.is_empty() {
+            // Counted once per request, when something is tried at all.
+            match msg.method() {
+                Some(Method::Invite) => self.counters.calls_forwarded += 1,
+                Some(Method::Message) => self.counters.messages_forwarded += 1,
+                _ => {}
+            }
+        }
+        let shape = BranchShape {
+            msg: &msg,
+            inbound: in_flow,
+            record_route: dialog_creating,
+            pop,
+            extra,
+            strip_identity: hunting,
+        };
+        for hop in hops {
+            let idx = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
             let token = self.token();
             let mut branch = String::with_capacity(8 + hash.len() + token.len());
             branch.push_str("z9hG4bK");
-            branch.push_str(hash);
+            branch.push_str(&hash);
             branch.push('.');
             branch.push_str(&token);
             let mut flow = hop.flow;
-            let mut data =
-                self.forward_bytes(msg, &hop.uri, flow, in_flow, &branch, dialog_creating, pop);
+            let mut data = self.forward_bytes(&shape, &hop.uri, flow, &branch);
             let mut udp_fallback = None;
             if flow.transport == Transport::Udp && data.len() > UDP_LIMIT {
                 if let Some(l) = self.listener_for(Transport::Tcp, &flow.remote) {
@@ -314,15 +426,7 @@ impl Core {
                         remote: flow.remote,
                         conn: None,
                     };
-                    let tcp_data = self.forward_bytes(
-                        msg,
-                        &hop.uri,
-                        tcp,
-                        in_flow,
-                        &branch,
-                        dialog_creating,
-                        pop,
-                    );
+                    let tcp_data = self.forward_bytes(&shape, &hop.uri, tcp, &branch);
                     udp_fallback = Some((flow, std::mem::replace(&mut data, tcp_data)));
                     flow = tcp;
                 }
@@ -344,7 +448,7 @@ impl Core {
                     request: sent,
                     flow,
                     ctx: Some((ctx_id, idx)),
-                    server: Some(key.to_string()),
+                    server: Some(key.clone()),
                     udp_fallback,
                 },
             );
@@ -356,6 +460,7 @@ impl Core {
                     cancel_wanted: false,
                     cancel_sent: false,
                     timer_c: invite.then(|| now + TIMER_C),
+                    abandoned: false,
                 });
             }
             if invite {
@@ -364,18 +469,10 @@ impl Core {
             }
             self.client_actions(now, ckey, actions);
         }
-        if self
-            .contexts
-            .get(&ctx_id)
-            .is_some_and(|c| c.branches.is_empty())
-        {
-            self.contexts.remove(&ctx_id);
-            self.respond(now, key, 500, "Server Internal Error", &[], None);
-        }
     }
 
     /// Our Via for a flow; IPv6 hosts in brackets.
-    fn via_for(&self, flow: Flow, branch: &str) -> String {
+    pub(crate) fn via_for(&self, flow: Flow, branch: &str) -> String {
         let host = self
             .listener_for(flow.transport, &flow.remote)
             .map_or(flow.local.ip(), |l| l.host);
@@ -402,17 +499,21 @@ impl Core {
     /// previous one completed per RFC 3581, Max-Forwards decremented, our Route entries
     /// removed and, for dialog-creating requests, our Record-Route (two when the request
     /// changes transport or interface, RFC 5658).
-    #[allow(clippy::too_many_arguments)]
     fn forward_bytes(
         &self,
-        msg: &Message,
+        shape: &BranchShape<'_>,
         ruri: &str,
         out: Flow,
-        inbound: Flow,
         branch: &str,
-        record_route: bool,
-        pop: usize,
     ) -> sip::Bytes {
+        let BranchShape {
+            msg,
+            inbound,
+            record_route,
+            pop,
+            extra,
+            strip_identity,
+        } = *shape;
         let mut w = Writer::request(msg.method_str(), ruri);
         w.header("Via", &self.via_for(out, branch));
         let mut first_via = true;
@@ -461,6 +562,9 @@ impl Core {
                     }
                 }
                 HeaderName::ContentLength => {}
+                // RFC 3325: an asserted identity is ours to give, never taken from a phone.
+                HeaderName::Other
+                    if strip_identity && is_named(msg.text(h.line), "P-Asserted-Identity") => {}
                 // §22.3: credentials for our own realm end here; the callee has no use for
                 // them and should not get a digest to attack offline.
                 HeaderName::ProxyAuthorization if self.is_our_realm(msg.text(h.value)) => {}
@@ -471,6 +575,9 @@ impl Core {
         }
         if !saw_mf {
             w.header("Max-Forwards", "70");
+        }
+        for (name, value) in extra {
+            w.header(name, value);
         }
         w.finish(None, msg.body())
     }
@@ -513,7 +620,15 @@ impl Core {
         h.write(msg.top_via().and_then(|v| v.branch()).unwrap_or(""));
         h.write(msg.call_id());
         let branch = format!("z9hG4bKack{:016x}", h.finish());
-        let data = self.forward_bytes(&msg, msg.uri_str(), out, flow, &branch, false, pop);
+        let shape = BranchShape {
+            msg: &msg,
+            inbound: flow,
+            record_route: false,
+            pop,
+            extra: &[],
+            strip_identity: false,
+        };
+        let data = self.forward_bytes(&shape, msg.uri_str(), out, &branch);
         self.out.push(Action::Send {
             flow: out,
             data,
@@ -551,6 +666,9 @@ impl Core {
         }
         match ctx {
             Some(ctx) => {
+                if let Some(c) = self.contexts.get_mut(&ctx) {
+                    c.cancelled = true;
+                }
                 let n = self.contexts.get(&ctx).map_or(0, |c| c.branches.len());
                 for i in 0..n {
                     self.cancel_branch(now, ctx, i);
@@ -625,17 +743,18 @@ impl Core {
         };
         let key = client_key(via.branch().unwrap_or(""), method);
         let status = msg.status().unwrap_or(500);
-        if !msg.has_second_via() {
-            // §16.7 step 3: with our Via removed nothing would be left to route it by.
-            tracing::debug!(status, "response with no Via beyond ours; dropped");
-            return;
-        }
         let Some(ct) = self.clients.get_mut(&key) else {
             // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
             // forwarded to whatever its next Via names.
             tracing::debug!(status, "response matches no transaction; dropped");
             return;
         };
+        let ours = ct.ctx.is_none() && ct.server.is_none();
+        if !ours && !msg.has_second_via() {
+            // §16.7 step 3: with our Via removed nothing would be left to route it by.
+            tracing::debug!(status, "response with no Via beyond ours; dropped");
+            return;
+        }
         let (disp, actions) = match &mut ct.machine {
             ClientMachine::Invite(m) => {
                 let req = &ct.request;
@@ -647,6 +766,15 @@ impl Core {
         let ctx = ct.ctx;
         let server = ct.server.clone();
         self.client_actions(now, key, actions);
+        if ours && disp == Disposition::PassUp && status >= 200 {
+            // A request of our own (a feature-code confirmation).
+            if status < 300 {
+                self.counters.notifications_delivered += 1;
+            } else {
+                tracing::info!(status, to = %msg.to().map(|t| t.uri.raw).unwrap_or(""), "our MESSAGE was refused");
+            }
+            return;
+        }
         if disp == Disposition::PassUp {
             match (ctx, server) {
                 (Some((ctx, idx)), _) if self.contexts.contains_key(&ctx) => {
@@ -689,10 +817,20 @@ impl Core {
             }
             return;
         }
+        let abandoned = ctx.branches.get(idx).is_some_and(|b| b.abandoned);
         if let Some(b) = ctx.branches.get_mut(idx) {
             b.final_status = Some(status);
         }
-        if status < 300 {
+        if (300..400).contains(&status) && !ctx.answered && self.recurse(now, ctx_id, &resp) {
+            // §16.7 step 4 (recursion): the Contacts are being tried instead.
+            return self.maybe_finish(now, ctx_id);
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        if abandoned && status >= 300 {
+            // We cancelled it ourselves (ring time over): its 487 tells the caller nothing.
+        } else if status < 300 {
             // §16.7 step 5: every 2xx goes upstream at once, even after another one.
             ctx.answered = true;
             ctx.final_sent = true;
@@ -737,6 +875,7 @@ impl Core {
         }
         b.final_status = Some(code);
         if !ctx.answered
+            && !b.abandoned
             && ctx
                 .best
                 .as_ref()
@@ -754,22 +893,44 @@ impl Core {
         }
     }
 
-    /// When every branch has a final response: send the best one up if nothing was, and drop
-    /// the context.
+    /// After a branch's final response: when the current stage has nothing left ringing, a
+    /// hunt goes on (next stage, forwarding); otherwise the best response goes up. The
+    /// context is dropped once every branch has its final response.
     fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return;
         };
-        if ctx.branches.iter().any(|b| b.final_status.is_none()) {
+        if ctx.final_sent {
+            return self.drop_context_if_done(ctx_id);
+        }
+        let from = ctx.hunt.as_ref().map_or(0, |h| h.stage_start);
+        if ctx.branches[from.min(ctx.branches.len())..]
+            .iter()
+            .any(|b| b.final_status.is_none())
+        {
             return;
         }
-        let Some(ctx) = self.contexts.remove(&ctx_id) else {
+        if ctx.hunt.is_some() {
+            let best = ctx.best.as_ref().map(Candidate::status);
+            return self.hunt_stage_over(now, ctx_id, best);
+        }
+        self.finish_with_best(now, ctx_id);
+    }
+
+    /// Sends the best final response collected (§16.7 step 6), or 480 when every branch was
+    /// given up by us.
+    pub(crate) fn finish_with_best(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
         if ctx.final_sent {
-            return;
+            return self.drop_context_if_done(ctx_id);
         }
-        match ctx.best {
+        ctx.final_sent = true;
+        let key = ctx.server_key.clone();
+        let best = ctx.best.take();
+        let cancelled = ctx.cancelled;
+        match best {
             Some(Candidate::Received(resp)) => {
                 let status = resp.status().unwrap_or(500);
                 // §16.7 step 6: a 503 from downstream must not make the caller's
@@ -782,20 +943,22 @@ impl Core {
                 } else {
                     (status, upstream_bytes(&resp, None))
                 };
-                self.send_server_response(now, &ctx.server_key, code, data);
+                self.send_server_response(now, &key, code, data);
             }
             Some(Candidate::Local(code, reason)) => {
-                self.respond(now, &ctx.server_key, code, reason, &[], None)
+                self.respond(now, &key, code, reason, &[], None)
             }
+            None if cancelled => self.respond(now, &key, 487, "Request Terminated", &[], None),
             None => self.respond(
                 now,
-                &ctx.server_key,
-                500,
-                "Server Internal Error",
+                &key,
+                480,
+                "Temporarily Unavailable (No Answer)",
                 &[],
                 None,
             ),
         }
+        self.drop_context_if_done(ctx_id);
     }
 
     /// Timer C fired for a branch (§16.8): cancel it if it rang, else (or if even the CANCEL
@@ -836,6 +999,25 @@ fn along_dialog(
         },
         None => Decision::Reply(503, unresolved),
     }
+}
+
+/// What every branch of a context shares when its request is built.
+#[derive(Clone, Copy)]
+struct BranchShape<'a> {
+    msg: &'a Message,
+    inbound: Flow,
+    record_route: bool,
+    pop: usize,
+    extra: &'a [(&'static str, String)],
+    /// Drop the caller's P-Asserted-Identity (we assert identities ourselves).
+    strip_identity: bool,
+}
+
+/// True when a header line has this name (case-insensitive).
+fn is_named(line: &str, name: &str) -> bool {
+    line.split(':')
+        .next()
+        .is_some_and(|n| n.trim().eq_ignore_ascii_case(name))
 }
 
 pub(crate) fn client_key(branch: &str, method: &str) -> String {

@@ -13,6 +13,8 @@ struct T {
     core: Core,
     now: Instant,
     seq: u32,
+    /// Actions other than sends, kept by `sent()`.
+    stash: Vec<Action>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -118,6 +120,7 @@ impl T {
             core: Core::new(config(), users(), vec![], [9; 32], now, 1_800_000_000),
             now,
             seq: 0,
+            stash: vec![],
         }
     }
 
@@ -162,16 +165,16 @@ impl T {
 
     /// Everything sent since the last call, parsed.
     fn sent(&mut self) -> Vec<(Flow, Message)> {
-        self.core
-            .take_actions()
-            .into_iter()
-            .filter_map(|a| match a {
+        let mut out = vec![];
+        for a in self.core.take_actions() {
+            match a {
                 Action::Send { flow, data, .. } => {
-                    Some((flow, Message::parse(data, false).unwrap()))
+                    out.push((flow, Message::parse(data, false).unwrap()))
                 }
-                _ => None,
-            })
-            .collect()
+                other => self.stash.push(other),
+            }
+        }
+        out
     }
 
     fn advance(&mut self, d: Duration) {
@@ -1512,3 +1515,6 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     assert_eq!(t.core.servers.len(), 1);
     assert!(t.core.servers.values().all(|st| st.request.is_none()));
 }
+
+#[path = "hunt_tests.rs"]
+mod hunt_tests;

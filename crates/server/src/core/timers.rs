@@ -13,6 +13,10 @@ pub(crate) enum TimerRef {
     TimerC(u64, usize),
     /// Registrations of an address-of-record may have expired.
     Expiry(String),
+    /// A hunt stage's ring time (context, stage generation).
+    Hunt(u64, u32),
+    /// A ring group's overall time.
+    HuntOverall(u64),
 }
 
 #[derive(Default)]

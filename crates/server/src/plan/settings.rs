@@ -1,0 +1,301 @@
+//! The phone-system settings as written in the TOML file and kept in the store (as JSON):
+//! ring groups, call forwarding, speed dials, dial-plan rules, feature codes, numbering.
+//! The same types serve both, so a setting means the same thing wherever it was made.
+
+use serde::{Deserialize, Serialize};
+
+/// How a ring group rings its members.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every member at once; the first to answer wins, the others are cancelled.
+    #[default]
+    Parallel,
+    /// One member after the other, in order, each for its ring time.
+    Sequential,
+    /// Like sequential, but each call starts one member further (round robin).
+    Rotate,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Parallel => "parallel",
+            Strategy::Sequential => "sequential",
+            Strategy::Rotate => "rotate",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "parallel" => Ok(Strategy::Parallel),
+            "sequential" => Ok(Strategy::Sequential),
+            "rotate" => Ok(Strategy::Rotate),
+            _ => Err(format!(
+                "unknown strategy `{s}` (parallel, sequential or rotate)"
+            )),
+        }
+    }
+}
+
+/// A group member: a target alone, or with its own ring time.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MemberSpec {
+    Target(String),
+    Detailed {
+        target: String,
+        ring_time: Option<u32>,
+    },
+}
+
+impl MemberSpec {
+    pub fn target(&self) -> &str {
+        match self {
+            MemberSpec::Target(t) | MemberSpec::Detailed { target: t, .. } => t,
+        }
+    }
+
+    pub fn ring_time(&self) -> Option<u32> {
+        match self {
+            MemberSpec::Target(_) => None,
+            MemberSpec::Detailed { ring_time, .. } => *ring_time,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Users, extensions, other groups or SIP URIs.
+    #[serde(default)]
+    pub members: Vec<MemberSpec>,
+    /// Seconds each member rings (sequential and rotate); default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_time: Option<u32>,
+    /// Seconds before the whole group gives up; none means until every member was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    /// Where the call goes when nobody answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// One user's call forwarding. Every target is a user, extension, group, number or SIP URI.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    pub user: String,
+    /// Every call, without ringing the user's phones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always: Option<String>,
+    /// When the phones answer busy (486, 600), or the user is in do-not-disturb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<String>,
+    /// When nobody answers within `no_answer_after` seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_answer_after: Option<u32>,
+    /// When the user has no registered phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// Do not disturb: calls are refused as busy (or go to the busy target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dnd: bool,
+}
+
+impl ForwardSpec {
+    pub fn is_empty(&self) -> bool {
+        self.always.is_none()
+            && self.busy.is_none()
+            && self.no_answer.is_none()
+            && self.unavailable.is_none()
+            && !self.dnd
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedDialSpec {
+    pub code: String,
+    pub target: String,
+    /// Only for this user's calls; system-wide when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Rewrite the number and go on with the next rules.
+    Rewrite,
+    /// Rewrite, then look the number up among local users, extensions and groups.
+    Local,
+    /// Send to a SIP URI made from `target` (`${number}` is replaced).
+    Remote,
+    /// Refuse with `status` and `reason`.
+    Reject,
+}
+
+impl std::str::FromStr for RuleAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rewrite" => Ok(RuleAction::Rewrite),
+            "local" => Ok(RuleAction::Local),
+            "remote" => Ok(RuleAction::Remote),
+            "reject" => Ok(RuleAction::Reject),
+            _ => Err(format!(
+                "unknown action `{s}` (rewrite, local, remote or reject)"
+            )),
+        }
+    }
+}
+
+/// A dial-plan rule: a digit mask (`NXXX`, `+1NXXNXXXXXX`, `9.`) or a regular expression, and
+/// what to do with a number it matches.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    pub action: RuleAction,
+    /// Leading characters removed before `prefix` is added.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub strip: usize,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The codes dialled from a phone to change one's own settings. An empty string turns a
+/// code off.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureCodes {
+    /// Followed by the target: forward every call.
+    pub forward_all: String,
+    pub forward_all_off: String,
+    pub forward_busy: String,
+    pub forward_busy_off: String,
+    pub forward_no_answer: String,
+    pub forward_no_answer_off: String,
+    pub forward_unavailable: String,
+    pub forward_unavailable_off: String,
+    pub dnd_on: String,
+    pub dnd_off: String,
+}
+
+impl Default for FeatureCodes {
+    fn default() -> Self {
+        FeatureCodes {
+            forward_all: "*72".into(),
+            forward_all_off: "*73".into(),
+            forward_busy: "*90".into(),
+            forward_busy_off: "*91".into(),
+            forward_no_answer: "*92".into(),
+            forward_no_answer_off: "*93".into(),
+            forward_unavailable: "*94".into(),
+            forward_unavailable_off: "*95".into(),
+            dnd_on: "*78".into(),
+            dnd_off: "*79".into(),
+        }
+    }
+}
+
+/// Which extensions are valid.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Numbering {
+    /// An inclusive range such as `"100-999"`; extensions must be numbers within it.
+    pub extensions: Option<String>,
+    /// Every extension has exactly this many digits.
+    pub extension_length: Option<usize>,
+}
+
+/// Call-handling settings that are not per group or per user.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSettings {
+    /// Ring time before a no-answer forward, when the user set none (seconds).
+    pub no_answer_after: u32,
+    /// Ring time of each member of a sequential or rotating group, when the group sets none.
+    pub ring_time: u32,
+    /// How many 3xx redirects the proxy follows for one call.
+    pub redirect_limit: u8,
+    /// How many times one call may be forwarded.
+    pub forward_limit: u8,
+    /// Users who may call only inside the domain.
+    pub local_only: Vec<String>,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            no_answer_after: 20,
+            ring_time: 20,
+            redirect_limit: 5,
+            forward_limit: 5,
+            local_only: vec![],
+        }
+    }
+}
+
+/// Everything that makes the phone system, from one source (the config file or the store).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanSettings {
+    pub groups: Vec<GroupSpec>,
+    pub forwards: Vec<ForwardSpec>,
+    pub speed_dials: Vec<SpeedDialSpec>,
+    pub rules: Vec<RuleSpec>,
+}
+
+impl PlanSettings {
+    /// The file's settings with the store's on top: a group, a user's forwarding or a speed
+    /// dial set from the CLI or a phone replaces the file's one of the same name; stored
+    /// rules come after the file's.
+    pub fn merged(file: &PlanSettings, stored: &PlanSettings) -> PlanSettings {
+        let mut out = stored.clone();
+        for g in &file.groups {
+            if !out.groups.iter().any(|s| s.name == g.name) {
+                out.groups.push(g.clone());
+            }
+        }
+        for f in &file.forwards {
+            if !out.forwards.iter().any(|s| s.user == f.user) {
+                out.forwards.push(f.clone());
+            }
+        }
+        for d in &file.speed_dials {
+            if !out
+                .speed_dials
+                .iter()
+                .any(|s| s.code == d.code && s.user == d.user)
+            {
+                out.speed_dials.push(d.clone());
+            }
+        }
+        out.rules = file.rules.iter().chain(&stored.rules).cloned().collect();
+        out
+    }
+}
