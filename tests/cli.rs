@@ -248,3 +248,107 @@ fn status_needs_a_running_server_and_then_reports_it() {
     server.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The phone-system commands without a running server: the numbering plan and clashes are
+/// checked before anything is written, and what was written is listed back.
+#[test]
+fn phone_system_settings_are_checked_and_stored() {
+    let dir = temp_dir("plan");
+    let cfg = write_config(&dir, "[numbering]\nextensions = \"200-299\"\n");
+    let add = |name: &str, ext: &str| {
+        hw(
+            &cfg,
+            &["user", "add", name, "--extension", ext, "--password-stdin"],
+            Some("pw\n"),
+        )
+    };
+    let o = add("alice", "201");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = add("bob", "301");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("outside 200-299"), "{}", text(&o));
+    let o = add("bob", "202");
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A group whose extension is taken by a user is refused, naming both.
+    let o = hw(&cfg, &["group", "add", "sales", "--extension", "201"], None);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("user `alice`") && text(&o).contains("group `sales`"),
+        "{}",
+        text(&o)
+    );
+    let o = hw(
+        &cfg,
+        &[
+            "group",
+            "add",
+            "sales",
+            "--extension",
+            "250",
+            "--strategy",
+            "rotate",
+            "--member",
+            "alice",
+            "--member",
+            "bob",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A group may not contain itself.
+    let o = hw(&cfg, &["group", "member-add", "sales", "250"], None);
+    assert!(
+        !o.status.success() && text(&o).contains("group loop"),
+        "{}",
+        text(&o)
+    );
+    let o = hw(&cfg, &["group", "list"], None);
+    assert!(
+        text(&o).contains("sales") && text(&o).contains("rotate"),
+        "{}",
+        text(&o)
+    );
+
+    let o = hw(&cfg, &["forward", "set", "alice", "--busy", "sales"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(&cfg, &["forward", "set", "nobody", "--busy", "sales"], None);
+    assert!(
+        !o.status.success() && text(&o).contains("no user"),
+        "{}",
+        text(&o)
+    );
+    let o = hw(&cfg, &["forward", "show"], None);
+    assert!(text(&o).contains("busy to sales"), "{}", text(&o));
+
+    let o = hw(&cfg, &["user", "set", "bob", "--outside", "off"], None);
+    assert!(text(&o).contains("not allowed"), "{}", text(&o));
+    let o = hw(
+        &cfg,
+        &[
+            "dialplan",
+            "add",
+            "--regex",
+            "^00([0-9]+)$",
+            "--action",
+            "reject",
+            "--status",
+            "403",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(
+        &cfg,
+        &["dialplan", "add", "--regex", "(", "--action", "local"],
+        None,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("bad pattern"),
+        "{}",
+        text(&o)
+    );
+    let o = hw(&cfg, &["dialplan", "list"], None);
+    assert!(text(&o).contains("regex ^00"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -384,3 +384,29 @@ fn reload_during_a_call_keeps_the_call_and_the_registrations() {
         "no SIGHUP reload in the log"
     );
 }
+
+#[test]
+fn rotating_group_with_a_member_outside_the_domain() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    // `desk` is a phone that is not registered here: reached by its SIP URI.
+    let desk_port = free_port();
+    let srv = Server::start(ServerOpts {
+        extra_config: format!(
+            "[[group]]\nname = \"hunt\"\nextension = \"320\"\nstrategy = \"rotate\"\n\
+             members = [\"sip:desk@127.0.0.1:{desk_port}\", \"bob\"]\n"
+        ),
+        ..Default::default()
+    });
+    let bob = register_udp(&srv, &BOB);
+    // First call: the rotation starts with desk, who answers.
+    let desk = srv
+        .sipp("uas_desk", "uas_answer.xml")
+        .port(desk_port)
+        .spawn_listening();
+    assert_both_ok(&alice_calls(&srv, "320"), &desk.wait());
+    // Second call: it starts one further, with bob.
+    let callee = start_uas(&srv, &BOB, bob, "uas_answer.xml");
+    assert_both_ok(&alice_calls(&srv, "hunt"), &callee.wait());
+}

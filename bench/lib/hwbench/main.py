@@ -102,10 +102,13 @@ class Logger:
         self.f.flush()
 
 
-def ensure_packages(log, workroot, allowed):
+def ensure_packages(log, workroot, allowed, perf=False):
     need = []
-    for tool, pkg in (("sipp", "sip-tester"), ("kamailio", "kamailio"), ("kamcmd", "kamailio"),
-                      ("taskset", "util-linux")):
+    tools = [("sipp", "sip-tester"), ("kamailio", "kamailio"), ("kamcmd", "kamailio"),
+             ("taskset", "util-linux")]
+    if perf:
+        tools.append(("perf", "linux-perf"))
+    for tool, pkg in tools:
         if not shutil.which(tool) and pkg not in need:
             need.append(pkg)
     if not need:
@@ -206,7 +209,7 @@ def main(argv):
     if (os.cpu_count() or 1) < 2:
         log("WARNING: fewer than 2 CPUs: the server and SIPp cannot be pinned apart")
     try:
-        ensure_packages(log, workroot, not args.no_install)
+        ensure_packages(log, workroot, not args.no_install, perf=args.perf)
         binary = build(log, workroot, args.no_build)
         return run(args, profile, workroot, log, binary, t_start)
     except KeyboardInterrupt:

@@ -302,15 +302,15 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     spawn_signals(events_tx.clone());
 
     let now = Instant::now();
-    let mut core = Core::new(
+    let mut core = Core::with_plan(
         CoreConfig::from_config(&cfg, listeners),
         users,
         bindings,
         secret(),
         now,
         unix_now(),
+        plan,
     );
-    core.set_plan(plan);
     let reloader = Reloader {
         started_with: cfg.clone(),
         path: config_path,

@@ -9,7 +9,7 @@ use super::proxy::ProxyCtx;
 use super::route::Hop;
 use super::timers::TimerRef;
 use super::{Action, Core};
-use crate::plan::settings::{ForwardSpec, Strategy};
+use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
 use sip::build::Writer;
 use sip::grammar::name_addr_list;
@@ -194,18 +194,23 @@ impl Hunt {
 /// The final status of a stage, for deciding what comes next.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
+    /// 486, 600: the busy forward applies.
     Busy,
+    /// Nobody answered (408, 480, our own CANCEL, an unreachable phone): the no-answer
+    /// forward applies.
     NoAnswer,
-    /// 6xx other than busy, 403, 404...: the callee does not want it; stop.
-    Refused,
+    /// Another 4xx/5xx: the next stage is tried, but no forwarding applies.
+    Failed,
+    /// 6xx other than 600: the callee refuses everywhere (RFC 3261 §16.7): stop.
+    Global,
 }
 
 fn outcome(best: Option<u16>) -> Outcome {
     match best {
-        None | Some(408 | 480 | 487 | 503 | 500) => Outcome::NoAnswer,
+        None | Some(408 | 480 | 487 | 500 | 503) => Outcome::NoAnswer,
         Some(486 | 600) => Outcome::Busy,
-        Some(s) if s >= 600 => Outcome::Refused,
-        Some(_) => Outcome::Refused,
+        Some(s) if s >= 600 => Outcome::Global,
+        Some(_) => Outcome::Failed,
     }
 }
 
@@ -240,7 +245,7 @@ impl Core {
         }
         match self.plan.target(target, None) {
             Dialed::Local(Target::User(u)) => {
-                if self.plan.user(&u).is_some_and(|i| i.forward.dnd) {
+                if self.plan.is_dnd(&u) {
                     return vec![];
                 }
                 self.contact_hops(&u, now)
@@ -279,11 +284,7 @@ impl Core {
         let mut remote = false;
         match target {
             Dialed::Local(Target::User(u)) => {
-                let f = self
-                    .plan
-                    .user(u)
-                    .map(|i| i.forward.clone())
-                    .unwrap_or_default();
+                let f = self.plan.forward(u);
                 let owner = Some(u.clone());
                 let re = |t: &Option<String>, why| {
                     t.as_ref().map(|t| Retarget {
@@ -465,7 +466,7 @@ impl Core {
         let next = match outcome(best) {
             Outcome::Busy => h.on_busy.take(),
             Outcome::NoAnswer => h.on_no_answer.take(),
-            Outcome::Refused => None,
+            Outcome::Failed | Outcome::Global => None,
         };
         h.on_busy = None;
         h.on_no_answer = None;
@@ -519,9 +520,11 @@ impl Core {
         };
         h.forwards += 1;
         h.divert(&from_uri, &to_uri, r.why);
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return false;
         };
+        // The new target's own answers decide what happens to it.
+        ctx.best = None;
         if ctx.invite && !ctx.final_sent {
             let key = ctx.server_key.clone();
             self.respond(now, &key, 181, "Call Is Being Forwarded", &[], None);
@@ -587,7 +590,7 @@ impl Core {
         if cancelled {
             return self.finish_with_best(now, ctx_id);
         }
-        if outcome(best) != Outcome::Refused && self.hunt_advance(now, ctx_id) {
+        if outcome(best) != Outcome::Global && self.hunt_advance(now, ctx_id) {
             return;
         }
         self.hunt_exhausted(now, ctx_id, best);
@@ -619,14 +622,7 @@ impl Core {
         user: &str,
         req: FeatureRequest,
     ) {
-        let mut spec = self
-            .plan
-            .user(user)
-            .map(|u| u.forward.clone())
-            .unwrap_or_else(|| ForwardSpec {
-                user: user.to_string(),
-                ..Default::default()
-            });
+        let mut spec = self.plan.forward(user);
         let (code, reason, note) = match req {
             FeatureRequest::Dnd(on) => {
                 spec.dnd = on;

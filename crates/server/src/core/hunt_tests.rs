@@ -382,10 +382,7 @@ fn feature_code_sets_forwarding_and_confirms_by_message() {
     // The change is handed to the store.
     assert!(t.stash.iter().any(|a| matches!(a, Action::SaveForward(f)
         if f.user == "alice" && f.always.as_deref() == Some("102"))));
-    assert_eq!(
-        t.core.plan.user("alice").unwrap().forward.always.as_deref(),
-        Some("102")
-    );
+    assert_eq!(t.core.plan.forward("alice").always.as_deref(), Some("102"));
     // Now a call to alice goes to bob.
     let inv = T::invites(&t.invite("carol", CAROL, "sip:alice@example.test", "fc2"));
     assert_eq!(inv[0].0, addr(BOB));
@@ -396,7 +393,7 @@ fn feature_code_sets_forwarding_and_confirms_by_message() {
         .any(|(_, m)| m.reason() == "Forwarding Of All Calls Off"));
     let out = t.invite("alice", ALICE, "sip:*72999@example.test", "fc4");
     assert!(out.iter().any(|(_, m)| m.status() == Some(404)));
-    assert!(t.core.plan.user("alice").unwrap().forward.always.is_none());
+    assert!(t.core.plan.forward("alice").always.is_none());
 }
 
 #[test]

@@ -301,6 +301,20 @@ impl Core {
         unix_now: u64,
     ) -> Core {
         let plan = default_plan(&cfg.domain, &users);
+        Core::with_plan(cfg, users, bindings, secret, now, unix_now, plan)
+    }
+
+    /// Like `new`, with the dial plan already built (the daemon builds it from the config
+    /// file and the store; building a default one first would only waste memory).
+    pub fn with_plan(
+        cfg: CoreConfig,
+        users: Vec<User>,
+        bindings: Vec<StoredBinding>,
+        secret: [u8; 32],
+        now: Instant,
+        unix_now: u64,
+        plan: Directory,
+    ) -> Core {
         let mut core = Core {
             plan,
             rotation: HashMap::new(),

@@ -78,12 +78,12 @@ pub enum FeatureRequest {
     Dnd(bool),
 }
 
+/// What the plan keeps per user: small, since a domain may have 100,000 of them (the name
+/// is the map's key; the extension is in `extensions`; forwarding only when set).
 #[derive(Clone, Debug)]
-pub struct UserInfo {
-    pub name: String,
-    pub extension: Option<String>,
-    pub outside: bool,
-    pub forward: ForwardSpec,
+struct UserEntry {
+    outside: bool,
+    forward: Option<Box<ForwardSpec>>,
 }
 
 #[derive(Clone, Debug)]
@@ -111,7 +111,7 @@ struct Rule {
 #[derive(Debug)]
 pub struct Directory {
     domain: String,
-    users: HashMap<String, UserInfo>,
+    users: HashMap<String, UserEntry>,
     groups: HashMap<String, Group>,
     extensions: HashMap<String, Target>,
     /// (user or None for everyone, code) -> target.
@@ -191,14 +191,9 @@ impl Directory {
             }
             dir.users.insert(
                 u.name.clone(),
-                UserInfo {
-                    name: u.name.clone(),
-                    extension: u.extension.clone(),
+                UserEntry {
                     outside: u.outside && !local_only.contains(u.name.as_str()),
-                    forward: ForwardSpec {
-                        user: u.name.clone(),
-                        ..Default::default()
-                    },
+                    forward: None,
                 },
             );
         }
@@ -263,7 +258,7 @@ impl Directory {
         }
         for f in &settings.forwards {
             match dir.users.get_mut(&f.user) {
-                Some(u) => u.forward = f.clone(),
+                Some(u) => u.forward = (!f.is_empty()).then(|| Box::new(f.clone())),
                 None => warnings.push(format!("forwarding for `{}`: no such user", f.user)),
             }
         }
@@ -282,18 +277,14 @@ impl Directory {
                 errors.push(format!("group loop: {}", path.join(" -> ")));
             }
         }
-        for u in dir.users.values() {
-            for t in [
-                &u.forward.always,
-                &u.forward.busy,
-                &u.forward.no_answer,
-                &u.forward.unavailable,
-            ]
-            .into_iter()
-            .flatten()
+        for (name, u) in &dir.users {
+            let Some(f) = &u.forward else { continue };
+            for t in [&f.always, &f.busy, &f.no_answer, &f.unavailable]
+                .into_iter()
+                .flatten()
             {
-                if dir.target(t, Some(&u.name)) == Dialed::NotFound {
-                    warnings.push(format!("forwarding of `{}`: `{t}` reaches nobody", u.name));
+                if dir.target(t, Some(name)) == Dialed::NotFound {
+                    warnings.push(format!("forwarding of `{name}`: `{t}` reaches nobody"));
                 }
             }
         }
@@ -320,8 +311,26 @@ impl Directory {
         }
     }
 
-    pub fn user(&self, name: &str) -> Option<&UserInfo> {
-        self.users.get(name)
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
+    /// A user's forwarding (empty when none is set).
+    pub fn forward(&self, user: &str) -> ForwardSpec {
+        match self.users.get(user).and_then(|u| u.forward.as_deref()) {
+            Some(f) => f.clone(),
+            None => ForwardSpec {
+                user: user.to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn is_dnd(&self, user: &str) -> bool {
+        self.users
+            .get(user)
+            .and_then(|u| u.forward.as_deref())
+            .is_some_and(|f| f.dnd)
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {
@@ -335,7 +344,7 @@ impl Directory {
     /// Replaces a user's forwarding (a feature code was dialled).
     pub fn set_forward(&mut self, spec: ForwardSpec) {
         if let Some(u) = self.users.get_mut(&spec.user) {
-            u.forward = spec;
+            u.forward = (!spec.is_empty()).then(|| Box::new(spec));
         }
     }
 

@@ -322,3 +322,37 @@ fn local_only_users() {
     assert!(d.may_call_outside("alice"));
     assert!(!d.may_call_outside("bob"));
 }
+
+#[test]
+fn regex_rules() {
+    let r = RuleSpec {
+        mask: None,
+        regex: Some(r"^8(\d{3})$".into()),
+        action: RuleAction::Local,
+        strip: 1,
+        prefix: String::new(),
+        target: None,
+        status: None,
+        reason: None,
+    };
+    let d = build(&PlanSettings {
+        rules: vec![r.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        d.dial("8201", Some("bob")),
+        Dialed::Local(Target::User("alice".into()))
+    );
+    assert_eq!(d.dial("82011", Some("bob")), Dialed::NotFound);
+    let bad = RuleSpec {
+        regex: Some("(".into()),
+        ..r
+    };
+    let e = build(&PlanSettings {
+        rules: vec![bad],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("bad pattern"), "{e}");
+}
