@@ -171,6 +171,23 @@ fn clean(s: &str) -> String {
     out
 }
 
+/// 30 s of a 1 kHz tone, 8 kHz mono, as the phones' microphone (made with sox).
+fn make_tone(srv: &Server) -> PathBuf {
+    let tone = srv.dir.join("tone8k.wav");
+    let mut sox = Command::new("sox");
+    sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&tone)
+        .args(["synth", "30", "sine", "1000"]);
+    let r = run_bounded(
+        &mut sox,
+        None,
+        &srv.dir.join("sox"),
+        Duration::from_secs(30),
+    );
+    assert!(r.success(), "sox failed: {}", r.stderr);
+    tone
+}
+
 /// Whether, after the call was established, the status line reported received audio
 /// (`audio=TX/RX (bit/s)` with RX > 0).
 fn receives_audio(output: &str) -> bool {
@@ -204,18 +221,7 @@ fn two_baresip_phones_register_call_and_hang_up() {
         algorithms: Some(vec!["MD5"]),
         ..ServerOpts::default()
     });
-    let tone = srv.dir.join("tone8k.wav");
-    let mut sox = Command::new("sox");
-    sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
-        .arg(&tone)
-        .args(["synth", "30", "sine", "1000"]);
-    let r = run_bounded(
-        &mut sox,
-        None,
-        &srv.dir.join("sox"),
-        Duration::from_secs(30),
-    );
-    assert!(r.success(), "sox failed: {}", r.stderr);
+    let tone = make_tone(&srv);
 
     let mut bob = Baresip::start(&srv, &BOB, true, &tone);
     let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
@@ -282,18 +288,7 @@ fn baresip_feature_codes_and_ring_group() {
             .into(),
         ..ServerOpts::default()
     });
-    let tone = srv.dir.join("tone8k.wav");
-    let mut sox = Command::new("sox");
-    sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
-        .arg(&tone)
-        .args(["synth", "30", "sine", "1000"]);
-    let r = run_bounded(
-        &mut sox,
-        None,
-        &srv.dir.join("sox"),
-        Duration::from_secs(30),
-    );
-    assert!(r.success(), "sox failed: {}", r.stderr);
+    let tone = make_tone(&srv);
 
     let mut bob = Baresip::start(&srv, &BOB, true, &tone);
     let mut alice = Baresip::start(&srv, &ALICE, false, &tone);

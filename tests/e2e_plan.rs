@@ -119,78 +119,68 @@ fn unconditional_forward_with_diversion_and_history_info() {
         "Diversion: <sip:bob@example\\.test>;reason=unconditional;counter=1.*\
          History-Info: <sip:bob@example\\.test[^>]*>;index=1, <sip:carol@example\\.test;cause=302>;index=1\\.1;mp=1",
     );
-    let uac = alice_calls(&srv, "bob");
+    // The caller must get 181 Call Is Being Forwarded before the ringing.
+    let uac = uac_as_alice(&srv, "uac_call.xml", "bob")
+        .replace(
+            "<!-- 181 when the call is forwarded (once or twice) before anything rings -->\n  <recv response=\"181\" optional=\"true\"/>",
+            "<recv response=\"181\"/>",
+        )
+        .run();
     assert_both_ok(&uac, &callee.wait());
 }
 
+/// bob forwards to carol (`forward set bob ARGS`); bob's phone, when `bob_phone` names its
+/// scenario, is registered and runs it; carol answers a call whose Diversion gives `reason`.
+fn forwarded_to_carol(args: &[&str], bob_phone: Option<&str>, reason: &str) {
+    let srv = Server::start(ServerOpts::default());
+    let bob = bob_phone.map(|scenario| (register_udp(&srv, &BOB), scenario));
+    let carol = register_udp(&srv, &CAROL);
+    let mut cmd = vec!["forward", "set", "bob"];
+    cmd.extend_from_slice(args);
+    cli_ok(&srv, &cmd);
+    let bob = bob.map(|(port, scenario)| start_uas(&srv, &BOB, port, scenario));
+    let callee = answering(
+        &srv,
+        &CAROL,
+        carol,
+        &format!("Diversion: <sip:bob@example\\.test>;reason={reason}"),
+    );
+    let uac = alice_calls(&srv, "bob");
+    if let Some(bob) = bob {
+        assert_both_ok(&uac, &bob.wait());
+    }
+    assert_both_ok(&uac, &callee.wait());
+}
+
+/// bob's phone answers 486: the call goes to carol (by her extension).
 #[test]
 fn busy_forward() {
     if !peers_available(&["sipp"]) {
         return;
     }
-    let srv = Server::start(ServerOpts::default());
-    let bob = register_udp(&srv, &BOB);
-    let carol = register_udp(&srv, &CAROL);
-    cli_ok(&srv, &["forward", "set", "bob", "--busy", "103"]);
-    let busy = start_uas(&srv, &BOB, bob, "uas_busy.xml");
-    let callee = answering(
-        &srv,
-        &CAROL,
-        carol,
-        "Diversion: <sip:bob@example\\.test>;reason=user-busy",
-    );
-    let uac = alice_calls(&srv, "bob");
-    assert_both_ok(&uac, &busy.wait());
-    assert_both_ok(&uac, &callee.wait());
+    forwarded_to_carol(&["--busy", "103"], Some("uas_busy.xml"), "user-busy");
 }
 
+/// bob's phone rings for his 2 s, is cancelled, and the call goes to carol.
 #[test]
 fn no_answer_forward_after_the_users_ring_time() {
     if !peers_available(&["sipp"]) {
         return;
     }
-    let srv = Server::start(ServerOpts::default());
-    let bob = register_udp(&srv, &BOB);
-    let carol = register_udp(&srv, &CAROL);
-    cli_ok(
-        &srv,
-        &[
-            "forward",
-            "set",
-            "bob",
-            "--no-answer",
-            "carol",
-            "--after",
-            "2",
-        ],
+    forwarded_to_carol(
+        &["--no-answer", "carol", "--after", "2"],
+        Some("uas_ring_cancel.xml"),
+        "no-answer",
     );
-    let ringing = start_uas(&srv, &BOB, bob, "uas_ring_cancel.xml");
-    let callee = answering(
-        &srv,
-        &CAROL,
-        carol,
-        "Diversion: <sip:bob@example\\.test>;reason=no-answer",
-    );
-    let uac = alice_calls(&srv, "bob");
-    assert_both_ok(&uac, &ringing.wait());
-    assert_both_ok(&uac, &callee.wait());
 }
 
+/// bob has no phone registered: the call goes straight to carol.
 #[test]
 fn unavailable_forward_when_no_phone_is_registered() {
     if !peers_available(&["sipp"]) {
         return;
     }
-    let srv = Server::start(ServerOpts::default());
-    let carol = register_udp(&srv, &CAROL);
-    cli_ok(&srv, &["forward", "set", "bob", "--unavailable", "carol"]);
-    let callee = answering(
-        &srv,
-        &CAROL,
-        carol,
-        "Diversion: <sip:bob@example\\.test>;reason=unavailable",
-    );
-    assert_both_ok(&alice_calls(&srv, "bob"), &callee.wait());
+    forwarded_to_carol(&["--unavailable", "carol"], None, "unavailable");
 }
 
 #[test]
@@ -383,6 +373,30 @@ fn reload_during_a_call_keeps_the_call_and_the_registrations() {
         log.contains("reloaded on SIGHUP"),
         "no SIGHUP reload in the log"
     );
+
+    // A group added to the config file works after `reload`, without a restart.
+    let base = std::fs::read_to_string(&srv.config).expect("config");
+    let with_group =
+        format!("{base}\n[[group]]\nname = \"late\"\nextension = \"330\"\nmembers = [\"bob\"]\n");
+    std::fs::write(&srv.config, &with_group).expect("write config");
+    cli_ok(&srv, &["reload"]);
+    let callee = start_uas(&srv, &BOB, bob, "uas_answer.xml");
+    assert_both_ok(&alice_calls(&srv, "330"), &callee.wait());
+    // A broken file is refused with the reason, and the running plan stays.
+    std::fs::write(
+        &srv.config,
+        format!("{with_group}\n[[group]]\nname = \"bob\"\n"),
+    )
+    .expect("write config");
+    let r = srv.cli(&["reload"]);
+    assert!(
+        !r.success() && r.stderr.contains("user `bob`"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let callee = start_uas(&srv, &BOB, bob, "uas_answer.xml");
+    assert_both_ok(&alice_calls(&srv, "late"), &callee.wait());
 }
 
 #[test]

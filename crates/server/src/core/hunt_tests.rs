@@ -469,3 +469,106 @@ fn caller_identity_and_permission_to_call_outside() {
     let out = t.invite("carol", CAROL, "sip:9@example.test", "o3");
     assert!(out.iter().any(|(_, m)| m.status() == Some(403)));
 }
+
+#[test]
+fn forwarding_to_a_group_and_to_a_uri_outside() {
+    let mut t = setup();
+    let mut b = forward("bob");
+    b.always = Some("both".into());
+    let mut c = forward("carol");
+    c.busy = Some("sip:voicemail@198.18.0.30".into());
+    t.plan_with(
+        PlanSettings {
+            forwards: vec![b, c],
+            groups: vec![group(
+                "both",
+                "330",
+                Strategy::Parallel,
+                &["alice", "carol"],
+            )],
+            ..Default::default()
+        },
+        CallSettings::default(),
+    );
+    // bob -> group "both": alice's and carol's phones ring.
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "fg1"));
+    let mut to: Vec<_> = inv.iter().map(|(a, _)| *a).collect();
+    to.sort();
+    assert_eq!(to, vec![addr(ALICE), addr(CAROL)]);
+    // carol busy -> her voicemail outside the domain (she may call outside).
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:carol@example.test", "fg2"));
+    t.recv(CAROL, &answer(&inv[0].1, 486, "Busy Here", "c"));
+    let inv2 = T::invites(&t.sent());
+    assert_eq!(inv2[0].0, addr("198.18.0.30:5060"));
+    assert_eq!(inv2[0].1.uri_str(), "sip:voicemail@198.18.0.30");
+}
+
+#[test]
+fn a_local_only_user_cannot_forward_outside() {
+    let mut t = setup();
+    let mut c = forward("carol");
+    c.always = Some("sip:far@198.18.0.31".into());
+    t.plan_with(
+        PlanSettings {
+            forwards: vec![c],
+            ..Default::default()
+        },
+        CallSettings {
+            local_only: vec!["carol".into()],
+            ..Default::default()
+        },
+    );
+    let out = t.invite("alice", ALICE, "sip:carol@example.test", "lo1");
+    assert!(T::invites(&out).is_empty());
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(480)));
+}
+
+#[test]
+fn nested_groups_ring_every_phone() {
+    let mut t = setup();
+    t.plan(PlanSettings {
+        groups: vec![
+            group("outer", "340", Strategy::Parallel, &["inner", "alice"]),
+            group("inner", "341", Strategy::Sequential, &["bob", "carol"]),
+        ],
+        ..Default::default()
+    });
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:340@example.test", "n1"));
+    let mut to: Vec<_> = inv.iter().map(|(a, _)| *a).collect();
+    to.sort();
+    assert_eq!(to, vec![addr(ALICE), addr(BOB), addr(CAROL)]);
+}
+
+#[test]
+fn every_forwarding_feature_code() {
+    let mut t = setup();
+    for (code, check) in [
+        ("*90103", "Forwarding Calls When Busy To 103"),
+        ("*92103", "Forwarding Unanswered Calls To 103"),
+        (
+            "*94103",
+            "Forwarding Calls When No Phone Is Registered To 103",
+        ),
+    ] {
+        let uri = format!("sip:{code}@example.test");
+        let out = t.invite("bob", BOB, &uri, code);
+        assert!(
+            out.iter().any(|(_, m)| m.reason() == check),
+            "{code}: {:?}",
+            out.iter()
+                .map(|(_, m)| m.reason().to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+    let f = t.core.plan.forward("bob");
+    assert_eq!(f.busy.as_deref(), Some("103"));
+    assert_eq!(f.no_answer.as_deref(), Some("103"));
+    assert_eq!(f.unavailable.as_deref(), Some("103"));
+    for code in ["*91", "*93", "*95"] {
+        let uri = format!("sip:{code}@example.test");
+        t.invite("bob", BOB, &uri, code);
+    }
+    assert!(t.core.plan.forward("bob").is_empty());
+}

@@ -177,18 +177,29 @@ impl Directory {
             features: features.clone(),
             calls: calls.clone(),
         };
-        for u in users {
-            claim(&u.name, format!("user `{}`", u.name), &mut errors);
-            if let Some(e) = &u.extension {
-                check_ext(&format!("user `{}`", u.name), e, &mut errors);
-                claim(
-                    e,
-                    format!("the extension of user `{}`", u.name),
-                    &mut errors,
-                );
-                dir.extensions
-                    .insert(e.clone(), Target::User(u.name.clone()));
+        // A user's or group's name and extension go into the namespace and the index.
+        let mut enter = |what: &str,
+                         target: Target,
+                         ext: Option<&String>,
+                         extensions: &mut HashMap<String, Target>,
+                         errors: &mut Vec<String>| {
+            let owner = format!("{what} `{}`", target.name());
+            claim(target.name(), owner.clone(), errors);
+            if let Some(e) = ext {
+                check_ext(&owner, e, errors);
+                claim(e, format!("the extension of {owner}"), errors);
+                extensions.insert(e.clone(), target);
             }
+        };
+        for u in users {
+            let t = Target::User(u.name.clone());
+            enter(
+                "user",
+                t,
+                u.extension.as_ref(),
+                &mut dir.extensions,
+                &mut errors,
+            );
             dir.users.insert(
                 u.name.clone(),
                 UserEntry {
@@ -203,17 +214,14 @@ impl Directory {
             }
         }
         for g in &settings.groups {
-            claim(&g.name, format!("group `{}`", g.name), &mut errors);
-            if let Some(e) = &g.extension {
-                check_ext(&format!("group `{}`", g.name), e, &mut errors);
-                claim(
-                    e,
-                    format!("the extension of group `{}`", g.name),
-                    &mut errors,
-                );
-                dir.extensions
-                    .insert(e.clone(), Target::Group(g.name.clone()));
-            }
+            let t = Target::Group(g.name.clone());
+            enter(
+                "group",
+                t,
+                g.extension.as_ref(),
+                &mut dir.extensions,
+                &mut errors,
+            );
             dir.groups.insert(g.name.clone(), group(g, calls));
         }
         for s in &settings.speed_dials {
