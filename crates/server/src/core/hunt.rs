@@ -237,15 +237,21 @@ impl Core {
     }
 
     /// Every phone a group member reaches, for a group ringing all at once. Users in
-    /// do-not-disturb are left out; nested groups are flattened (loops were refused when
-    /// the plan was built; `depth` guards anyway).
-    fn member_hops(&self, target: &str, now: Instant, depth: usize) -> Vec<Hop> {
+    /// do-not-disturb and the caller are left out; nested groups are flattened (loops were
+    /// refused when the plan was built; `depth` guards anyway).
+    fn member_hops(
+        &self,
+        target: &str,
+        caller: Option<&str>,
+        now: Instant,
+        depth: usize,
+    ) -> Vec<Hop> {
         if depth > 8 {
             return vec![];
         }
         match self.plan.target(target, None) {
             Dialed::Local(Target::User(u)) => {
-                if self.plan.is_dnd(&u) {
+                if self.plan.is_dnd(&u) || caller == Some(u.as_str()) {
                     return vec![];
                 }
                 self.contact_hops(&u, now)
@@ -256,7 +262,7 @@ impl Core {
                 .map(|g| {
                     g.members
                         .iter()
-                        .flat_map(|m| self.member_hops(&m.target, now, depth + 1))
+                        .flat_map(|m| self.member_hops(&m.target, caller, now, depth + 1))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -327,11 +333,17 @@ impl Core {
                     return Expanded::Reply(404, "Not Found".into());
                 };
                 let parallel = !invite || g.strategy == Strategy::Parallel;
+                let caller = self
+                    .contexts
+                    .get(&ctx_id)
+                    .and_then(|c| c.hunt.as_ref())
+                    .and_then(|h| h.caller.clone());
+                let caller = caller.as_deref();
                 if parallel {
                     let hops: Vec<Hop> = g
                         .members
                         .iter()
-                        .flat_map(|m| self.member_hops(&m.target, now, 0))
+                        .flat_map(|m| self.member_hops(&m.target, caller, now, 0))
                         .collect();
                     stages.push_back(Stage {
                         hops,
@@ -350,7 +362,7 @@ impl Core {
                     for i in 0..g.members.len() {
                         let m = &g.members[(start + i) % n];
                         stages.push_back(Stage {
-                            hops: self.member_hops(&m.target, now, 0),
+                            hops: self.member_hops(&m.target, caller, now, 0),
                             ring: Some(m.ring_time),
                         });
                     }
@@ -389,8 +401,10 @@ impl Core {
         h.on_busy = on_busy;
         h.on_no_answer = on_no_answer;
         h.remote = remote;
+        // A new target replaces the previous one's overall time too (a group's fallback
+        // must not be cut short by the group's timer).
+        h.overall = overall;
         if let Some(o) = overall {
-            h.overall = Some(o);
             self.timers.push(o, TimerRef::HuntOverall(ctx_id));
         }
         Expanded::Stages
@@ -458,7 +472,7 @@ impl Core {
     }
 
     /// The current stage ended without an answer and none is left: forward if the target
-    /// says so, else send the best response (or `fallback_status`).
+    /// says so, else send the best response.
     fn hunt_exhausted(&mut self, now: Instant, ctx_id: u64, best: Option<u16>) {
         let Some(h) = self.hunt_mut(ctx_id) else {
             return;
@@ -735,7 +749,9 @@ impl Core {
             let raw = c.uri.raw;
             match self.plan.target(raw, caller.as_deref()) {
                 Dialed::Local(Target::User(u)) => hops.extend(self.contact_hops(&u, now)),
-                Dialed::Local(Target::Group(g)) => hops.extend(self.member_hops(&g, now, 0)),
+                Dialed::Local(Target::Group(g)) => {
+                    hops.extend(self.member_hops(&g, caller.as_deref(), now, 0))
+                }
                 Dialed::Remote(uri)
                     if caller
                         .as_deref()

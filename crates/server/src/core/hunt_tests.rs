@@ -490,11 +490,10 @@ fn forwarding_to_a_group_and_to_a_uri_outside() {
         },
         CallSettings::default(),
     );
-    // bob -> group "both": alice's and carol's phones ring.
+    // bob -> group "both": carol's phone rings (alice, the caller, is left out).
     let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "fg1"));
-    let mut to: Vec<_> = inv.iter().map(|(a, _)| *a).collect();
-    to.sort();
-    assert_eq!(to, vec![addr(ALICE), addr(CAROL)]);
+    let to: Vec<_> = inv.iter().map(|(a, _)| *a).collect();
+    assert_eq!(to, vec![addr(CAROL)]);
     // carol busy -> her voicemail outside the domain (she may call outside).
     let inv = T::invites(&t.invite("alice", ALICE, "sip:carol@example.test", "fg2"));
     t.recv(CAROL, &answer(&inv[0].1, 486, "Busy Here", "c"));
@@ -535,10 +534,11 @@ fn nested_groups_ring_every_phone() {
         ],
         ..Default::default()
     });
-    let inv = T::invites(&t.invite("alice", ALICE, "sip:340@example.test", "n1"));
+    // Every phone of both groups but the caller's own.
+    let inv = T::invites(&t.invite("carol", CAROL, "sip:340@example.test", "n1"));
     let mut to: Vec<_> = inv.iter().map(|(a, _)| *a).collect();
     to.sort();
-    assert_eq!(to, vec![addr(ALICE), addr(BOB), addr(CAROL)]);
+    assert_eq!(to, vec![addr(ALICE), addr(BOB)]);
 }
 
 #[test]
@@ -571,4 +571,69 @@ fn every_forwarding_feature_code() {
         t.invite("bob", BOB, &uri, code);
     }
     assert!(t.core.plan.forward("bob").is_empty());
+}
+
+#[test]
+fn the_caller_does_not_ring_in_their_own_group_and_a_fallback_outlives_the_group_timer() {
+    let mut t = setup();
+    // bob rings 10 s, then the fallback; the group's 15 s are over while carol rings.
+    let mut g = group("team", "350", Strategy::Sequential, &["alice", "bob"]);
+    g.timeout = Some(15);
+    g.fallback = Some("carol".into());
+    let mut c = forward("carol");
+    c.no_answer = Some("bob".into());
+    c.no_answer_after = Some(30);
+    t.plan(PlanSettings {
+        groups: vec![g],
+        forwards: vec![c],
+        ..Default::default()
+    });
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:team@example.test", "ct1"));
+    assert_eq!(inv.len(), 1, "only bob rings, not alice herself");
+    assert_eq!(inv[0].0, addr(BOB));
+    t.recv(BOB, &answer(&inv[0].1, 180, "Ringing", "b"));
+    let _ = t.sent();
+    // bob's ring time is over after 10 s: carol rings, for her own 30 s.
+    t.advance(Duration::from_secs(11));
+    let out = t.sent();
+    assert!(T::invites(&out).iter().any(|(a, _)| *a == addr(CAROL)));
+    t.advance(Duration::from_secs(20));
+    let out = t.sent();
+    assert!(
+        !out.iter()
+            .any(|(f, m)| f.remote == addr(CAROL) && m.method() == Some(Method::Cancel)),
+        "carol's ringing must not be cut by the group's timer"
+    );
+    assert!(out
+        .iter()
+        .all(|(f, m)| f.remote != addr(ALICE) || m.status().is_none_or(|s| s < 200)));
+}
+
+#[test]
+fn redirects_stop_at_the_limit() {
+    let mut t = setup();
+    t.plan_with(
+        PlanSettings::default(),
+        CallSettings {
+            redirect_limit: 1,
+            ..Default::default()
+        },
+    );
+    let moved = |m: &Message, to: &str| {
+        answer(m, 302, "Moved Temporarily", "r").replace(
+            "<sip:bob@127.0.0.1:5064>",
+            &format!("<sip:{to}@example.test>"),
+        )
+    };
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "rl1"));
+    t.recv(BOB, &moved(&inv[0].1, "carol"));
+    let inv2 = T::invites(&t.sent());
+    assert_eq!(inv2[0].0, addr(CAROL));
+    // The second redirect is not followed: the 302 goes to the caller.
+    t.recv(CAROL, &moved(&inv2[0].1, "bob"));
+    let out = t.sent();
+    assert!(T::invites(&out).is_empty());
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(302)));
 }
