@@ -20,7 +20,7 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "domain = \"example.test\"\ndata_dir = \"{}\"\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n{extra}",
+            "domain = \"example.test\"\ndata_dir = \"{}\"\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nstun = []\n{extra}",
             dir.join("data").display()
         ),
     )

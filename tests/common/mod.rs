@@ -67,6 +67,8 @@ pub struct ServerOpts {
     pub ready_timeout: Duration,
     /// TOML appended to the config file (ring groups, forwarding, rules...).
     pub extra_config: String,
+    /// A STUN port on 127.0.0.1 (none by default).
+    pub stun_port: Option<u16>,
 }
 
 impl Default for ServerOpts {
@@ -80,6 +82,7 @@ impl Default for ServerOpts {
             ipv6: false,
             ready_timeout: Duration::from_secs(20),
             extra_config: String::new(),
+            stun_port: None,
         }
     }
 }
@@ -362,10 +365,16 @@ impl Server {
         } else {
             String::new()
         };
+        // No STUN port unless the test asks for one: tests run side by side.
+        let stun = match opts.stun_port {
+            Some(p) => format!("stun = [\"udp:{HOST}:{p}\"]\n"),
+            None => "stun = []\n".to_string(),
+        };
         let mut text = format!(
             "domain = \"{DOMAIN}\"\n\
              data_dir = \"{}\"\n\
              listen = [\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\"{v6}]\n\
+             {stun}\
              log = \"{}\"\n",
             data.display(),
             opts.log

@@ -92,6 +92,7 @@ class Hedgewitch(Server):
             f.write('data_dir = "%s"\n' % data_dir)
             # UDP only, like the Kamailio instance (disable_tcp=yes): the load is UDP.
             f.write('listen = ["udp:%s:%d"]\n' % (HOST, self.port))
+            f.write('stun = []\n')
             f.write('log = "warn"\n\n[registrar]\nmin_expires = 60\n\n[auth]\nalgorithms = ["MD5"]\n')
         return path
 

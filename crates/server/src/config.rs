@@ -85,6 +85,9 @@ pub struct Config {
     /// Where the SQLite store and the control socket live.
     pub data_dir: PathBuf,
     pub listen: Vec<Listen>,
+    /// STUN server sockets (RFC 5389 Binding, UDP only), so phones learn their public address.
+    /// SIP ports answer STUN keep-alives too. Default: UDP port 3478 on every address.
+    pub stun: Vec<Listen>,
     /// Address written in Via and Record-Route when a listener is bound to a wildcard address.
     pub advertise: Option<std::net::IpAddr>,
     /// Log filter (tracing-subscriber syntax): `info`, `debug`, `hedgewitch_server=trace`.
@@ -184,6 +187,10 @@ impl Default for Config {
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect(),
+            stun: ["udp:0.0.0.0:3478", "udp:[::]:3478"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
             advertise: None,
             log: "info".into(),
             registrar: RegistrarConfig::default(),
@@ -227,6 +234,13 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err("key `listen`: at least one address is needed".into());
+        }
+        if let Some(l) = self.stun.iter().find(|l| l.transport != Transport::Udp) {
+            return Err(format!(
+                "key `stun`: `{}:{}`: STUN is served over UDP only",
+                l.transport.as_str(),
+                l.addr
+            ));
         }
         let r = &self.registrar;
         if r.min_expires > r.max_expires || r.default_expires > r.max_expires {

@@ -298,6 +298,21 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     if listeners.is_empty() {
         return Err("no listening socket could be opened".into());
     }
+    // STUN sockets: answered by the core like the keep-alives on SIP ports, but never SIP.
+    let sip_sockets = udp_in.len();
+    for l in &cfg.stun {
+        match transport::bind_udp(l.addr).and_then(|s| transport::UdpListener::new(s, l.addr)) {
+            Ok(s) => {
+                tracing::info!("STUN on udp:{}", l.addr);
+                udp.push((l.addr, s.sender()));
+                udp_in.push(s);
+            }
+            Err(e) => tracing::warn!(
+                "cannot serve STUN on udp:{}: {e}; continuing without it",
+                l.addr
+            ),
+        }
+    }
     control::spawn_server(&cfg.control_path(), events_tx.clone())?;
     spawn_signals(events_tx.clone());
 
@@ -357,8 +372,13 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                 std::task::Poll::Pending
             }) => {
                 let now = Instant::now();
+                let stun_only = first_udp > sip_sockets;
                 for (flow, data) in inbox.drain(..) {
-                    core.handle_message(now, flow, data);
+                    if stun_only {
+                        core.handle_stun(flow, &data);
+                    } else {
+                        core.handle_message(now, flow, data);
+                    }
                 }
             }
             ev = events.recv() => {

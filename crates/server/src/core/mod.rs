@@ -123,6 +123,8 @@ pub struct Counters {
     pub overloaded: u64,
     /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
     pub notifications_delivered: u64,
+    /// STUN Binding requests answered (keep-alives on SIP ports, and the STUN port).
+    pub stun_answered: u64,
 }
 
 /// Snapshot for the control channel.
@@ -423,6 +425,10 @@ impl Core {
     /// Entry point for every received message.
     pub fn handle_message(&mut self, now: Instant, flow: Flow, data: Bytes) {
         let datagram = flow.transport == Transport::Udp;
+        // RFC 5626 §4.4.2: STUN keep-alives share the SIP port; they never start with a letter.
+        if datagram && sip::stun::is_stun(&data) {
+            return self.handle_stun(flow, &data);
+        }
         let msg = match Message::parse(data.clone(), datagram) {
             Ok(m) => m,
             Err(e) => {
@@ -448,6 +454,26 @@ impl Core {
         } else {
             self.counters.responses_in += 1;
             self.on_response(now, flow, msg);
+        }
+    }
+
+    /// A datagram on a STUN port (or a STUN message on a SIP port): a Binding request gets
+    /// the address it came from; anything else is dropped.
+    pub fn handle_stun(&mut self, flow: Flow, data: &[u8]) {
+        match sip::stun::answer(
+            data,
+            flow.remote,
+            concat!("hedgewitch/", env!("CARGO_PKG_VERSION")),
+        ) {
+            Some(resp) => {
+                self.counters.stun_answered += 1;
+                self.out.push(Action::Send {
+                    flow,
+                    data: Bytes::from(resp),
+                    key: None,
+                });
+            }
+            None => tracing::debug!(remote = %flow.remote, "datagram on the STUN path dropped"),
         }
     }
 
