@@ -9,6 +9,7 @@ use super::proxy::ProxyCtx;
 use super::route::Hop;
 use super::timers::TimerRef;
 use super::{Action, Core};
+use crate::config::Transport;
 use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
 use sip::build::Writer;
@@ -222,12 +223,34 @@ impl Core {
             .into_iter()
             .filter_map(|b| {
                 let uri = Uri::parse(&b.contact).ok()?;
-                let mut flow = self.resolve(&uri)?;
-                if b.flow.transport == flow.transport && flow.transport.is_reliable() {
-                    // Reuse the connection the phone registered over while it is open; if it
-                    // is gone, the edge connects to the contact address.
-                    flow.conn = b.flow.conn;
-                }
+                let udp = b.flow.transport == Transport::Udp;
+                let flow = match self.resolve(&uri) {
+                    // Behind NAT the Contact names an address we cannot reach (private, or
+                    // the phone's own port): requests go where its REGISTER came from, the
+                    // NAT's binding, from the socket it reached (symmetric signalling).
+                    Some(f)
+                        if udp && f.transport == Transport::Udp && f.remote != b.flow.remote =>
+                    {
+                        b.flow
+                    }
+                    Some(mut f) => {
+                        if b.flow.transport == f.transport && f.transport.is_reliable() {
+                            // Reuse the connection the phone registered over while it is
+                            // open; if it is gone, the edge connects to the contact address.
+                            f.conn = b.flow.conn;
+                        }
+                        f
+                    }
+                    // A Contact with a host name we cannot resolve: its REGISTER's source.
+                    None if udp
+                        && uri
+                            .transport()
+                            .is_none_or(|t| t.eq_ignore_ascii_case("udp")) =>
+                    {
+                        b.flow
+                    }
+                    None => return None,
+                };
                 Some(Hop {
                     uri: b.contact.clone(),
                     flow,

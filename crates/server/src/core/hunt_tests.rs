@@ -637,3 +637,55 @@ fn redirects_stop_at_the_limit() {
         .iter()
         .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(302)));
 }
+
+#[test]
+fn a_phone_behind_nat_is_reached_where_its_register_came_from() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    // bob's phone sits at 192.168.1.10:5060 behind a NAT that maps it to 198.18.0.50:40000.
+    let nat = "198.18.0.50:40000";
+    let branch = t.branch();
+    let mut r = Req {
+        method: "REGISTER",
+        uri: "sip:example.test",
+        from_user: "bob",
+        to: "<sip:bob@example.test>",
+        src: "192.168.1.10:5060",
+        call_id: "nat-reg",
+        cseq: 1,
+        branch,
+        extra: vec![],
+        body: "",
+    };
+    // Sent by the phone (Via and Contact private), received from the NAT's address.
+    let text = r.text();
+    t.recv(nat, &text);
+    let challenge = t.sent().into_iter().next().unwrap();
+    assert_eq!(
+        challenge.0.remote,
+        addr(nat),
+        "the answer goes back to the NAT's address"
+    );
+    let n = nonce(&challenge.1, HeaderName::WwwAuthenticate);
+    let auth = authorization(
+        Algorithm::Md5,
+        "bob",
+        "example.test",
+        "secret",
+        "REGISTER",
+        "sip:example.test",
+        &n,
+        "c1",
+        1,
+    );
+    r.extra = vec![format!("Authorization: {auth}")];
+    r.cseq = 2;
+    r.branch = t.branch();
+    let text = r.text();
+    t.recv(nat, &text);
+    assert_eq!(t.sent()[0].1.status(), Some(200));
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "nat-call"));
+    assert_eq!(inv[0].0, addr(nat));
+    // The Request-URI stays the Contact the phone registered.
+    assert_eq!(inv[0].1.uri_str(), "sip:bob@192.168.1.10:5060");
+}
