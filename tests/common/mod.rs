@@ -12,6 +12,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod natlab;
+
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -69,6 +71,8 @@ pub struct ServerOpts {
     pub extra_config: String,
     /// A STUN port on 127.0.0.1 (none by default).
     pub stun_port: Option<u16>,
+    /// Run the server in this network namespace, listening on this address (see [`NatLab`]).
+    pub netns: Option<(String, String)>,
 }
 
 impl Default for ServerOpts {
@@ -83,6 +87,7 @@ impl Default for ServerOpts {
             ready_timeout: Duration::from_secs(20),
             extra_config: String::new(),
             stun_port: None,
+            netns: None,
         }
     }
 }
@@ -317,6 +322,17 @@ pub fn udp_port_bound(port: u16) -> bool {
         .any(|local| want.iter().any(|w| w == local))
 }
 
+/// Whether some socket of process `pid`'s network namespace is bound to UDP `port`.
+pub fn udp_port_bound_in(pid: u32, port: u16) -> bool {
+    let table = fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
+    let want = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|local| local.ends_with(&want))
+}
+
 /// Whether some socket listens on TCP `port` on 127.0.0.1 or the wildcard address.
 pub fn tcp_port_listening(port: u16) -> bool {
     const LISTEN: &str = "0A";
@@ -345,6 +361,8 @@ pub fn scenario_dir() -> PathBuf {
 pub struct Server {
     pub dir: PathBuf,
     pub port: u16,
+    /// The address it listens on (127.0.0.1, or its namespace's).
+    pub host: String,
     pub config: PathBuf,
     pub log: PathBuf,
     opts: ServerOpts,
@@ -358,6 +376,10 @@ impl Server {
     pub fn start(opts: ServerOpts) -> Server {
         let dir = test_dir();
         let port = opts.port.unwrap_or_else(free_port);
+        let host = opts
+            .netns
+            .as_ref()
+            .map_or(HOST.to_string(), |(_, a)| a.clone());
         let config = dir.join("hedgewitch.toml");
         let data = dir.join("data");
         let v6 = if opts.ipv6 {
@@ -373,7 +395,7 @@ impl Server {
         let mut text = format!(
             "domain = \"{DOMAIN}\"\n\
              data_dir = \"{}\"\n\
-             listen = [\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\"{v6}]\n\
+             listen = [\"udp:{host}:{port}\", \"tcp:{host}:{port}\"{v6}]\n\
              {stun}\
              log = \"{}\"\n",
             data.display(),
@@ -390,6 +412,7 @@ impl Server {
         text.push_str(&opts.extra_config);
         fs::write(&config, text).expect("write config");
         let mut srv = Server {
+            host,
             log: dir.join("server.log"),
             dir,
             port,
@@ -425,7 +448,7 @@ impl Server {
 
     /// `127.0.0.1:PORT`, the server's SIP address for UDP and TCP.
     pub fn addr(&self) -> String {
-        format!("{HOST}:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn spawn(&mut self) {
@@ -437,7 +460,16 @@ impl Server {
         let mut log2 = log.try_clone().expect("clone log handle");
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let _ = writeln!(log2, "===== hedgewitch serve, run {} =====", n + 1);
-        let child = Command::new(env!("CARGO_BIN_EXE_hedgewitch"))
+        let mut cmd = match &self.opts.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_hedgewitch"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hedgewitch")),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&self.config)
             .arg("serve")
@@ -624,6 +656,8 @@ impl Drop for Server {
 /// its message trace, error log and screens in the test folder under `NAME_*`. The scenario
 /// gets the keys `[domain]` and `[server]`; more with [`Sipp::key`].
 pub struct Sipp {
+    /// Run in this network namespace with this local address (default: none, 127.0.0.1).
+    netns: Option<(String, String)>,
     name: String,
     dir: PathBuf,
     scenario: PathBuf,
@@ -638,6 +672,7 @@ impl Sipp {
         let path = scenario_dir().join(scenario);
         assert!(path.is_file(), "no scenario {}", path.display());
         let mut s = Sipp {
+            netns: None,
             name: sanitize(name),
             dir: srv.dir.clone(),
             scenario: path,
@@ -674,6 +709,12 @@ impl Sipp {
             .arg(password)
             .arg("-auth_uri")
             .arg(auth_uri)
+    }
+
+    /// Runs SIPp inside a network namespace, with `ip` as its local address.
+    pub fn in_netns(mut self, ns: &str, ip: &str) -> Sipp {
+        self.netns = Some((ns.to_string(), ip.to_string()));
+        self
     }
 
     /// TCP, one connection (`-t t1`).
@@ -725,12 +766,19 @@ impl Sipp {
 
     fn command(&self) -> Command {
         let p = |suffix: &str| self.dir.join(format!("{}_{suffix}", self.name));
-        let mut cmd = Command::new("sipp");
+        let (mut cmd, ip) = match &self.netns {
+            Some((ns, ip)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "sipp"]);
+                (c, ip.as_str())
+            }
+            None => (Command::new("sipp"), HOST),
+        };
         cmd.current_dir(&self.dir)
             .arg("-sf")
             .arg(&self.scenario)
             .args(&self.args)
-            .args(["-i", HOST, "-mi", HOST, "-m", "1", "-nostdin"])
+            .args(["-i", ip, "-mi", ip, "-m", "1", "-nostdin"])
             .arg("-timeout")
             .arg(format!("{}s", self.timeout.as_secs()))
             .arg("-timeout_error")
@@ -765,6 +813,7 @@ impl Sipp {
             started: Instant::now(),
             local_port: self.local_port,
             tcp: self.tcp,
+            in_netns: self.netns.is_some(),
         }
     }
 
@@ -783,6 +832,8 @@ impl Sipp {
 
 /// A SIPp process still running; dropping it kills it.
 pub struct SippRunning {
+    /// In another network namespace: its sockets are seen through /proc/PID/net.
+    in_netns: bool,
     child: Option<Child>,
     name: String,
     dir: PathBuf,
@@ -802,12 +853,17 @@ impl SippRunning {
             .local_port
             .expect("wait_listening needs a SIPp run with .port()");
         let tcp = self.tcp;
+        let in_netns = self.in_netns;
         let mut exited = None;
         let ok = poll_until(Duration::from_secs(10), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     exited = Some(st);
                     return true;
+                }
+                if in_netns {
+                    // `ip netns exec` execs SIPp: same process, its namespace's table.
+                    return udp_port_bound_in(c.id(), port);
                 }
             }
             if tcp {

@@ -8,7 +8,7 @@
 use super::proxy::ProxyCtx;
 use super::route::Hop;
 use super::timers::TimerRef;
-use super::{Action, Core};
+use super::{Action, Core, Flow};
 use crate::config::Transport;
 use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
@@ -222,41 +222,52 @@ impl Core {
             .lookup(user, now)
             .into_iter()
             .filter_map(|b| {
-                let uri = Uri::parse(&b.contact).ok()?;
-                let udp = b.flow.transport == Transport::Udp;
-                let flow = match self.resolve(&uri) {
-                    // Behind NAT the Contact names an address we cannot reach (private, or
-                    // the phone's own port): requests go where its REGISTER came from, the
-                    // NAT's binding, from the socket it reached (symmetric signalling).
-                    Some(f)
-                        if udp && f.transport == Transport::Udp && f.remote != b.flow.remote =>
-                    {
-                        b.flow
-                    }
-                    Some(mut f) => {
-                        if b.flow.transport == f.transport && f.transport.is_reliable() {
-                            // Reuse the connection the phone registered over while it is
-                            // open; if it is gone, the edge connects to the contact address.
-                            f.conn = b.flow.conn;
-                        }
-                        f
-                    }
-                    // A Contact with a host name we cannot resolve: its REGISTER's source.
-                    None if udp
-                        && uri
-                            .transport()
-                            .is_none_or(|t| t.eq_ignore_ascii_case("udp")) =>
-                    {
-                        b.flow
-                    }
-                    None => return None,
-                };
                 Some(Hop {
                     uri: b.contact.clone(),
-                    flow,
+                    flow: self.binding_flow(b)?,
                 })
             })
             .collect()
+    }
+
+    /// Where to send a request for a registered contact.
+    pub(crate) fn binding_flow(&self, b: &super::Binding) -> Option<Flow> {
+        let uri = Uri::parse(&b.contact).ok()?;
+        let udp = b.flow.transport == Transport::Udp;
+        match self.resolve(&uri) {
+            // Behind NAT the Contact names an address we cannot reach (private, or the
+            // phone's own port): requests go where its REGISTER came from, the NAT's
+            // binding, from the socket it reached (symmetric signalling).
+            Some(f) if udp && f.transport == Transport::Udp && f.remote != b.flow.remote => {
+                Some(b.flow)
+            }
+            Some(mut f) => {
+                if b.flow.transport == f.transport && f.transport.is_reliable() {
+                    // Reuse the connection the phone registered over while it is open; if it
+                    // is gone, the edge connects to the contact address.
+                    f.conn = b.flow.conn;
+                }
+                Some(f)
+            }
+            // A Contact with a host name we cannot resolve: its REGISTER's source.
+            None if udp
+                && uri
+                    .transport()
+                    .is_none_or(|t| t.eq_ignore_ascii_case("udp")) =>
+            {
+                Some(b.flow)
+            }
+            None => None,
+        }
+    }
+
+    /// The next hop of a request inside a dialog whose Request-URI is `uri`: the flow of the
+    /// registration with that very contact (a phone behind NAT), else the URI's address.
+    pub(crate) fn dialog_hop(&self, uri: &Uri<'_>, now: Instant) -> Option<Flow> {
+        match self.location.by_address(uri.raw, now) {
+            Some(b) => self.binding_flow(b),
+            None => self.resolve(uri),
+        }
     }
 
     /// Every phone a group member reaches, for a group ringing all at once. Users in

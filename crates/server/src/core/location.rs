@@ -21,6 +21,12 @@ pub struct Binding {
 #[derive(Default)]
 pub struct Location {
     map: HashMap<String, Vec<Binding>>,
+    /// A contact's `host:port` -> the user who registered it, for requests inside a dialog
+    /// whose Request-URI is the address of a registered phone (a phone behind NAT is
+    /// reached through its registration's flow). Phones answer dialogs from the socket they
+    /// registered from, with a Contact that may differ from the registered one in all but
+    /// host and port. Entries are dropped with their binding, and checked on use.
+    owners: HashMap<String, String>,
 }
 
 impl Location {
@@ -33,6 +39,29 @@ impl Location {
             .unwrap_or_default();
         v.sort_by(|a, b| b.q.total_cmp(&a.q));
         v
+    }
+
+    /// Notes who registered `contact`.
+    pub fn remember(&mut self, contact: &str, aor: &str) {
+        if let Some(k) = address_key(contact) {
+            self.owners.insert(k, aor.to_string());
+        }
+    }
+
+    pub fn forget(&mut self, contact: &str) {
+        if let Some(k) = address_key(contact) {
+            self.owners.remove(&k);
+        }
+    }
+
+    /// A live binding whose contact has the same host and port as `uri`, if any.
+    pub fn by_address(&self, uri: &str, now: Instant) -> Option<&Binding> {
+        let k = address_key(uri)?;
+        let aor = self.owners.get(&k)?;
+        self.map
+            .get(aor)?
+            .iter()
+            .find(|b| b.expires > now && address_key(&b.contact).as_deref() == Some(k.as_str()))
     }
 
     pub fn bindings_mut(&mut self, aor: &str) -> &mut Vec<Binding> {
@@ -52,6 +81,9 @@ impl Location {
         *list = keep;
         if list.is_empty() {
             self.map.remove(aor);
+        }
+        for b in &gone {
+            self.forget(&b.contact);
         }
         gone
     }
@@ -73,4 +105,10 @@ impl Location {
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<Binding>)> {
         self.map.iter()
     }
+}
+
+/// `host:port` of a SIP URI (port 5060 when absent), lower-case.
+fn address_key(uri: &str) -> Option<String> {
+    let u = sip::uri::Uri::parse(uri).ok()?;
+    Some(format!("{}:{}", u.host, u.port.unwrap_or(5060)).to_ascii_lowercase())
 }

@@ -231,7 +231,7 @@ impl Core {
                 return Some(Decision::Reply(403, "Relaying Denied"));
             }
             // In-dialog request through our Record-Route: the R-URI is the peer's contact.
-            let hop = self.resolve(&uri);
+            let hop = self.dialog_hop(&uri, now);
             return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
         }
         if method == Some(Method::Register) {
@@ -600,7 +600,7 @@ impl Core {
             Some(_) => None,
             None => msg.uri().ok().and_then(|u| {
                 if pop > 0 || !self.is_local_domain(&u) {
-                    (pop > 0).then(|| self.resolve(&u)).flatten()
+                    (pop > 0).then(|| self.dialog_hop(&u, now)).flatten()
                 } else {
                     // ACK to a local user's AOR (2xx from a UA that ignores Record-Route):
                     // route like the INVITE did.

@@ -73,6 +73,7 @@ impl Core {
             let removed: Vec<Binding> = self.location.bindings_mut(&owner).drain(..).collect();
             self.location.remove_empty(&owner);
             for b in removed {
+                self.location.forget(&b.contact);
                 self.out.push(Action::DeleteBinding {
                     aor: owner.clone(),
                     contact: b.contact,
@@ -169,6 +170,13 @@ impl Core {
             }
         }
         self.location.remove_empty(&owner);
+        for c in &changes {
+            match c {
+                Action::PutBinding(b) => self.location.remember(&b.contact, &owner),
+                Action::DeleteBinding { contact, .. } => self.location.forget(contact),
+                _ => {}
+            }
+        }
         self.out.extend(changes);
         if let Some(first) = self.location.get(&owner).iter().map(|b| b.expires).min() {
             self.timers.push(first, TimerRef::Expiry(owner.clone()));
@@ -239,6 +247,7 @@ impl Core {
                 },
                 user_agent: s.user_agent,
             };
+            self.location.remember(&binding.contact, &s.aor);
             self.location.bindings_mut(&s.aor).push(binding);
             self.timers.push(expires, TimerRef::Expiry(s.aor));
         }

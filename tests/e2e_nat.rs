@@ -1,0 +1,67 @@
+//! Phones behind NAT, in network namespaces the test makes (see `common/natlab.rs`): bob's
+//! phone (SIPp) sits in one home behind a NAT with random port mapping, alice's in another.
+//! bob registers over UDP with his private address in Via and Contact; alice calls him; the
+//! INVITE reaches bob through his NAT's mapping, and the ACK and BYE inside the dialog too.
+
+mod common;
+
+use common::natlab::{NatLab, SERVER_IP};
+use common::*;
+
+#[test]
+fn a_phone_behind_nat_registers_and_receives_a_call() {
+    if !peers_available(&["sipp", "ip", "nft"]) {
+        return;
+    }
+    let lab = match NatLab::new(2) {
+        Ok(l) => l,
+        Err(e) => panic!("cannot build the NAT namespaces (root is needed): {e}"),
+    };
+    let srv = Server::start(ServerOpts {
+        netns: Some((lab.public_ns(), SERVER_IP.into())),
+        port: Some(5060),
+        ..Default::default()
+    });
+    let (bob_home, alice_home) = (lab.home(1), lab.home(2));
+    srv.sipp("register_bob_nat", "register.xml")
+        .in_netns(&bob_home.ns, &bob_home.ip)
+        .port(5062)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    // The registration is stored with the private Contact, and the NAT's address as source.
+    let regs = srv.registrations_of("bob");
+    assert_eq!(regs.len(), 1, "{regs:#?}");
+    assert!(
+        regs[0]["contact"]
+            .as_str()
+            .unwrap_or("")
+            .contains("100.64.1.2:5062"),
+        "{regs:#?}"
+    );
+    assert!(
+        regs[0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&bob_home.public_ip),
+        "{regs:#?}"
+    );
+    let callee = srv
+        .sipp("uas_bob_nat", "uas_answer.xml")
+        .in_netns(&bob_home.ns, &bob_home.ip)
+        .port(5062)
+        .replace("127\\.0\\.0\\.1", "[0-9.]+")
+        .spawn_listening();
+    let caller = srv
+        .sipp("uac_alice_nat", "uac_call.xml")
+        .in_netns(&alice_home.ns, &alice_home.ip)
+        .port(5070)
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .replace("127\\.0\\.0\\.1", "[0-9.]+")
+        .run();
+    assert_both_ok(&caller, &callee.wait());
+}
