@@ -233,8 +233,19 @@ impl Core {
     /// Where to send a request for a registered contact.
     pub(crate) fn binding_flow(&self, b: &super::Binding) -> Option<Flow> {
         let uri = Uri::parse(&b.contact).ok()?;
+        self.toward_binding(self.resolve(&uri), b, &uri)
+    }
+
+    /// `resolved` (the address a URI of `b`'s phone names), corrected by what the phone's
+    /// registration taught us.
+    fn toward_binding(
+        &self,
+        resolved: Option<Flow>,
+        b: &super::Binding,
+        uri: &Uri<'_>,
+    ) -> Option<Flow> {
         let udp = b.flow.transport == Transport::Udp;
-        match self.resolve(&uri) {
+        match resolved {
             // Behind NAT the Contact names an address we cannot reach (private, or the
             // phone's own port): requests go where its REGISTER came from, the NAT's
             // binding, from the socket it reached (symmetric signalling).
@@ -264,9 +275,10 @@ impl Core {
     /// The next hop of a request inside a dialog whose Request-URI is `uri`: the flow of the
     /// registration with that very contact (a phone behind NAT), else the URI's address.
     pub(crate) fn dialog_hop(&self, uri: &Uri<'_>, now: Instant) -> Option<Flow> {
-        match self.location.by_address(uri.raw, now) {
-            Some(b) => self.binding_flow(b),
-            None => self.resolve(uri),
+        let resolved = self.resolve(uri);
+        match self.location.by_address(uri, now) {
+            Some(b) => self.toward_binding(resolved, b, uri),
+            None => resolved,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::Flow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -21,12 +22,12 @@ pub struct Binding {
 #[derive(Default)]
 pub struct Location {
     map: HashMap<String, Vec<Binding>>,
-    /// A contact's `host:port` -> the user who registered it, for requests inside a dialog
+    /// A contact's address (IP and port) -> the user who registered it and the contact, for requests inside a dialog
     /// whose Request-URI is the address of a registered phone (a phone behind NAT is
     /// reached through its registration's flow). Phones answer dialogs from the socket they
     /// registered from, with a Contact that may differ from the registered one in all but
     /// host and port. Entries are dropped with their binding, and checked on use.
-    owners: HashMap<String, String>,
+    owners: HashMap<SocketAddr, (String, String)>,
 }
 
 impl Location {
@@ -44,24 +45,34 @@ impl Location {
     /// Notes who registered `contact`.
     pub fn remember(&mut self, contact: &str, aor: &str) {
         if let Some(k) = address_key(contact) {
-            self.owners.insert(k, aor.to_string());
+            // A refresh finds its entry in place: no allocation.
+            if self
+                .owners
+                .get(&k)
+                .is_none_or(|(a, c)| a != aor || c != contact)
+            {
+                self.owners
+                    .insert(k, (aor.to_string(), contact.to_string()));
+            }
         }
     }
 
     pub fn forget(&mut self, contact: &str) {
         if let Some(k) = address_key(contact) {
-            self.owners.remove(&k);
+            // Only if it is this contact's entry (another user's phone may share the address).
+            if self.owners.get(&k).is_some_and(|(_, c)| c == contact) {
+                self.owners.remove(&k);
+            }
         }
     }
 
     /// A live binding whose contact has the same host and port as `uri`, if any.
-    pub fn by_address(&self, uri: &str, now: Instant) -> Option<&Binding> {
-        let k = address_key(uri)?;
-        let aor = self.owners.get(&k)?;
+    pub fn by_address(&self, uri: &sip::uri::Uri<'_>, now: Instant) -> Option<&Binding> {
+        let (aor, contact) = self.owners.get(&uri_address(uri)?)?;
         self.map
             .get(aor)?
             .iter()
-            .find(|b| b.expires > now && address_key(&b.contact).as_deref() == Some(k.as_str()))
+            .find(|b| b.expires > now && b.contact == *contact)
     }
 
     pub fn bindings_mut(&mut self, aor: &str) -> &mut Vec<Binding> {
@@ -107,8 +118,15 @@ impl Location {
     }
 }
 
-/// `host:port` of a SIP URI (port 5060 when absent), lower-case.
-fn address_key(uri: &str) -> Option<String> {
-    let u = sip::uri::Uri::parse(uri).ok()?;
-    Some(format!("{}:{}", u.host, u.port.unwrap_or(5060)).to_ascii_lowercase())
+/// The address of a SIP URI whose host is an IP literal (port 5060 when absent). Phones behind
+/// NAT write IP addresses in their Contact; names are not indexed.
+fn address_key(uri: &str) -> Option<SocketAddr> {
+    uri_address(&sip::uri::Uri::parse(uri).ok()?)
+}
+
+fn uri_address(u: &sip::uri::Uri<'_>) -> Option<SocketAddr> {
+    match u.host {
+        sip::uri::Host::Ip(ip) => Some(SocketAddr::new(ip, u.port.unwrap_or(5060))),
+        sip::uri::Host::Name(_) => None,
+    }
 }
