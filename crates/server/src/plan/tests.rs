@@ -356,3 +356,36 @@ fn regex_rules() {
     .unwrap_err();
     assert!(e.contains("bad pattern"), "{e}");
 }
+
+#[test]
+fn feature_codes_are_configurable() {
+    let codes = FeatureCodes {
+        dnd_on: "#88".into(),
+        forward_all: "*21".into(),
+        forward_all_off: String::new(),
+        ..Default::default()
+    };
+    let (d, _) = Directory::build(
+        "example.test",
+        &users(),
+        &Numbering::default(),
+        &codes,
+        &CallSettings::default(),
+        &PlanSettings::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        d.dial("#88", Some("alice")),
+        Dialed::Feature(FeatureRequest::Dnd(true))
+    );
+    assert_eq!(
+        d.dial("*21202", Some("alice")),
+        Dialed::Feature(FeatureRequest::Forward(
+            ForwardKind::Always,
+            Some("202".into())
+        ))
+    );
+    // The old default no longer means anything, and a turned-off code is gone.
+    assert_eq!(d.dial("*78", Some("alice")), Dialed::NotFound);
+    assert_eq!(d.dial("*73", Some("alice")), Dialed::NotFound);
+}
