@@ -120,6 +120,11 @@ pub struct RegistrarConfig {
     pub max_expires: u32,
     /// Contacts kept per user; the oldest goes when a new one would exceed it.
     pub max_contacts: usize,
+    /// Seconds between keep-alive OPTIONS to UDP phones behind NAT that do not re-register
+    /// more often; 0 turns them off.
+    pub nat_ping_interval: u32,
+    /// Unanswered pings in a row after which such a contact is removed.
+    pub nat_ping_failures: u8,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -140,6 +145,8 @@ impl Default for RegistrarConfig {
             min_expires: 60,
             max_expires: 86400,
             max_contacts: 10,
+            nat_ping_interval: 25,
+            nat_ping_failures: 3,
         }
     }
 }

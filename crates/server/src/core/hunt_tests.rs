@@ -638,12 +638,9 @@ fn redirects_stop_at_the_limit() {
         .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(302)));
 }
 
-#[test]
-fn a_phone_behind_nat_is_reached_where_its_register_came_from() {
-    let mut t = T::new();
-    t.register("alice", ALICE, &[]);
-    // bob's phone sits at 192.168.1.10:5060 behind a NAT that maps it to 198.18.0.50:40000.
-    let nat = "198.18.0.50:40000";
+/// bob's phone at 192.168.1.10:5060 behind a NAT that maps it to `nat`: registered, with
+/// its private Via and Contact.
+fn register_behind_nat(t: &mut T, nat: &str) {
     let branch = t.branch();
     let mut r = Req {
         method: "REGISTER",
@@ -684,8 +681,49 @@ fn a_phone_behind_nat_is_reached_where_its_register_came_from() {
     let text = r.text();
     t.recv(nat, &text);
     assert_eq!(t.sent()[0].1.status(), Some(200));
+}
+
+#[test]
+fn a_phone_behind_nat_is_reached_where_its_register_came_from() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    let nat = "198.18.0.50:40000";
+    register_behind_nat(&mut t, nat);
     let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "nat-call"));
     assert_eq!(inv[0].0, addr(nat));
     // The Request-URI stays the Contact the phone registered.
     assert_eq!(inv[0].1.uri_str(), "sip:bob@192.168.1.10:5060");
+}
+
+#[test]
+fn phones_behind_nat_are_pinged_and_dropped_when_they_stop_answering() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    let nat = "198.18.0.50:40000";
+    register_behind_nat(&mut t, nat);
+    // A phone that answers keeps its registration; alice (not behind NAT) is never pinged.
+    for _ in 0..2 {
+        t.advance(Duration::from_secs(26));
+        let pings: Vec<_> = t
+            .sent()
+            .into_iter()
+            .filter(|(_, m)| m.method() == Some(Method::Options))
+            .collect();
+        assert!(!pings.is_empty());
+        assert!(pings.iter().all(|(f, _)| f.remote == addr(nat)));
+        assert_eq!(pings[0].1.uri_str(), "sip:bob@192.168.1.10:5060");
+        t.recv(nat, &answer(&pings[0].1, 200, "OK", "p"));
+    }
+    assert_eq!(t.core.location.lookup("bob", t.now).len(), 1);
+    // It goes silent: after three unanswered pings its contact is removed.
+    t.stash.clear();
+    t.advance(Duration::from_secs(200));
+    let _ = t.sent();
+    assert!(t.core.location.lookup("bob", t.now).is_empty());
+    assert!(t
+        .stash
+        .iter()
+        .any(|a| matches!(a, Action::DeleteBinding { aor, .. } if aor == "bob")));
+    assert_eq!(t.core.location.lookup("alice", t.now).len(), 1);
+    assert!(t.core.counters.nat_pings_sent >= 5);
 }

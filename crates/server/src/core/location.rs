@@ -17,6 +17,10 @@ pub struct Binding {
     /// The flow the REGISTER arrived on: responses and requests for this contact reuse it.
     pub flow: Flow,
     pub user_agent: String,
+    /// When a keep-alive OPTIONS is next due (phones behind NAT over UDP), and how many in a
+    /// row went unanswered.
+    pub next_ping: Option<Instant>,
+    pub missed_pings: u8,
 }
 
 #[derive(Default)]

@@ -5,6 +5,7 @@
 
 mod auth;
 mod hunt;
+mod keepalive;
 mod location;
 mod proxy;
 mod registrar;
@@ -85,6 +86,10 @@ pub struct CoreConfig {
     /// Server transactions kept at most; past it new requests get 503 (memory stays bounded
     /// under a flood; each transaction lives 32 s at most over UDP).
     pub max_transactions: usize,
+    /// Keep-alive OPTIONS to UDP phones behind NAT that do not re-register this often.
+    pub nat_ping_interval: Option<Duration>,
+    /// Unanswered pings in a row after which such a contact is removed.
+    pub nat_ping_failures: u8,
 }
 
 impl CoreConfig {
@@ -105,6 +110,9 @@ impl CoreConfig {
             nonce_lifetime: cfg.auth.nonce_lifetime,
             timers: Timers::default(),
             max_transactions: 1_000_000,
+            nat_ping_interval: (cfg.registrar.nat_ping_interval > 0)
+                .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
+            nat_ping_failures: cfg.registrar.nat_ping_failures.max(1),
         }
     }
 }
@@ -125,6 +133,8 @@ pub struct Counters {
     pub notifications_delivered: u64,
     /// STUN Binding requests answered (keep-alives on SIP ports, and the STUN port).
     pub stun_answered: u64,
+    /// Keep-alive OPTIONS sent to phones behind NAT.
+    pub nat_pings_sent: u64,
 }
 
 /// Snapshot for the control channel.
@@ -290,6 +300,8 @@ pub struct Core {
     pub(crate) plan: Directory,
     /// Where each rotating group starts its next call.
     pub(crate) rotation: HashMap<String, usize>,
+    /// Keep-alive pings in flight: client transaction -> (user, contact).
+    pub(crate) pings: HashMap<String, (String, String)>,
 }
 
 impl Core {
@@ -320,6 +332,7 @@ impl Core {
         let mut core = Core {
             plan,
             rotation: HashMap::new(),
+            pings: HashMap::new(),
             nonces: NonceManager::new(secret, cfg.nonce_lifetime),
             cfg,
             users: Users::new(users),
@@ -487,6 +500,7 @@ impl Core {
                 TimerRef::Expiry(aor) => self.expire_bindings(now, &aor),
                 TimerRef::Hunt(ctx, generation) => self.hunt_timer(now, ctx, Some(generation)),
                 TimerRef::HuntOverall(ctx) => self.hunt_timer(now, ctx, None),
+                TimerRef::NatPing(aor, contact) => self.nat_ping(now, &aor, &contact),
             }
         }
     }
@@ -666,6 +680,12 @@ impl Core {
             }
         }
         let ctx = self.clients.get(&key).and_then(|c| c.ctx);
+        // A request of our own that failed (a keep-alive ping): needs its key afterwards.
+        let key_for_failure = if failed.is_some() && ctx.is_none() {
+            key.clone()
+        } else {
+            String::new()
+        };
         if terminated {
             self.clients.remove(&key);
         } else if let Some(at) = self
@@ -675,8 +695,12 @@ impl Core {
         {
             self.timers.push(at, TimerRef::Client(key));
         }
-        if let (Some((code, reason)), Some((ctx, branch))) = (failed, ctx) {
-            self.branch_failed(now, ctx, branch, code, reason);
+        match (failed, ctx) {
+            (Some((code, reason)), Some((ctx, branch))) => {
+                self.branch_failed(now, ctx, branch, code, reason)
+            }
+            (Some(_), None) => self.ping_failed(&key_for_failure),
+            _ => {}
         }
     }
 

@@ -765,9 +765,13 @@ impl Core {
         };
         let ctx = ct.ctx;
         let server = ct.server.clone();
+        let ping_key = (ours && status >= 200).then(|| key.clone());
         self.client_actions(now, key, actions);
         if ours && disp == Disposition::PassUp && status >= 200 {
-            // A request of our own (a feature-code confirmation).
+            // A request of our own: a keep-alive ping, or a feature-code confirmation.
+            if ping_key.is_some_and(|k| self.ping_answered(&k)) {
+                return;
+            }
             if status < 300 {
                 self.counters.notifications_delivered += 1;
             } else {

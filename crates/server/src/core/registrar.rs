@@ -144,6 +144,8 @@ impl Core {
                     cseq,
                     flow,
                     user_agent: user_agent.clone(),
+                    next_ping: None,
+                    missed_pings: 0,
                 };
                 changes.push(Action::PutBinding(stored(
                     &owner,
@@ -172,7 +174,10 @@ impl Core {
         self.location.remove_empty(&owner);
         for c in &changes {
             match c {
-                Action::PutBinding(b) => self.location.remember(&b.contact, &owner),
+                Action::PutBinding(b) => {
+                    self.location.remember(&b.contact, &owner);
+                    self.schedule_ping(now, &owner, &b.contact);
+                }
                 Action::DeleteBinding { contact, .. } => self.location.forget(contact),
                 _ => {}
             }
@@ -246,9 +251,13 @@ impl Core {
                     conn: None,
                 },
                 user_agent: s.user_agent,
+                next_ping: None,
+                missed_pings: 0,
             };
             self.location.remember(&binding.contact, &s.aor);
+            let contact = binding.contact.clone();
             self.location.bindings_mut(&s.aor).push(binding);
+            self.schedule_ping(now, &s.aor, &contact);
             self.timers.push(expires, TimerRef::Expiry(s.aor));
         }
     }

@@ -61,6 +61,8 @@ fn config() -> CoreConfig {
         nonce_lifetime: 300,
         timers: Timers::default(),
         max_transactions: 1000,
+        nat_ping_interval: Some(Duration::from_secs(25)),
+        nat_ping_failures: 3,
     }
 }
 

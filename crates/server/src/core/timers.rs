@@ -17,6 +17,8 @@ pub(crate) enum TimerRef {
     Hunt(u64, u32),
     /// A ring group's overall time.
     HuntOverall(u64),
+    /// A keep-alive ping of a contact behind NAT (user, contact) may be due.
+    NatPing(String, String),
 }
 
 #[derive(Default)]

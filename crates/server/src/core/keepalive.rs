@@ -1,0 +1,128 @@
+//! Keep-alive pings for phones behind NAT over UDP (RFC 5626 §3.5 leaves UDP flows to the
+//! server): a NAT forgets an idle mapping after tens of seconds, and then calls no longer
+//! reach the phone. A phone that does not re-register within `nat_ping_interval` gets an
+//! OPTIONS through its mapping every interval (the answer refreshes the mapping); after
+//! `nat_ping_failures` unanswered in a row its contact is removed, since it can no longer be
+//! reached.
+
+use super::timers::TimerRef;
+use super::{Action, Core};
+use crate::config::Transport;
+use sip::build::Writer;
+use sip::uri::Uri;
+use std::time::Instant;
+
+impl Core {
+    /// Plans the next ping of a contact, if it is a UDP phone behind NAT.
+    pub(crate) fn schedule_ping(&mut self, now: Instant, aor: &str, contact: &str) {
+        let Some(interval) = self.cfg.nat_ping_interval else {
+            return;
+        };
+        let Some(b) = self
+            .location
+            .bindings_mut(aor)
+            .iter_mut()
+            .find(|b| b.contact == contact)
+        else {
+            return;
+        };
+        let natted = b.flow.transport == Transport::Udp
+            && Uri::parse(&b.contact)
+                .ok()
+                .and_then(|u| self_resolve_addr(&u))
+                .is_none_or(|a| a != b.flow.remote);
+        if !natted {
+            b.next_ping = None;
+            return;
+        }
+        let at = now + interval;
+        b.next_ping = Some(at);
+        self.timers
+            .push(at, TimerRef::NatPing(aor.to_string(), contact.to_string()));
+    }
+
+    /// A ping timer fired: send an OPTIONS if it is still due (a re-registration since has
+    /// moved it).
+    pub(crate) fn nat_ping(&mut self, now: Instant, aor: &str, contact: &str) {
+        let Some(b) = self
+            .location
+            .get(aor)
+            .iter()
+            .find(|b| b.contact == contact && b.expires > now)
+        else {
+            return;
+        };
+        if b.next_ping.is_none_or(|t| t > now) {
+            return;
+        }
+        let flow = b.flow;
+        let branch = format!("z9hG4bK{}", self.token());
+        let tag = self.token();
+        let call_id = format!("{}@{}", self.token(), self.cfg.domain);
+        let mut w = Writer::request("OPTIONS", contact);
+        w.header("Via", &self.via_for(flow, &branch));
+        w.header("Max-Forwards", "70");
+        w.header_fmt(
+            "From",
+            format_args!("<sip:hedgewitch@{}>;tag={tag}", self.cfg.domain),
+        );
+        w.header_fmt("To", format_args!("<{contact}>"));
+        w.header("Call-ID", &call_id);
+        w.header("CSeq", "1 OPTIONS");
+        let data = w.finish(None, b"");
+        let key = super::proxy::client_key(&branch, "OPTIONS");
+        self.pings
+            .insert(key, (aor.to_string(), contact.to_string()));
+        self.counters.nat_pings_sent += 1;
+        self.send_request(now, flow, &branch, "OPTIONS", data);
+        self.schedule_ping(now, aor, contact);
+    }
+
+    /// The answer to a ping (any final response shows the phone is there).
+    pub(crate) fn ping_answered(&mut self, key: &str) -> bool {
+        let Some((aor, contact)) = self.pings.remove(key) else {
+            return false;
+        };
+        if let Some(b) = self
+            .location
+            .bindings_mut(&aor)
+            .iter_mut()
+            .find(|b| b.contact == contact)
+        {
+            b.missed_pings = 0;
+        }
+        self.location.remove_empty(&aor);
+        true
+    }
+
+    /// A ping got no answer: after too many in a row the contact is removed.
+    pub(crate) fn ping_failed(&mut self, key: &str) {
+        let Some((aor, contact)) = self.pings.remove(key) else {
+            return;
+        };
+        let limit = self.cfg.nat_ping_failures;
+        let list = self.location.bindings_mut(&aor);
+        if let Some(i) = list.iter().position(|b| b.contact == contact) {
+            list[i].missed_pings = list[i].missed_pings.saturating_add(1);
+            if list[i].missed_pings >= limit {
+                let b = list.remove(i);
+                tracing::info!(user = %aor, contact = %b.contact, source = %b.flow.remote,
+                    "phone behind NAT stopped answering keep-alive pings; its registration is removed");
+                self.location.forget(&b.contact);
+                self.out.push(Action::DeleteBinding {
+                    aor: aor.clone(),
+                    contact: b.contact,
+                });
+            }
+        }
+        self.location.remove_empty(&aor);
+    }
+}
+
+/// The address an IP-literal URI names (port 5060 by default); None for host names.
+fn self_resolve_addr(u: &Uri<'_>) -> Option<std::net::SocketAddr> {
+    match u.host {
+        sip::uri::Host::Ip(ip) => Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060))),
+        sip::uri::Host::Name(_) => None,
+    }
+}
