@@ -727,3 +727,57 @@ fn phones_behind_nat_are_pinged_and_dropped_when_they_stop_answering() {
     assert_eq!(t.core.location.lookup("alice", t.now).len(), 1);
     assert!(t.core.counters.nat_pings_sent >= 5);
 }
+
+#[test]
+fn a_caller_behind_nat_gets_its_contact_fixed_for_the_dialog() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let nat = "198.18.0.60:41000";
+    // alice calls from 192.168.5.5:5070 behind a NAT that maps her to `nat`.
+    let branch = t.branch();
+    let mut r = Req {
+        method: "INVITE",
+        uri: "sip:bob@example.test",
+        from_user: "alice",
+        to: "<sip:bob@example.test>",
+        src: "192.168.5.5:5070",
+        call_id: "nat-caller",
+        cseq: 1,
+        branch,
+        extra: vec![],
+        body: "v=0\r\n",
+    };
+    let text = r.text();
+    t.recv(nat, &text);
+    let out = t.sent();
+    let challenge = out.iter().find(|(_, m)| m.status() == Some(407)).unwrap();
+    let n = nonce(&challenge.1, HeaderName::ProxyAuthenticate);
+    let auth = authorization(
+        Algorithm::Md5,
+        "alice",
+        "example.test",
+        "secret",
+        "INVITE",
+        "sip:bob@example.test",
+        &n,
+        "c1",
+        1,
+    );
+    r.extra = vec![format!("Proxy-Authorization: {auth}")];
+    r.cseq = 2;
+    r.branch = t.branch();
+    let text = r.text();
+    t.recv(nat, &text);
+    let inv = T::invites(&t.sent());
+    assert_eq!(inv[0].0, addr(BOB));
+    assert_eq!(
+        inv[0].1.value(HeaderName::Contact),
+        Some("<sip:alice@198.18.0.60:41000>")
+    );
+    // A caller that is not behind NAT keeps its Contact as it wrote it.
+    let inv = T::invites(&t.invite("alice", ALICE, "sip:bob@example.test", "plain"));
+    assert_eq!(
+        inv[0].1.value(HeaderName::Contact),
+        Some("<sip:alice@127.0.0.1:5062>")
+    );
+}

@@ -562,6 +562,24 @@ impl Core {
                     }
                 }
                 HeaderName::ContentLength => {}
+                // A caller behind NAT (UDP) names its private address in Contact: the peer's
+                // requests in the dialog would never reach it. Its Contact is given the
+                // address its request came from (as nathelper's fix_nated_contact does).
+                HeaderName::Contact
+                    if record_route
+                        && inbound.transport == Transport::Udp
+                        && !msg.has_second_via() =>
+                {
+                    let value = msg.text(h.value);
+                    match natted_contact(value, inbound.remote) {
+                        Some(fixed) => {
+                            w.header("Contact", &fixed);
+                        }
+                        None => {
+                            w.line(msg.text(h.line));
+                        }
+                    }
+                }
                 // RFC 3325: an asserted identity is ours to give, never taken from a phone.
                 HeaderName::Other
                     if strip_identity && is_named(msg.text(h.line), "P-Asserted-Identity") => {}
@@ -1015,6 +1033,39 @@ struct BranchShape<'a> {
     extra: &'a [(&'static str, String)],
     /// Drop the caller's P-Asserted-Identity (we assert identities ourselves).
     strip_identity: bool,
+}
+
+/// A Contact value with its IP address and port replaced by `source` when they differ (the
+/// sender is behind NAT); None when it needs no change or is not a single SIP URI with an IP.
+fn natted_contact(value: &str, source: std::net::SocketAddr) -> Option<String> {
+    let mut list = name_addr_list(value);
+    let c = list.next()?.ok()?;
+    if list.next().is_some() {
+        return None;
+    }
+    let ip = match c.uri.host {
+        sip::uri::Host::Ip(ip) => ip,
+        sip::uri::Host::Name(_) => return None,
+    };
+    let port = c.uri.port.unwrap_or(5060);
+    if std::net::SocketAddr::new(ip, port) == source {
+        return None;
+    }
+    // The host (and port) as written in the URI, after the user part.
+    let raw = c.uri.raw;
+    let after_user = raw.find('@').map_or(raw.find(':')? + 1, |i| i + 1);
+    let rest = &raw[after_user..];
+    let host_len = rest.find([';', '?', '>']).unwrap_or(rest.len());
+    let new_uri = format!(
+        "{}{}{}",
+        &raw[..after_user],
+        match source {
+            std::net::SocketAddr::V4(a) => a.to_string(),
+            std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        },
+        &rest[host_len..]
+    );
+    Some(value.replacen(raw, &new_uri, 1))
 }
 
 /// True when a header line has this name (case-insensitive).
