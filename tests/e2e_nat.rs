@@ -65,3 +65,42 @@ fn a_phone_behind_nat_registers_and_receives_a_call() {
         .run();
     assert_both_ok(&caller, &callee.wait());
 }
+
+/// alice calls from behind her NAT without being registered; bob (behind another NAT)
+/// answers and hangs up: his BYE reaches alice through her NAT because the proxy gave her
+/// INVITE's Contact her public address.
+#[test]
+fn the_callee_hangs_up_on_a_caller_behind_nat() {
+    if !peers_available(&["sipp", "ip", "nft"]) {
+        return;
+    }
+    let lab = NatLab::new(2).unwrap_or_else(|e| panic!("cannot build the NAT namespaces: {e}"));
+    let srv = Server::start(ServerOpts {
+        netns: Some((lab.public_ns(), SERVER_IP.into())),
+        port: Some(5060),
+        ..Default::default()
+    });
+    let (bob_home, alice_home) = (lab.home(1), lab.home(2));
+    srv.sipp("register_bob_nat", "register.xml")
+        .in_netns(&bob_home.ns, &bob_home.ip)
+        .port(5062)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    let callee = srv
+        .sipp("uas_bob_bye", "uas_answer_bye.xml")
+        .in_netns(&bob_home.ns, &bob_home.ip)
+        .port(5062)
+        .spawn_listening();
+    let caller = srv
+        .sipp("uac_alice_remote_bye", "uac_call_remote_bye.xml")
+        .in_netns(&alice_home.ns, &alice_home.ip)
+        .port(5070)
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .run();
+    assert_both_ok(&caller, &callee.wait());
+}
