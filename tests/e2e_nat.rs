@@ -8,21 +8,18 @@ mod common;
 use common::natlab::{NatLab, SERVER_IP};
 use common::*;
 
-#[test]
-fn a_phone_behind_nat_registers_and_receives_a_call() {
-    if !peers_available(&["sipp", "ip", "nft"]) {
-        return;
-    }
-    let lab = match NatLab::new(2) {
-        Ok(l) => l,
-        Err(e) => panic!("cannot build the NAT namespaces (root is needed): {e}"),
-    };
+/// The lab (two homes behind NATs), the server in its public namespace, and bob's phone in
+/// home 1 registered over UDP from port 5062. The server is declared after the lab by the
+/// caller (`let (lab, srv) = ...`), so it stops before the namespaces go.
+fn lab_with_bob_registered() -> (NatLab, Server) {
+    let lab = NatLab::new(2)
+        .unwrap_or_else(|e| panic!("cannot build the NAT namespaces (root is needed): {e}"));
     let srv = Server::start(ServerOpts {
         netns: Some((lab.public_ns(), SERVER_IP.into())),
         port: Some(5060),
         ..Default::default()
     });
-    let (bob_home, alice_home) = (lab.home(1), lab.home(2));
+    let bob_home = lab.home(1);
     srv.sipp("register_bob_nat", "register.xml")
         .in_netns(&bob_home.ns, &bob_home.ip)
         .port(5062)
@@ -31,6 +28,16 @@ fn a_phone_behind_nat_registers_and_receives_a_call() {
         .auth(&BOB, DOMAIN)
         .run()
         .assert_ok();
+    (lab, srv)
+}
+
+#[test]
+fn a_phone_behind_nat_registers_and_receives_a_call() {
+    if !peers_available(&["sipp", "ip", "nft"]) {
+        return;
+    }
+    let (lab, srv) = lab_with_bob_registered();
+    let (bob_home, alice_home) = (lab.home(1), lab.home(2));
     // The registration is stored with the private Contact, and the NAT's address as source.
     let regs = srv.registrations_of("bob");
     assert_eq!(regs.len(), 1, "{regs:#?}");
@@ -74,21 +81,8 @@ fn the_callee_hangs_up_on_a_caller_behind_nat() {
     if !peers_available(&["sipp", "ip", "nft"]) {
         return;
     }
-    let lab = NatLab::new(2).unwrap_or_else(|e| panic!("cannot build the NAT namespaces: {e}"));
-    let srv = Server::start(ServerOpts {
-        netns: Some((lab.public_ns(), SERVER_IP.into())),
-        port: Some(5060),
-        ..Default::default()
-    });
+    let (lab, srv) = lab_with_bob_registered();
     let (bob_home, alice_home) = (lab.home(1), lab.home(2));
-    srv.sipp("register_bob_nat", "register.xml")
-        .in_netns(&bob_home.ns, &bob_home.ip)
-        .port(5062)
-        .key("user", BOB.name)
-        .key("expires", "3600")
-        .auth(&BOB, DOMAIN)
-        .run()
-        .assert_ok();
     let callee = srv
         .sipp("uas_bob_bye", "uas_answer_bye.xml")
         .in_netns(&bob_home.ns, &bob_home.ip)

@@ -227,26 +227,24 @@ def process_tree(root):
     return sorted(out)
 
 
-def smaps_kb(pid, key="Pss"):
+def _proc_kb(path, key):
+    """The kB figure of `key:` in a /proc file, 0 when the process is gone."""
     try:
-        with open("/proc/%d/smaps_rollup" % pid) as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def smaps_kb(pid, key="Pss"):
+    return _proc_kb("/proc/%d/smaps_rollup" % pid, key)
 
 
 def status_kb(pid, key="VmRSS"):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb("/proc/%d/status" % pid, key)
 
 
 def system_busy_ticks():

@@ -359,20 +359,21 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
         tokio::select! {
             // Datagrams are read and handled here, with no hop through another task: one
             // wake-up per batch instead of two.
-            () = std::future::poll_fn(|cx| {
+            read = std::future::poll_fn(|cx| {
                 let n = udp_in.len();
                 for i in 0..n {
                     let idx = (first_udp + i) % n;
                     if udp_in[idx].poll_recv(cx, &mut inbox).is_ready() {
                         // The next turn starts with the next socket, so none starves another.
                         first_udp = idx + 1;
-                        return std::task::Poll::Ready(());
+                        return std::task::Poll::Ready(idx);
                     }
                 }
                 std::task::Poll::Pending
             }) => {
                 let now = Instant::now();
-                let stun_only = first_udp > sip_sockets;
+                // The STUN sockets come after the SIP ones.
+                let stun_only = read >= sip_sockets;
                 for (flow, data) in inbox.drain(..) {
                     if stun_only {
                         core.handle_stun(flow, &data);

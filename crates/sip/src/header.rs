@@ -39,6 +39,7 @@ pub enum HeaderName {
     AllowEvents,
     SessionExpires,
     Date,
+    PAssertedIdentity,
     Other,
 }
 
@@ -79,6 +80,7 @@ const TABLE: &[(&str, u8, HeaderName)] = &[
     ("Allow-Events", b'u', HeaderName::AllowEvents),
     ("Session-Expires", b'x', HeaderName::SessionExpires),
     ("Date", 0, HeaderName::Date),
+    ("P-Asserted-Identity", 0, HeaderName::PAssertedIdentity),
 ];
 
 impl HeaderName {

@@ -12,7 +12,6 @@ use super::{Action, Core, Flow};
 use crate::config::Transport;
 use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
-use sip::build::Writer;
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
 use sip::message::Message;
@@ -753,23 +752,9 @@ impl Core {
 
     /// Sends a text MESSAGE from the server to each of a user's phones.
     pub(crate) fn notify_user(&mut self, now: Instant, user: &str, text: &str) {
+        let aor = format!("sip:{user}@{}", self.cfg.domain);
         for hop in self.contact_hops(user, now) {
-            let branch = format!("z9hG4bK{}", self.token());
-            let tag = self.token();
-            let call_id = format!("{}@{}", self.token(), self.cfg.domain);
-            let mut w = Writer::request("MESSAGE", &hop.uri);
-            w.header("Via", &self.via_for(hop.flow, &branch));
-            w.header("Max-Forwards", "70");
-            w.header_fmt(
-                "From",
-                format_args!(
-                    "\"hedgewitch\" <sip:hedgewitch@{}>;tag={tag}",
-                    self.cfg.domain
-                ),
-            );
-            w.header_fmt("To", format_args!("<sip:{user}@{}>", self.cfg.domain));
-            w.header("Call-ID", &call_id);
-            w.header("CSeq", "1 MESSAGE");
+            let (branch, w) = self.own_request("MESSAGE", &hop.uri, &aor, hop.flow);
             let data = w.finish(Some("text/plain;charset=utf-8"), text.as_bytes());
             self.send_request(now, hop.flow, &branch, "MESSAGE", data);
         }

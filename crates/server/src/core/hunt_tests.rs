@@ -654,33 +654,11 @@ fn register_behind_nat(t: &mut T, nat: &str) {
         extra: vec![],
         body: "",
     };
-    // Sent by the phone (Via and Contact private), received from the NAT's address.
-    let text = r.text();
-    t.recv(nat, &text);
-    let challenge = t.sent().into_iter().next().unwrap();
-    assert_eq!(
-        challenge.0.remote,
-        addr(nat),
-        "the answer goes back to the NAT's address"
-    );
-    let n = nonce(&challenge.1, HeaderName::WwwAuthenticate);
-    let auth = authorization(
-        Algorithm::Md5,
-        "bob",
-        "example.test",
-        "secret",
-        "REGISTER",
-        "sip:example.test",
-        &n,
-        "c1",
-        1,
-    );
-    r.extra = vec![format!("Authorization: {auth}")];
-    r.cseq = 2;
-    r.branch = t.branch();
-    let text = r.text();
-    t.recv(nat, &text);
-    assert_eq!(t.sent()[0].1.status(), Some(200));
+    // Sent by the phone (Via and Contact private), received from the NAT's address; the
+    // answers go back to the NAT's address.
+    let out = t.with_auth_from(&mut r, Algorithm::Md5, nat);
+    assert_eq!(out[0].0.remote, addr(nat));
+    assert_eq!(out[0].1.status(), Some(200));
 }
 
 #[test]
@@ -747,28 +725,8 @@ fn a_caller_behind_nat_gets_its_contact_fixed_for_the_dialog() {
         extra: vec![],
         body: "v=0\r\n",
     };
-    let text = r.text();
-    t.recv(nat, &text);
-    let out = t.sent();
-    let challenge = out.iter().find(|(_, m)| m.status() == Some(407)).unwrap();
-    let n = nonce(&challenge.1, HeaderName::ProxyAuthenticate);
-    let auth = authorization(
-        Algorithm::Md5,
-        "alice",
-        "example.test",
-        "secret",
-        "INVITE",
-        "sip:bob@example.test",
-        &n,
-        "c1",
-        1,
-    );
-    r.extra = vec![format!("Proxy-Authorization: {auth}")];
-    r.cseq = 2;
-    r.branch = t.branch();
-    let text = r.text();
-    t.recv(nat, &text);
-    let inv = T::invites(&t.sent());
+    let out = t.with_auth_from(&mut r, Algorithm::Md5, nat);
+    let inv = T::invites(&out);
     assert_eq!(inv[0].0, addr(BOB));
     assert_eq!(
         inv[0].1.value(HeaderName::Contact),

@@ -8,16 +8,30 @@
 use super::timers::TimerRef;
 use super::{Action, Core};
 use crate::config::Transport;
-use sip::build::Writer;
-use sip::uri::Uri;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 impl Core {
-    /// Plans the next ping of a contact, if it is a UDP phone behind NAT.
-    pub(crate) fn schedule_ping(&mut self, now: Instant, aor: &str, contact: &str) {
-        let Some(interval) = self.cfg.nat_ping_interval else {
-            return;
-        };
+    /// Plans the next ping of a contact just registered, if it is a UDP phone behind NAT:
+    /// its Contact (`contact_addr`, None for a host name) is not where it registered from.
+    pub(crate) fn schedule_ping(
+        &mut self,
+        now: Instant,
+        aor: &str,
+        contact: &str,
+        contact_addr: Option<SocketAddr>,
+    ) {
+        let natted = self.location.get(aor).iter().any(|b| {
+            b.contact == contact
+                && b.flow.transport == Transport::Udp
+                && contact_addr != Some(b.flow.remote)
+        });
+        self.next_ping(now, aor, contact, natted);
+    }
+
+    /// Sets (or clears) a contact's next ping and its timer.
+    fn next_ping(&mut self, now: Instant, aor: &str, contact: &str, due: bool) {
+        let interval = self.cfg.nat_ping_interval.filter(|_| due);
         let Some(b) = self
             .location
             .bindings_mut(aor)
@@ -26,19 +40,11 @@ impl Core {
         else {
             return;
         };
-        let natted = b.flow.transport == Transport::Udp
-            && Uri::parse(&b.contact)
-                .ok()
-                .and_then(|u| self_resolve_addr(&u))
-                .is_none_or(|a| a != b.flow.remote);
-        if !natted {
-            b.next_ping = None;
-            return;
+        b.next_ping = interval.map(|i| now + i);
+        if let Some(at) = b.next_ping {
+            self.timers
+                .push(at, TimerRef::NatPing(aor.to_string(), contact.to_string()));
         }
-        let at = now + interval;
-        b.next_ping = Some(at);
-        self.timers
-            .push(at, TimerRef::NatPing(aor.to_string(), contact.to_string()));
     }
 
     /// A ping timer fired: send an OPTIONS if it is still due (a re-registration since has
@@ -56,26 +62,14 @@ impl Core {
             return;
         }
         let flow = b.flow;
-        let branch = format!("z9hG4bK{}", self.token());
-        let tag = self.token();
-        let call_id = format!("{}@{}", self.token(), self.cfg.domain);
-        let mut w = Writer::request("OPTIONS", contact);
-        w.header("Via", &self.via_for(flow, &branch));
-        w.header("Max-Forwards", "70");
-        w.header_fmt(
-            "From",
-            format_args!("<sip:hedgewitch@{}>;tag={tag}", self.cfg.domain),
-        );
-        w.header_fmt("To", format_args!("<{contact}>"));
-        w.header("Call-ID", &call_id);
-        w.header("CSeq", "1 OPTIONS");
+        let (branch, w) = self.own_request("OPTIONS", contact, contact, flow);
         let data = w.finish(None, b"");
         let key = super::proxy::client_key(&branch, "OPTIONS");
         self.pings
             .insert(key, (aor.to_string(), contact.to_string()));
         self.counters.nat_pings_sent += 1;
         self.send_request(now, flow, &branch, "OPTIONS", data);
-        self.schedule_ping(now, aor, contact);
+        self.next_ping(now, aor, contact, true);
     }
 
     /// The answer to a ping (any final response shows the phone is there).
@@ -116,13 +110,5 @@ impl Core {
             }
         }
         self.location.remove_empty(&aor);
-    }
-}
-
-/// The address an IP-literal URI names (port 5060 by default); None for host names.
-fn self_resolve_addr(u: &Uri<'_>) -> Option<std::net::SocketAddr> {
-    match u.host {
-        sip::uri::Host::Ip(ip) => Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060))),
-        sip::uri::Host::Name(_) => None,
     }
 }

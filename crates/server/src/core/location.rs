@@ -46,9 +46,10 @@ impl Location {
         v
     }
 
-    /// Notes who registered `contact`.
-    pub fn remember(&mut self, contact: &str, aor: &str) {
-        if let Some(k) = address_key(contact) {
+    /// Notes who registered `contact`; returns the address it names, if it is an IP literal.
+    pub fn remember(&mut self, contact: &str, aor: &str) -> Option<SocketAddr> {
+        let key = address_key(contact);
+        if let Some(k) = key {
             // A refresh finds its entry in place: no allocation.
             if self
                 .owners
@@ -59,6 +60,7 @@ impl Location {
                     .insert(k, (aor.to_string(), contact.to_string()));
             }
         }
+        key
     }
 
     pub fn forget(&mut self, contact: &str) {

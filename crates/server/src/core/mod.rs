@@ -362,6 +362,35 @@ impl Core {
         self.plan = plan;
     }
 
+    /// The head of a request of our own, outside any dialog, to `uri` over `flow`: Via,
+    /// Max-Forwards, From (the server), To, Call-ID and CSeq. Returns its branch and the
+    /// writer, for the caller to finish and hand to `send_request`.
+    pub(crate) fn own_request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        to: &str,
+        flow: Flow,
+    ) -> (String, Writer) {
+        let branch = format!("z9hG4bK{}", self.token());
+        let tag = self.token();
+        let call_id = format!("{}@{}", self.token(), self.cfg.domain);
+        let mut w = Writer::request(method, uri);
+        w.header("Via", &self.via_for(flow, &branch));
+        w.header("Max-Forwards", "70");
+        w.header_fmt(
+            "From",
+            format_args!(
+                "\"hedgewitch\" <sip:hedgewitch@{}>;tag={tag}",
+                self.cfg.domain
+            ),
+        );
+        w.header_fmt("To", format_args!("<{to}>"));
+        w.header("Call-ID", &call_id);
+        w.header_fmt("CSeq", format_args!("1 {method}"));
+        (branch, w)
+    }
+
     /// Sends a request of our own (not forwarded) in a client transaction whose response
     /// goes nowhere.
     pub(crate) fn send_request(

@@ -581,8 +581,7 @@ impl Core {
                     }
                 }
                 // RFC 3325: an asserted identity is ours to give, never taken from a phone.
-                HeaderName::Other
-                    if strip_identity && is_named(msg.text(h.line), "P-Asserted-Identity") => {}
+                HeaderName::PAssertedIdentity if strip_identity => {}
                 // §22.3: credentials for our own realm end here; the callee has no use for
                 // them and should not get a digest to attack offline.
                 HeaderName::ProxyAuthorization if self.is_our_realm(msg.text(h.value)) => {}
@@ -1057,22 +1056,13 @@ fn natted_contact(value: &str, source: std::net::SocketAddr) -> Option<String> {
     let rest = &raw[after_user..];
     let host_len = rest.find([';', '?', '>']).unwrap_or(rest.len());
     let new_uri = format!(
-        "{}{}{}",
+        "{}{}:{}{}",
         &raw[..after_user],
-        match source {
-            std::net::SocketAddr::V4(a) => a.to_string(),
-            std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        },
+        bracket(source.ip()),
+        source.port(),
         &rest[host_len..]
     );
     Some(value.replacen(raw, &new_uri, 1))
-}
-
-/// True when a header line has this name (case-insensitive).
-fn is_named(line: &str, name: &str) -> bool {
-    line.split(':')
-        .next()
-        .is_some_and(|n| n.trim().eq_ignore_ascii_case(name))
 }
 
 pub(crate) fn client_key(branch: &str, method: &str) -> String {

@@ -175,8 +175,8 @@ impl Core {
         for c in &changes {
             match c {
                 Action::PutBinding(b) => {
-                    self.location.remember(&b.contact, &owner);
-                    self.schedule_ping(now, &owner, &b.contact);
+                    let addr = self.location.remember(&b.contact, &owner);
+                    self.schedule_ping(now, &owner, &b.contact, addr);
                 }
                 Action::DeleteBinding { contact, .. } => self.location.forget(contact),
                 _ => {}
@@ -254,10 +254,10 @@ impl Core {
                 next_ping: None,
                 missed_pings: 0,
             };
-            self.location.remember(&binding.contact, &s.aor);
+            let addr = self.location.remember(&binding.contact, &s.aor);
             let contact = binding.contact.clone();
             self.location.bindings_mut(&s.aor).push(binding);
-            self.schedule_ping(now, &s.aor, &contact);
+            self.schedule_ping(now, &s.aor, &contact, addr);
             self.timers.push(expires, TimerRef::Expiry(s.aor));
         }
     }

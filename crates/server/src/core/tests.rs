@@ -192,7 +192,18 @@ impl T {
     /// attempt produced.
     fn with_auth(&mut self, req: &mut Req<'_>, alg: Algorithm) -> Vec<(Flow, Message)> {
         let src = req.src.to_string();
-        self.recv(&src, &req.text());
+        self.with_auth_from(req, alg, &src)
+    }
+
+    /// `with_auth` for a request that arrives from `src` rather than from the address its
+    /// Via names (a phone behind NAT).
+    fn with_auth_from(
+        &mut self,
+        req: &mut Req<'_>,
+        alg: Algorithm,
+        src: &str,
+    ) -> Vec<(Flow, Message)> {
+        self.recv(src, &req.text());
         let out = self.sent();
         let challenge = out
             .iter()
@@ -232,7 +243,7 @@ impl T {
 From: <sip:{}@example.test>;tag=ft{}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
                 req.uri, req.src, req.branch, req.from_user, req.from_user, req.to, req.call_id, req.cseq
             );
-            self.recv(&src, &ack);
+            self.recv(src, &ack);
             assert!(self.sent().is_empty(), "ACK for 407 must be absorbed");
         }
         let auth = authorization(
@@ -249,7 +260,7 @@ From: <sip:{}@example.test>;tag=ft{}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\
         req.extra.push(format!("{aname}: {auth}"));
         req.cseq += 1;
         req.branch = self.branch();
-        self.recv(&src, &req.text());
+        self.recv(src, &req.text());
         self.sent()
     }
 
