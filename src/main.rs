@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List calls in progress, with their media relay ports and packet counters.
+    Calls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +161,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{v}");
             } else {
                 print_registrations(&v);
+            }
+            Ok(())
+        }
+        Command::Calls { json } => {
+            let v = control::request(&cfg.control_path(), "calls")?;
+            if json {
+                println!("{v}");
+            } else {
+                print_calls(&v);
             }
             Ok(())
         }
@@ -430,6 +444,47 @@ fn print_status(v: &serde_json::Value) {
         c("overloaded"),
         g("dropped_datagrams")
     );
+}
+
+fn print_calls(v: &serde_json::Value) {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no calls");
+        return;
+    }
+    for c in list {
+        let s = |k: &str| c.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        let n = |k: &str| c.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        println!(
+            "{} -> {}  {}  {}s  media {}  (Call-ID {})",
+            s("from"),
+            s("to"),
+            s("state"),
+            n("age_secs"),
+            s("media"),
+            s("call_id")
+        );
+        for m in c
+            .get("streams")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let t = |k: &str| m.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+            let u = |k: &str| m.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            println!(
+                "    {:<6} caller {} -> :{} {} pkts | callee {} -> :{} {} pkts | dropped {}",
+                t("kind"),
+                t("caller_source"),
+                u("caller_port"),
+                u("packets_from_caller"),
+                t("callee_source"),
+                u("callee_port"),
+                u("packets_from_callee"),
+                u("dropped")
+            );
+        }
+    }
 }
 
 fn print_registrations(v: &serde_json::Value) {

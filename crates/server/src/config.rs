@@ -94,6 +94,8 @@ pub struct Config {
     pub log: String,
     pub registrar: RegistrarConfig,
     pub auth: AuthConfig,
+    /// The media relay (`[relay]`).
+    pub relay: RelayConfig,
     /// Which extensions are valid.
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
@@ -125,6 +127,49 @@ pub struct RegistrarConfig {
     pub nat_ping_interval: u32,
     /// Unanswered pings in a row after which such a contact is removed.
     pub nat_ping_failures: u8,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// `never`, `auto` (a party behind NAT, or IPv4 to IPv6) or `always`.
+    pub mode: crate::core::RelayMode,
+    /// UDP ports for relayed media, `"LOW-HIGH"`; each stream takes four (RTP and RTCP on
+    /// each side).
+    pub ports: PortRange,
+    /// Seconds without media after which an answered relayed call is ended.
+    pub timeout: u64,
+    /// The same while the call is on hold.
+    pub hold_timeout: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            mode: crate::core::RelayMode::Auto,
+            ports: PortRange(20000, 29999),
+            timeout: 60,
+            hold_timeout: 3600,
+        }
+    }
+}
+
+/// `"20000-29999"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom(format!("bad port range {s:?}: want \"LOW-HIGH\""));
+        let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || hi < lo + 3 {
+            return Err(bad());
+        }
+        Ok(PortRange(lo, hi))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -202,6 +247,7 @@ impl Default for Config {
             log: "info".into(),
             registrar: RegistrarConfig::default(),
             auth: AuthConfig::default(),
+            relay: RelayConfig::default(),
             numbering: Numbering::default(),
             features: FeatureCodes::default(),
             calls: CallSettings::default(),

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod plan;
+pub mod relay;
 pub mod runtime;
 pub mod store;
 pub mod transport;

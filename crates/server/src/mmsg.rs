@@ -15,6 +15,9 @@ const SLOT: usize = 65535;
 /// from call to call (only their pointers are refreshed).
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
+    /// Headers for `forward`, kept apart so a forward never disturbs what `get` reads.
+    out_hdrs: Vec<libc::mmsghdr>,
+    out_iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -28,8 +31,20 @@ unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     pub fn new(n: usize) -> RecvBatch {
+        RecvBatch::with_slot(n, SLOT)
+    }
+
+    /// `n` datagrams of at most `slot` bytes each per call (longer ones are truncated).
+    pub fn with_slot(n: usize, slot: usize) -> RecvBatch {
         RecvBatch {
-            bufs: (0..n).map(|_| vec![0u8; SLOT]).collect(),
+            bufs: (0..n).map(|_| vec![0u8; slot]).collect(),
+            // SAFETY: these are plain old data; all-zero is a valid value of each.
+            out_hdrs: (0..n)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
+            out_iovs: (0..n)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
             // SAFETY: these are plain old data; all-zero is a valid value of each.
             addrs: (0..n)
                 .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
@@ -92,10 +107,62 @@ impl RecvBatch {
 
     /// The `i`-th datagram of the last `recv` and its source (None for a non-IP source).
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
-        let data = &self.bufs[i][..self.lens[i].min(SLOT)];
+        let data = &self.bufs[i][..self.lens[i].min(self.bufs[i].len())];
         // SAFETY: the kernel wrote a socket address of `addr_lens[i]` bytes into addrs[i].
         let addr = unsafe { SockAddr::new(self.addrs[i], self.addr_lens[i]) };
         (data, addr.as_socket())
+    }
+}
+
+impl RecvBatch {
+    /// Sends the datagrams of the last `recv` whose bit is set in `keep` (bit i for datagram
+    /// i, so at most 64) to `dest` from `fd`, in one call and without copying them: the media
+    /// relay's whole per-packet path. Returns how many went out.
+    pub fn forward(
+        &mut self,
+        fd: RawFd,
+        got: usize,
+        keep: u64,
+        dest: &SockAddr,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for i in 0..got.min(64).min(self.bufs.len()) {
+            if keep & (1 << i) == 0 {
+                continue;
+            }
+            self.out_iovs[n] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.lens[i].min(self.bufs[i].len()),
+            };
+            n += 1;
+        }
+        for i in 0..n {
+            let h = &mut self.out_hdrs[i];
+            h.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = dest.len();
+            h.msg_hdr.msg_iov = &mut self.out_iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: the headers point at `out_iovs`, `bufs` and `dest`, all alive and unmoved
+        // during the call; the kernel only reads them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.out_hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
     }
 }
 

@@ -326,6 +326,16 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
         unix_now(),
         plan,
     );
+    if cfg.relay.mode != crate::core::RelayMode::Never {
+        let crate::config::PortRange(lo, hi) = cfg.relay.ports;
+        match crate::relay::Relay::start(lo, hi) {
+            Ok(relay) => {
+                tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
+                core.set_relay(Box::new(relay));
+            }
+            Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
+        }
+    }
     let reloader = Reloader {
         started_with: cfg.clone(),
         path: config_path,
@@ -492,6 +502,7 @@ fn control_answer(
             v
         }
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
+        "calls" => serde_json::to_value(core.calls(now)).unwrap_or_default(),
         // `reload-users` is what `hedgewitch user ...` sends; both re-read everything.
         "reload" | "reload-users" => match reloader.reload(core, &edge.store) {
             Ok(v) => v,

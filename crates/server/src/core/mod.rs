@@ -4,6 +4,7 @@
 //! the runtime around it only moves bytes and runs the store.
 
 mod auth;
+mod calls;
 mod hunt;
 mod keepalive;
 mod location;
@@ -12,6 +13,7 @@ mod registrar;
 mod route;
 mod timers;
 
+pub use calls::{CallView, MediaRelay, RelayMode, RelayStream, Side, StreamCounters, StreamView};
 pub use location::{Binding, Location};
 
 use crate::config::{Config, Transport};
@@ -90,6 +92,12 @@ pub struct CoreConfig {
     pub nat_ping_interval: Option<Duration>,
     /// Unanswered pings in a row after which such a contact is removed.
     pub nat_ping_failures: u8,
+    /// When calls go through the media relay (if the daemon gave the core one).
+    pub relay_mode: RelayMode,
+    /// An answered relayed call with no media this long is ended.
+    pub relay_timeout: Duration,
+    /// The same while the call is on hold (held phones may send nothing at all).
+    pub relay_hold_timeout: Duration,
 }
 
 impl CoreConfig {
@@ -113,6 +121,9 @@ impl CoreConfig {
             nat_ping_interval: (cfg.registrar.nat_ping_interval > 0)
                 .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
             nat_ping_failures: cfg.registrar.nat_ping_failures.max(1),
+            relay_mode: cfg.relay.mode,
+            relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
+            relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
         }
     }
 }
@@ -135,6 +146,10 @@ pub struct Counters {
     pub stun_answered: u64,
     /// Keep-alive OPTIONS sent to phones behind NAT.
     pub nat_pings_sent: u64,
+    /// Relayed calls ended because no media flowed.
+    pub relay_timeouts: u64,
+    /// Calls refused because the relay's port range was used up.
+    pub relay_full: u64,
 }
 
 /// Snapshot for the control channel.
@@ -148,6 +163,7 @@ pub struct Status {
     pub server_transactions: usize,
     pub client_transactions: usize,
     pub proxy_contexts: usize,
+    pub calls: usize,
     pub counters: Counters,
 }
 
@@ -302,6 +318,9 @@ pub struct Core {
     pub(crate) rotation: HashMap<String, usize>,
     /// Keep-alive pings in flight: client transaction -> (user, contact).
     pub(crate) pings: HashMap<String, (String, String)>,
+    /// Calls in progress by Call-ID.
+    pub(crate) calls: HashMap<String, calls::Call>,
+    pub(crate) relay: Option<Box<dyn MediaRelay>>,
 }
 
 impl Core {
@@ -333,6 +352,8 @@ impl Core {
             plan,
             rotation: HashMap::new(),
             pings: HashMap::new(),
+            calls: HashMap::new(),
+            relay: None,
             nonces: NonceManager::new(secret, cfg.nonce_lifetime),
             cfg,
             users: Users::new(users),
@@ -350,6 +371,11 @@ impl Core {
         };
         core.restore_bindings(now, bindings);
         core
+    }
+
+    /// Gives the core a media relay (the daemon's; tests use their own).
+    pub fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
+        self.relay = Some(relay);
     }
 
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
@@ -530,6 +556,7 @@ impl Core {
                 TimerRef::Hunt(ctx, generation) => self.hunt_timer(now, ctx, Some(generation)),
                 TimerRef::HuntOverall(ctx) => self.hunt_timer(now, ctx, None),
                 TimerRef::NatPing(aor, contact) => self.nat_ping(now, &aor, &contact),
+                TimerRef::Media(call_id) => self.media_check(now, &call_id),
             }
         }
     }
@@ -634,8 +661,22 @@ impl Core {
                 st.request = None;
             }
         }
+        // A call that fails (or is cancelled) ends here, whichever path refused it.
+        let failed_call = (code >= 300 && !self.calls.is_empty())
+            .then_some(st.request.as_ref())
+            .flatten()
+            .filter(|r| {
+                r.method() == Some(Method::Invite) && r.to().is_some_and(|t| t.tag().is_none())
+            })
+            .map(|r| r.call_id().to_string());
+        let Some(st) = self.servers.get_mut(key) else {
+            return;
+        };
         let actions = st.machine.send_response(now, code, data);
         self.server_actions(now, key.to_string(), actions);
+        if let Some(call_id) = failed_call {
+            self.call_end(&call_id, "call failed");
+        }
     }
 
     pub(crate) fn server_actions(&mut self, _now: Instant, key: String, actions: Vec<tx::Action>) {
@@ -743,6 +784,7 @@ impl Core {
             server_transactions: self.servers.len(),
             client_transactions: self.clients.len(),
             proxy_contexts: self.contexts.len(),
+            calls: self.calls.len(),
             counters: self.counters.clone(),
         }
     }

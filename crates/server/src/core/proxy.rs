@@ -248,7 +248,7 @@ impl Core {
         let from = msg.from()?;
         let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
         // A request we sent to ourselves (a spiral) was authenticated on its first pass.
-        let spiral = self.cfg.listeners.iter().any(|l| l.addr == flow.remote);
+        let spiral = self.is_spiral(flow);
         let mut caller = None;
         if from_local && !in_dialog && !spiral {
             match self.authenticate(now, msg, true) {
@@ -399,6 +399,23 @@ impl Core {
                 _ => {}
             }
         }
+        let body = match self.media_for_request(now, &msg, in_flow, &hops, dialog_creating) {
+            Ok(body) => body,
+            Err(_) => {
+                // No relay ports: refuse now rather than ring a phone that could not be heard.
+                self.counters.relay_full += 1;
+                let (code, reason) = if dialog_creating {
+                    (503, "Media Relay Full")
+                } else {
+                    (488, "Not Acceptable Here (Media Relay Full)")
+                };
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    ctx.hunt = None;
+                    ctx.best = Some(Candidate::Local(code, reason));
+                }
+                return self.finish_with_best(now, ctx_id);
+            }
+        };
         let shape = BranchShape {
             msg: &msg,
             inbound: in_flow,
@@ -406,6 +423,7 @@ impl Core {
             pop,
             extra,
             strip_identity: hunting,
+            body: body.as_deref(),
         };
         for hop in hops {
             let idx = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
@@ -513,6 +531,7 @@ impl Core {
             pop,
             extra,
             strip_identity,
+            body,
         } = *shape;
         let mut w = Writer::request(msg.method_str(), ruri);
         w.header("Via", &self.via_for(out, branch));
@@ -596,7 +615,52 @@ impl Core {
         for (name, value) in extra {
             w.header(name, value);
         }
-        w.finish(None, msg.body())
+        w.finish(None, body.unwrap_or(msg.body()))
+    }
+
+    /// The media side of a request about to be forwarded: a new call is entered in the call
+    /// table, a BYE ends one, and SDP is rewritten when the call is relayed. Spirals (our own
+    /// request coming back) were handled on their first pass.
+    fn media_for_request(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        inbound: Flow,
+        hops: &[Hop],
+        dialog_creating: bool,
+    ) -> Result<Option<Vec<u8>>, super::calls::RelayFull> {
+        if self.is_spiral(inbound) {
+            return Ok(None);
+        }
+        match msg.method() {
+            Some(Method::Invite) if dialog_creating => self.call_begin(now, msg, inbound, hops),
+            Some(Method::Bye) => {
+                self.call_end(msg.call_id(), "BYE");
+                return Ok(None);
+            }
+            _ => {}
+        }
+        if self.calls.is_empty() {
+            return Ok(None);
+        }
+        self.media_body(msg, false)
+    }
+
+    /// A response's body as it goes upstream: rewritten when its call is relayed.
+    fn media_for_response(&mut self, resp: &Message, toward: Flow) -> Option<Vec<u8>> {
+        if self.calls.is_empty() || self.is_spiral(toward) {
+            return None;
+        }
+        match self.media_body(resp, true) {
+            Ok(body) => body,
+            Err(_) => {
+                tracing::warn!(
+                    call_id = resp.call_id(),
+                    "no relay ports for an answer; SDP passed as is"
+                );
+                None
+            }
+        }
     }
 
     /// ACK: absorbed by the INVITE server transaction for a non-2xx, otherwise (ACK for a
@@ -637,6 +701,12 @@ impl Core {
         h.write(msg.top_via().and_then(|v| v.branch()).unwrap_or(""));
         h.write(msg.call_id());
         let branch = format!("z9hG4bKack{:016x}", h.finish());
+        // An ACK may carry the answer to an offer made in a 2xx (RFC 3261 §13.2.1).
+        let body = if self.calls.is_empty() || self.is_spiral(flow) {
+            None
+        } else {
+            self.media_body(&msg, false).ok().flatten()
+        };
         let shape = BranchShape {
             msg: &msg,
             inbound: flow,
@@ -644,6 +714,7 @@ impl Core {
             pop,
             extra: &[],
             strip_identity: false,
+            body: body.as_deref(),
         };
         let data = self.forward_bytes(&shape, msg.uri_str(), out, &branch);
         self.out.push(Action::Send {
@@ -802,7 +873,9 @@ impl Core {
                     self.branch_response(now, ctx, idx, msg)
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
-                    let data = upstream_bytes(&msg, None);
+                    let toward = self.servers.get(&server).map(|st| st.flow);
+                    let body = toward.and_then(|f| self.media_for_response(&msg, f));
+                    let data = upstream_bytes(&msg, None, body.as_deref());
                     self.send_server_response(now, &server, status, data);
                 }
                 _ => {}
@@ -817,6 +890,7 @@ impl Core {
         };
         let server_key = ctx.server_key.clone();
         let invite = ctx.invite;
+        let (in_flow, dialog_creating) = (ctx.in_flow, ctx.dialog_creating);
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {
@@ -833,7 +907,8 @@ impl Core {
                 self.cancel_branch(now, ctx_id, idx);
             }
             if forward {
-                let data = upstream_bytes(&resp, None);
+                let body = self.media_for_response(&resp, in_flow);
+                let data = upstream_bytes(&resp, None, body.as_deref());
                 self.send_server_response(now, &server_key, status, data);
             }
             return;
@@ -855,7 +930,11 @@ impl Core {
             // §16.7 step 5: every 2xx goes upstream at once, even after another one.
             ctx.answered = true;
             ctx.final_sent = true;
-            let data = upstream_bytes(&resp, None);
+            if invite && dialog_creating {
+                self.call_answered(resp.call_id());
+            }
+            let body = self.media_for_response(&resp, in_flow);
+            let data = upstream_bytes(&resp, None, body.as_deref());
             self.send_server_response(now, &server_key, status, data);
             if invite {
                 self.cancel_all(now, ctx_id);
@@ -959,10 +1038,10 @@ impl Core {
                 let (code, data) = if status == 503 {
                     (
                         500,
-                        upstream_bytes(&resp, Some((500, "Server Internal Error"))),
+                        upstream_bytes(&resp, Some((500, "Server Internal Error")), None),
                     )
                 } else {
-                    (status, upstream_bytes(&resp, None))
+                    (status, upstream_bytes(&resp, None, None))
                 };
                 self.send_server_response(now, &key, code, data);
             }
@@ -1032,6 +1111,8 @@ struct BranchShape<'a> {
     extra: &'a [(&'static str, String)],
     /// Drop the caller's P-Asserted-Identity (we assert identities ourselves).
     strip_identity: bool,
+    /// A body to send instead of the request's own (SDP rewritten for the media relay).
+    body: Option<&'a [u8]>,
 }
 
 /// A Contact value with its IP address and port replaced by `source` when they differ (the
@@ -1095,7 +1176,7 @@ fn ack_for(req: &sip::Bytes, resp: &Message) -> sip::Bytes {
 }
 
 /// A response as it goes upstream: our Via removed, optionally a new status line.
-fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>) -> sip::Bytes {
+fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>, body: Option<&[u8]>) -> sip::Bytes {
     let mut w = match status {
         Some((code, reason)) => Writer::response(code, reason),
         None => Writer::response(resp.status().unwrap_or(500), resp.reason()),
@@ -1119,5 +1200,5 @@ fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>) -> sip::Bytes {
             }
         }
     }
-    w.finish(None, resp.body())
+    w.finish(None, body.unwrap_or(resp.body()))
 }

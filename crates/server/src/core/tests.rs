@@ -63,6 +63,9 @@ fn config() -> CoreConfig {
         max_transactions: 1000,
         nat_ping_interval: Some(Duration::from_secs(25)),
         nat_ping_failures: 3,
+        relay_mode: super::RelayMode::Auto,
+        relay_timeout: Duration::from_secs(60),
+        relay_hold_timeout: Duration::from_secs(3600),
     }
 }
 

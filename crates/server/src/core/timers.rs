@@ -19,6 +19,8 @@ pub(crate) enum TimerRef {
     HuntOverall(u64),
     /// A keep-alive ping of a contact behind NAT (user, contact) may be due.
     NatPing(String, String),
+    /// A call's media counters are due a look (no-media timeout), by Call-ID.
+    Media(String),
 }
 
 #[derive(Default)]

@@ -1,0 +1,440 @@
+//! Calls in progress (INVITE dialogs we record-routed) and their media. When a call needs the
+//! relay (a party behind NAT, two address families, or `relay.mode = "always"`), every SDP
+//! offer and answer that passes is rewritten so each phone sends its media to a relay port
+//! facing it; the relay learns each phone's real address from its packets (latching). Only
+//! `c=`, `m=` ports and `a=rtcp` change: keys and hashes in the SDP stay end to end.
+//!
+//! The relay itself (sockets, a forwarding thread) is behind `MediaRelay`, so this file stays
+//! free of I/O and its timeouts run on the core's clock.
+
+use super::route::Hop;
+use super::timers::TimerRef;
+use super::{Core, Flow};
+use sip::grammar::name_addr_list;
+use sip::header::HeaderName;
+use sip::message::Message;
+use sip::sdp::{self, Sdp};
+use sip::uri::Host;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How often a call's media counters are looked at for the no-media timeout.
+const MEDIA_CHECK: Duration = Duration::from_secs(5);
+/// A call we never see end (its BYE took another path) is forgotten after this long.
+const CALL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// When calls get the media relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    Never,
+    /// When a party is behind NAT or the two cannot reach each other directly.
+    #[default]
+    Auto,
+    Always,
+}
+
+/// The two parties of a call: the caller (who sent the first INVITE) and the callee.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Caller = 0,
+    Callee = 1,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+}
+
+/// One relayed stream: a port pair (RTP, RTCP) facing each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayStream {
+    pub id: u64,
+    /// `ports[Side::Caller]` is where the caller sends; `ports[Side::Callee]` the callee.
+    pub ports: [u16; 2],
+}
+
+/// What a stream has carried; index 0 is what came from the caller, 1 from the callee.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamCounters {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub dropped: u64,
+    /// Each side's media source as learned from its packets.
+    pub latched: [Option<SocketAddr>; 2],
+}
+
+/// The media relay as the core uses it.
+pub trait MediaRelay: Send {
+    /// A new stream whose caller-facing and callee-facing ports serve the address families of
+    /// `local`; None when the port range is used up.
+    fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream>;
+    /// Where `side` said it receives (SDP); used until its own packets say otherwise.
+    fn set_peer(&mut self, id: u64, side: Side, rtp: SocketAddr, rtcp: SocketAddr);
+    fn close(&mut self, id: u64);
+    fn counters(&self, id: u64) -> StreamCounters;
+}
+
+/// One call in progress.
+pub(crate) struct Call {
+    caller_tag: String,
+    from: String,
+    to: String,
+    started: Instant,
+    answered: bool,
+    held: bool,
+    relayed: bool,
+    /// Our address facing each side: what the SDP sent to that side names.
+    local: [IpAddr; 2],
+    /// Per `m=` line of the SDP, its relay stream and media kind (None: port 0 / not yet).
+    streams: Vec<Option<(RelayStream, String)>>,
+    packets_seen: u64,
+    quiet_since: Instant,
+}
+
+/// A call as `hedgewitch calls` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CallView {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub state: &'static str,
+    pub age_secs: u64,
+    /// "relayed" or "direct".
+    pub media: &'static str,
+    pub streams: Vec<StreamView>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamView {
+    pub kind: String,
+    pub caller_port: u16,
+    pub callee_port: u16,
+    pub caller_source: Option<SocketAddr>,
+    pub callee_source: Option<SocketAddr>,
+    pub packets_from_caller: u64,
+    pub packets_from_callee: u64,
+    pub bytes_from_caller: u64,
+    pub bytes_from_callee: u64,
+    pub dropped: u64,
+}
+
+/// The media relay could not give a stream its ports.
+#[derive(Debug)]
+pub(crate) struct RelayFull;
+
+/// An IP address in a URI's host, if it is one.
+fn host_ip(host: &Host<'_>) -> Option<IpAddr> {
+    match host {
+        Host::Ip(ip) => Some(*ip),
+        Host::Name(_) => None,
+    }
+}
+
+/// Whether the sender of `msg`, whose packets come from `source`, is behind NAT: its Via or
+/// Contact names an address other than the source, or its SDP a private one that is not it.
+fn sender_behind_nat(msg: &Message, source: SocketAddr) -> bool {
+    let src = source.ip();
+    if msg
+        .top_via()
+        .and_then(|v| host_ip(&v.host))
+        .is_some_and(|ip| ip != src)
+    {
+        return true;
+    }
+    let contact_elsewhere = msg.values(HeaderName::Contact).any(|v| {
+        name_addr_list(v)
+            .filter_map(Result::ok)
+            .any(|c| host_ip(&c.uri.host).is_some_and(|ip| ip != src))
+    });
+    contact_elsewhere
+        || Sdp::parse(msg.body()).is_some_and(|s| {
+            s.media
+                .iter()
+                .filter_map(|m| m.addr)
+                .any(|a| a != src && sdp::is_private(a) && !a.is_unspecified())
+        })
+}
+
+/// Whether a hop reaches a phone through NAT: its contact address is not where we send.
+fn hop_behind_nat(hop: &Hop) -> bool {
+    sip::uri::Uri::parse(&hop.uri)
+        .ok()
+        .and_then(|u| host_ip(&u.host))
+        .is_some_and(|ip| ip != hop.flow.remote.ip())
+}
+
+fn is_sdp(msg: &Message) -> bool {
+    !msg.body().is_empty()
+        && msg.value(HeaderName::ContentType).is_none_or(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+        })
+}
+
+impl Core {
+    /// Our address as a peer on `flow` sees it (the listener's advertised host).
+    fn local_ip(&self, flow: Flow) -> IpAddr {
+        self.listener_for(flow.transport, &flow.remote)
+            .map_or(flow.local.ip(), |l| l.host)
+    }
+
+    /// True when `flow` comes from one of our own sockets (a spiral): media was handled on
+    /// the first pass.
+    pub(crate) fn is_spiral(&self, flow: Flow) -> bool {
+        self.cfg.listeners.iter().any(|l| l.addr == flow.remote)
+    }
+
+    /// A new call: the first INVITE of a dialog, about to be forwarded to `hops`. Decides
+    /// whether its media goes through the relay.
+    pub(crate) fn call_begin(&mut self, now: Instant, msg: &Message, inbound: Flow, hops: &[Hop]) {
+        let call_id = msg.call_id();
+        let Some(first) = hops.first() else {
+            return;
+        };
+        let relayed = self.relay.is_some()
+            && match self.cfg.relay_mode {
+                RelayMode::Never => false,
+                RelayMode::Always => true,
+                RelayMode::Auto => {
+                    sender_behind_nat(msg, inbound.remote)
+                        || hops.iter().any(hop_behind_nat)
+                        || hops
+                            .iter()
+                            .any(|h| h.flow.remote.is_ipv4() != inbound.remote.is_ipv4())
+                }
+            };
+        let callee_ip = self.local_ip(first.flow);
+        if let Some(call) = self.calls.get_mut(call_id) {
+            // A later stage of a hunt rings a phone behind NAT: from now on the offer goes
+            // through the relay (phones rung earlier keep the direct one).
+            if !call.answered && relayed && !call.relayed {
+                call.relayed = true;
+                call.local[Side::Callee as usize] = callee_ip;
+            }
+            return;
+        }
+        let tag = msg.from().and_then(|f| f.tag()).unwrap_or("").to_string();
+        let from = msg
+            .from()
+            .map(|f| f.uri.raw.to_string())
+            .unwrap_or_default();
+        let to = msg.to().map(|t| t.uri.raw.to_string()).unwrap_or_default();
+        self.calls.insert(
+            call_id.to_string(),
+            Call {
+                caller_tag: tag,
+                from,
+                to,
+                started: now,
+                answered: false,
+                held: false,
+                relayed,
+                local: [self.local_ip(inbound), callee_ip],
+                streams: vec![],
+                packets_seen: 0,
+                quiet_since: now,
+            },
+        );
+        self.timers
+            .push(now + MEDIA_CHECK, TimerRef::Media(call_id.to_string()));
+    }
+
+    /// The body `msg` should carry onward: its SDP rewritten for the relay when its call is
+    /// relayed (None: forward the body as it is). `is_response` tells which side sent it.
+    pub(crate) fn media_body(
+        &mut self,
+        msg: &Message,
+        is_response: bool,
+    ) -> Result<Option<Vec<u8>>, RelayFull> {
+        let Some(call) = self.calls.get_mut(msg.call_id()) else {
+            return Ok(None);
+        };
+        if !call.relayed || !is_sdp(msg) {
+            return Ok(None);
+        }
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(None);
+        };
+        let Some(desc) = Sdp::parse(msg.body()) else {
+            return Ok(None);
+        };
+        let from_caller_tag = msg
+            .from()
+            .and_then(|f| f.tag())
+            .is_some_and(|t| t == call.caller_tag);
+        let sender = match (from_caller_tag, is_response) {
+            (true, false) | (false, true) => Side::Caller,
+            _ => Side::Callee,
+        };
+        let toward = sender.other();
+        let mut ports = Vec::with_capacity(desc.media.len());
+        for (i, m) in desc.media.iter().enumerate() {
+            if call.streams.len() <= i {
+                call.streams.push(None);
+            }
+            if m.port == 0 {
+                ports.push(0);
+                continue;
+            }
+            let stream = match &call.streams[i] {
+                Some((s, _)) => *s,
+                None => {
+                    let s = relay.open(call.local).ok_or(RelayFull)?;
+                    call.streams[i] = Some((s, m.kind.to_string()));
+                    s
+                }
+            };
+            if let Some(addr) = m.addr.filter(|a| !a.is_unspecified()) {
+                let rtp = SocketAddr::new(addr, m.port);
+                let rtcp = if m.rtcp_mux {
+                    rtp
+                } else {
+                    SocketAddr::new(addr, m.rtcp_port.unwrap_or(m.port.saturating_add(1)))
+                };
+                relay.set_peer(stream.id, sender, rtp, rtcp);
+            }
+            ports.push(stream.ports[toward as usize]);
+        }
+        call.held = desc.on_hold();
+        Ok(Some(sdp::rewrite(
+            msg.body(),
+            call.local[toward as usize],
+            &ports,
+        )))
+    }
+
+    /// A 2xx to the call's first INVITE.
+    pub(crate) fn call_answered(&mut self, call_id: &str) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.answered = true;
+        }
+    }
+
+    /// The call is over (BYE, failure, cancel, no media): its relay ports are freed.
+    pub(crate) fn call_end(&mut self, call_id: &str, why: &str) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        let mut packets = [0u64; 2];
+        for (s, _) in call.streams.iter().flatten() {
+            if let Some(relay) = self.relay.as_mut() {
+                let c = relay.counters(s.id);
+                packets[0] += c.packets[0];
+                packets[1] += c.packets[1];
+                relay.close(s.id);
+            }
+        }
+        if call.relayed {
+            tracing::info!(
+                call_id,
+                why,
+                from_caller = packets[0],
+                from_callee = packets[1],
+                "relayed call ended; media ports freed"
+            );
+        }
+    }
+
+    /// The no-media timeout: an answered, relayed call whose streams carried nothing for
+    /// `relay.timeout` (`relay.hold_timeout` while on hold) is ended.
+    pub(crate) fn media_check(&mut self, now: Instant, call_id: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if now.saturating_duration_since(call.started) >= CALL_MAX_AGE {
+            return self.call_end(call_id, "too old");
+        }
+        let total: u64 = match self.relay.as_ref() {
+            Some(relay) => call
+                .streams
+                .iter()
+                .flatten()
+                .map(|(s, _)| {
+                    let c = relay.counters(s.id);
+                    c.packets[0] + c.packets[1]
+                })
+                .sum(),
+            None => 0,
+        };
+        let limit = if call.held {
+            self.cfg.relay_hold_timeout
+        } else {
+            self.cfg.relay_timeout
+        };
+        let (answered, relayed) = (call.answered, call.relayed);
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if total != call.packets_seen || !answered {
+            call.packets_seen = total;
+            call.quiet_since = now;
+        } else if relayed && now.saturating_duration_since(call.quiet_since) >= limit {
+            tracing::warn!(
+                call_id,
+                secs = limit.as_secs(),
+                "no media on a relayed call; the relay is released"
+            );
+            self.counters.relay_timeouts += 1;
+            return self.call_end(call_id, "no media");
+        }
+        self.timers
+            .push(now + MEDIA_CHECK, TimerRef::Media(call_id.to_string()));
+    }
+
+    /// Calls in progress, oldest first, for `hedgewitch calls`.
+    pub fn calls(&self, now: Instant) -> Vec<CallView> {
+        let mut out: Vec<(Instant, CallView)> = self
+            .calls
+            .iter()
+            .map(|(id, c)| {
+                let streams = c
+                    .streams
+                    .iter()
+                    .flatten()
+                    .map(|(s, kind)| {
+                        let n = self
+                            .relay
+                            .as_ref()
+                            .map(|r| r.counters(s.id))
+                            .unwrap_or_default();
+                        StreamView {
+                            kind: kind.clone(),
+                            caller_port: s.ports[0],
+                            callee_port: s.ports[1],
+                            caller_source: n.latched[0],
+                            callee_source: n.latched[1],
+                            packets_from_caller: n.packets[0],
+                            packets_from_callee: n.packets[1],
+                            bytes_from_caller: n.bytes[0],
+                            bytes_from_callee: n.bytes[1],
+                            dropped: n.dropped,
+                        }
+                    })
+                    .collect();
+                let state = match (c.answered, c.held) {
+                    (false, _) => "ringing",
+                    (true, false) => "answered",
+                    (true, true) => "on hold",
+                };
+                let view = CallView {
+                    call_id: id.clone(),
+                    from: c.from.clone(),
+                    to: c.to.clone(),
+                    state,
+                    age_secs: now.saturating_duration_since(c.started).as_secs(),
+                    media: if c.relayed { "relayed" } else { "direct" },
+                    streams,
+                };
+                (c.started, view)
+            })
+            .collect();
+        out.sort_by_key(|(t, _)| *t);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+}
