@@ -12,6 +12,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod baresip;
 pub mod natlab;
 
 use serde_json::Value;

@@ -62,6 +62,9 @@ pub(crate) struct Branch {
     pub timer_c: Option<Instant>,
     /// Cancelled by the hunt (ring time over): its final response does not count.
     pub abandoned: bool,
+    /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
+    /// that names another address than the answer's source is behind NAT.
+    pub to_phone: bool,
 }
 
 /// The response context of one forwarded request.
@@ -427,6 +430,19 @@ impl Core {
         };
         for hop in hops {
             let idx = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
+            // A registered phone's contact, or (inside a dialog) a peer the Request-URI
+            // names directly: the answer comes from the phone itself, not from a proxy.
+            let to_phone = invite
+                && Uri::parse(&hop.uri).ok().is_some_and(|u| {
+                    self.location.by_address(&u, now).is_some()
+                        || match u.host {
+                            sip::uri::Host::Ip(ip) => {
+                                std::net::SocketAddr::new(ip, u.port.unwrap_or(5060))
+                                    == hop.flow.remote
+                            }
+                            sip::uri::Host::Name(_) => false,
+                        }
+                });
             let token = self.token();
             let mut branch = String::with_capacity(8 + hash.len() + token.len());
             branch.push_str("z9hG4bK");
@@ -479,6 +495,7 @@ impl Core {
                     cancel_sent: false,
                     timer_c: invite.then(|| now + TIMER_C),
                     abandoned: false,
+                    to_phone,
                 });
             }
             if invite {
@@ -821,7 +838,7 @@ impl Core {
     }
 
     /// Responses: matched to a client transaction by branch and CSeq method (§17.1.3).
-    pub(crate) fn on_response(&mut self, now: Instant, _flow: Flow, msg: Message) {
+    pub(crate) fn on_response(&mut self, now: Instant, flow: Flow, msg: Message) {
         if msg.validate_response().is_err() {
             self.counters.malformed_in += 1;
             return;
@@ -870,12 +887,12 @@ impl Core {
         if disp == Disposition::PassUp {
             match (ctx, server) {
                 (Some((ctx, idx)), _) if self.contexts.contains_key(&ctx) => {
-                    self.branch_response(now, ctx, idx, msg)
+                    self.branch_response(now, ctx, idx, msg, flow)
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
                     let toward = self.servers.get(&server).map(|st| st.flow);
                     let body = toward.and_then(|f| self.media_for_response(&msg, f));
-                    let data = upstream_bytes(&msg, None, body.as_deref());
+                    let data = upstream_bytes(&msg, None, body.as_deref(), None);
                     self.send_server_response(now, &server, status, data);
                 }
                 _ => {}
@@ -883,11 +900,26 @@ impl Core {
         }
     }
 
-    fn branch_response(&mut self, now: Instant, ctx_id: u64, idx: usize, resp: Message) {
+    fn branch_response(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        idx: usize,
+        resp: Message,
+        from: Flow,
+    ) {
         let status = resp.status().unwrap_or(500);
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
+        // A phone behind NAT answering a call names its private address in Contact; the
+        // caller's requests in the dialog would never reach it. As for callers, its Contact
+        // is given the address the answer came from.
+        let fix_contact = ctx
+            .branches
+            .get(idx)
+            .is_some_and(|b| b.to_phone && status > 100 && status < 300)
+            .then_some(from);
         let server_key = ctx.server_key.clone();
         let invite = ctx.invite;
         let (in_flow, dialog_creating) = (ctx.in_flow, ctx.dialog_creating);
@@ -908,7 +940,7 @@ impl Core {
             }
             if forward {
                 let body = self.media_for_response(&resp, in_flow);
-                let data = upstream_bytes(&resp, None, body.as_deref());
+                let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
                 self.send_server_response(now, &server_key, status, data);
             }
             return;
@@ -934,7 +966,7 @@ impl Core {
                 self.call_answered(resp.call_id());
             }
             let body = self.media_for_response(&resp, in_flow);
-            let data = upstream_bytes(&resp, None, body.as_deref());
+            let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
             self.send_server_response(now, &server_key, status, data);
             if invite {
                 self.cancel_all(now, ctx_id);
@@ -1038,10 +1070,10 @@ impl Core {
                 let (code, data) = if status == 503 {
                     (
                         500,
-                        upstream_bytes(&resp, Some((500, "Server Internal Error")), None),
+                        upstream_bytes(&resp, Some((500, "Server Internal Error")), None, None),
                     )
                 } else {
-                    (status, upstream_bytes(&resp, None, None))
+                    (status, upstream_bytes(&resp, None, None, None))
                 };
                 self.send_server_response(now, &key, code, data);
             }
@@ -1146,6 +1178,20 @@ fn natted_contact(value: &str, source: std::net::SocketAddr) -> Option<String> {
     Some(value.replacen(raw, &new_uri, 1))
 }
 
+/// `natted_contact` for a phone reached over `flow`: over a stream only when the IP differs
+/// (a phone's Contact names its listening port, never its connection's), over UDP when the
+/// address does.
+fn natted_contact_for(value: &str, flow: Flow) -> Option<String> {
+    if flow.transport.is_reliable() {
+        let c = name_addr_list(value).next()?.ok()?;
+        match c.uri.host {
+            sip::uri::Host::Ip(ip) if ip != flow.remote.ip() => {}
+            _ => return None,
+        }
+    }
+    natted_contact(value, flow.remote)
+}
+
 pub(crate) fn client_key(branch: &str, method: &str) -> String {
     let method = if method == "ACK" { "INVITE" } else { method };
     let mut k = String::with_capacity(4 + branch.len() + method.len());
@@ -1175,8 +1221,14 @@ fn ack_for(req: &sip::Bytes, resp: &Message) -> sip::Bytes {
     }
 }
 
-/// A response as it goes upstream: our Via removed, optionally a new status line.
-fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>, body: Option<&[u8]>) -> sip::Bytes {
+/// A response as it goes upstream: our Via removed, optionally a new status line, a new
+/// body (SDP for the relay) and the Contact of a phone behind NAT set to `fix_contact`.
+fn upstream_bytes(
+    resp: &Message,
+    status: Option<(u16, &str)>,
+    body: Option<&[u8]>,
+    fix_contact: Option<Flow>,
+) -> sip::Bytes {
     let mut w = match status {
         Some((code, reason)) => Writer::response(code, reason),
         None => Writer::response(resp.status().unwrap_or(500), resp.reason()),
@@ -1195,6 +1247,17 @@ fn upstream_bytes(resp: &Message, status: Option<(u16, &str)>, body: Option<&[u8
                 }
             }
             HeaderName::ContentLength => {}
+            HeaderName::Contact if fix_contact.is_some() => {
+                let value = resp.text(h.value);
+                match fix_contact.and_then(|f| natted_contact_for(value, f)) {
+                    Some(fixed) => {
+                        w.header("Contact", &fixed);
+                    }
+                    None => {
+                        w.line(resp.text(h.line));
+                    }
+                }
+            }
             _ => {
                 w.line(resp.text(h.line));
             }

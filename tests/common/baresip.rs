@@ -1,0 +1,232 @@
+//! baresip as a test phone: its own config folder (`-f`), a UDP console (`cons.so`) driven
+//! with `/dial` and `/hangup`, an 8 kHz tone WAV (made with sox) as microphone and an
+//! `aubridge` device as a null speaker. No stdio, no sound card, no STUN/ICE. It runs on
+//! loopback, or inside a namespace of the NAT lab.
+
+use super::*;
+use std::net::UdpSocket;
+
+/// One baresip process with its config folder and console.
+pub struct Baresip {
+    pub name: &'static str,
+    pub sip_port: u16,
+    console: u16,
+    /// Namespace and address of a phone in the NAT lab.
+    netns: Option<(String, String)>,
+    out: PathBuf,
+    child: Option<Child>,
+}
+
+impl Baresip {
+    pub fn start(srv: &Server, user: &TestUser, auto_answer: bool, tone: &Path) -> Baresip {
+        Baresip::start_with(srv, user, auto_answer, tone, None, "udp")
+    }
+
+    /// A phone in a namespace of the NAT lab (`netns`: namespace and the phone's address),
+    /// registering over `transport` (udp or tcp).
+    pub fn start_with(
+        srv: &Server,
+        user: &TestUser,
+        auto_answer: bool,
+        tone: &Path,
+        netns: Option<(&str, &str)>,
+        transport: &str,
+    ) -> Baresip {
+        let dir = srv.dir.join(format!("baresip-{}", user.name));
+        fs::create_dir_all(&dir).expect("baresip dir");
+        // SIP port, and the next one that baresip takes for TLS. A namespace has ports of
+        // its own.
+        let (host, sip_port, console, rtp) = match netns {
+            Some((_, ip)) => (ip.to_string(), 5062, 5070, 30000),
+            None => (HOST.to_string(), free_ports(2), free_port(), free_ports(40)),
+        };
+        let config = format!(
+            "poll_method epoll\n\
+             sip_listen {host}:{sip_port}\n\
+             net_interface {host}\n\
+             call_local_timeout 30\n\
+             call_max_calls 2\n\
+             audio_player aubridge,sink-{name}\n\
+             audio_source aufile,{tone}\n\
+             audio_alert aubridge,alert-{name}\n\
+             rtp_ports {rtp}-{rtp_end}\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module aufile.so\n\
+             module aubridge.so\n\
+             module_tmp account.so\n\
+             module_app menu.so\n\
+             module cons.so\n\
+             cons_listen {host}:{console}\n",
+            name = user.name,
+            tone = tone.display(),
+            rtp_end = rtp + 39,
+        );
+        fs::write(dir.join("config"), config).expect("baresip config");
+        let account = format!(
+            "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
+             outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}\n",
+            name = user.name,
+            pw = user.password,
+            server = srv.addr(),
+            auto = if auto_answer { ";answermode=auto" } else { "" },
+        );
+        fs::write(dir.join("accounts"), account).expect("baresip accounts");
+        fs::write(dir.join("contacts"), "").expect("baresip contacts");
+
+        let out = srv.dir.join(format!("baresip-{}.out", user.name));
+        let log = fs::File::create(&out).expect("baresip output");
+        let log2 = log.try_clone().expect("clone");
+        let mut cmd = match netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "baresip"]);
+                c
+            }
+            None => Command::new("baresip"),
+        };
+        let child = cmd
+            .arg("-4")
+            .arg("-f")
+            .arg(&dir)
+            // baresip quits by itself after 90 s whatever happens to this test.
+            .args(["-t", "90"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run baresip: {e}"));
+        Baresip {
+            name: user.name,
+            sip_port,
+            console,
+            netns: netns.map(|(n, i)| (n.to_string(), i.to_string())),
+            out,
+            child: Some(child),
+        }
+    }
+
+    /// Everything baresip printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    /// Sends a console command (`/dial …`, `/hangup`).
+    pub fn command(&self, cmd: &str) {
+        if let Some((ns, ip)) = &self.netns {
+            // The console listens inside the namespace: bash's /dev/udp sends from there.
+            let script = format!("printf '%s\\n' \"$0\" > /dev/udp/{ip}/{}", self.console);
+            let ok = Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c", &script, cmd])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cannot send `{cmd}` to baresip {}", self.name);
+            return;
+        }
+        let s = UdpSocket::bind((HOST, 0)).expect("console socket");
+        s.send_to(format!("{cmd}\n").as_bytes(), (HOST, self.console))
+            .expect("send console command");
+    }
+
+    /// Waits (bounded) until the output satisfies `cond`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
+        let ok = poll_until(timeout, || cond(&self.output()) || self.exited());
+        assert!(
+            ok && cond(&self.output()),
+            "baresip {} never showed {what}; its output:\n{}",
+            self.name,
+            clean(&self.output())
+        );
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- baresip {} (tail) -----\n{}",
+                self.name,
+                clean(&self.output())
+                    .lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+/// baresip's output without colour codes, its once-a-tick status line on lines of its own.
+pub fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final letter
+            while let Some(&n) = chars.peek() {
+                chars.next();
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if c == '\r' {
+            out.push('\n');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// 30 s of a 1 kHz tone, 8 kHz mono, as the phones' microphone (made with sox).
+pub fn make_tone(srv: &Server) -> PathBuf {
+    let tone = srv.dir.join("tone8k.wav");
+    let mut sox = Command::new("sox");
+    sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&tone)
+        .args(["synth", "30", "sine", "1000"]);
+    let r = run_bounded(
+        &mut sox,
+        None,
+        &srv.dir.join("sox"),
+        Duration::from_secs(30),
+    );
+    assert!(r.success(), "sox failed: {}", r.stderr);
+    tone
+}
+
+/// Whether, after the call was established, the status line reported received audio
+/// (`audio=TX/RX (bit/s)` with RX > 0).
+pub fn receives_audio(output: &str) -> bool {
+    let Some(start) = output.find("Call established") else {
+        return false;
+    };
+    output[start..].split("audio=").skip(1).any(|s| {
+        let rates = s.split_whitespace().next().unwrap_or("");
+        let mut parts = rates.split('/');
+        let tx = parts
+            .next()
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
+        let rx = parts
+            .next()
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
+        tx > 0 && rx > 0
+    })
+}

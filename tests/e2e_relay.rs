@@ -1,0 +1,289 @@
+//! The media relay end to end. Two baresip phones, each in a home behind its own NAT (the
+//! namespace lab of `common/natlab.rs`), register, call each other and hear each other: the
+//! server rewrites the SDP to its relay ports, latches onto each NAT's mapping, and forwards
+//! the PCMU stream both ways. Each phone reports received audio, and `hedgewitch calls` shows
+//! the packets counted in each direction. Hold and resume (re-INVITEs from baresip) keep the
+//! media flowing. Two phones on the same network are not relayed in `auto` mode; an answered
+//! call that carries no media is released after the no-media timeout; a used-up port range
+//! refuses the call with 503.
+
+mod common;
+
+use common::baresip::*;
+use common::natlab::{NatLab, SERVER_IP};
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn calls(srv: &Server) -> Vec<Value> {
+    let r = srv.cli(&["calls", "--json"]);
+    assert!(r.success(), "hedgewitch calls failed: {}", r.stderr);
+    serde_json::from_str::<Value>(&r.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Packets of the first stream of the only call: (from caller, from callee).
+fn packets(call: &Value) -> (u64, u64) {
+    let s = &call["streams"][0];
+    (
+        s["packets_from_caller"].as_u64().unwrap_or(0),
+        s["packets_from_callee"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Waits until the only call satisfies `cond`, and returns it.
+fn wait_call(srv: &Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = vec![];
+    let ok = poll_until(Duration::from_secs(20), || {
+        last = calls(srv);
+        last.len() == 1 && cond(&last[0])
+    });
+    assert!(ok, "never saw {what}; calls: {last:#?}");
+    last.remove(0)
+}
+
+/// Both phones behind NATs; `transport` is how they register (udp or tcp).
+fn call_through_nats(transport: &str) {
+    if !peers_available(&["baresip", "sox", "ip", "nft"]) {
+        return;
+    }
+    let lab = NatLab::new(2)
+        .unwrap_or_else(|e| panic!("cannot build the NAT namespaces (root is needed): {e}"));
+    let srv = Server::start(ServerOpts {
+        netns: Some((lab.public_ns(), SERVER_IP.into())),
+        port: Some(5060),
+        algorithms: Some(vec!["MD5"]),
+        ..Default::default()
+    });
+    let tone = make_tone(&srv);
+    let (bob_home, alice_home) = (lab.home(1), lab.home(2));
+    let mut bob = Baresip::start_with(
+        &srv,
+        &BOB,
+        true,
+        &tone,
+        Some((&bob_home.ns, &bob_home.ip)),
+        transport,
+    );
+    let mut alice = Baresip::start_with(
+        &srv,
+        &ALICE,
+        false,
+        &tone,
+        Some((&alice_home.ns, &alice_home.ip)),
+        transport,
+    );
+    let regs = srv.wait_registrations("both phones registered", Duration::from_secs(20), |r| {
+        ["alice", "bob"]
+            .iter()
+            .all(|u| r.iter().any(|x| x["user"] == *u))
+    });
+    for r in &regs {
+        assert_eq!(r["transport"], transport, "{r:#}");
+        assert!(
+            r["contact"].as_str().unwrap_or("").contains("100.64."),
+            "the phone names its private address: {r:#}"
+        );
+    }
+
+    alice.command(&format!("/dial sip:bob@{DOMAIN}"));
+    let t = Duration::from_secs(20);
+    alice.wait_for("the call established", t, |o| {
+        o.contains(&format!("Call established: sip:bob@{DOMAIN}"))
+    });
+    bob.wait_for("the call established", t, |o| {
+        o.contains(&format!("Call established: sip:alice@{DOMAIN}"))
+    });
+    // Each phone receives the other's audio: through the relay, as nothing else can cross
+    // two NATs that map ports at random.
+    alice.wait_for("audio received", t, receives_audio);
+    bob.wait_for("audio received", t, receives_audio);
+
+    let call = wait_call(&srv, "media both ways through the relay", |c| {
+        let (a, b) = packets(c);
+        a > 0 && b > 0
+    });
+    assert_eq!(call["media"], "relayed", "{call:#}");
+    assert_eq!(call["state"], "answered", "{call:#}");
+    let s = &call["streams"][0];
+    assert_eq!(s["kind"], "audio");
+    // Latched onto each NAT's public side, whatever the SDP said.
+    assert!(
+        s["caller_source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{}:", alice_home.public_ip)),
+        "{call:#}"
+    );
+    assert!(
+        s["callee_source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{}:", bob_home.public_ip)),
+        "{call:#}"
+    );
+
+    // Hold and resume: re-INVITEs through the relay; media flows again afterwards.
+    alice.command("/hold");
+    wait_call(&srv, "the call on hold", |c| c["state"] == "on hold");
+    alice.command("/resume");
+    let resumed = wait_call(&srv, "the call resumed", |c| c["state"] == "answered");
+    let (a0, b0) = packets(&resumed);
+    wait_call(&srv, "media after resuming", |c| {
+        let (a, b) = packets(c);
+        a > a0 + 20 && b > b0 + 20
+    });
+
+    alice.command("/hangup");
+    bob.wait_for("the call terminated", t, |o| {
+        o.contains(&format!("Call with sip:alice@{DOMAIN} terminated"))
+            || o.contains(&format!(
+                "sip:alice@{DOMAIN}: session closed: Connection reset"
+            ))
+    });
+    assert!(
+        poll_until(t, || calls(&srv).is_empty()),
+        "the call is still listed after the BYE: {:#?}",
+        calls(&srv)
+    );
+}
+
+#[test]
+fn phones_behind_nat_over_udp_hear_each_other_through_the_relay() {
+    call_through_nats("udp");
+}
+
+#[test]
+fn phones_behind_nat_over_tcp_hear_each_other_through_the_relay() {
+    call_through_nats("tcp");
+}
+
+/// Two phones on the same network (loopback), neither behind NAT: `auto` leaves the media
+/// end to end, and the call is listed as direct.
+#[test]
+fn phones_on_one_network_are_not_relayed() {
+    if !peers_available(&["baresip", "sox"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts {
+        algorithms: Some(vec!["MD5"]),
+        ..ServerOpts::default()
+    });
+    let tone = make_tone(&srv);
+    let mut bob = Baresip::start(&srv, &BOB, true, &tone);
+    let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
+    srv.wait_registrations("both registered", Duration::from_secs(20), |r| {
+        ["alice", "bob"]
+            .iter()
+            .all(|u| r.iter().any(|x| x["user"] == *u))
+    });
+    alice.command(&format!("/dial sip:bob@{DOMAIN}"));
+    let t = Duration::from_secs(20);
+    alice.wait_for("audio received", t, receives_audio);
+    bob.wait_for("audio received", t, receives_audio);
+    let call = wait_call(&srv, "the call answered", |c| c["state"] == "answered");
+    assert_eq!(call["media"], "direct", "{call:#}");
+    assert_eq!(call["streams"], Value::Array(vec![]), "{call:#}");
+    alice.command("/hangup");
+    assert!(poll_until(t, || calls(&srv).is_empty()));
+}
+
+/// `relay.mode = "always"` with a one-second no-media timeout: SIPp's call is answered but
+/// sends no RTP, so the relay is released while the call is still up (its BYE, later, goes
+/// through all the same).
+#[test]
+fn an_abandoned_relay_is_released_after_the_no_media_timeout() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts {
+        extra_config: "[relay]\nmode = \"always\"\ntimeout = 1\n".into(),
+        ..ServerOpts::default()
+    });
+    let bob_port = free_port();
+    srv.sipp("register_bob", "register.xml")
+        .port(bob_port)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    let callee = srv
+        .sipp("uas_bob", "uas_answer.xml")
+        .port(bob_port)
+        .spawn_listening();
+    let caller = srv
+        .sipp("uac_alice", "uac_call.xml")
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            "<pause milliseconds=\"14000\"/>",
+        )
+        .spawn();
+    let call = wait_call(&srv, "the relayed call answered", |c| {
+        c["state"] == "answered"
+    });
+    assert_eq!(call["media"], "relayed", "{call:#}");
+    assert!(
+        poll_until(Duration::from_secs(13), || calls(&srv).is_empty()),
+        "the silent call kept its relay: {:#?}",
+        calls(&srv)
+    );
+    assert_eq!(srv.counter("relay_timeouts"), 1, "{:#}", srv.status());
+    assert_both_ok(&caller.wait(), &callee.wait());
+}
+
+/// A port range with room for one stream: the first call holds it, the second is refused
+/// with 503 before any phone rings; once the first call ends, its ports serve again.
+#[test]
+fn a_used_up_port_range_refuses_calls_with_503() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    // Four ports from an even one: two RTP/RTCP pairs, one stream's worth.
+    let lo = (free_ports(6) + 1) & !1;
+    let srv = Server::start(ServerOpts {
+        extra_config: format!("[relay]\nmode = \"always\"\nports = \"{lo}-{}\"\n", lo + 3),
+        ..ServerOpts::default()
+    });
+    let bob_port = free_port();
+    srv.sipp("register_bob", "register.xml")
+        .port(bob_port)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    let callee = srv
+        .sipp("uas_bob", "uas_answer.xml")
+        .port(bob_port)
+        .spawn_listening();
+    let first = srv
+        .sipp("uac_alice", "uac_call.xml")
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            "<pause milliseconds=\"4000\"/>",
+        )
+        .spawn();
+    wait_call(&srv, "the first call answered", |c| {
+        c["state"] == "answered"
+    });
+    let second = srv
+        .sipp("uac_carol", "uac_rejected.xml")
+        .key("user", CAROL.name)
+        .key("callee", BOB.name)
+        .auth(&CAROL, &format!("bob@{DOMAIN}"))
+        .subst("FINAL", "503")
+        .run();
+    second.assert_ok();
+    assert_eq!(srv.counter("relay_full"), 1, "{:#}", srv.status());
+    assert_both_ok(&first.wait(), &callee.wait());
+    assert!(poll_until(Duration::from_secs(10), || calls(&srv).is_empty()));
+}
