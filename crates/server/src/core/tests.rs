@@ -1532,5 +1532,7 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     assert!(t.core.servers.values().all(|st| st.request.is_none()));
 }
 
+#[path = "calls_tests.rs"]
+mod calls_tests;
 #[path = "hunt_tests.rs"]
 mod hunt_tests;

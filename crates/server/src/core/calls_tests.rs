@@ -1,0 +1,370 @@
+//! The call table and SDP rewriting for the media relay, in virtual time, with a relay that
+//! only records what it is asked.
+
+use super::*;
+use std::sync::{Arc, Mutex};
+
+/// What the fake relay was asked, shared with the test.
+#[derive(Default)]
+struct Asked {
+    opened: Vec<RelayStream>,
+    peers: Vec<(u64, Side, SocketAddr, SocketAddr)>,
+    closed: Vec<u64>,
+    counters: HashMap<u64, StreamCounters>,
+    /// Streams it can still open.
+    room: usize,
+}
+
+struct FakeRelay(Arc<Mutex<Asked>>);
+
+impl MediaRelay for FakeRelay {
+    fn open(&mut self, _local: [IpAddr; 2]) -> Option<RelayStream> {
+        let mut a = self.0.lock().unwrap();
+        if a.room == 0 {
+            return None;
+        }
+        a.room -= 1;
+        let n = a.opened.len() as u16;
+        let s = RelayStream {
+            id: u64::from(n) + 1,
+            ports: [30000 + 4 * n, 30002 + 4 * n],
+        };
+        a.opened.push(s);
+        Some(s)
+    }
+
+    fn set_peer(&mut self, id: u64, side: Side, rtp: SocketAddr, rtcp: SocketAddr) {
+        self.0.lock().unwrap().peers.push((id, side, rtp, rtcp));
+    }
+
+    fn close(&mut self, id: u64) {
+        self.0.lock().unwrap().closed.push(id);
+    }
+
+    fn counters(&self, id: u64) -> StreamCounters {
+        self.0
+            .lock()
+            .unwrap()
+            .counters
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// alice's phone behind NAT: private address in Via, Contact and SDP; its packets arrive
+/// from the NAT's public side.
+const ALICE_PRIVATE: &str = "10.0.0.5:5062";
+const ALICE_NAT: &str = "127.0.0.9:40000";
+
+const OFFER: &str = "v=0\r\no=alice 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+m=video 0 RTP/AVP 99\r\n";
+const ANSWER: &str = "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:bobbobbobbob\r\n\
+m=video 0 RTP/AVP 99\r\n";
+
+fn with_sdp(msg: &str, sdp: &str) -> String {
+    msg.replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    )
+}
+
+impl T {
+    fn with_relay(room: usize, mode: RelayMode) -> (T, Arc<Mutex<Asked>>) {
+        let mut t = T::new();
+        t.core.cfg.relay_mode = mode;
+        t.core.cfg.relay_timeout = Duration::from_secs(20);
+        let asked = Arc::new(Mutex::new(Asked {
+            room,
+            ..Default::default()
+        }));
+        t.core.set_relay(Box::new(FakeRelay(asked.clone())));
+        t.register("bob", BOB, &[]);
+        (t, asked)
+    }
+
+    /// alice (from `via`, arriving from `src`) calls bob with `body`; returns the INVITE bob
+    /// got, if any, and everything else that was sent.
+    fn call_bob(
+        &mut self,
+        via: &str,
+        src: &str,
+        body: &str,
+        call_id: &str,
+    ) -> (Option<Message>, Vec<(Flow, Message)>) {
+        let branch = self.branch();
+        let mut r = Req {
+            method: "INVITE",
+            uri: "sip:bob@example.test",
+            from_user: "alice",
+            to: "<sip:bob@example.test>",
+            src: via,
+            call_id,
+            cseq: 1,
+            branch,
+            extra: vec![],
+            body,
+        };
+        let out = self.with_auth_from(&mut r, Algorithm::Md5, src);
+        let inv = out
+            .iter()
+            .find(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(BOB))
+            .map(|(_, m)| m.clone());
+        (inv, out)
+    }
+
+    fn to_alice(&mut self) -> Vec<Message> {
+        self.sent()
+            .into_iter()
+            .filter(|(f, _)| f.remote == addr(ALICE_NAT))
+            .map(|(_, m)| m)
+            .collect()
+    }
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(m.body()).into_owned()
+}
+
+#[test]
+fn a_caller_behind_nat_is_relayed_and_only_addresses_and_ports_change() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "relay-1");
+    let inv = inv.expect("bob is rung");
+    // The offer names the relay's callee-facing port at our address; the refused video
+    // stream stays refused; the crypto attribute is untouched.
+    let expected = OFFER
+        .replace("c=IN IP4 10.0.0.5", "c=IN IP4 127.0.0.1")
+        .replace("m=audio 4000", "m=audio 30002");
+    assert_eq!(body(&inv), expected);
+    {
+        let a = asked.lock().unwrap();
+        assert_eq!(a.opened.len(), 1, "one stream for the one live m= line");
+        assert_eq!(
+            a.peers,
+            vec![(
+                1,
+                Side::Caller,
+                addr("10.0.0.5:4000"),
+                addr("10.0.0.5:4001")
+            )]
+        );
+    }
+    let views = t.core.calls(t.now);
+    assert_eq!(views.len(), 1);
+    assert_eq!((views[0].media, views[0].state), ("relayed", "ringing"));
+
+    // bob's answer goes to alice with the caller-facing port.
+    t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
+    let ok = t
+        .to_alice()
+        .into_iter()
+        .find(|m| m.status() == Some(200))
+        .expect("200 to alice");
+    assert_eq!(
+        body(&ok),
+        ANSWER.replace("m=audio 5000", "m=audio 30000"),
+        "our address is bob's here (all on loopback); only the port changes"
+    );
+    assert!(body(&ok).contains("inline:bobbobbobbob"));
+    assert!(asked.lock().unwrap().peers.contains(&(
+        1,
+        Side::Callee,
+        addr("127.0.0.1:5000"),
+        addr("127.0.0.1:5001")
+    )));
+    assert_eq!(t.core.calls(t.now)[0].state, "answered");
+
+    // alice hangs up: the relay's stream is closed and the call forgotten.
+    let bye = format!(
+        "BYE sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_PRIVATE};branch=z9hG4bKbye9;rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag=b\r\n\
+Call-ID: relay-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(ALICE_NAT, &bye);
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Bye)));
+    assert_eq!(asked.lock().unwrap().closed, vec![1]);
+    assert!(t.core.calls(t.now).is_empty());
+}
+
+#[test]
+fn phones_that_reach_each_other_are_not_relayed_in_auto_mode() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
+    let (inv, _) = t.call_bob(ALICE, ALICE, &offer, "direct-1");
+    assert_eq!(body(&inv.unwrap()), offer, "SDP passed as it is");
+    assert!(asked.lock().unwrap().opened.is_empty());
+    assert_eq!(t.core.calls(t.now)[0].media, "direct");
+
+    // `always` relays the same call.
+    let (mut t, asked) = T::with_relay(10, RelayMode::Always);
+    let (inv, _) = t.call_bob(ALICE, ALICE, &offer, "direct-2");
+    assert!(body(&inv.unwrap()).contains("m=audio 30002"));
+    assert_eq!(asked.lock().unwrap().opened.len(), 1);
+
+    // `never` does not, even behind NAT.
+    let (mut t, asked) = T::with_relay(10, RelayMode::Never);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "direct-3");
+    assert_eq!(body(&inv.unwrap()), OFFER);
+    assert!(asked.lock().unwrap().opened.is_empty());
+}
+
+#[test]
+fn a_callee_behind_nat_is_relayed_too() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    // carol registers from behind NAT: private Contact, public source.
+    let carol_nat = "127.0.0.9:41000";
+    let branch = t.branch();
+    let mut r = Req {
+        method: "REGISTER",
+        uri: "sip:example.test",
+        from_user: "carol",
+        to: "<sip:carol@example.test>",
+        src: "10.0.0.7:5060",
+        call_id: "reg-carol",
+        cseq: 1,
+        branch,
+        extra: vec![],
+        body: "",
+    };
+    let out = t.with_auth_from(&mut r, Algorithm::Md5, carol_nat);
+    assert_eq!(out[0].1.status(), Some(200));
+    let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
+    let branch = t.branch();
+    let mut r = Req {
+        method: "INVITE",
+        uri: "sip:carol@example.test",
+        from_user: "alice",
+        to: "<sip:carol@example.test>",
+        src: ALICE,
+        call_id: "callee-nat",
+        cseq: 1,
+        branch,
+        extra: vec![],
+        body: &offer,
+    };
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    let (_, inv) = out
+        .iter()
+        .find(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(carol_nat))
+        .expect("carol is rung through her NAT");
+    assert!(body(inv).contains("m=audio 30002"), "{}", body(inv));
+    assert_eq!(asked.lock().unwrap().opened.len(), 1);
+}
+
+#[test]
+fn no_relay_ports_left_refuses_the_call_with_503() {
+    let (mut t, _) = T::with_relay(0, RelayMode::Always);
+    let (inv, out) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "full-1");
+    assert!(inv.is_none(), "bob is not rung");
+    let statuses: Vec<_> = out.iter().filter_map(|(_, m)| m.status()).collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert_eq!(t.core.counters.relay_full, 1);
+    assert!(t.core.calls(t.now).is_empty(), "the failed call is gone");
+}
+
+#[test]
+fn a_failed_call_frees_its_relay_ports() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "busy-1");
+    t.recv(BOB, &answer(&inv.unwrap(), 486, "Busy Here", "b"));
+    assert!(t.to_alice().iter().any(|m| m.status() == Some(486)));
+    assert_eq!(asked.lock().unwrap().closed, vec![1]);
+    assert!(t.core.calls(t.now).is_empty());
+}
+
+#[test]
+fn a_silent_answered_call_loses_its_relay_after_the_timeout_and_media_keeps_it() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "quiet-1");
+    let inv = inv.unwrap();
+    // Ringing for a long time is not "no media".
+    t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
+    t.advance(Duration::from_secs(60));
+    assert_eq!(t.core.calls(t.now).len(), 1);
+    t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
+    let _ = t.sent();
+    // Media flows: each check sees the counters move.
+    for i in 1..=10u64 {
+        asked.lock().unwrap().counters.insert(
+            1,
+            StreamCounters {
+                packets: [50 * i, 50 * i],
+                ..Default::default()
+            },
+        );
+        t.advance(Duration::from_secs(5));
+    }
+    assert_eq!(t.core.calls(t.now).len(), 1, "media keeps the call");
+    // Then nothing for the timeout (20 s here): the relay is released.
+    t.advance(Duration::from_secs(30));
+    assert!(t.core.calls(t.now).is_empty());
+    assert_eq!(asked.lock().unwrap().closed, vec![1]);
+    assert_eq!(t.core.counters.relay_timeouts, 1);
+}
+
+#[test]
+fn an_offer_in_the_answer_is_completed_by_the_ack_and_hold_is_seen() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    // No SDP in the INVITE: bob's 200 carries the offer, alice's ACK the answer.
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, "", "late-1");
+    let inv = inv.unwrap();
+    assert!(inv.body().is_empty());
+    t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
+    let ok = t
+        .to_alice()
+        .into_iter()
+        .find(|m| m.status() == Some(200))
+        .unwrap();
+    assert!(body(&ok).contains("m=audio 30000"), "{}", body(&ok));
+    let ack = with_sdp(
+        &format!(
+            "ACK sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_PRIVATE};branch=z9hG4bKack7;rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag=b\r\n\
+Call-ID: late-1\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n"
+        ),
+        OFFER,
+    );
+    t.recv(ALICE_NAT, &ack);
+    let out = t.sent();
+    let (_, fwd) = out
+        .iter()
+        .find(|(_, m)| m.method() == Some(Method::Ack))
+        .unwrap();
+    assert!(body(fwd).contains("m=audio 30002"), "{}", body(fwd));
+    assert!(body(fwd).contains("c=IN IP4 127.0.0.1"));
+    assert!(asked.lock().unwrap().peers.contains(&(
+        1,
+        Side::Caller,
+        addr("10.0.0.5:4000"),
+        addr("10.0.0.5:4001")
+    )));
+
+    // bob puts alice on hold with a re-INVITE (sendonly): same relay ports, state on hold.
+    let hold = with_sdp(
+        &format!(
+            "INVITE sip:alice@{ALICE_NAT} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKhold1\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:bob@example.test>;tag=b\r\nTo: <sip:alice@example.test>;tag=ftalice\r\n\
+Call-ID: late-1\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@{BOB}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+        &ANSWER.replace("m=audio 5000 RTP/SAVP 0\r\n", "m=audio 5000 RTP/SAVP 0\r\na=sendonly\r\n"),
+    );
+    t.recv(BOB, &hold);
+    let to_alice = t.to_alice();
+    let reinv = to_alice
+        .iter()
+        .find(|m| m.method() == Some(Method::Invite))
+        .expect("the re-INVITE reaches alice through her NAT");
+    assert!(body(reinv).contains("m=audio 30000"));
+    assert!(body(reinv).contains("a=sendonly"));
+    assert_eq!(t.core.calls(t.now)[0].state, "on hold");
+    assert_eq!(asked.lock().unwrap().opened.len(), 1, "no new ports");
+}
