@@ -276,7 +276,9 @@ def measure(fwd, rtpload, run_dir, args):
         "streams_both_ways": load["streams_both_ways"], "cpu_seconds": cpu_s, "wall_seconds": wall,
         "cpu_percent": 100.0 * cpu_s / wall if wall else 0.0,
         "forwarded_per_cpu_second": load["received"] / cpu_s if cpu_s > 0 else None,
-        "loss_percent": 100.0 * (1 - load["received"] / load["sent"]) if load["sent"] else None,
+        # Packets sent just before the window may arrive in it: a loss below 0 reads as none.
+        "loss_percent": max(0.0, 100.0 * (1 - load["received"] / load["sent"]))
+        if load["sent"] else None,
     }
 
 

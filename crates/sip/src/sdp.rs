@@ -121,7 +121,10 @@ impl<'a> Sdp<'a> {
                         (Some(d), Some(m)) => m.direction = d,
                         (None, Some(m)) if name == "rtcp-mux" => m.rtcp_mux = true,
                         (None, Some(m)) if name == "rtcp" => {
-                            m.rtcp_port = arg.split_ascii_whitespace().next()?.parse().ok()
+                            m.rtcp_port = arg
+                                .split_ascii_whitespace()
+                                .next()
+                                .and_then(|p| p.parse().ok())
                         }
                         _ => {}
                     }
@@ -173,17 +176,18 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
         } else if let Some(value) = line.strip_prefix("m=") {
             let i = stream.map_or(0, |i| i + 1);
             stream = Some(i);
-            let mut parts = value.splitn(3, ' ');
-            let (kind, old, tail) = (parts.next(), parts.next(), parts.next());
-            // A port count (`/2`) is dropped: it would ask for consecutive pairs.
-            let old_port = old.and_then(|p| p.split('/').next()?.parse::<u16>().ok());
-            match (kind, old_port, ports.get(i)) {
-                (Some(kind), Some(p), Some(new)) if p != 0 => {
-                    out.extend_from_slice(format!("m={kind} {new}").as_bytes());
-                    if let Some(tail) = tail {
-                        out.push(b' ');
-                        out.extend_from_slice(tail.as_bytes());
-                    }
+            // The port is the second token; a port count (`/2`) is dropped, as it would ask
+            // for consecutive pairs.
+            let mut toks = value.split_ascii_whitespace();
+            let port_tok = toks.nth(1);
+            let old_port = port_tok.and_then(|p| p.split('/').next()?.parse::<u16>().ok());
+            match (port_tok, old_port, ports.get(i)) {
+                (Some(tok), Some(p), Some(new)) if p != 0 => {
+                    let start = tok.as_ptr() as usize - value.as_ptr() as usize;
+                    out.extend_from_slice(b"m=");
+                    out.extend_from_slice(value[..start].as_bytes());
+                    out.extend_from_slice(new.to_string().as_bytes());
+                    out.extend_from_slice(value[start + tok.len()..].as_bytes());
                 }
                 _ => out.extend_from_slice(line.as_bytes()),
             }
@@ -328,6 +332,12 @@ m=text 0 RTP/AVP 98\r\n";
         assert!(Sdp::parse(b"not sdp").is_none());
         assert!(Sdp::parse(b"v=0\r\nm=audio\r\n").is_none());
         assert!(Sdp::parse(&[0xff, 0xfe]).is_none());
+        // Odd spacing is still understood and rewritten.
+        let odd = "v=0\nc=IN IP4 10.0.0.1\nm=audio\t 4000/2  RTP/AVP 0\na=rtcp:\n";
+        let sdp = Sdp::parse(odd.as_bytes()).unwrap();
+        assert_eq!((sdp.media[0].port, sdp.media[0].rtcp_port), (4000, None));
+        let out = rewrite(odd.as_bytes(), "198.18.0.1".parse().unwrap(), &[20000]);
+        assert_eq!(Sdp::parse(&out).unwrap().media[0].port, 20000);
     }
 
     #[test]
