@@ -185,9 +185,9 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
                 (Some(tok), Some(p), Some(new)) if p != 0 => {
                     let start = tok.as_ptr() as usize - value.as_ptr() as usize;
                     out.extend_from_slice(b"m=");
-                    out.extend_from_slice(value[..start].as_bytes());
+                    out.extend_from_slice(&value.as_bytes()[..start]);
                     out.extend_from_slice(new.to_string().as_bytes());
-                    out.extend_from_slice(value[start + tok.len()..].as_bytes());
+                    out.extend_from_slice(&value.as_bytes()[start + tok.len()..]);
                 }
                 _ => out.extend_from_slice(line.as_bytes()),
             }
