@@ -47,6 +47,11 @@ pub struct StoredBinding {
     pub source: String,
     pub local: String,
     pub user_agent: String,
+    /// RFC 3327 Path URIs, first the one nearest us, one per line ('' for none).
+    pub path: String,
+    /// RFC 5626 outbound: the phone's `+sip.instance` and `reg-id` ('' and 0 for none).
+    pub instance: String,
+    pub reg_id: u32,
 }
 
 pub type StoreResult<T> = Result<T, String>;
@@ -80,8 +85,9 @@ pub struct SqliteStore {
 }
 
 const PUT_BINDING: &str = "INSERT OR REPLACE INTO bindings
-    (aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    (aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent, path,
+     instance, reg_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 const DELETE_BINDING: &str = "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2";
 
 fn put_binding(conn: &Connection, b: &StoredBinding) -> rusqlite::Result<usize> {
@@ -95,7 +101,10 @@ fn put_binding(conn: &Connection, b: &StoredBinding) -> rusqlite::Result<usize> 
         b.transport,
         b.source,
         b.local,
-        b.user_agent
+        b.user_agent,
+        b.path,
+        b.instance,
+        b.reg_id as i64
     ])
 }
 
@@ -127,6 +136,9 @@ CREATE TABLE IF NOT EXISTS bindings (
     source TEXT NOT NULL,
     local TEXT NOT NULL,
     user_agent TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '',
+    instance TEXT NOT NULL DEFAULT '',
+    reg_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (aor, contact)
 );
 ";
@@ -286,6 +298,19 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_outside {
         conn.execute_batch("ALTER TABLE users ADD COLUMN outside INTEGER NOT NULL DEFAULT 1")?;
     }
+    // Path (RFC 3327) and outbound (RFC 5626) of registrations.
+    for (column, kind) in [
+        ("path", "TEXT NOT NULL DEFAULT ''"),
+        ("instance", "TEXT NOT NULL DEFAULT ''"),
+        ("reg_id", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let exists: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('bindings') WHERE name = ?1")?
+            .exists([column])?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE bindings ADD COLUMN {column} {kind}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -399,7 +424,8 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent
+                "SELECT aor, contact, expires_at, q, call_id, cseq, transport, source, local, user_agent,
+                        path, instance, reg_id
                  FROM bindings ORDER BY aor, contact",
             )
             .map_err(err)?;
@@ -416,6 +442,9 @@ impl Store for SqliteStore {
                     source: r.get(7)?,
                     local: r.get(8)?,
                     user_agent: r.get(9)?,
+                    path: r.get(10)?,
+                    instance: r.get(11)?,
+                    reg_id: r.get::<_, i64>(12)?.clamp(0, u32::MAX as i64) as u32,
                 })
             })
             .map_err(err)?;
@@ -586,9 +615,21 @@ mod tests {
              INSERT INTO users VALUES ('old', NULL, 'r', 'a', 'b');",
         )
         .unwrap();
+        // And bindings from before Path and outbound.
+        conn.execute_batch(
+            "CREATE TABLE bindings (aor TEXT NOT NULL, contact TEXT NOT NULL,
+             expires_at INTEGER NOT NULL, q REAL NOT NULL, call_id TEXT NOT NULL,
+             cseq INTEGER NOT NULL, transport TEXT NOT NULL, source TEXT NOT NULL,
+             local TEXT NOT NULL, user_agent TEXT NOT NULL, PRIMARY KEY (aor, contact));
+             INSERT INTO bindings VALUES ('old', 'sip:old@192.0.2.1', 1900000000, 1.0, 'c', 1,
+             'udp', '192.0.2.1:5060', '192.0.2.2:5060', 'ua');",
+        )
+        .unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         migrate(&conn).unwrap();
         let s = SqliteStore { conn };
+        let b = s.bindings().unwrap();
+        assert_eq!((b[0].path.as_str(), b[0].reg_id), ("", 0));
         assert!(s.user("old").unwrap().unwrap().outside);
         assert!(s.set_outside("old", false).unwrap());
         assert!(!s.user("old").unwrap().unwrap().outside);
@@ -608,6 +649,9 @@ mod tests {
             source: "127.0.0.1:5062".into(),
             local: "127.0.0.1:5060".into(),
             user_agent: "test".into(),
+            path: "sip:edge.example.test;lr".into(),
+            instance: "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>".into(),
+            reg_id: 1,
         };
         s.put_binding(&b).unwrap();
         s.put_binding(&StoredBinding {

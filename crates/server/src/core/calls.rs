@@ -162,10 +162,12 @@ fn sender_behind_nat(msg: &Message, source: SocketAddr) -> bool {
 
 /// Whether a hop reaches a phone through NAT: its contact address is not where we send.
 fn hop_behind_nat(hop: &Hop) -> bool {
-    sip::uri::Uri::parse(&hop.uri)
-        .ok()
-        .and_then(|u| host_ip(&u.host))
-        .is_some_and(|ip| ip != hop.flow.remote.ip())
+    // Through an edge proxy (Path), NAT is the edge proxy's business.
+    hop.route.is_empty()
+        && sip::uri::Uri::parse(&hop.uri)
+            .ok()
+            .and_then(|u| host_ip(&u.host))
+            .is_some_and(|ip| ip != hop.flow.remote.ip())
 }
 
 fn is_sdp(msg: &Message) -> bool {

@@ -220,11 +220,19 @@ impl Core {
         self.location
             .lookup(user, now)
             .into_iter()
-            .filter_map(|b| {
-                Some(Hop {
+            .filter_map(|b| match b.path.first() {
+                // Registered through edge proxies (RFC 3327): the request goes to the first
+                // of them, with the whole Path as its Route.
+                Some(first) => Some(Hop {
+                    uri: b.contact.clone(),
+                    flow: self.resolve(&Uri::parse(first).ok()?)?,
+                    route: b.path.clone(),
+                }),
+                None => Some(Hop {
                     uri: b.contact.clone(),
                     flow: self.binding_flow(b)?,
-                })
+                    route: vec![],
+                }),
             })
             .collect()
     }
@@ -243,6 +251,10 @@ impl Core {
         b: &super::Binding,
         uri: &Uri<'_>,
     ) -> Option<Flow> {
+        if b.outbound.is_some() {
+            // RFC 5626 §5.3: an outbound contact is reached over its registered flow only.
+            return Some(b.flow);
+        }
         let udp = b.flow.transport == Transport::Udp;
         match resolved {
             // Behind NAT the Contact names an address we cannot reach (private, or the
@@ -322,6 +334,7 @@ impl Core {
         Some(Hop {
             uri: uri.to_string(),
             flow,
+            route: vec![],
         })
     }
 

@@ -21,6 +21,12 @@ pub struct Binding {
     /// row went unanswered.
     pub next_ping: Option<Instant>,
     pub missed_pings: u8,
+    /// RFC 3327: proxies between us and the phone, the one nearest us first; requests for
+    /// this contact go through them (as Route entries).
+    pub path: Vec<String>,
+    /// RFC 5626 outbound: the phone's instance and this flow's reg-id. Such a contact is
+    /// reached only over the flow it registered on.
+    pub outbound: Option<(String, u32)>,
 }
 
 #[derive(Default)]

@@ -178,6 +178,11 @@ pub struct RegistrationView {
     pub transport: String,
     pub source: String,
     pub user_agent: String,
+    /// RFC 5626 outbound: the phone's instance and reg-id, when it registered a flow.
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// RFC 3327 Path: the proxies between us and the phone.
+    pub path: Vec<String>,
 }
 
 pub(crate) enum ServerMachine {
@@ -803,6 +808,9 @@ impl Core {
                     transport: b.flow.transport.as_str().into(),
                     source: b.flow.remote.to_string(),
                     user_agent: b.user_agent.clone(),
+                    instance: b.outbound.as_ref().map(|(i, _)| i.clone()),
+                    reg_id: b.outbound.as_ref().map(|(_, r)| *r),
+                    path: b.path.clone(),
                 });
             }
         }

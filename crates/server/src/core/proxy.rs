@@ -433,6 +433,7 @@ impl Core {
             // A registered phone's contact, or (inside a dialog) a peer the Request-URI
             // names directly: the answer comes from the phone itself, not from a proxy.
             let to_phone = invite
+                && hop.route.is_empty()
                 && Uri::parse(&hop.uri).ok().is_some_and(|u| {
                     self.location.by_address(&u, now).is_some()
                         || match u.host {
@@ -450,7 +451,7 @@ impl Core {
             branch.push('.');
             branch.push_str(&token);
             let mut flow = hop.flow;
-            let mut data = self.forward_bytes(&shape, &hop.uri, flow, &branch);
+            let mut data = self.forward_bytes(&shape, &hop.uri, flow, &branch, &hop.route);
             let mut udp_fallback = None;
             if flow.transport == Transport::Udp && data.len() > UDP_LIMIT {
                 if let Some(l) = self.listener_for(Transport::Tcp, &flow.remote) {
@@ -460,7 +461,7 @@ impl Core {
                         remote: flow.remote,
                         conn: None,
                     };
-                    let tcp_data = self.forward_bytes(&shape, &hop.uri, tcp, &branch);
+                    let tcp_data = self.forward_bytes(&shape, &hop.uri, tcp, &branch, &hop.route);
                     udp_fallback = Some((flow, std::mem::replace(&mut data, tcp_data)));
                     flow = tcp;
                 }
@@ -540,6 +541,7 @@ impl Core {
         ruri: &str,
         out: Flow,
         branch: &str,
+        route: &[String],
     ) -> sip::Bytes {
         let BranchShape {
             msg,
@@ -552,6 +554,10 @@ impl Core {
         } = *shape;
         let mut w = Writer::request(msg.method_str(), ruri);
         w.header("Via", &self.via_for(out, branch));
+        if !route.is_empty() {
+            let list: Vec<String> = route.iter().map(|r| format!("<{r}>")).collect();
+            w.header("Route", &list.join(", "));
+        }
         let mut first_via = true;
         let mut to_pop = pop;
         let mut saw_mf = false;
@@ -733,7 +739,7 @@ impl Core {
             strip_identity: false,
             body: body.as_deref(),
         };
-        let data = self.forward_bytes(&shape, msg.uri_str(), out, &branch);
+        let data = self.forward_bytes(&shape, msg.uri_str(), out, &branch, &[]);
         self.out.push(Action::Send {
             flow: out,
             data,
@@ -1125,6 +1131,7 @@ fn along_dialog(
             hops: vec![Hop {
                 uri: msg.uri_str().to_string(),
                 flow,
+                route: vec![],
             }],
             pop,
             hash: hash.to_string(),

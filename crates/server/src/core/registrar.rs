@@ -18,6 +18,16 @@ struct Wanted {
     contact: String,
     expires: u32,
     q: f32,
+    /// RFC 5626: `+sip.instance` and `reg-id`, when the phone registers a flow.
+    outbound: Option<(String, u32)>,
+}
+
+/// Whether `tag` is among the option tags of the request's Supported or Require headers.
+fn supports(msg: &Message, tag: &str) -> bool {
+    msg.values(HeaderName::Supported)
+        .chain(msg.values(HeaderName::Require))
+        .flat_map(token_list)
+        .any(|t| t.eq_ignore_ascii_case(tag))
 }
 
 impl Core {
@@ -51,15 +61,35 @@ impl Core {
             tracing::info!(%user, aor = %owner, "REGISTER for someone else's address refused");
             return self.respond(now, key, 403, "Forbidden: Not Your Address", &[], None);
         }
-        // The registrar supports no option tags yet (Path and outbound come with NAT support).
+        // Path (RFC 3327) and outbound (RFC 5626) are the option tags the registrar knows.
         let unsupported: Vec<&str> = msg
             .values(HeaderName::Require)
             .flat_map(token_list)
+            .filter(|t| !t.eq_ignore_ascii_case("path") && !t.eq_ignore_ascii_case("outbound"))
             .collect();
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];
             return self.respond(now, key, 420, "Bad Extension", &h, None);
         }
+        // RFC 3327 §5.3: a Path from a phone that does not support Path is refused (as
+        // Kamailio's default path mode does), else kept with each contact.
+        let path: Vec<String> = msg
+            .values(HeaderName::Path)
+            .flat_map(name_addr_list)
+            .filter_map(Result::ok)
+            .map(|p| p.uri.raw.to_string())
+            .collect();
+        if !path.is_empty() && !supports(msg, "path") {
+            let h = [("Unsupported", "path".to_string())];
+            return self.respond(now, key, 420, "Bad Extension", &h, None);
+        }
+        // RFC 5626 §6: outbound needs a first hop that supports it: us (the REGISTER comes
+        // straight from the phone) or an edge proxy that marked its Path entry with `ob`.
+        let outbound_wanted = supports(msg, "outbound");
+        let first_hop_ok = !msg.has_second_via()
+            || path
+                .last()
+                .is_some_and(|p| sip::uri::Uri::parse(p).is_ok_and(|u| u.param("ob").is_some()));
         let header_expires = msg.value(HeaderName::Expires).map(|v| {
             parse_bounded(v, u64::MAX)
                 .map_or(self.cfg.default_expires, |n| n.min(u32::MAX as u64) as u32)
@@ -104,10 +134,32 @@ impl Core {
                     .and_then(|q| q.parse::<f32>().ok())
                     .filter(|q| (0.0..=1.0).contains(q))
                     .unwrap_or(1.0);
+                let reg_id = c
+                    .param("reg-id")
+                    .flatten()
+                    .and_then(|r| r.parse::<u32>().ok());
+                let instance = c.param("+sip.instance").flatten();
+                let outbound = match (reg_id, instance) {
+                    (Some(r), Some(i)) if outbound_wanted => {
+                        if !first_hop_ok {
+                            return self.respond(
+                                now,
+                                key,
+                                439,
+                                "First Hop Lacks Outbound Support",
+                                &[],
+                                None,
+                            );
+                        }
+                        Some((i.trim_matches('"').to_string(), r))
+                    }
+                    _ => None,
+                };
                 wanted.push(Wanted {
                     contact: c.uri.raw.to_string(),
                     expires,
                     q,
+                    outbound,
                 });
             }
         }
@@ -116,15 +168,30 @@ impl Core {
         let user_agent = msg.value(HeaderName::UserAgent).unwrap_or("").to_string();
         let unix = self.unix(now);
         let mut changes = vec![];
+        let any_outbound = wanted.iter().any(|w| w.outbound.is_some());
         {
             let list = self.location.bindings_mut(&owner);
             for w in wanted {
-                let existing = list.iter().position(|b| b.contact == w.contact);
+                // RFC 5626 §6: a flow is identified by instance and reg-id; a new REGISTER
+                // for it replaces the old binding even when the Contact changed.
+                let existing = match &w.outbound {
+                    Some(ob) => list
+                        .iter()
+                        .position(|b| b.outbound.as_ref() == Some(ob))
+                        .or_else(|| list.iter().position(|b| b.contact == w.contact)),
+                    None => list.iter().position(|b| b.contact == w.contact),
+                };
                 if let Some(i) = existing {
                     // §10.3 step 7: same Call-ID with an older CSeq must not change the binding.
                     if list[i].call_id == call_id && list[i].cseq >= cseq {
                         continue;
                     }
+                }
+                if let Some(i) = existing.filter(|&i| list[i].contact != w.contact) {
+                    changes.push(Action::DeleteBinding {
+                        aor: owner.clone(),
+                        contact: list[i].contact.clone(),
+                    });
                 }
                 if w.expires == 0 {
                     if let Some(i) = existing {
@@ -146,6 +213,8 @@ impl Core {
                     user_agent: user_agent.clone(),
                     next_ping: None,
                     missed_pings: 0,
+                    path: path.clone(),
+                    outbound: w.outbound,
                 };
                 changes.push(Action::PutBinding(stored(
                     &owner,
@@ -187,11 +256,22 @@ impl Core {
             self.timers.push(first, TimerRef::Expiry(owner.clone()));
         }
         self.counters.registrations_accepted += 1;
-        self.registered(now, key, &owner);
+        let mut extra = vec![];
+        if any_outbound {
+            extra.push(("Require", "outbound".to_string()));
+        }
+        for p in msg.values(HeaderName::Path) {
+            extra.push(("Path", p.to_string()));
+        }
+        self.registered_with(now, key, &owner, extra);
     }
 
     /// 200 OK listing every current contact with its remaining time (§10.3 step 8).
     fn registered(&mut self, now: Instant, key: &str, aor: &str) {
+        self.registered_with(now, key, aor, vec![])
+    }
+
+    fn registered_with(&mut self, now: Instant, key: &str, aor: &str, extra: Vec<(&str, String)>) {
         let mut h: Vec<(&str, String)> = self
             .location
             .get(aor)
@@ -202,6 +282,7 @@ impl Core {
             })
             .collect();
         h.push(("Date", httpdate(self.unix(now))));
+        h.extend(extra);
         self.respond(now, key, 200, "OK", &h, None);
     }
 
@@ -253,6 +334,13 @@ impl Core {
                 user_agent: s.user_agent,
                 next_ping: None,
                 missed_pings: 0,
+                path: s
+                    .path
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                outbound: (!s.instance.is_empty()).then(|| (s.instance.clone(), s.reg_id)),
             };
             let addr = self.location.remember(&binding.contact, &s.aor);
             let contact = binding.contact.clone();
@@ -275,6 +363,12 @@ fn stored(aor: &str, b: &Binding, expires_at: u64) -> StoredBinding {
         source: b.flow.remote.to_string(),
         local: b.flow.local.to_string(),
         user_agent: b.user_agent.clone(),
+        path: b.path.join("\n"),
+        instance: b
+            .outbound
+            .as_ref()
+            .map_or(String::new(), |(i, _)| i.clone()),
+        reg_id: b.outbound.as_ref().map_or(0, |(_, r)| *r),
     }
 }
 

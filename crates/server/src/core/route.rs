@@ -15,6 +15,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 pub(crate) struct Hop {
     pub uri: String,
     pub flow: Flow,
+    /// Route entries to put on top (a registration's Path, RFC 3327).
+    pub route: Vec<String>,
 }
 
 impl Core {

@@ -87,8 +87,7 @@ impl Req<'_> {
     fn text(&self) -> String {
         let mut s = format!(
             "{} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\n\
-From: <sip:{}@example.test>;tag=ft{}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n\
-Contact: <sip:{}@{}>\r\n",
+From: <sip:{}@example.test>;tag=ft{}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
             self.method,
             self.uri,
             self.src,
@@ -99,9 +98,14 @@ Contact: <sip:{}@{}>\r\n",
             self.call_id,
             self.cseq,
             self.method,
-            self.from_user,
-            self.src
         );
+        // A Contact among the extra headers replaces the usual one.
+        if !self.extra.iter().any(|e| e.starts_with("Contact:")) {
+            s.push_str(&format!(
+                "Contact: <sip:{}@{}>\r\n",
+                self.from_user, self.src
+            ));
+        }
         for e in &self.extra {
             s.push_str(e);
             s.push_str("\r\n");
@@ -529,7 +533,10 @@ fn several_contacts_q_values_and_removal() {
     t.register(
         "bob",
         "127.0.0.1:5071",
-        &["Contact: <sip:bob@127.0.0.1:5070>;q=0.2"],
+        &[
+            "Contact: <sip:bob@127.0.0.1:5070>;q=0.2",
+            "Contact: <sip:bob@127.0.0.1:5071>",
+        ],
     );
     let regs = t.core.registrations(t.now);
     let low: Vec<_> = regs
@@ -552,7 +559,10 @@ fn several_contacts_q_values_and_removal() {
     let ok = t.register(
         "bob",
         "127.0.0.1:5068",
-        &["Contact: <sip:bob@127.0.0.1:5064>;expires=0"],
+        &[
+            "Contact: <sip:bob@127.0.0.1:5064>;expires=0",
+            "Contact: <sip:bob@127.0.0.1:5068>",
+        ],
     );
     let left: Vec<_> = ok
         .values(HeaderName::Contact)
@@ -1536,3 +1546,5 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
 mod calls_tests;
 #[path = "hunt_tests.rs"]
 mod hunt_tests;
+#[path = "outbound_tests.rs"]
+mod outbound_tests;
