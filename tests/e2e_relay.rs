@@ -44,10 +44,11 @@ fn wait_call(srv: &Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     last.remove(0)
 }
 
-/// Both phones behind NATs; `transport` is how they register (udp or tcp).
-fn call_through_nats(transport: &str) {
+/// Both phones behind NATs; `transport` is how they register (udp or tcp); bob's account
+/// line gets `bob_extra`.
+fn call_through_nats(transport: &str, bob_extra: &str) -> Option<Vec<Value>> {
     if !peers_available(&["baresip", "sox", "ip", "nft"]) {
-        return;
+        return None;
     }
     let lab = NatLab::new(2)
         .unwrap_or_else(|e| panic!("cannot build the NAT namespaces (root is needed): {e}"));
@@ -66,6 +67,7 @@ fn call_through_nats(transport: &str) {
         &tone,
         Some((&bob_home.ns, &bob_home.ip)),
         transport,
+        bob_extra,
     );
     let mut alice = Baresip::start_with(
         &srv,
@@ -74,6 +76,7 @@ fn call_through_nats(transport: &str) {
         &tone,
         Some((&alice_home.ns, &alice_home.ip)),
         transport,
+        "",
     );
     let regs = srv.wait_registrations("both phones registered", Duration::from_secs(20), |r| {
         ["alice", "bob"]
@@ -148,16 +151,36 @@ fn call_through_nats(transport: &str) {
         "the call is still listed after the BYE: {:#?}",
         calls(&srv)
     );
+    Some(regs)
 }
 
 #[test]
 fn phones_behind_nat_over_udp_hear_each_other_through_the_relay() {
-    call_through_nats("udp");
+    call_through_nats("udp", "");
 }
 
 #[test]
 fn phones_behind_nat_over_tcp_hear_each_other_through_the_relay() {
-    call_through_nats("tcp");
+    call_through_nats("tcp", "");
+}
+
+/// bob's baresip registers an outbound flow (RFC 5626, `sipnat=outbound`) over TCP from
+/// behind his NAT: the registrar records its instance and reg-id, answers `Require:
+/// outbound`, and his calls come over that flow; audio flows as above.
+#[test]
+fn an_outbound_phone_behind_nat_is_called_over_its_flow() {
+    let Some(regs) = call_through_nats("tcp", ";sipnat=outbound") else {
+        return;
+    };
+    let bob = regs
+        .iter()
+        .find(|r| r["user"] == "bob")
+        .expect("bob registered");
+    assert_eq!(bob["reg_id"], 1, "{bob:#}");
+    assert!(
+        bob["instance"].as_str().unwrap_or("").contains("urn:"),
+        "{bob:#}"
+    );
 }
 
 /// Two phones on the same network (loopback), neither behind NAT: `auto` leaves the media

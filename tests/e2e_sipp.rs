@@ -341,3 +341,71 @@ fn options_to_the_server_gets_200_with_allow() {
         assert!(allow.contains(m), "{m} not in `{allow}`");
     }
 }
+
+/// bob registers through an edge proxy (played by SIPp, which adds `Path: <sip:EDGE;lr>` and
+/// `Supported: path`) with a Contact the server cannot reach directly (192.0.2.77, TEST-NET).
+/// Without Path support the REGISTER gets 420 Unsupported: path (RFC 3327 §5.3); with it, the
+/// 200 echoes the Path, and alice's call reaches the edge proxy with the Path as Route and
+/// bob's contact as Request-URI.
+#[test]
+fn a_registration_through_an_edge_proxy_is_reached_by_its_path() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts::default());
+    let edge = free_port();
+    let with_path =
+        |supported: bool| {
+            format!(
+            "Contact: <sip:[user]@192.0.2.77:5060>\n      Path: <sip:[local_ip]:[local_port];lr>{}",
+            if supported { "\n      Supported: path" } else { "" }
+        )
+        };
+    srv.sipp("register_path_unsupported", "register_rejected.xml")
+        .subst("FINAL", "420")
+        .replace(
+            "Contact: <sip:[user]@[local_ip]:[local_port]>",
+            &with_path(false),
+        )
+        .port(edge)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    assert!(srv.registrations().is_empty());
+    srv.sipp("register_path", "register.xml")
+        .replace(
+            "Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>",
+            &with_path(true),
+        )
+        .replace(
+            "<recv response=\"200\"/>",
+            "<recv response=\"200\"><action><ereg regexp=\"sip:127\\.0\\.0\\.1:[0-9]+;lr\" \
+             search_in=\"hdr\" header=\"Path:\" check_it=\"true\" assign_to=\"path\"/></action></recv>\
+             <nop><action><log message=\"path: [$path]\"/></action></nop>",
+        )
+        .port(edge)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    let regs = srv.registrations_of("bob");
+    assert_eq!(
+        regs[0]["path"][0],
+        format!("sip:{HOST}:{edge};lr"),
+        "{regs:#?}"
+    );
+    // (In the XML attribute, < and > are escaped.)
+    let route = format!("Route: &lt;sip:127\\.0\\.0\\.1:{edge};lr&gt;");
+    let callee = uas(&srv, &BOB, edge, "uas_answer_expect.xml")
+        .subst("EXPECT", &route)
+        .replace(
+            "^INVITE sip:[^@ ]+@127\\.0\\.0\\.1:[0-9]+",
+            "^INVITE sip:bob@192\\.0\\.2\\.77:5060 ",
+        )
+        .spawn_listening();
+    let caller = uac_as_alice(&srv, "uac_call.xml", "bob").run();
+    assert_both_ok(&caller, &callee.wait());
+}

@@ -19,11 +19,12 @@ pub struct Baresip {
 
 impl Baresip {
     pub fn start(srv: &Server, user: &TestUser, auto_answer: bool, tone: &Path) -> Baresip {
-        Baresip::start_with(srv, user, auto_answer, tone, None, "udp")
+        Baresip::start_with(srv, user, auto_answer, tone, None, "udp", "")
     }
 
     /// A phone in a namespace of the NAT lab (`netns`: namespace and the phone's address),
-    /// registering over `transport` (udp or tcp).
+    /// registering over `transport` (udp or tcp), with `account_extra` appended to its
+    /// account line (`;sipnat=outbound`...).
     pub fn start_with(
         srv: &Server,
         user: &TestUser,
@@ -31,6 +32,7 @@ impl Baresip {
         tone: &Path,
         netns: Option<(&str, &str)>,
         transport: &str,
+        account_extra: &str,
     ) -> Baresip {
         let dir = srv.dir.join(format!("baresip-{}", user.name));
         fs::create_dir_all(&dir).expect("baresip dir");
@@ -51,6 +53,7 @@ impl Baresip {
              audio_alert aubridge,alert-{name}\n\
              rtp_ports {rtp}-{rtp_end}\n\
              module_path /usr/lib/baresip/modules\n\
+             module uuid.so\n\
              module g711.so\n\
              module aufile.so\n\
              module aubridge.so\n\
@@ -65,7 +68,7 @@ impl Baresip {
         fs::write(dir.join("config"), config).expect("baresip config");
         let account = format!(
             "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
-             outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}\n",
+             outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}{account_extra}\n",
             name = user.name,
             pw = user.password,
             server = srv.addr(),
