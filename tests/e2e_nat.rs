@@ -12,11 +12,17 @@ use common::*;
 /// home 1 registered over UDP from port 5062. The server is declared after the lab by the
 /// caller (`let (lab, srv) = ...`), so it stops before the namespaces go.
 fn lab_with_bob_registered() -> (NatLab, Server) {
+    lab_with_bob_registered_and("")
+}
+
+/// The same, with `extra` added to the server's configuration.
+fn lab_with_bob_registered_and(extra: &str) -> (NatLab, Server) {
     let lab = NatLab::new(2)
         .unwrap_or_else(|e| panic!("cannot build the NAT namespaces (root is needed): {e}"));
     let srv = Server::start(ServerOpts {
         netns: Some((lab.public_ns(), SERVER_IP.into())),
         port: Some(5060),
+        extra_config: extra.into(),
         ..Default::default()
     });
     let bob_home = lab.home(1);
@@ -97,4 +103,36 @@ fn the_callee_hangs_up_on_a_caller_behind_nat() {
         .auth(&ALICE, &format!("bob@{DOMAIN}"))
         .run();
     assert_both_ok(&caller, &callee.wait());
+}
+
+/// Keep-alive pings (every 2 s here): bob's phone behind NAT answers two of them through its
+/// NAT mapping, then goes away; after three unanswered pings in a row (each given up after
+/// 32 s, RFC 3261 Timer F) its registration is removed.
+#[test]
+fn a_phone_behind_nat_is_pinged_and_removed_once_it_stops_answering() {
+    if !peers_available(&["sipp", "ip", "nft"]) {
+        return;
+    }
+    let (lab, srv) =
+        lab_with_bob_registered_and("[registrar]\nnat_ping_interval = 2\nnat_ping_failures = 3\n");
+    let bob_home = lab.home(1);
+    let phone = srv
+        .sipp("uas_bob_options", "uas_options.xml")
+        .in_netns(&bob_home.ns, &bob_home.ip)
+        .port(5062)
+        .calls(2)
+        .spawn_listening();
+    // Both pings reached the phone through its NAT, and it answered them.
+    phone.wait().assert_ok();
+    assert!(srv.counter("nat_pings_sent") >= 2, "{:#}", srv.status());
+    assert_eq!(srv.registrations_of("bob").len(), 1);
+    // Silence from now on: the contact goes after three unanswered pings.
+    assert!(
+        poll_until(std::time::Duration::from_secs(60), || srv
+            .registrations_of("bob")
+            .is_empty()),
+        "bob's silent phone is still registered: {:#?}",
+        srv.registrations()
+    );
+    assert!(srv.counter("nat_pings_sent") >= 5, "{:#}", srv.status());
 }

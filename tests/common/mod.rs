@@ -298,7 +298,11 @@ fn sanitize(s: &str) -> String {
 pub fn test_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let thread = std::thread::current();
-    let test = sanitize(thread.name().unwrap_or("test"));
+    // Kept short: the control socket's path inside must fit a Unix socket address.
+    let test: String = sanitize(thread.name().unwrap_or("test"))
+        .chars()
+        .take(48)
+        .collect();
     let dir = std::env::temp_dir().join("hedgewitch-e2e").join(format!(
         "{test}-{}-{}",
         std::process::id(),
@@ -666,6 +670,7 @@ pub struct Sipp {
     timeout: Duration,
     local_port: Option<u16>,
     tcp: bool,
+    calls: u32,
 }
 
 impl Sipp {
@@ -673,6 +678,7 @@ impl Sipp {
         let path = scenario_dir().join(scenario);
         assert!(path.is_file(), "no scenario {}", path.display());
         let mut s = Sipp {
+            calls: 1,
             netns: None,
             name: sanitize(name),
             dir: srv.dir.clone(),
@@ -744,6 +750,12 @@ impl Sipp {
         self
     }
 
+    /// How many calls (scenario runs) SIPp makes or answers before it exits (1 by default).
+    pub fn calls(mut self, n: u32) -> Sipp {
+        self.calls = n;
+        self
+    }
+
     /// Replaces `@NAME@` in the scenario text (for the templated scenarios) by writing a
     /// copy into the test folder.
     pub fn subst(self, name: &str, value: &str) -> Sipp {
@@ -779,7 +791,9 @@ impl Sipp {
             .arg("-sf")
             .arg(&self.scenario)
             .args(&self.args)
-            .args(["-i", ip, "-mi", ip, "-m", "1", "-nostdin"])
+            .args(["-i", ip, "-mi", ip, "-nostdin"])
+            .arg("-m")
+            .arg(self.calls.to_string())
             .arg("-timeout")
             .arg(format!("{}s", self.timeout.as_secs()))
             .arg("-timeout_error")
