@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 const MEDIA_CHECK: Duration = Duration::from_secs(5);
 /// A call we never see end (its BYE took another path) is forgotten after this long.
 const CALL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Calls tracked at most: beyond, new calls go unlisted and unrelayed (memory stays bounded
+/// whatever callers do).
+const MAX_CALLS: usize = 100_000;
 
 /// When calls get the media relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -219,6 +222,13 @@ impl Core {
                 call.relayed = true;
                 call.local[Side::Callee as usize] = callee_ip;
             }
+            return;
+        }
+        if self.calls.len() >= MAX_CALLS {
+            tracing::warn!(
+                call_id,
+                "call table full ({MAX_CALLS}); call not tracked or relayed"
+            );
             return;
         }
         let tag = msg.from().and_then(|f| f.tag()).unwrap_or("").to_string();

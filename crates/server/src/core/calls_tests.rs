@@ -368,3 +368,78 @@ Call-ID: late-1\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@{BOB}>\r\nContent-Length:
     assert_eq!(t.core.calls(t.now)[0].state, "on hold");
     assert_eq!(asked.lock().unwrap().opened.len(), 1, "no new ports");
 }
+
+#[test]
+fn a_cancelled_call_frees_its_relay_ports() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "cancel-1");
+    let inv = inv.unwrap();
+    t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
+    let _ = t.sent();
+    let branch = inv
+        .vias()
+        .nth(1)
+        .unwrap()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_string();
+    let cancel = format!(
+        "CANCEL sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_PRIVATE};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>\r\nCall-ID: cancel-1\r\nCSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(ALICE_NAT, &cancel);
+    let out = t.sent();
+    let (_, c) = out
+        .iter()
+        .find(|(_, m)| m.method() == Some(Method::Cancel))
+        .expect("the CANCEL goes on to bob");
+    t.recv(BOB, &answer(c, 200, "OK", "b"));
+    t.recv(BOB, &answer(&inv, 487, "Request Terminated", "b"));
+    assert!(t.to_alice().iter().any(|m| m.status() == Some(487)));
+    assert_eq!(asked.lock().unwrap().closed, vec![1]);
+    assert!(t.core.calls(t.now).is_empty());
+}
+
+#[test]
+fn an_ipv6_caller_and_an_ipv4_callee_are_relayed() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let v6 = "[::1]:5062";
+    let offer = OFFER.replace("IN IP4 10.0.0.5", "IN IP6 ::1");
+    let (inv, _) = t.call_bob(v6, v6, &offer, "v6-1");
+    let inv = inv.expect("bob is rung");
+    assert!(body(&inv).contains("c=IN IP4 127.0.0.1"), "{}", body(&inv));
+    assert_eq!(asked.lock().unwrap().opened.len(), 1);
+    assert_eq!(t.core.calls(t.now)[0].media, "relayed");
+}
+
+#[test]
+fn a_re_invite_adding_a_stream_when_the_relay_is_full_gets_488() {
+    let (mut t, asked) = T::with_relay(1, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "full-2");
+    t.recv(
+        BOB,
+        &with_sdp(&answer(&inv.unwrap(), 200, "OK", "b"), ANSWER),
+    );
+    let _ = t.sent();
+    // alice turns on video: a second stream, and no ports are left for it.
+    let video = OFFER.replace("m=video 0 RTP/AVP 99", "m=video 4002 RTP/AVP 99");
+    let reinvite = with_sdp(
+        &format!(
+            "INVITE sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_PRIVATE};branch=z9hG4bKvid1;rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag=b\r\n\
+Call-ID: full-2\r\nCSeq: 5 INVITE\r\nContact: <sip:alice@{ALICE_PRIVATE}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+        &video,
+    );
+    t.recv(ALICE_NAT, &reinvite);
+    let out = t.to_alice();
+    assert!(
+        out.iter().any(|m| m.status() == Some(488)),
+        "{:?}",
+        out.iter().map(|m| m.status()).collect::<Vec<_>>()
+    );
+    // The call and its audio stream go on.
+    assert_eq!(t.core.calls(t.now).len(), 1);
+    assert!(asked.lock().unwrap().closed.is_empty());
+}

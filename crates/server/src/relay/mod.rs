@@ -208,6 +208,32 @@ mod tests {
         assert_eq!(relay.counters(s.id), StreamCounters::default());
     }
 
+    /// A re-INVITE moves the caller to a new address: the side is learned again from the
+    /// packets that follow, and the callee's media goes there.
+    #[test]
+    fn a_new_address_in_sdp_is_learned_again() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut relay = Relay::start(42400, 42499).unwrap();
+        let s = relay.open([lo, lo]).unwrap();
+        let old = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (o, c) = (old.local_addr().unwrap(), callee.local_addr().unwrap());
+        relay.set_peer(s.id, Side::Caller, o, o);
+        relay.set_peer(s.id, Side::Callee, c, c);
+        std::thread::sleep(Duration::from_millis(50));
+        old.send_to(b"1", ("127.0.0.1", s.ports[0])).unwrap();
+        assert_eq!(recv(&callee).0, b"1");
+        let new = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = new.local_addr().unwrap();
+        relay.set_peer(s.id, Side::Caller, n, n);
+        std::thread::sleep(Duration::from_millis(50));
+        new.send_to(b"2", ("127.0.0.1", s.ports[0])).unwrap();
+        assert_eq!(recv(&callee).0, b"2");
+        callee.send_to(b"3", ("127.0.0.1", s.ports[1])).unwrap();
+        assert_eq!(recv(&new).0, b"3", "the callee's media follows the caller");
+        assert_eq!(relay.counters(s.id).latched[0], Some(n));
+    }
+
     #[test]
     fn runs_dry_and_recovers() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
