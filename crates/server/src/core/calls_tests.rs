@@ -118,7 +118,7 @@ impl T {
         (inv, out)
     }
 
-    fn to_alice(&mut self) -> Vec<Message> {
+    fn sent_to_alice(&mut self) -> Vec<Message> {
         self.sent()
             .into_iter()
             .filter(|(f, _)| f.remote == addr(ALICE_NAT))
@@ -162,7 +162,7 @@ fn a_caller_behind_nat_is_relayed_and_only_addresses_and_ports_change() {
     // bob's answer goes to alice with the caller-facing port.
     t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
     let ok = t
-        .to_alice()
+        .sent_to_alice()
         .into_iter()
         .find(|m| m.status() == Some(200))
         .expect("200 to alice");
@@ -276,7 +276,7 @@ fn a_failed_call_frees_its_relay_ports() {
     let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
     let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "busy-1");
     t.recv(BOB, &answer(&inv.unwrap(), 486, "Busy Here", "b"));
-    assert!(t.to_alice().iter().any(|m| m.status() == Some(486)));
+    assert!(t.sent_to_alice().iter().any(|m| m.status() == Some(486)));
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
     assert!(t.core.calls(t.now).is_empty());
 }
@@ -320,7 +320,7 @@ fn an_offer_in_the_answer_is_completed_by_the_ack_and_hold_is_seen() {
     assert!(inv.body().is_empty());
     t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
     let ok = t
-        .to_alice()
+        .sent_to_alice()
         .into_iter()
         .find(|m| m.status() == Some(200))
         .unwrap();
@@ -358,7 +358,7 @@ Call-ID: late-1\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@{BOB}>\r\nContent-Length:
         &ANSWER.replace("m=audio 5000 RTP/SAVP 0\r\n", "m=audio 5000 RTP/SAVP 0\r\na=sendonly\r\n"),
     );
     t.recv(BOB, &hold);
-    let to_alice = t.to_alice();
+    let to_alice = t.sent_to_alice();
     let reinv = to_alice
         .iter()
         .find(|m| m.method() == Some(Method::Invite))
@@ -396,7 +396,7 @@ From: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>\r\nCall
         .expect("the CANCEL goes on to bob");
     t.recv(BOB, &answer(c, 200, "OK", "b"));
     t.recv(BOB, &answer(&inv, 487, "Request Terminated", "b"));
-    assert!(t.to_alice().iter().any(|m| m.status() == Some(487)));
+    assert!(t.sent_to_alice().iter().any(|m| m.status() == Some(487)));
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
     assert!(t.core.calls(t.now).is_empty());
 }
@@ -433,7 +433,7 @@ Call-ID: full-2\r\nCSeq: 5 INVITE\r\nContact: <sip:alice@{ALICE_PRIVATE}>\r\nCon
         &video,
     );
     t.recv(ALICE_NAT, &reinvite);
-    let out = t.to_alice();
+    let out = t.sent_to_alice();
     assert!(
         out.iter().any(|m| m.status() == Some(488)),
         "{:?}",
