@@ -106,6 +106,9 @@ enum UserCommand {
         /// Whether the user may call outside the domain (numbers, other domains).
         #[arg(long)]
         outside: Option<plan_cli::OnOff>,
+        /// Whether callers from other domains may reach the user (by name).
+        #[arg(long)]
+        external: Option<plan_cli::OnOff>,
     },
 }
 
@@ -336,6 +339,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             let pw = read_password(password_stdin, &name)?;
             store.update_user(&User {
                 outside: old.outside,
+                external: old.external,
                 ..User::new(&name, old.extension.as_deref(), &cfg.domain, &pw)
             })?;
             notify_daemon(cfg);
@@ -346,6 +350,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             extension,
             no_extension,
             outside,
+            external,
         } => {
             let mut u = store
                 .user(&name)?
@@ -359,6 +364,9 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             }
             if let Some(o) = outside {
                 u.outside = matches!(o, plan_cli::OnOff::On);
+            }
+            if let Some(o) = external {
+                u.external = matches!(o, plan_cli::OnOff::On);
             }
             // The whole plan must still hold (an extension may clash with a group's).
             let mut users = store.users()?;

@@ -96,6 +96,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The media relay (`[relay]`).
     pub relay: RelayConfig,
+    /// Calls and messages from other domains (`[federation]`).
+    pub federation: FederationConfig,
+    /// How other domains are found (`[dns]`).
+    pub dns: DnsConfig,
     /// Which extensions are valid.
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
@@ -127,6 +131,32 @@ pub struct RegistrarConfig {
     pub nat_ping_interval: u32,
     /// Unanswered pings in a row after which such a contact is removed.
     pub nat_ping_failures: u8,
+}
+
+/// Who may reach local users from other domains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboundPolicy {
+    /// Any server may reach users who accept external calls.
+    #[default]
+    Open,
+    /// Only over TLS (the sending server's certificate verified).
+    TlsOnly,
+    /// No calls or messages from other domains.
+    Closed,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub inbound: InboundPolicy,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// DNS servers (`"IP:PORT"`) to ask instead of the system's (/etc/resolv.conf).
+    pub servers: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -248,6 +278,8 @@ impl Default for Config {
             registrar: RegistrarConfig::default(),
             auth: AuthConfig::default(),
             relay: RelayConfig::default(),
+            federation: FederationConfig::default(),
+            dns: DnsConfig::default(),
             numbering: Numbering::default(),
             features: FeatureCodes::default(),
             calls: CallSettings::default(),

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod dns;
 pub mod plan;
 pub mod relay;
 pub mod runtime;

@@ -16,6 +16,8 @@ pub struct User {
     pub ha1_sha256: String,
     /// May call outside the domain (numbers and other domains' URIs).
     pub outside: bool,
+    /// Accepts calls and messages from other domains (by name).
+    pub external: bool,
 }
 
 impl User {
@@ -28,6 +30,7 @@ impl User {
             ha1_md5: ha1(Algorithm::Md5, name, realm, password),
             ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
             outside: true,
+            external: true,
         }
     }
 }
@@ -298,6 +301,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_outside {
         conn.execute_batch("ALTER TABLE users ADD COLUMN outside INTEGER NOT NULL DEFAULT 1")?;
     }
+    let has_external: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'external'")?
+        .exists([])?;
+    if !has_external {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN external INTEGER NOT NULL DEFAULT 1")?;
+    }
     // Path (RFC 3327) and outbound (RFC 5626) of registrations.
     for (column, kind) in [
         ("path", "TEXT NOT NULL DEFAULT ''"),
@@ -322,6 +331,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         ha1_md5: r.get(3)?,
         ha1_sha256: r.get(4)?,
         outside: r.get(5)?,
+        external: r.get(6)?,
     })
 }
 
@@ -329,7 +339,7 @@ impl Store for SqliteStore {
     fn users(&self) -> StoreResult<Vec<User>> {
         let mut st = self
             .conn
-            .prepare("SELECT name, extension, realm, ha1_md5, ha1_sha256, outside FROM users ORDER BY name")
+            .prepare("SELECT name, extension, realm, ha1_md5, ha1_sha256, outside, external FROM users ORDER BY name")
             .map_err(err)?;
         let rows = st.query_map([], user_row).map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)
@@ -338,7 +348,7 @@ impl Store for SqliteStore {
     fn user(&self, name: &str) -> StoreResult<Option<User>> {
         self.conn
             .query_row(
-                "SELECT name, extension, realm, ha1_md5, ha1_sha256, outside FROM users WHERE name = ?1",
+                "SELECT name, extension, realm, ha1_md5, ha1_sha256, outside, external FROM users WHERE name = ?1",
                 [name],
                 user_row,
             )
@@ -365,8 +375,8 @@ impl Store for SqliteStore {
         }
         self.conn
             .execute(
-                "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside],
+                "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside, external) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside, u.external],
             )
             .map_err(err)?;
         Ok(())
@@ -377,7 +387,7 @@ impl Store for SqliteStore {
         {
             let mut st = tx
                 .prepare(
-                    "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO users (name, extension, realm, ha1_md5, ha1_sha256, outside, external) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err)?;
             for u in users {
@@ -387,7 +397,8 @@ impl Store for SqliteStore {
                     u.realm,
                     u.ha1_md5,
                     u.ha1_sha256,
-                    u.outside
+                    u.outside,
+                    u.external
                 ])
                 .map_err(|e| {
                     format!(
@@ -404,8 +415,8 @@ impl Store for SqliteStore {
         let n = self
             .conn
             .execute(
-                "UPDATE users SET extension = ?2, realm = ?3, ha1_md5 = ?4, ha1_sha256 = ?5, outside = ?6 WHERE name = ?1",
-                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside],
+                "UPDATE users SET extension = ?2, realm = ?3, ha1_md5 = ?4, ha1_sha256 = ?5, outside = ?6, external = ?7 WHERE name = ?1",
+                params![u.name, u.extension, u.realm, u.ha1_md5, u.ha1_sha256, u.outside, u.external],
             )
             .map_err(err)?;
         Ok(n > 0)
@@ -633,6 +644,7 @@ mod tests {
         assert!(s.user("old").unwrap().unwrap().outside);
         assert!(s.set_outside("old", false).unwrap());
         assert!(!s.user("old").unwrap().unwrap().outside);
+        assert!(s.user("old").unwrap().unwrap().external, "accepts external calls by default");
     }
 
     #[test]

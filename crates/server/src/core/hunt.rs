@@ -92,8 +92,6 @@ pub(crate) struct Hunt {
     pub forwards: u8,
     /// P-Asserted-Identity for the branches, when the caller is authenticated.
     pub asserted: Option<String>,
-    /// The caller asked for privacy of their identity (RFC 3323 `id`).
-    pub private: bool,
     /// The current target is outside the domain.
     remote: bool,
 }
@@ -110,7 +108,6 @@ impl Hunt {
         original_uri: &str,
         caller: Option<String>,
         asserted: Option<String>,
-        private: bool,
     ) -> Hunt {
         Hunt {
             caller,
@@ -130,7 +127,6 @@ impl Hunt {
             diversions: vec![],
             forwards: 0,
             asserted,
-            private,
             remote: false,
         }
     }
@@ -168,8 +164,10 @@ impl Hunt {
             h.push(("History-Info", entries.join(", ")));
         }
         if let Some(pai) = &self.asserted {
-            // RFC 3325 §7: with Privacy: id the identity stays inside the domain.
-            if !(self.private && self.remote) {
+            // RFC 3325: the asserted identity is for our trust domain (our own users and
+            // phones); another domain gets the caller's From and our Record-Route, and
+            // never an identity it could not verify anyway.
+            if !self.remote {
                 h.push(("P-Asserted-Identity", pai.clone()));
             }
         }
@@ -854,7 +852,6 @@ mod tests {
             "sip:201@example.test",
             Some("carol".into()),
             Some("<sip:carol@example.test>".into()),
-            false,
         );
         h.divert(
             "sip:alice@example.test",
@@ -891,7 +888,6 @@ mod tests {
             get("P-Asserted-Identity"),
             vec!["<sip:carol@example.test>".to_string()]
         );
-        h.private = true;
         h.remote = true;
         assert!(h.headers().iter().all(|(k, _)| *k != "P-Asserted-Identity"));
     }

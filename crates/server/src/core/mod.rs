@@ -98,6 +98,8 @@ pub struct CoreConfig {
     pub relay_timeout: Duration,
     /// The same while the call is on hold (held phones may send nothing at all).
     pub relay_hold_timeout: Duration,
+    /// Who may reach local users from other domains.
+    pub inbound: crate::config::InboundPolicy,
 }
 
 impl CoreConfig {
@@ -124,6 +126,7 @@ impl CoreConfig {
             relay_mode: cfg.relay.mode,
             relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
             relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
+            inbound: cfg.federation.inbound,
         }
     }
 }

@@ -230,12 +230,13 @@ impl Core {
             return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Route"));
         }
         if !self.is_local_domain(&uri) {
-            if !dialog_route {
-                return Some(Decision::Reply(403, "Relaying Denied"));
+            if dialog_route {
+                // In-dialog request through our Record-Route: the R-URI is the peer's contact.
+                let hop = self.dialog_hop(&uri, now);
+                return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
             }
-            // In-dialog request through our Record-Route: the R-URI is the peer's contact.
-            let hop = self.dialog_hop(&uri, now);
-            return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
+            // Another domain: only our own users may go there through us (no open relay).
+            return self.decide_outgoing(now, msg, key, flow, &uri, pop, hash);
         }
         if method == Some(Method::Register) {
             return Some(Decision::Register);
@@ -274,6 +275,23 @@ impl Core {
                 AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
             }
         }
+        if caller.is_none() && !from_local && !spiral {
+            // From another domain (RFC 3263 federation): the policy, then users by name only,
+            // and only those who accept calls from outside.
+            if let Some(refused) = self.inbound_refused(flow) {
+                return Some(refused);
+            }
+            let name = self.users.by_name(&callee).map(|u| u.name.clone());
+            return Some(match name.filter(|n| self.plan.accepts_external(n)) {
+                Some(name) => Decision::Hunt {
+                    target: Dialed::Local(crate::plan::Target::User(name)),
+                    hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
+                    pop,
+                    hash,
+                },
+                None => Decision::Reply(404, "Not Found"),
+            });
+        }
         let target = match self.plan.dial(&callee, caller.as_deref()) {
             Dialed::Feature(req) => {
                 return Some(match (caller, method) {
@@ -295,16 +313,73 @@ impl Core {
         let asserted = caller
             .as_ref()
             .map(|c| format!("<sip:{c}@{}>", self.cfg.domain));
-        let private = msg
-            .other_value("Privacy")
-            .is_some_and(|p| p.split(';').any(|t| t.trim().eq_ignore_ascii_case("id")));
-        let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted, private));
+        let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted));
         Some(Decision::Hunt {
             target,
             hunt,
             pop,
             hash,
         })
+    }
+
+    /// A request for another domain, out of any dialog of ours: a local user (authenticated)
+    /// with permission calls or messages it directly; anyone else gets 403.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_outgoing(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: &str,
+        flow: Flow,
+        uri: &Uri<'_>,
+        pop: usize,
+        hash: String,
+    ) -> Option<Decision> {
+        let from = msg.from()?;
+        let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
+        if !from_local || self.is_spiral(flow) || msg.method() == Some(Method::Register) {
+            return Some(Decision::Reply(403, "Relaying Denied"));
+        }
+        let user = match self.authenticate(now, msg, true) {
+            AuthOutcome::User(user) => user,
+            AuthOutcome::Challenge { stale } => {
+                let h = self.challenges(now, true, stale);
+                self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
+                return None;
+            }
+            AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
+        };
+        let claimed = from
+            .uri
+            .user_unescaped()
+            .and_then(|u| self.users.find(&u).map(|u| u.name.clone()));
+        if claimed.as_deref() != Some(user.as_str()) {
+            return Some(Decision::Reply(403, "Forbidden: From Is Not You"));
+        }
+        if !self.plan.may_call_outside(&user) {
+            return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"));
+        }
+        let hunt = Box::new(Hunt::new(msg.uri_str(), Some(user), None));
+        Some(Decision::Hunt {
+            target: Dialed::Remote(uri.raw.to_string()),
+            hunt,
+            pop,
+            hash,
+        })
+    }
+
+    /// The inbound policy for a request from another domain: None when it may come in.
+    fn inbound_refused(&self, flow: Flow) -> Option<Decision> {
+        use crate::config::InboundPolicy;
+        match self.cfg.inbound {
+            InboundPolicy::Open => None,
+            InboundPolicy::Closed => Some(Decision::Reply(403, "Calls From Other Domains Refused")),
+            // No request arrives over TLS until the TLS transport exists: refused like any.
+            InboundPolicy::TlsOnly => {
+                let _ = flow;
+                Some(Decision::Reply(403, "Calls From Other Domains Over TLS Only"))
+            }
+        }
     }
 
     /// A response context for the request of server transaction `key`, with no branch yet.

@@ -83,6 +83,7 @@ pub enum FeatureRequest {
 #[derive(Clone, Debug)]
 struct UserEntry {
     outside: bool,
+    external: bool,
     forward: Option<Box<ForwardSpec>>,
 }
 
@@ -204,6 +205,7 @@ impl Directory {
                 u.name.clone(),
                 UserEntry {
                     outside: u.outside && !local_only.contains(u.name.as_str()),
+                    external: u.external,
                     forward: None,
                 },
             );
@@ -347,6 +349,11 @@ impl Directory {
 
     pub fn may_call_outside(&self, user: &str) -> bool {
         self.users.get(user).is_some_and(|u| u.outside)
+    }
+
+    /// Whether callers from other domains may reach this user.
+    pub fn accepts_external(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.external)
     }
 
     /// Replaces a user's forwarding (a feature code was dialled).

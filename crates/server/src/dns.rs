@@ -1,0 +1,327 @@
+//! Finding another domain's SIP server (RFC 3263): NAPTR, then SRV (priority, then weight),
+//! then A/AAAA, honouring a port or transport the URI names. The ordering rules are plain
+//! functions (tested here); the lookups go through hickory-resolver, which caches answers
+//! for their TTL. The resolver reads the system configuration unless `[dns] servers` names
+//! servers to ask.
+
+use crate::config::Transport;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::Resolver;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where a request for a domain may go, in the order to try.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub targets: Vec<(Transport, SocketAddr)>,
+    /// How long the answer may be reused (the shortest TTL met).
+    pub ttl: Duration,
+}
+
+/// What the URI fixes before DNS is asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub host: String,
+    pub port: Option<u16>,
+    pub transport: Option<Transport>,
+}
+
+/// A NAPTR record as RFC 3263 reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Naptr {
+    pub order: u16,
+    pub preference: u16,
+    pub flags: String,
+    pub service: String,
+    pub replacement: String,
+}
+
+/// An SRV record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Srv {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    pub target: String,
+}
+
+/// The transports we can use, with their NAPTR service and SRV prefix.
+const SERVICES: [(Transport, &str, &str); 2] = [
+    (Transport::Udp, "SIP+D2U", "_sip._udp"),
+    (Transport::Tcp, "SIP+D2T", "_sip._tcp"),
+];
+
+/// RFC 3263 §4.1: NAPTR records for SIP services we support, flag "s", lowest order first,
+/// then preference; each gives the SRV name to ask and its transport.
+pub fn order_naptr(mut records: Vec<Naptr>) -> Vec<(Transport, String)> {
+    records.retain(|r| r.flags.eq_ignore_ascii_case("s"));
+    records.sort_by_key(|r| (r.order, r.preference));
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let t = SERVICES
+                .iter()
+                .find(|(_, s, _)| s.eq_ignore_ascii_case(&r.service))?
+                .0;
+            Some((t, r.replacement))
+        })
+        .collect()
+}
+
+/// RFC 2782: lowest priority first; within a priority, a weighted random order (`random`
+/// gives numbers in 0..=total, one per pick). A lone "." target means no service.
+pub fn order_srv(mut records: Vec<Srv>, mut random: impl FnMut(u32) -> u32) -> Vec<Srv> {
+    records.retain(|r| r.target != "." && !r.target.is_empty());
+    records.sort_by_key(|r| r.priority);
+    let mut out = Vec::with_capacity(records.len());
+    let mut rest = records.as_slice();
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|r| r.priority == first.priority).count();
+        // Zero weights first, so they keep a small chance (RFC 2782).
+        let mut group: Vec<Srv> = rest[..n].to_vec();
+        group.sort_by_key(|r| r.weight != 0);
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
+            let pick = random(total);
+            let mut sum = 0;
+            let i = group
+                .iter()
+                .position(|r| {
+                    sum += u32::from(r.weight);
+                    sum >= pick
+                })
+                .unwrap_or(0);
+            out.push(group.remove(i));
+        }
+        rest = &rest[n..];
+    }
+    out
+}
+
+fn name_text(n: &impl std::fmt::Display) -> String {
+    let s = n.to_string();
+    s.strip_suffix('.').map(str::to_string).unwrap_or(s)
+}
+
+/// The resolver, shared by every lookup.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: Resolver<TokioRuntimeProvider>,
+}
+
+impl Dns {
+    /// The system's resolver configuration, or the given servers (UDP and TCP).
+    pub fn new(servers: &[SocketAddr]) -> Result<Dns, String> {
+        let builder = if servers.is_empty() {
+            Resolver::builder_tokio().map_err(|e| format!("DNS: {e}"))?
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|s| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = s.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = s.port();
+                    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], name_servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let resolver = builder.build().map_err(|e| format!("DNS: {e}"))?;
+        Ok(Dns { resolver })
+    }
+
+    /// Every target for `q`, in RFC 3263 order; empty when DNS knows none.
+    pub async fn resolve(&self, q: &Query) -> Resolved {
+        let mut ttl = Duration::from_secs(3600);
+        let host = q.host.trim_end_matches('.');
+        let fqdn = format!("{host}.");
+        // §4.2: a port in the URI means A/AAAA straight away.
+        if let Some(port) = q.port {
+            let t = q.transport.unwrap_or(Transport::Udp);
+            let targets = self.addresses(&fqdn, port, t, &mut ttl).await;
+            return Resolved { targets, ttl };
+        }
+        let mut srv_names: Vec<(Transport, String)> = vec![];
+        if q.transport.is_none() {
+            srv_names = order_naptr(self.naptr(&fqdn, &mut ttl).await);
+        }
+        if srv_names.is_empty() {
+            // No NAPTR (or a transport given): SRV for each transport, ours in order.
+            srv_names = SERVICES
+                .iter()
+                .filter(|(t, _, _)| q.transport.is_none_or(|want| want == *t))
+                .map(|(t, _, prefix)| (*t, format!("{prefix}.{host}")))
+                .collect();
+        }
+        let mut targets = vec![];
+        for (t, name) in &srv_names {
+            let records = self.srv(&format!("{}.", name.trim_end_matches('.')), &mut ttl).await;
+            let ordered = order_srv(records, |total| {
+                if total == 0 {
+                    0
+                } else {
+                    u32::from_le_bytes(rand4()) % (total + 1)
+                }
+            });
+            for r in ordered {
+                let addrs = self.addresses(&format!("{}.", r.target), r.port, *t, &mut ttl).await;
+                targets.extend(addrs);
+            }
+        }
+        if targets.is_empty() {
+            // §4.2: no SRV either: the host's addresses on the default port.
+            let t = q.transport.unwrap_or(Transport::Udp);
+            targets = self.addresses(&fqdn, 5060, t, &mut ttl).await;
+        }
+        targets.dedup();
+        Resolved { targets, ttl }
+    }
+
+    async fn naptr(&self, name: &str, ttl: &mut Duration) -> Vec<Naptr> {
+        let Ok(l) = self.resolver.lookup(name, RecordType::NAPTR).await else {
+            return vec![];
+        };
+        l.answers()
+            .iter()
+            .filter_map(|r| {
+                *ttl = (*ttl).min(Duration::from_secs(u64::from(r.ttl)));
+                match &r.data {
+                    RData::NAPTR(n) => Some(Naptr {
+                        order: n.order,
+                        preference: n.preference,
+                        flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                        service: String::from_utf8_lossy(&n.services).into_owned(),
+                        replacement: name_text(&n.replacement),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    async fn srv(&self, name: &str, ttl: &mut Duration) -> Vec<Srv> {
+        let Ok(l) = self.resolver.lookup(name, RecordType::SRV).await else {
+            return vec![];
+        };
+        l.answers()
+            .iter()
+            .filter_map(|r| {
+                *ttl = (*ttl).min(Duration::from_secs(u64::from(r.ttl)));
+                match &r.data {
+                    RData::SRV(s) => Some(Srv {
+                        priority: s.priority,
+                        weight: s.weight,
+                        port: s.port,
+                        target: name_text(&s.target),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    async fn addresses(
+        &self,
+        name: &str,
+        port: u16,
+        t: Transport,
+        ttl: &mut Duration,
+    ) -> Vec<(Transport, SocketAddr)> {
+        let Ok(l) = self.resolver.lookup_ip(name).await else {
+            return vec![];
+        };
+        let left = l.valid_until().saturating_duration_since(std::time::Instant::now());
+        *ttl = (*ttl).min(left);
+        l.iter().map(|ip| (t, SocketAddr::new(ip, port))).collect()
+    }
+}
+
+fn rand4() -> [u8; 4] {
+    let mut b = [0u8; 4];
+    let _ = getrandom::getrandom(&mut b);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naptr(order: u16, pref: u16, service: &str, repl: &str) -> Naptr {
+        Naptr {
+            order,
+            preference: pref,
+            flags: "s".into(),
+            service: service.into(),
+            replacement: repl.into(),
+        }
+    }
+
+    #[test]
+    fn naptr_order_and_supported_services() {
+        let got = order_naptr(vec![
+            naptr(50, 50, "SIP+D2U", "_sip._udp.example.org"),
+            naptr(90, 50, "SIP+D2T", "_sip._tcp.example.org"),
+            naptr(10, 50, "SIPS+D2T", "_sips._tcp.example.org"),
+            naptr(50, 10, "SIP+D2T", "_sip._tcp.first.example.org"),
+            Naptr {
+                flags: "u".into(),
+                ..naptr(1, 1, "SIP+D2U", "x")
+            },
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (Transport::Tcp, "_sip._tcp.first.example.org".to_string()),
+                (Transport::Udp, "_sip._udp.example.org".to_string()),
+                (Transport::Tcp, "_sip._tcp.example.org".to_string()),
+            ]
+        );
+    }
+
+    fn srv(priority: u16, weight: u16, target: &str) -> Srv {
+        Srv {
+            priority,
+            weight,
+            port: 5060,
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn srv_priority_then_weight() {
+        let records = vec![
+            srv(20, 0, "backup"),
+            srv(10, 60, "big"),
+            srv(10, 40, "small"),
+            srv(10, 0, "zero"),
+            srv(30, 0, "."),
+        ];
+        // The random pick decides within priority 10; "backup" always comes last and "."
+        // (no service) never.
+        let low = order_srv(records.clone(), |_| 0);
+        let names: Vec<_> = low.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(names, ["zero", "big", "small", "backup"]);
+        let high = order_srv(records, |total| total);
+        let names: Vec<_> = high.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(names, ["small", "big", "zero", "backup"]);
+        // Weighted: over many picks "big" (60) comes first about 60% of the time.
+        let mut seed = 12345u32;
+        let mut big_first = 0;
+        for _ in 0..1000 {
+            let o = order_srv(vec![srv(1, 60, "big"), srv(1, 40, "small")], |total| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (seed >> 8) % (total + 1)
+            });
+            if o[0].target == "big" {
+                big_first += 1;
+            }
+        }
+        assert!((500..700).contains(&big_first), "{big_first}");
+    }
+}
