@@ -5,8 +5,8 @@
 //! servers to ask.
 
 use crate::config::Transport;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::Resolver;
 use std::net::SocketAddr;
@@ -20,13 +20,7 @@ pub struct Resolved {
     pub ttl: Duration,
 }
 
-/// What the URI fixes before DNS is asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Query {
-    pub host: String,
-    pub port: Option<u16>,
-    pub transport: Option<Transport>,
-}
+pub use crate::core::DnsQuery as Query;
 
 /// A NAPTR record as RFC 3263 reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +72,10 @@ pub fn order_srv(mut records: Vec<Srv>, mut random: impl FnMut(u32) -> u32) -> V
     let mut out = Vec::with_capacity(records.len());
     let mut rest = records.as_slice();
     while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|r| r.priority == first.priority).count();
+        let n = rest
+            .iter()
+            .take_while(|r| r.priority == first.priority)
+            .count();
         // Zero weights first, so they keep a small chance (RFC 2782).
         let mut group: Vec<Srv> = rest[..n].to_vec();
         group.sort_by_key(|r| r.weight != 0);
@@ -161,7 +158,9 @@ impl Dns {
         }
         let mut targets = vec![];
         for (t, name) in &srv_names {
-            let records = self.srv(&format!("{}.", name.trim_end_matches('.')), &mut ttl).await;
+            let records = self
+                .srv(&format!("{}.", name.trim_end_matches('.')), &mut ttl)
+                .await;
             let ordered = order_srv(records, |total| {
                 if total == 0 {
                     0
@@ -170,7 +169,9 @@ impl Dns {
                 }
             });
             for r in ordered {
-                let addrs = self.addresses(&format!("{}.", r.target), r.port, *t, &mut ttl).await;
+                let addrs = self
+                    .addresses(&format!("{}.", r.target), r.port, *t, &mut ttl)
+                    .await;
                 targets.extend(addrs);
             }
         }
@@ -236,7 +237,9 @@ impl Dns {
         let Ok(l) = self.resolver.lookup_ip(name).await else {
             return vec![];
         };
-        let left = l.valid_until().saturating_duration_since(std::time::Instant::now());
+        let left = l
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
         *ttl = (*ttl).min(left);
         l.iter().map(|ip| (t, SocketAddr::new(ip, port))).collect()
     }

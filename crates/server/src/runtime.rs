@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,6 +41,12 @@ pub enum Event {
     Control {
         command: String,
         reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// DNS answered a lookup of the core's (RFC 3263 targets, in order).
+    Resolved {
+        id: u64,
+        targets: Vec<(Transport, SocketAddr)>,
+        ttl: Duration,
     },
     /// SIGHUP: re-read the config file and the store.
     Reload,
@@ -349,6 +355,13 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
         conn_by_remote: HashMap::new(),
         store: store_tx,
         events: events_tx,
+        dns: match crate::dns::Dns::new(&cfg.dns.servers) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("{e}; calls to other domains by name will fail");
+                None
+            }
+        },
     };
     let started = Instant::now();
     let mut armed: Option<Instant> = None;
@@ -416,6 +429,9 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                     Event::Control { command, reply } => {
                         let answer = control_answer(&mut core, now, &command, &edge, &reloader);
                         let _ = reply.send(answer);
+                    }
+                    Event::Resolved { id, targets, ttl } => {
+                        core.handle_resolved(now, id, targets, ttl)
                     }
                     Event::Reload => {
                         match reloader.reload(&mut core, &edge.store) {
@@ -521,6 +537,8 @@ struct Edge {
     conn_by_remote: HashMap<SocketAddr, ConnId>,
     store: std::sync::mpsc::Sender<StoreOp>,
     events: mpsc::Sender<Event>,
+    /// RFC 3263 lookups; None when no resolver could be made (other domains unreachable).
+    dns: Option<crate::dns::Dns>,
 }
 
 impl Edge {
@@ -542,6 +560,35 @@ impl Edge {
                 }
                 Action::DeleteBinding { aor, contact } => {
                     let _ = self.store.send(StoreOp::Delete { aor, contact });
+                }
+                Action::Resolve { id, query } => {
+                    let events = self.events.clone();
+                    match self.dns.clone() {
+                        Some(dns) => {
+                            tokio::spawn(async move {
+                                let r = dns.resolve(&query).await;
+                                tracing::debug!(host = %query.host, targets = ?r.targets, "DNS");
+                                let _ = events
+                                    .send(Event::Resolved {
+                                        id,
+                                        targets: r.targets,
+                                        ttl: r.ttl,
+                                    })
+                                    .await;
+                            });
+                        }
+                        None => {
+                            tokio::spawn(async move {
+                                let _ = events
+                                    .send(Event::Resolved {
+                                        id,
+                                        targets: vec![],
+                                        ttl: Duration::ZERO,
+                                    })
+                                    .await;
+                            });
+                        }
+                    }
                 }
                 Action::SaveForward(f) => {
                     if self.store.send(StoreOp::Forward(f)).is_err() {

@@ -644,7 +644,10 @@ mod tests {
         assert!(s.user("old").unwrap().unwrap().outside);
         assert!(s.set_outside("old", false).unwrap());
         assert!(!s.user("old").unwrap().unwrap().outside);
-        assert!(s.user("old").unwrap().unwrap().external, "accepts external calls by default");
+        assert!(
+            s.user("old").unwrap().unwrap().external,
+            "accepts external calls by default"
+        );
     }
 
     #[test]

@@ -8,15 +8,16 @@
 use super::proxy::ProxyCtx;
 use super::route::Hop;
 use super::timers::TimerRef;
-use super::{Action, Core, Flow};
+use super::{Action, Core, DnsQuery, Flow};
 use crate::config::Transport;
 use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
 use sip::message::Message;
-use sip::uri::Uri;
+use sip::uri::{Host, Scheme, Uri};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Why a call moved on to another target: RFC 5806 reason and RFC 4458 cause.
@@ -63,6 +64,16 @@ pub(crate) struct Retarget {
 pub(crate) struct Stage {
     pub hops: Vec<Hop>,
     pub ring: Option<Duration>,
+    /// A URI of another domain whose servers DNS must find first (RFC 3263).
+    pub resolve: Option<String>,
+}
+
+/// A DNS lookup a hunt waits for.
+pub(crate) struct Resolving {
+    ctx_id: u64,
+    uri: String,
+    /// The hunt's stage generation when it was asked (a later stage ignores the answer).
+    generation: u32,
 }
 
 /// One History-Info entry (RFC 7044).
@@ -104,11 +115,7 @@ enum Expanded {
 }
 
 impl Hunt {
-    pub fn new(
-        original_uri: &str,
-        caller: Option<String>,
-        asserted: Option<String>,
-    ) -> Hunt {
+    pub fn new(original_uri: &str, caller: Option<String>, asserted: Option<String>) -> Hunt {
         Hunt {
             caller,
             stages: VecDeque::new(),
@@ -225,11 +232,13 @@ impl Core {
                     uri: b.contact.clone(),
                     flow: self.resolve(&Uri::parse(first).ok()?)?,
                     route: b.path.clone(),
+                    alternates: vec![],
                 }),
                 None => Some(Hop {
                     uri: b.contact.clone(),
                     flow: self.binding_flow(b)?,
                     route: vec![],
+                    alternates: vec![],
                 }),
             })
             .collect()
@@ -321,19 +330,99 @@ impl Core {
                         .collect()
                 })
                 .unwrap_or_default(),
-            Dialed::Remote(uri) => self.remote_hop(&uri).into_iter().collect(),
+            Dialed::Remote(uri) => self.remote_hop(&uri, now).into_iter().collect(),
             _ => vec![],
         }
     }
 
-    fn remote_hop(&self, uri: &str) -> Option<Hop> {
+    /// A hop for a URI of another domain: an IP address, or a name whose DNS answer is
+    /// still cached (its other targets become the branch's fail-over list).
+    fn remote_hop(&self, uri: &str, now: Instant) -> Option<Hop> {
         let u = Uri::parse(uri).ok()?;
-        let flow = self.resolve(&u)?;
+        if let Some(flow) = self.resolve(&u) {
+            return Some(Hop {
+                uri: uri.to_string(),
+                flow,
+                route: vec![],
+                alternates: vec![],
+            });
+        }
+        let (targets, until) = self.dns_cache.get(&dns_query(uri)?)?;
+        if *until <= now {
+            return None;
+        }
+        self.hop_from_targets(uri, targets)
+    }
+
+    /// The first usable target as a hop, the others as its fail-over list.
+    fn hop_from_targets(&self, uri: &str, targets: &[(Transport, SocketAddr)]) -> Option<Hop> {
+        let mut flows = targets.iter().filter_map(|(t, addr)| {
+            let l = self.listener_for(*t, addr)?;
+            Some(Flow {
+                transport: *t,
+                local: l.addr,
+                remote: *addr,
+                conn: None,
+            })
+        });
+        let flow = flows.next()?;
         Some(Hop {
             uri: uri.to_string(),
             flow,
             route: vec![],
+            alternates: flows.collect(),
         })
+    }
+
+    /// DNS answered a hunt's lookup: ring the first target (the others in reserve), or count
+    /// the stage as failed when there is none.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        id: u64,
+        targets: Vec<(Transport, SocketAddr)>,
+        ttl: Duration,
+    ) {
+        let Some(p) = self.resolving.remove(&id) else {
+            return;
+        };
+        if let Some(q) = dns_query(&p.uri) {
+            if !targets.is_empty() {
+                // Kept at least a few seconds (ACKs and retries follow), at most an hour.
+                let ttl = ttl.clamp(Duration::from_secs(5), Duration::from_secs(3600));
+                self.dns_cache.insert(q, (targets.clone(), now + ttl));
+            }
+        }
+        let Some(ctx) = self.contexts.get(&p.ctx_id) else {
+            return;
+        };
+        let current = ctx
+            .hunt
+            .as_ref()
+            .is_some_and(|h| h.generation == p.generation);
+        if ctx.final_sent || ctx.cancelled || !current {
+            return;
+        }
+        match self.hop_from_targets(&p.uri, &targets) {
+            Some(hop) => {
+                let headers = ctx.hunt.as_ref().map(|h| h.headers()).unwrap_or_default();
+                self.add_branches(now, p.ctx_id, vec![hop], &headers);
+            }
+            None => {
+                tracing::info!(uri = %p.uri, "DNS found no server for the target");
+                if let Some(ctx) = self.contexts.get_mut(&p.ctx_id) {
+                    if ctx
+                        .best
+                        .as_ref()
+                        .is_none_or(|b| super::proxy::rank(503) < super::proxy::rank(b.status()))
+                    {
+                        ctx.best =
+                            Some(super::proxy::Candidate::Local(503, "Cannot Resolve Target"));
+                    }
+                }
+                self.hunt_stage_over(now, p.ctx_id, Some(503));
+            }
+        }
     }
 
     /// Fills the hunt's stages for `target` (replacing what was left), or says where the
@@ -378,7 +467,11 @@ impl Core {
                             .max(1),
                     ))
                 });
-                stages.push_back(Stage { hops, ring });
+                stages.push_back(Stage {
+                    hops,
+                    ring,
+                    resolve: None,
+                });
                 if invite {
                     on_busy = re(&f.busy, Divert::Busy);
                     on_no_answer = re(&f.no_answer, Divert::NoAnswer);
@@ -404,6 +497,7 @@ impl Core {
                     stages.push_back(Stage {
                         hops,
                         ring: if invite { g.timeout } else { None },
+                        resolve: None,
                     });
                 } else {
                     let n = g.members.len().max(1);
@@ -420,6 +514,7 @@ impl Core {
                         stages.push_back(Stage {
                             hops: self.member_hops(&m.target, caller, now, 0),
                             ring: Some(m.ring_time),
+                            resolve: None,
                         });
                     }
                     overall = g.timeout.map(|t| now + t);
@@ -436,12 +531,18 @@ impl Core {
             }
             Dialed::Remote(uri) => {
                 remote = true;
-                match self.remote_hop(uri) {
+                match self.remote_hop(uri, now) {
                     Some(h) => stages.push_back(Stage {
                         hops: vec![h],
                         ring: None,
+                        resolve: None,
                     }),
-                    // Names are resolved once DNS routing exists (RFC 3263).
+                    // A domain name: DNS first (RFC 3263), then the branch.
+                    None if dns_query(uri).is_some() => stages.push_back(Stage {
+                        hops: vec![],
+                        ring: None,
+                        resolve: Some(uri.clone()),
+                    }),
                     None => return Expanded::Reply(503, "Cannot Resolve Target".into()),
                 }
             }
@@ -511,12 +612,29 @@ impl Core {
             let Some(stage) = h.stages.pop_front() else {
                 return false;
             };
-            if stage.hops.is_empty() {
+            if stage.hops.is_empty() && stage.resolve.is_none() {
                 continue;
             }
             h.stage_start = start;
             h.generation = h.generation.wrapping_add(1);
             let generation = h.generation;
+            if let Some(uri) = stage.resolve {
+                // Nothing rings until DNS answers (`handle_resolved`).
+                let Some(query) = dns_query(&uri) else {
+                    continue;
+                };
+                let id = self.id();
+                self.resolving.insert(
+                    id,
+                    Resolving {
+                        ctx_id,
+                        uri,
+                        generation,
+                    },
+                );
+                self.out.push(Action::Resolve { id, query });
+                return true;
+            }
             let headers = h.headers();
             if let Some(ring) = stage.ring {
                 self.timers
@@ -799,7 +917,7 @@ impl Core {
                         .as_deref()
                         .is_some_and(|c| self.plan.may_call_outside(c)) =>
                 {
-                    hops.extend(self.remote_hop(&uri))
+                    hops.extend(self.remote_hop(&uri, now))
                 }
                 _ => tracing::debug!(contact = raw, "redirect target not followed"),
             }
@@ -840,6 +958,26 @@ fn title(s: &str) -> String {
         })
         .collect::<Vec<String>>()
         .join(" ")
+}
+
+/// The DNS question for a URI of another domain (RFC 3263 §4): None for IP addresses and
+/// for anything but `sip:` (`sips:` needs TLS, which this server does not speak yet).
+pub(crate) fn dns_query(uri: &str) -> Option<DnsQuery> {
+    let u = Uri::parse(uri).ok()?;
+    if u.scheme != Scheme::Sip {
+        return None;
+    }
+    match u.host {
+        Host::Name(n) if !n.eq_ignore_ascii_case("localhost") => Some(DnsQuery {
+            host: n.to_ascii_lowercase(),
+            port: u.port,
+            transport: match u.transport() {
+                Some(t) => Some(Transport::parse(t)?),
+                None => None,
+            },
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,21 @@ pub enum Action {
     },
     /// A user changed their forwarding from the phone (feature code): keep it.
     SaveForward(ForwardSpec),
+    /// Find another domain's servers (RFC 3263); the answer comes back through
+    /// `handle_resolved(id, ...)`, empty when there is none.
+    Resolve {
+        id: u64,
+        query: DnsQuery,
+    },
+}
+
+/// What a URI fixes before DNS is asked (RFC 3263 §4): the host, and a port or transport
+/// when the URI names them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DnsQuery {
+    pub host: String,
+    pub port: Option<u16>,
+    pub transport: Option<Transport>,
 }
 
 /// A listening socket as the core sees it: what to write in Via and Record-Route.
@@ -328,6 +343,10 @@ pub struct Core {
     pub(crate) pings: HashMap<String, (String, String)>,
     /// Calls in progress by Call-ID.
     pub(crate) calls: HashMap<String, calls::Call>,
+    /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
+    pub(crate) dns_cache: HashMap<DnsQuery, (Vec<(Transport, SocketAddr)>, Instant)>,
+    /// Lookups in flight: id -> the hunt waiting for them.
+    pub(crate) resolving: HashMap<u64, hunt::Resolving>,
     pub(crate) relay: Option<Box<dyn MediaRelay>>,
 }
 
@@ -361,6 +380,8 @@ impl Core {
             rotation: HashMap::new(),
             pings: HashMap::new(),
             calls: HashMap::new(),
+            dns_cache: HashMap::new(),
+            resolving: HashMap::new(),
             relay: None,
             nonces: NonceManager::new(secret, cfg.nonce_lifetime),
             cfg,

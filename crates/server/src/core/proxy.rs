@@ -31,7 +31,7 @@ pub(crate) enum Candidate {
 }
 
 impl Candidate {
-    fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Candidate::Received(m) => m.status().unwrap_or(500),
             Candidate::Local(c, _) => *c,
@@ -41,7 +41,7 @@ impl Candidate {
 
 /// Lower is better: 6xx first, then the lowest class; within a class the responses that tell
 /// the caller something it can act on (auth challenges, 415, 420, 484, busy) before the rest.
-fn rank(status: u16) -> (u8, u8, u16) {
+pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
     let class = match status / 100 {
         6 => 0,
         3 => 1,
@@ -65,6 +65,15 @@ pub(crate) struct Branch {
     /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
     /// that names another address than the answer's source is behind NAT.
     pub to_phone: bool,
+    /// Other servers of the target's domain to try if this one fails (RFC 3263 §4.3).
+    pub retry: Option<Box<Retry>>,
+}
+
+/// What a branch needs to be sent again to the next of its domain's servers.
+pub(crate) struct Retry {
+    uri: String,
+    alternates: Vec<Flow>,
+    extra: Vec<(&'static str, String)>,
 }
 
 /// The response context of one forwarded request.
@@ -377,7 +386,10 @@ impl Core {
             // No request arrives over TLS until the TLS transport exists: refused like any.
             InboundPolicy::TlsOnly => {
                 let _ = flow;
-                Some(Decision::Reply(403, "Calls From Other Domains Over TLS Only"))
+                Some(Decision::Reply(
+                    403,
+                    "Calls From Other Domains Over TLS Only",
+                ))
             }
         }
     }
@@ -458,6 +470,19 @@ impl Core {
         hops: Vec<Hop>,
         extra: &[(&'static str, String)],
     ) {
+        self.add_branches_at(now, ctx_id, hops, extra, None)
+    }
+
+    /// `add_branches`, or with `replace` the one hop sent again as branch `replace` (the
+    /// next server of its domain after a failure).
+    fn add_branches_at(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        hops: Vec<Hop>,
+        extra: &[(&'static str, String)],
+        replace: Option<usize>,
+    ) {
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return;
         };
@@ -504,7 +529,15 @@ impl Core {
             body: body.as_deref(),
         };
         for hop in hops {
-            let idx = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
+            let idx = replace
+                .unwrap_or_else(|| self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len()));
+            let retry = (!hop.alternates.is_empty()).then(|| {
+                Box::new(Retry {
+                    uri: hop.uri.clone(),
+                    alternates: hop.alternates.clone(),
+                    extra: extra.to_vec(),
+                })
+            });
             // A registered phone's contact, or (inside a dialog) a peer the Request-URI
             // names directly: the answer comes from the phone itself, not from a proxy.
             let to_phone = invite
@@ -563,7 +596,7 @@ impl Core {
                 },
             );
             if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
-                ctx.branches.push(Branch {
+                let branch = Branch {
                     client_key: ckey.clone(),
                     provisional: false,
                     final_status: None,
@@ -572,7 +605,12 @@ impl Core {
                     timer_c: invite.then(|| now + TIMER_C),
                     abandoned: false,
                     to_phone,
-                });
+                    retry,
+                };
+                match ctx.branches.get_mut(idx) {
+                    Some(slot) if replace.is_some() => *slot = branch,
+                    _ => ctx.branches.push(branch),
+                }
             }
             if invite {
                 self.timers
@@ -859,6 +897,13 @@ impl Core {
                 for i in 0..n {
                     self.cancel_branch(now, ctx, i);
                 }
+                // Nothing was ringing (DNS still looking, or between stages): done now.
+                let idle = self.contexts.get(&ctx).is_some_and(|c| {
+                    !c.final_sent && c.branches.iter().all(|b| b.final_status.is_some())
+                });
+                if idle {
+                    self.finish_with_best(now, ctx);
+                }
             }
             None => self.respond(now, &invite_key, 487, "Request Terminated", &[], None),
         }
@@ -1026,6 +1071,12 @@ impl Core {
             }
             return;
         }
+        if status == 503 && self.try_alternate(now, ctx_id, idx) {
+            return;
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
         let abandoned = ctx.branches.get(idx).is_some_and(|b| b.abandoned);
         if let Some(b) = ctx.branches.get_mut(idx) {
             b.final_status = Some(status);
@@ -1077,6 +1128,9 @@ impl Core {
         code: u16,
         reason: &'static str,
     ) {
+        if matches!(code, 408 | 503) && self.try_alternate(now, ctx_id, idx) {
+            return;
+        }
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -1097,6 +1151,38 @@ impl Core {
             ctx.best = Some(Candidate::Local(code, reason));
         }
         self.maybe_finish(now, ctx_id);
+    }
+
+    /// RFC 3263 §4.3: a branch to another domain whose server timed out, could not be
+    /// reached or answered 503 goes to the domain's next server. False when none is left.
+    fn try_alternate(&mut self, now: Instant, ctx_id: u64, idx: usize) -> bool {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return false;
+        };
+        if ctx.cancelled || ctx.answered {
+            return false;
+        }
+        let Some(b) = ctx.branches.get_mut(idx) else {
+            return false;
+        };
+        if b.abandoned || b.cancel_sent || b.final_status.is_some() {
+            return false;
+        }
+        let Some(r) = b.retry.as_mut().filter(|r| !r.alternates.is_empty()) else {
+            return false;
+        };
+        let flow = r.alternates.remove(0);
+        let hop = Hop {
+            uri: r.uri.clone(),
+            flow,
+            route: vec![],
+            alternates: std::mem::take(&mut r.alternates),
+        };
+        let extra = std::mem::take(&mut r.extra);
+        tracing::info!(uri = %hop.uri, next = %flow.remote, transport = flow.transport.as_str(),
+            "server failed; trying the domain's next one (RFC 3263)");
+        self.add_branches_at(now, ctx_id, vec![hop], &extra, Some(idx));
+        true
     }
 
     fn cancel_all(&mut self, now: Instant, ctx_id: u64) {
@@ -1207,6 +1293,7 @@ fn along_dialog(
                 uri: msg.uri_str().to_string(),
                 flow,
                 route: vec![],
+                alternates: vec![],
             }],
             pop,
             hash: hash.to_string(),

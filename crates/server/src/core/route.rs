@@ -17,6 +17,8 @@ pub(crate) struct Hop {
     pub flow: Flow,
     /// Route entries to put on top (a registration's Path, RFC 3327).
     pub route: Vec<String>,
+    /// Where to try next if `flow` fails (the other targets DNS gave, RFC 3263 §4.3).
+    pub alternates: Vec<Flow>,
 }
 
 impl Core {
