@@ -74,6 +74,10 @@ pub struct ServerOpts {
     pub stun_port: Option<u16>,
     /// Run the server in this network namespace, listening on this address (see [`NatLab`]).
     pub netns: Option<(String, String)>,
+    /// The domain served (default `example.test`).
+    pub domain: Option<String>,
+    /// Listen on this loopback address instead of 127.0.0.1 (two servers side by side).
+    pub ip: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -89,6 +93,8 @@ impl Default for ServerOpts {
             extra_config: String::new(),
             stun_port: None,
             netns: None,
+            domain: None,
+            ip: None,
         }
     }
 }
@@ -368,6 +374,8 @@ pub struct Server {
     pub port: u16,
     /// The address it listens on (127.0.0.1, or its namespace's).
     pub host: String,
+    /// The domain it serves.
+    pub domain: String,
     pub config: PathBuf,
     pub log: PathBuf,
     opts: ServerOpts,
@@ -381,10 +389,11 @@ impl Server {
     pub fn start(opts: ServerOpts) -> Server {
         let dir = test_dir();
         let port = opts.port.unwrap_or_else(free_port);
-        let host = opts
-            .netns
-            .as_ref()
-            .map_or(HOST.to_string(), |(_, a)| a.clone());
+        let host = match (&opts.netns, &opts.ip) {
+            (Some((_, a)), _) | (None, Some(a)) => a.clone(),
+            (None, None) => HOST.to_string(),
+        };
+        let domain = opts.domain.clone().unwrap_or_else(|| DOMAIN.to_string());
         let config = dir.join("hedgewitch.toml");
         let data = dir.join("data");
         let v6 = if opts.ipv6 {
@@ -398,7 +407,7 @@ impl Server {
             None => "stun = []\n".to_string(),
         };
         let mut text = format!(
-            "domain = \"{DOMAIN}\"\n\
+            "domain = \"{domain}\"\n\
              data_dir = \"{}\"\n\
              listen = [\"udp:{host}:{port}\", \"tcp:{host}:{port}\"{v6}]\n\
              {stun}\
@@ -418,6 +427,7 @@ impl Server {
         fs::write(&config, text).expect("write config");
         let mut srv = Server {
             host,
+            domain,
             log: dir.join("server.log"),
             dir,
             port,
@@ -688,7 +698,7 @@ impl Sipp {
             local_port: None,
             tcp: false,
         };
-        s = s.key("domain", DOMAIN).key("server", &srv.addr());
+        s = s.key("domain", &srv.domain).key("server", &srv.addr());
         s.args.push(srv.addr());
         s
     }
