@@ -54,6 +54,9 @@ enum Command {
     Dialplan(plan_cli::DialPlanCommand),
     /// Make the running server re-read its config file and store (same as SIGHUP).
     Reload,
+    /// TLS certificates.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Show the running server's state.
     Status {
         #[arg(long)]
@@ -68,6 +71,17 @@ enum Command {
     Calls {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a private CA and a certificate for the domain signed by it, for trials and tests
+    /// (`ca.pem`, `cert.pem`, `key.pem`; other servers trust `ca.pem` with tls.ca_files).
+    SelfSigned {
+        /// Folder to write to (default: DATA_DIR/tls).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -141,6 +155,21 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Forward(cmd) => plan_cli::forward(&cfg, cmd),
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
+        Command::Tls(TlsCommand::SelfSigned { out }) => {
+            let dir = out.unwrap_or_else(|| cfg.data_dir.join("tls"));
+            let files = hedgewitch_server::tls::self_signed(&cfg.domain, &dir)?;
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "for {}: put in the config\n  listen = [..., \"tls:0.0.0.0:5061\"]\n  [tls]\n  certificate = \"{}\"\n  key = \"{}\"\nand give other servers {} in their tls.ca_files",
+                cfg.domain,
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display(),
+                dir.join("ca.pem").display()
+            );
+            Ok(())
+        }
         Command::Reload => {
             let v = control::request(&cfg.control_path(), "reload")?;
             if let Some(e) = v.get("error").and_then(|e| e.as_str()) {

@@ -2,8 +2,10 @@
 //! by side, `alpha.test` on 127.0.0.2 and `beta.test` on 127.0.0.3, each with its own users,
 //! and ask a DNS server the test starts (Debian's dnsmasq, on 127.0.0.1) that publishes
 //! NAPTR, SRV and A records for both domains. SIPp plays the phones: alice on alpha calls and
-//! messages bob on beta by URI, over UDP and TCP and in both directions; when the first SRV
-//! target of beta is down the call still completes; `inbound = "closed"` refuses it with 403.
+//! messages bob on beta by URI, over UDP, TCP and TLS and in both directions; when the first
+//! SRV target of beta is down the call still completes; `inbound = "closed"` refuses it with
+//! 403; a server whose certificate alpha cannot trust for beta.test is refused (RFC 5922).
+//! Certificates come from `hedgewitch tls self-signed` (a private CA per domain).
 
 mod common;
 
@@ -22,8 +24,21 @@ struct Dns {
     port: u16,
 }
 
+/// Ports of each domain's server: SIP (UDP and TCP), and TLS when published.
+#[derive(Clone, Copy)]
+struct Ports {
+    alpha: u16,
+    beta: u16,
+    tls: Option<(u16, u16)>,
+}
+
 impl Dns {
-    fn start(dir: &std::path::Path, alpha_port: u16, beta_port: u16) -> Dns {
+    fn start(dir: &std::path::Path, ports: Ports) -> Dns {
+        let Ports {
+            alpha: alpha_port,
+            beta: beta_port,
+            ..
+        } = ports;
         let port = free_port();
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
@@ -63,6 +78,15 @@ impl Dns {
         .arg(format!(
             "--srv-host=_sip._tcp.beta.test,sip1.beta.test,{beta_port},10,0"
         ))
+        .args(ports.tls.map_or(vec![], |(alpha_tls, beta_tls)| {
+            // TLS first for both domains (a lower NAPTR order).
+            vec![
+                "--naptr-record=alpha.test,5,10,S,SIPS+D2T,,_sips._tcp.alpha.test".to_string(),
+                "--naptr-record=beta.test,5,10,S,SIPS+D2T,,_sips._tcp.beta.test".to_string(),
+                format!("--srv-host=_sips._tcp.alpha.test,sip.alpha.test,{alpha_tls},10,0"),
+                format!("--srv-host=_sips._tcp.beta.test,sip1.beta.test,{beta_tls},10,0"),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("dnsmasq.out")).expect("dnsmasq log"))
         .stderr(std::fs::File::create(dir.join("dnsmasq.err")).expect("dnsmasq log"));
@@ -84,26 +108,123 @@ impl Drop for Dns {
 
 /// DNS and both domains' servers, asking it for each other.
 fn two_domains(beta_extra: &str) -> (Dns, Server, Server) {
-    let (alpha_port, beta_port) = (free_port(), free_port());
-    let dns = Dns::start(&test_dir(), alpha_port, beta_port);
-    let dns_port = dns.port;
-    let conf = |extra: &str| format!("[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n{extra}");
-    let alpha = Server::start(ServerOpts {
-        domain: Some("alpha.test".into()),
-        ip: Some(ALPHA_IP.into()),
-        port: Some(alpha_port),
-        users: vec![ALICE],
-        extra_config: conf(""),
+    let ports = Ports {
+        alpha: free_port(),
+        beta: free_port(),
+        tls: None,
+    };
+    let dns = Dns::start(&test_dir(), ports);
+    let alpha = domain_server(
+        "alpha.test",
+        ALPHA_IP,
+        ALICE,
+        ports.alpha,
+        None,
+        dns.port,
+        "",
+    );
+    let beta = domain_server(
+        "beta.test",
+        BETA_IP,
+        BOB,
+        ports.beta,
+        None,
+        dns.port,
+        beta_extra,
+    );
+    (dns, alpha, beta)
+}
+
+/// One domain's server asking `dns_port`; with `tls`, also listening on TLS on that port.
+fn domain_server(
+    domain: &str,
+    ip: &str,
+    user: TestUser,
+    port: u16,
+    tls: Option<u16>,
+    dns_port: u16,
+    extra: &str,
+) -> Server {
+    Server::start(ServerOpts {
+        domain: Some(domain.into()),
+        ip: Some(ip.into()),
+        port: Some(port),
+        users: vec![user],
+        extra_listen: tls
+            .map(|p| vec![format!("tls:{ip}:{p}")])
+            .unwrap_or_default(),
+        extra_config: format!("[dns]\nservers = [\"127.0.0.1:{dns_port}\"]\n{extra}"),
         ..ServerOpts::default()
-    });
-    let beta = Server::start(ServerOpts {
-        domain: Some("beta.test".into()),
-        ip: Some(BETA_IP.into()),
-        port: Some(beta_port),
-        users: vec![BOB],
-        extra_config: conf(beta_extra),
-        ..ServerOpts::default()
-    });
+    })
+}
+
+/// `hedgewitch tls self-signed` for `domain` into `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &std::path::Path, domain: &str) -> (String, String, String) {
+    std::fs::create_dir_all(dir).expect("certificate folder");
+    let conf = dir.join(format!("{domain}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "domain = \"{domain}\"\ndata_dir = \"{}\"\n",
+            dir.join(domain).display()
+        ),
+    )
+    .expect("config");
+    let out = dir.join(format!("tls-{domain}"));
+    let r = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_hedgewitch"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["tls", "self-signed", "--out"])
+            .arg(&out),
+        None,
+        &dir.join(format!("self-signed-{domain}")),
+        Duration::from_secs(30),
+    );
+    assert!(r.success(), "tls self-signed failed: {}", r.stderr);
+    let p = |f: &str| out.join(f).display().to_string();
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+/// Both domains over TLS, each trusting the CAs in `alpha_trusts` / `beta_trusts`, and only
+/// accepting other domains over TLS; beta presents `beta_cert`.
+fn two_tls_domains(
+    alpha_cert: &(String, String, String),
+    beta_cert: &(String, String, String),
+    alpha_trusts: &str,
+    beta_trusts: &str,
+) -> (Dns, Server, Server) {
+    let ports = Ports {
+        alpha: free_port(),
+        beta: free_port(),
+        tls: Some((free_port(), free_port())),
+    };
+    let (alpha_tls, beta_tls) = ports.tls.unwrap_or_default();
+    let dns = Dns::start(&test_dir(), ports);
+    let tls = |cert: &(String, String, String), trusts: &str| {
+        format!(
+            "[federation]\ninbound = \"tls-only\"\n[tls]\ncertificate = \"{}\"\nkey = \"{}\"\nca_files = [\"{trusts}\"]\n",
+            cert.1, cert.2
+        )
+    };
+    let alpha = domain_server(
+        "alpha.test",
+        ALPHA_IP,
+        ALICE,
+        ports.alpha,
+        Some(alpha_tls),
+        dns.port,
+        &tls(alpha_cert, alpha_trusts),
+    );
+    let beta = domain_server(
+        "beta.test",
+        BETA_IP,
+        BOB,
+        ports.beta,
+        Some(beta_tls),
+        dns.port,
+        &tls(beta_cert, beta_trusts),
+    );
     (dns, alpha, beta)
 }
 
@@ -190,6 +311,8 @@ fn domains_call_and_message_each_other_through_dns() {
     assert!(beta.counter("calls_forwarded") >= 2, "{:#}", beta.status());
 }
 
+/// Over TCP between the servers (`;transport=tcp`) in both directions, with beta's first SRV
+/// target down: the call and the message go on to its second server.
 #[test]
 fn over_tcp_the_call_goes_on_to_the_second_server_when_the_first_is_down() {
     if !peers_available(&["sipp", "dnsmasq"]) {
@@ -197,6 +320,7 @@ fn over_tcp_the_call_goes_on_to_the_second_server_when_the_first_is_down() {
     }
     let (_dns, alpha, beta) = two_domains("");
     let bob_port = register(&beta, &BOB, true);
+    let alice_port = register(&alpha, &ALICE, true);
     // `;transport=tcp`: SRV _sip._tcp.beta.test, whose first target (127.0.0.4) refuses.
     call(
         &alpha,
@@ -204,6 +328,33 @@ fn over_tcp_the_call_goes_on_to_the_second_server_when_the_first_is_down() {
         &beta,
         &BOB,
         bob_port,
+        true,
+        ";transport=tcp",
+    );
+    // A MESSAGE the same way (the refusing server is tried again: no memory of failures).
+    let inbox = beta
+        .sipp("uas_message_bob", "uas_message.xml")
+        .tcp()
+        .port(bob_port)
+        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+        .spawn_listening();
+    let sent = alpha
+        .sipp("uac_message_alice", "uac_message.xml")
+        .tcp()
+        .port(free_port())
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .replace("sip:[callee]@[domain]", "sip:bob@beta.test;transport=tcp")
+        .auth(&ALICE, "bob@beta.test")
+        .run();
+    assert_both_ok(&sent, &inbox.wait());
+    // And back: bob calls alice over TCP between the servers.
+    call(
+        &beta,
+        &BOB,
+        &alpha,
+        &ALICE,
+        alice_port,
         true,
         ";transport=tcp",
     );
@@ -232,4 +383,76 @@ fn a_domain_that_refuses_inbound_calls_answers_403() {
         .run();
     caller.assert_ok();
     assert_eq!(beta.counter("calls_forwarded"), 0);
+}
+
+/// NAPTR puts SIPS+D2T first: the servers talk TLS to each other, each verifying that the
+/// other's certificate names its SIP domain, and both accept other domains over TLS only.
+/// alice calls and messages bob; bob calls alice.
+#[test]
+fn domains_talk_over_tls_with_verified_certificates() {
+    if !peers_available(&["sipp", "dnsmasq"]) {
+        return;
+    }
+    let dir = test_dir();
+    let a = certificates(&dir, "alpha.test");
+    let b = certificates(&dir, "beta.test");
+    let (_dns, alpha, beta) = two_tls_domains(&a, &b, &b.0, &a.0);
+    let bob_port = register(&beta, &BOB, false);
+    let alice_port = register(&alpha, &ALICE, false);
+    call(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
+    let inbox = beta
+        .sipp("uas_message_bob", "uas_message.xml")
+        .port(bob_port)
+        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+        .spawn_listening();
+    let sent = alpha
+        .sipp("uac_message_alice", "uac_message.xml")
+        .port(free_port())
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
+        .auth(&ALICE, "bob@beta.test")
+        .run();
+    assert_both_ok(&sent, &inbox.wait());
+    call(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
+    // tls-only let them in: they came over TLS.
+    assert!(beta.counter("calls_forwarded") >= 2, "{:#}", beta.status());
+    assert!(
+        alpha.counter("calls_forwarded") >= 2,
+        "{:#}",
+        alpha.status()
+    );
+}
+
+/// beta presents a certificate for beta.test from a CA alpha does not trust (a forgery, as
+/// far as alpha can tell): alpha refuses the TLS connection and the call fails; nothing
+/// reaches beta.
+#[test]
+fn a_forged_certificate_is_refused() {
+    if !peers_available(&["sipp", "dnsmasq"]) {
+        return;
+    }
+    let dir = test_dir();
+    let a = certificates(&dir, "alpha.test");
+    let b = certificates(&dir, "beta.test");
+    let forger = certificates(&dir.join("forger"), "beta.test");
+    // alpha trusts beta's real CA; beta shows the forger's certificate.
+    let (_dns, alpha, beta) = two_tls_domains(&a, &forger, &b.0, &a.0);
+    register(&beta, &BOB, false);
+    let caller = alpha
+        .sipp("uac_rejected_alice", "uac_rejected.xml")
+        .port(free_port())
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .subst("FINAL", "503")
+        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
+        .auth(&ALICE, "bob@beta.test")
+        .run();
+    caller.assert_ok();
+    assert_eq!(beta.counter("calls_forwarded"), 0);
+    let log = std::fs::read_to_string(&alpha.log).unwrap_or_default();
+    assert!(
+        log.contains("TLS refused"),
+        "alpha did not refuse the certificate"
+    );
 }

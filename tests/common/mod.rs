@@ -78,6 +78,8 @@ pub struct ServerOpts {
     pub domain: Option<String>,
     /// Listen on this loopback address instead of 127.0.0.1 (two servers side by side).
     pub ip: Option<String>,
+    /// More `listen` entries (`"tls:127.0.0.2:5061"`).
+    pub extra_listen: Vec<String>,
 }
 
 impl Default for ServerOpts {
@@ -95,6 +97,7 @@ impl Default for ServerOpts {
             netns: None,
             domain: None,
             ip: None,
+            extra_listen: vec![],
         }
     }
 }
@@ -396,11 +399,14 @@ impl Server {
         let domain = opts.domain.clone().unwrap_or_else(|| DOMAIN.to_string());
         let config = dir.join("hedgewitch.toml");
         let data = dir.join("data");
-        let v6 = if opts.ipv6 {
+        let mut v6 = if opts.ipv6 {
             format!(", \"udp:[::1]:{port}\", \"tcp:[::1]:{port}\"")
         } else {
             String::new()
         };
+        for l in &opts.extra_listen {
+            v6.push_str(&format!(", \"{l}\""));
+        }
         // No STUN port unless the test asks for one: tests run side by side.
         let stun = match opts.stun_port {
             Some(p) => format!("stun = [\"udp:{HOST}:{p}\"]\n"),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -21,6 +22,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -29,6 +31,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -41,6 +44,8 @@ impl Transport {
             Some(Transport::Udp)
         } else if s.eq_ignore_ascii_case("tcp") {
             Some(Transport::Tcp)
+        } else if s.eq_ignore_ascii_case("tls") {
+            Some(Transport::Tls)
         } else {
             None
         }
@@ -62,7 +67,7 @@ impl std::str::FromStr for Listen {
             .split_once(':')
             .ok_or_else(|| format!("`{s}` is not TRANSPORT:ADDRESS:PORT"))?;
         let transport = Transport::parse(t)
-            .ok_or_else(|| format!("unknown transport `{t}` in `{s}` (udp or tcp)"))?;
+            .ok_or_else(|| format!("unknown transport `{t}` in `{s}` (udp, tcp or tls)"))?;
         let addr = addr
             .parse()
             .map_err(|_| format!("`{addr}` is not ADDRESS:PORT (IPv6 goes in brackets)"))?;
@@ -100,6 +105,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// How other domains are found (`[dns]`).
     pub dns: DnsConfig,
+    /// The TLS certificate and trusted CAs (`[tls]`).
+    pub tls: crate::tls::TlsConfig,
     /// Which extensions are valid.
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
@@ -280,6 +287,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             federation: FederationConfig::default(),
             dns: DnsConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             numbering: Numbering::default(),
             features: FeatureCodes::default(),
             calls: CallSettings::default(),

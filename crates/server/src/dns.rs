@@ -42,25 +42,33 @@ pub struct Srv {
 }
 
 /// The transports we can use, with their NAPTR service and SRV prefix.
-const SERVICES: [(Transport, &str, &str); 2] = [
+const SERVICES: [(Transport, &str, &str); 3] = [
     (Transport::Udp, "SIP+D2U", "_sip._udp"),
     (Transport::Tcp, "SIP+D2T", "_sip._tcp"),
+    (Transport::Tls, "SIPS+D2T", "_sips._tcp"),
 ];
 
-/// RFC 3263 §4.1: NAPTR records for SIP services we support, flag "s", lowest order first,
-/// then preference; each gives the SRV name to ask and its transport.
+/// RFC 3263 §4.1: NAPTR records for SIP services we support, flag "s"; of those, only the
+/// lowest order counts (RFC 3403: records of another order are never considered once one
+/// matches), by preference. Each gives the SRV name to ask and its transport.
 pub fn order_naptr(mut records: Vec<Naptr>) -> Vec<(Transport, String)> {
     records.retain(|r| r.flags.eq_ignore_ascii_case("s"));
     records.sort_by_key(|r| (r.order, r.preference));
-    records
+    let usable: Vec<(u16, Transport, String)> = records
         .into_iter()
         .filter_map(|r| {
             let t = SERVICES
                 .iter()
                 .find(|(_, s, _)| s.eq_ignore_ascii_case(&r.service))?
                 .0;
-            Some((t, r.replacement))
+            Some((r.order, t, r.replacement))
         })
+        .collect();
+    let first = usable.first().map(|(o, _, _)| *o);
+    usable
+        .into_iter()
+        .filter(|(o, _, _)| Some(*o) == first)
+        .map(|(_, t, r)| (t, r))
         .collect()
 }
 
@@ -147,12 +155,21 @@ impl Dns {
         let mut srv_names: Vec<(Transport, String)> = vec![];
         if q.transport.is_none() {
             srv_names = order_naptr(self.naptr(&fqdn, &mut ttl).await);
+        } else if let Some(t) = q.transport {
+            // A transport (or sips:) fixed by the URI: only NAPTR entries for it count.
+            srv_names = order_naptr(self.naptr(&fqdn, &mut ttl).await)
+                .into_iter()
+                .filter(|(nt, _)| *nt == t)
+                .collect();
         }
         if srv_names.is_empty() {
             // No NAPTR (or a transport given): SRV for each transport, ours in order.
             srv_names = SERVICES
                 .iter()
-                .filter(|(t, _, _)| q.transport.is_none_or(|want| want == *t))
+                .filter(|(t, _, _)| match q.transport {
+                    Some(want) => want == *t,
+                    None => *t != Transport::Tls,
+                })
                 .map(|(t, _, prefix)| (*t, format!("{prefix}.{host}")))
                 .collect();
         }
@@ -178,7 +195,8 @@ impl Dns {
         if targets.is_empty() {
             // §4.2: no SRV either: the host's addresses on the default port.
             let t = q.transport.unwrap_or(Transport::Udp);
-            targets = self.addresses(&fqdn, 5060, t, &mut ttl).await;
+            let port = if t == Transport::Tls { 5061 } else { 5060 };
+            targets = self.addresses(&fqdn, port, t, &mut ttl).await;
         }
         targets.dedup();
         Resolved { targets, ttl }
@@ -267,23 +285,32 @@ mod tests {
 
     #[test]
     fn naptr_order_and_supported_services() {
+        // The lowest order with a service we support wins, by preference; other orders,
+        // unknown services and flags other than "s" are not considered.
         let got = order_naptr(vec![
             naptr(50, 50, "SIP+D2U", "_sip._udp.example.org"),
             naptr(90, 50, "SIP+D2T", "_sip._tcp.example.org"),
-            naptr(10, 50, "SIPS+D2T", "_sips._tcp.example.org"),
             naptr(50, 10, "SIP+D2T", "_sip._tcp.first.example.org"),
             Naptr {
                 flags: "u".into(),
                 ..naptr(1, 1, "SIP+D2U", "x")
             },
+            naptr(5, 5, "SIP+D2W", "_sip._ws.example.org"),
         ]);
         assert_eq!(
             got,
             vec![
                 (Transport::Tcp, "_sip._tcp.first.example.org".to_string()),
                 (Transport::Udp, "_sip._udp.example.org".to_string()),
-                (Transport::Tcp, "_sip._tcp.example.org".to_string()),
             ]
+        );
+        let tls = order_naptr(vec![
+            naptr(10, 10, "SIPS+D2T", "_sips._tcp.example.org"),
+            naptr(20, 10, "SIP+D2U", "_sip._udp.example.org"),
+        ]);
+        assert_eq!(
+            tls,
+            vec![(Transport::Tls, "_sips._tcp.example.org".to_string())]
         );
     }
 

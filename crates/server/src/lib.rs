@@ -9,6 +9,7 @@ pub mod plan;
 pub mod relay;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 /// The protocol crate, for tools and tests built on the server.

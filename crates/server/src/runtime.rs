@@ -45,6 +45,8 @@ pub enum Event {
     /// DNS answered a lookup of the core's (RFC 3263 targets, in order).
     Resolved {
         id: u64,
+        /// The domain asked for: TLS targets must show a certificate for it (RFC 5922).
+        host: String,
         targets: Vec<(Transport, SocketAddr)>,
         ttl: Duration,
     },
@@ -254,6 +256,7 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     let bindings = store.bindings()?;
     let store_tx = spawn_store(store);
 
+    let tls = crate::tls::Tls::new(&cfg.tls).map_err(|e| format!("tls: {e}"))?;
     // Bounded: under overload UDP input is dropped at the socket edge and streams wait.
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)> = vec![];
@@ -268,8 +271,30 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                     udp_in.push(s);
                 }),
             Transport::Tcp => transport::bind_tcp(l.addr).map(|s| {
-                tokio::spawn(transport::tcp_accept_loop(s, l.addr, events_tx.clone()));
+                tokio::spawn(transport::tcp_accept_loop(
+                    s,
+                    l.addr,
+                    events_tx.clone(),
+                    None,
+                ));
             }),
+            Transport::Tls => match &tls.acceptor {
+                Some(acceptor) => transport::bind_tcp(l.addr).map(|s| {
+                    tokio::spawn(transport::tcp_accept_loop(
+                        s,
+                        l.addr,
+                        events_tx.clone(),
+                        Some(acceptor.clone()),
+                    ));
+                }),
+                None => {
+                    return Err(format!(
+                        "cannot listen on tls:{}: [tls] certificate and key are not set \
+                         (`hedgewitch tls self-signed` makes a pair for trials)",
+                        l.addr
+                    ))
+                }
+            },
         };
         match bound {
             Ok(()) => {
@@ -362,6 +387,8 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                 None
             }
         },
+        tls,
+        tls_names: HashMap::new(),
     };
     let started = Instant::now();
     let mut armed: Option<Instant> = None;
@@ -430,7 +457,17 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                         let answer = control_answer(&mut core, now, &command, &edge, &reloader);
                         let _ = reply.send(answer);
                     }
-                    Event::Resolved { id, targets, ttl } => {
+                    Event::Resolved {
+                        id,
+                        host,
+                        targets,
+                        ttl,
+                    } => {
+                        for (t, addr) in &targets {
+                            if *t == Transport::Tls {
+                                edge.tls_names.insert(*addr, host.clone());
+                            }
+                        }
                         core.handle_resolved(now, id, targets, ttl)
                     }
                     Event::Reload => {
@@ -539,6 +576,9 @@ struct Edge {
     events: mpsc::Sender<Event>,
     /// RFC 3263 lookups; None when no resolver could be made (other domains unreachable).
     dns: Option<crate::dns::Dns>,
+    tls: crate::tls::Tls,
+    /// The domain each TLS target of a lookup serves: its certificate must name it.
+    tls_names: HashMap<SocketAddr, String>,
 }
 
 impl Edge {
@@ -571,6 +611,7 @@ impl Edge {
                                 let _ = events
                                     .send(Event::Resolved {
                                         id,
+                                        host: query.host,
                                         targets: r.targets,
                                         ttl: r.ttl,
                                     })
@@ -582,6 +623,7 @@ impl Edge {
                                 let _ = events
                                     .send(Event::Resolved {
                                         id,
+                                        host: query.host,
                                         targets: vec![],
                                         ttl: Duration::ZERO,
                                     })
@@ -663,7 +705,7 @@ impl Edge {
                     }
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let conn = flow
                     .conn
                     .filter(|c| self.conns.contains_key(c))
@@ -680,12 +722,31 @@ impl Edge {
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
+                let tls = match flow.transport {
+                    Transport::Tls => {
+                        // RFC 5922: the domain DNS was asked for, else the address itself.
+                        let name = self
+                            .tls_names
+                            .get(&flow.remote)
+                            .cloned()
+                            .unwrap_or_else(|| flow.remote.ip().to_string());
+                        match crate::tls::server_name(&name) {
+                            Some(n) => Some((self.tls.connector.clone(), n)),
+                            None => {
+                                tracing::warn!(%name, "not a name a certificate can carry");
+                                return;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 tokio::spawn(transport::connect_and_send(
                     flow.local,
                     flow.remote,
                     data,
                     key,
                     self.events.clone(),
+                    tls,
                 ));
             }
         }

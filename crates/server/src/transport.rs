@@ -18,6 +18,8 @@ use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Closes stream connections that send nothing for this long (phones send keep-alives or
 /// re-register well within it).
@@ -221,10 +223,12 @@ pub fn send_later(socket: &std::net::UdpSocket, items: Vec<(SocketAddr, Bytes)>)
     });
 }
 
+/// Accepts TCP connections, or TLS ones when `tls` is given (the handshake bounded in time).
 pub async fn tcp_accept_loop(
     listener: TcpListener,
     local: SocketAddr,
     events: mpsc::Sender<Event>,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         match listener.accept().await {
@@ -234,7 +238,34 @@ pub async fn tcp_accept_loop(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(run_connection(stream, local, remote, events.clone(), None));
+                let events = events.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(run_connection(
+                            stream,
+                            Transport::Tcp,
+                            local,
+                            remote,
+                            events,
+                            None,
+                        ));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => {
+                                    run_connection(s, Transport::Tls, local, remote, events, None)
+                                        .await
+                                }
+                                Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
+                                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(%local, "tcp accept failed: {e}");
@@ -245,18 +276,44 @@ pub async fn tcp_accept_loop(
 }
 
 /// Opens a connection for an outgoing request, sends `first` on it and then serves it like an
-/// accepted one. On failure the core hears `SendFailed` for `key`.
+/// accepted one; with `tls`, a TLS connection whose server certificate must name the given
+/// server. On failure the core hears `SendFailed` for `key`.
 pub async fn connect_and_send(
     local: SocketAddr,
     remote: SocketAddr,
     first: Bytes,
     key: Option<String>,
     events: mpsc::Sender<Event>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 ) {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            run_connection(stream, local, remote, events, Some(first)).await;
+            match tls {
+                None => {
+                    run_connection(stream, Transport::Tcp, local, remote, events, Some(first)).await
+                }
+                Some((connector, name)) => {
+                    let shown = format!("{name:?}");
+                    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            run_connection(s, Transport::Tls, local, remote, events, Some(first))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            // RFC 5922: a certificate that does not name the domain ends here.
+                            tracing::warn!(%remote, server = %shown, "TLS refused: {e}");
+                            let _ = events.send(Event::SendFailed { key, remote }).await;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "TLS handshake timed out");
+                            let _ = events.send(Event::SendFailed { key, remote }).await;
+                        }
+                    }
+                }
+            }
         }
         Ok(Err(e)) => {
             tracing::info!(%remote, "tcp connect failed: {e}");
@@ -269,22 +326,25 @@ pub async fn connect_and_send(
     }
 }
 
-async fn run_connection(
-    stream: TcpStream,
+async fn run_connection<S>(
+    stream: S,
+    transport: Transport,
     local: SocketAddr,
     remote: SocketAddr,
     events: mpsc::Sender<Event>,
     first: Option<Bytes>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let id: ConnId = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     OPEN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     if let Some(first) = first {
         let _ = tx.try_send(first);
     }
     let flow = Flow {
-        transport: Transport::Tcp,
+        transport,
         local,
         remote,
         conn: Some(id),
@@ -303,8 +363,14 @@ async fn run_connection(
     }
     let writer = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
-            if let Err(e) = wr.write_all(&data).await {
-                tracing::debug!(%remote, "tcp write failed: {e}");
+            // The flush hands TLS records to the socket (a no-op for plain TCP).
+            if let Err(e) = async {
+                wr.write_all(&data).await?;
+                wr.flush().await
+            }
+            .await
+            {
+                tracing::debug!(%remote, "stream write failed: {e}");
                 break;
             }
         }
@@ -339,7 +405,7 @@ async fn run_connection(
                 }
                 Framing::Broken(e) => {
                     // RFC 4475 ncl: a stream whose framing is lost cannot be resynchronised.
-                    tracing::info!(%remote, "closing tcp connection: {e}");
+                    tracing::info!(%remote, "closing stream connection: {e}");
                     let data = buf.split().freeze();
                     let _ = events.send(Event::Message { flow, data }).await;
                     break 'read;

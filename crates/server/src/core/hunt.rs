@@ -960,21 +960,21 @@ fn title(s: &str) -> String {
         .join(" ")
 }
 
-/// The DNS question for a URI of another domain (RFC 3263 §4): None for IP addresses and
-/// for anything but `sip:` (`sips:` needs TLS, which this server does not speak yet).
+/// The DNS question for a URI of another domain (RFC 3263 §4): None for IP addresses.
+/// A `sips:` URI asks for TLS only.
 pub(crate) fn dns_query(uri: &str) -> Option<DnsQuery> {
     let u = Uri::parse(uri).ok()?;
-    if u.scheme != Scheme::Sip {
-        return None;
-    }
+    let transport = match (u.scheme, u.transport()) {
+        (Scheme::Sips, _) => Some(Transport::Tls),
+        (Scheme::Sip, Some(t)) => Some(Transport::parse(t)?),
+        (Scheme::Sip, None) => None,
+        _ => return None,
+    };
     match u.host {
         Host::Name(n) if !n.eq_ignore_ascii_case("localhost") => Some(DnsQuery {
             host: n.to_ascii_lowercase(),
             port: u.port,
-            transport: match u.transport() {
-                Some(t) => Some(Transport::parse(t)?),
-                None => None,
-            },
+            transport,
         }),
         _ => None,
     }

@@ -383,14 +383,11 @@ impl Core {
         match self.cfg.inbound {
             InboundPolicy::Open => None,
             InboundPolicy::Closed => Some(Decision::Reply(403, "Calls From Other Domains Refused")),
-            // No request arrives over TLS until the TLS transport exists: refused like any.
-            InboundPolicy::TlsOnly => {
-                let _ = flow;
-                Some(Decision::Reply(
-                    403,
-                    "Calls From Other Domains Over TLS Only",
-                ))
-            }
+            InboundPolicy::TlsOnly if flow.transport == Transport::Tls => None,
+            InboundPolicy::TlsOnly => Some(Decision::Reply(
+                403,
+                "Calls From Other Domains Over TLS Only",
+            )),
         }
     }
 
@@ -640,6 +637,7 @@ impl Core {
         let t = match flow.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         };
         format!("<sip:{}:{}{t};lr>", bracket(host), flow.local.port())
     }

@@ -78,12 +78,12 @@ impl Core {
     /// Resolves a URI to a flow. Issue-2 scope: IP literals and `localhost`; names wait for
     /// RFC 3263 resolution. `conn` prefers an existing stream connection.
     pub(crate) fn resolve(&self, uri: &Uri<'_>) -> Option<Flow> {
-        if uri.scheme != Scheme::Sip {
-            return None;
-        }
-        let transport = match uri.transport() {
-            None => Transport::Udp,
-            Some(t) => Transport::parse(t)?,
+        // sips: only ever over TLS (RFC 3261 §26.2).
+        let transport = match (uri.scheme, uri.transport()) {
+            (Scheme::Sips, _) => Transport::Tls,
+            (Scheme::Sip, None) => Transport::Udp,
+            (Scheme::Sip, Some(t)) => Transport::parse(t)?,
+            _ => return None,
         };
         let ip = match uri.host {
             Host::Ip(ip) => ip,
@@ -93,7 +93,12 @@ impl Core {
         if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
             return None;
         }
-        let remote = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+        let default_port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        let remote = SocketAddr::new(ip, uri.port.unwrap_or(default_port));
         let listener = self.listener_for(transport, &remote)?;
         Some(Flow {
             transport,

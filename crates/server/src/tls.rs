@@ -1,0 +1,156 @@
+//! TLS (SIPS, RFC 5630) with rustls: TLS 1.2 and 1.3 only, ring as the crypto provider.
+//! The server side presents the configured certificate; the client side verifies other
+//! domains' servers against the SIP domain they serve (RFC 5922: the name in the URI, not
+//! the host DNS gave), trusting the system's CAs and any extra CA files.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// `[tls]`: the certificate this server presents, and what it trusts.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain (leaf first).
+    pub certificate: Option<PathBuf>,
+    /// PEM file with its private key.
+    pub key: Option<PathBuf>,
+    /// Extra PEM files of CAs to trust for other domains' servers (besides the system's).
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// What the transports need.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: Option<TlsAcceptor>,
+    pub connector: TlsConnector,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let list: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if list.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(list)
+}
+
+impl Tls {
+    pub fn new(cfg: &TlsConfig) -> Result<Tls, String> {
+        let acceptor = match (&cfg.certificate, &cfg.key) {
+            (Some(c), Some(k)) => {
+                let chain = certs(c)?;
+                let key =
+                    PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
+                let sc = ServerConfig::builder_with_provider(provider())
+                    .with_protocol_versions(VERSIONS)
+                    .map_err(|e| e.to_string())?
+                    .with_no_client_auth()
+                    .with_single_cert(chain, key)
+                    .map_err(|e| format!("tls certificate and key: {e}"))?;
+                Some(TlsAcceptor::from(Arc::new(sc)))
+            }
+            (None, None) => None,
+            _ => return Err("[tls] needs both `certificate` and `key`".into()),
+        };
+        let mut roots = RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for c in native.certs {
+            let _ = roots.add(c);
+        }
+        for f in &cfg.ca_files {
+            for c in certs(f)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+            }
+        }
+        let cc = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls {
+            acceptor,
+            connector: TlsConnector::from(Arc::new(cc)),
+        })
+    }
+}
+
+/// The name a server's certificate must carry: the SIP domain, or the IP address itself.
+pub fn server_name(name: &str) -> Option<ServerName<'static>> {
+    ServerName::try_from(name.to_string()).ok()
+}
+
+/// Writes a private CA (`ca.pem`) and a certificate for `domain` signed by it (`cert.pem`,
+/// `key.pem`) into `dir`, for tests and trials: other servers trust `ca.pem` through
+/// `tls.ca_files`.
+pub fn self_signed(domain: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let e = |e: rcgen::Error| e.to_string();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("hedgewitch test CA for {domain}"),
+    );
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(e)?).map_err(e)?;
+    let mut leaf = CertificateParams::new(vec![domain.to_string()]).map_err(e)?;
+    leaf.distinguished_name.push(DnType::CommonName, domain);
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().map_err(e)?;
+    let cert = leaf.signed_by(&key, &ca).map_err(e)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files = [
+        (dir.join("ca.pem"), ca.pem()),
+        (dir.join("cert.pem"), cert.pem()),
+        (dir.join("key.pem"), key.serialize_pem()),
+    ];
+    for (path, text) in &files {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600));
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_pair_loads_and_is_trusted_through_its_ca() {
+        let dir = std::env::temp_dir().join(format!("hw-tls-{}", std::process::id()));
+        self_signed("beta.test", &dir).unwrap();
+        let tls = Tls::new(&TlsConfig {
+            certificate: Some(dir.join("cert.pem")),
+            key: Some(dir.join("key.pem")),
+            ca_files: vec![dir.join("ca.pem")],
+        })
+        .unwrap();
+        assert!(tls.acceptor.is_some());
+        assert!(Tls::new(&TlsConfig {
+            certificate: Some(dir.join("cert.pem")),
+            ..Default::default()
+        })
+        .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
