@@ -217,12 +217,37 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-fn valid_name(name: &str) -> bool {
+fn valid_local_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A user name: `alice` in the main domain, `alice@other.example` in one of `domains`.
+fn valid_name(cfg: &Config, name: &str) -> bool {
+    match name.split_once('@') {
+        None => valid_local_name(name),
+        Some((local, domain)) => {
+            valid_local_name(local) && cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        }
+    }
+}
+
+/// A user record for `name` (see `valid_name`): its password hashed for its domain's realm,
+/// over the name the phone authenticates with (the part before `@`).
+fn new_user(cfg: &Config, name: &str, extension: Option<&str>, password: &str) -> User {
+    match name.split_once('@') {
+        None => User::new(name, extension, &cfg.domain, password),
+        Some((local, domain)) => {
+            let domain = domain.to_ascii_lowercase();
+            User {
+                name: format!("{local}@{domain}"),
+                ..User::new(local, extension, &domain, password)
+            }
+        }
+    }
 }
 
 fn read_password(from_stdin: bool, who: &str) -> Result<String, String> {
@@ -271,16 +296,17 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             extension,
             password_stdin,
         } => {
-            if !valid_name(&name) {
+            if !valid_name(cfg, &name) {
                 return Err(format!(
-                    "`{name}` is not a valid user name (letters, digits, . _ -)"
+                    "`{name}` is not a valid user name (letters, digits, . _ -; \
+                     `name@domain` for a domain in `domains`)"
                 ));
             }
             if let Some(e) = &extension {
                 check_extension(cfg, e)?;
             }
             let pw = read_password(password_stdin, &name)?;
-            let new = User::new(&name, extension.as_deref(), &cfg.domain, &pw);
+            let new = new_user(cfg, &name, extension.as_deref(), &pw);
             if store.user(&name)?.is_none() {
                 // Names and extensions share a namespace with groups and speed dials.
                 let mut users = store.users()?;
@@ -291,8 +317,12 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             store.add_user(&new)?;
             notify_daemon(cfg);
             println!(
-                "added {name}@{}{}",
-                cfg.domain,
+                "added sip:{}{}",
+                if name.contains('@') {
+                    name.clone()
+                } else {
+                    format!("{name}@{}", cfg.domain)
+                },
                 extension
                     .map(|e| format!(" (extension {e})"))
                     .unwrap_or_default()
@@ -318,7 +348,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                         ))
                     }
                 };
-                if !valid_name(name) || pw.is_empty() {
+                if !valid_name(cfg, name) || pw.is_empty() {
                     return Err(format!(
                         "{}:{}: bad name or empty password",
                         file.display(),
@@ -333,7 +363,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                     ));
                 }
                 let ext = (!ext.is_empty()).then_some(ext);
-                users.push(User::new(name, ext, &cfg.domain, pw));
+                users.push(new_user(cfg, name, ext, pw));
             }
             let mut store = store;
             store.import_users(&users)?;
@@ -346,11 +376,16 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 println!("no users yet: hedgewitch user add NAME --extension NUMBER");
             }
             for u in users {
+                // A user's realm is its domain's: the main one, or the part after `@`.
+                let domain = u
+                    .name
+                    .split_once('@')
+                    .map_or(cfg.domain.as_str(), |(_, d)| d);
                 println!(
                     "{:<24} {:<8} {}",
                     u.name,
                     u.extension.as_deref().unwrap_or("-"),
-                    if u.realm == cfg.domain {
+                    if u.realm == domain {
                         String::new()
                     } else {
                         format!("(password set for realm {}; run user passwd)", u.realm)
@@ -369,7 +404,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             store.update_user(&User {
                 outside: old.outside,
                 external: old.external,
-                ..User::new(&name, old.extension.as_deref(), &cfg.domain, &pw)
+                ..new_user(cfg, &name, old.extension.as_deref(), &pw)
             })?;
             notify_daemon(cfg);
             println!("password of {name} changed");

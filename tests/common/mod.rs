@@ -716,7 +716,16 @@ impl Sipp {
     }
 
     /// A scenario keyword: `[name]` in the scenario becomes `value`.
-    pub fn key(self, name: &str, value: &str) -> Sipp {
+    /// Sets a scenario key; a later call for the same key replaces the earlier value.
+    pub fn key(mut self, name: &str, value: &str) -> Sipp {
+        if let Some(i) = self
+            .args
+            .windows(2)
+            .position(|w| w[0] == "-key" && w[1] == name)
+        {
+            self.args[i + 2] = value.to_string();
+            return self;
+        }
         self.arg("-key").arg(name).arg(value)
     }
 

@@ -89,6 +89,8 @@ pub struct Config {
     pub domain: String,
     /// Where the SQLite store and the control socket live.
     pub data_dir: PathBuf,
+    /// More domains served besides `domain`, each with its own users (`alice@other.example`).
+    pub domains: Vec<String>,
     pub listen: Vec<Listen>,
     /// STUN server sockets (RFC 5389 Binding, UDP only), so phones learn their public address.
     /// SIP ports answer STUN keep-alives too. Default: UDP port 3478 on every address.
@@ -267,6 +269,7 @@ impl Default for Config {
         Config {
             domain: host_name(),
             data_dir: default_data_dir(),
+            domains: vec![],
             listen: [
                 "udp:0.0.0.0:5060",
                 "tcp:0.0.0.0:5060",

@@ -38,7 +38,12 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
 impl Core {
     /// True for credentials addressed to our realm (the ones we consume).
     pub(crate) fn is_our_realm(&self, credentials: &str) -> bool {
-        Credentials::parse(credentials).is_ok_and(|c| c.realm == self.cfg.domain.as_str())
+        Credentials::parse(credentials).is_ok_and(|c| self.is_realm(&c.realm))
+    }
+
+    /// Each served domain is its own digest realm.
+    fn is_realm(&self, realm: &str) -> bool {
+        realm == self.cfg.domain.as_str() || self.cfg.domains.iter().any(|d| d == realm)
     }
 
     pub(crate) fn authenticate(&mut self, now: Instant, msg: &Message, proxy: bool) -> AuthOutcome {
@@ -50,7 +55,7 @@ impl Core {
         let mut found = None;
         for value in msg.values(name) {
             match Credentials::parse(value) {
-                Ok(c) if c.realm == self.cfg.domain.as_str() => {
+                Ok(c) if self.is_realm(&c.realm) => {
                     found = Some(c);
                     break;
                 }
@@ -69,7 +74,13 @@ impl Core {
             return AuthOutcome::Reject(400, "Digest URI Does Not Match Request-URI");
         }
         let secs = self.unix(now);
-        let Some(user) = self.users.by_name(&creds.username) else {
+        // A domain's users are known by name within its realm (`name@domain` outside the
+        // main one); a phone may also send the whole address as its user name.
+        let key = match creds.username.split_once('@') {
+            Some((u, d)) if d.eq_ignore_ascii_case(&creds.realm) => self.qualify(u, &creds.realm),
+            _ => self.qualify(&creds.username, &creds.realm),
+        };
+        let Some(user) = self.users.by_name(&key) else {
             self.counters.auth_failures += 1;
             tracing::info!(user = %creds.username, "authentication for an unknown user");
             return AuthOutcome::Challenge { stale: false };
@@ -106,6 +117,7 @@ impl Core {
         now: Instant,
         proxy: bool,
         stale: bool,
+        realm: &str,
     ) -> Vec<(&'static str, String)> {
         let name = if proxy {
             "Proxy-Authenticate"
@@ -117,7 +129,7 @@ impl Core {
         algs.into_iter()
             .map(|alg| {
                 let nonce = self.nonces.issue(secs);
-                (name, challenge(&self.cfg.domain, &nonce, alg, stale, None))
+                (name, challenge(realm, &nonce, alg, stale, None))
             })
             .collect()
     }

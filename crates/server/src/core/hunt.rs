@@ -690,7 +690,12 @@ impl Core {
                     return true;
                 }
                 h.visited.push(t.clone());
-                format!("sip:{}@{domain}", t.name())
+                // Users of the other domains are already `name@domain`.
+                if t.name().contains('@') {
+                    format!("sip:{}", t.name())
+                } else {
+                    format!("sip:{}@{domain}", t.name())
+                }
             }
             Dialed::Remote(uri) if outside_ok => uri.clone(),
             Dialed::Remote(_) => {
@@ -881,7 +886,7 @@ impl Core {
 
     /// Sends a text MESSAGE from the server to each of a user's phones.
     pub(crate) fn notify_user(&mut self, now: Instant, user: &str, text: &str) {
-        let aor = format!("sip:{user}@{}", self.cfg.domain);
+        let aor = self.aor_uri(user);
         for hop in self.contact_hops(user, now) {
             let (branch, w) = self.own_request("MESSAGE", &hop.uri, &aor, hop.flow);
             let data = w.finish(Some("text/plain;charset=utf-8"), text.as_bytes());

@@ -92,6 +92,8 @@ pub struct Listener {
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub domain: String,
+    /// Further domains served; their users are stored as `name@domain`.
+    pub domains: Vec<String>,
     pub listeners: Vec<Listener>,
     pub default_expires: u32,
     pub min_expires: u32,
@@ -121,6 +123,7 @@ impl CoreConfig {
     pub fn from_config(cfg: &Config, listeners: Vec<Listener>) -> CoreConfig {
         CoreConfig {
             domain: cfg.domain.clone(),
+            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             listeners,
             default_expires: cfg.registrar.default_expires,
             min_expires: cfg.registrar.min_expires,
@@ -400,6 +403,44 @@ impl Core {
         };
         core.restore_bindings(now, bindings);
         core
+    }
+
+    /// The served domain `host` names (ours in any case), None for others. An address of
+    /// ours stands for the main domain.
+    pub(crate) fn served_domain(&self, host: &sip::uri::Host<'_>) -> Option<&str> {
+        match host {
+            sip::uri::Host::Name(n) => {
+                if n.eq_ignore_ascii_case(&self.cfg.domain) {
+                    Some(&self.cfg.domain)
+                } else {
+                    self.cfg
+                        .domains
+                        .iter()
+                        .find(|d| d.eq_ignore_ascii_case(n))
+                        .map(String::as_str)
+                }
+            }
+            sip::uri::Host::Ip(_) => self.is_us(host, None).then_some(self.cfg.domain.as_str()),
+        }
+    }
+
+    /// A user's key in the user table: the bare name in the main domain, `name@domain` in
+    /// the others.
+    pub(crate) fn qualify(&self, user: &str, domain: &str) -> String {
+        if domain.eq_ignore_ascii_case(&self.cfg.domain) {
+            user.to_string()
+        } else {
+            format!("{user}@{}", domain.to_ascii_lowercase())
+        }
+    }
+
+    /// A user's address of record as a SIP URI (`sip:alice@domain`).
+    pub(crate) fn aor_uri(&self, name: &str) -> String {
+        if name.contains('@') {
+            format!("sip:{name}")
+        } else {
+            format!("sip:{name}@{}", self.cfg.domain)
+        }
     }
 
     /// Gives the core a media relay (the daemon's; tests use their own).

@@ -264,33 +264,28 @@ impl Core {
         let spiral = self.is_spiral(flow);
         let mut caller = None;
         if from_local && !in_dialog && !spiral {
-            match self.authenticate(now, msg, true) {
-                AuthOutcome::User(user) => {
-                    let claimed = from
-                        .uri
-                        .user_unescaped()
-                        .and_then(|u| self.users.find(&u).map(|u| u.name.clone()));
-                    if claimed.as_deref() != Some(user.as_str()) {
-                        tracing::info!(%user, from = %from.uri, "request with someone else's From refused");
-                        return Some(Decision::Reply(403, "Forbidden: From Is Not You"));
-                    }
-                    caller = Some(user);
-                }
-                AuthOutcome::Challenge { stale } => {
-                    let h = self.challenges(now, true, stale);
-                    self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
-                    return None;
-                }
-                AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
+            match self.authenticate_caller(now, msg, key) {
+                Ok(user) => caller = Some(user),
+                Err(d) => return d,
             }
         }
+        // The main domain has the phone system (extensions, groups, rules); the others
+        // have their users by name.
+        let callee_domain = self
+            .served_domain(&uri.host)
+            .unwrap_or(&self.cfg.domain)
+            .to_string();
+        let main_domain = callee_domain == self.cfg.domain;
         if caller.is_none() && !from_local && !spiral {
             // From another domain (RFC 3263 federation): the policy, then users by name only,
             // and only those who accept calls from outside.
             if let Some(refused) = self.inbound_refused(flow) {
                 return Some(refused);
             }
-            let name = self.users.by_name(&callee).map(|u| u.name.clone());
+            let name = self
+                .users
+                .by_name(&self.qualify(&callee, &callee_domain))
+                .map(|u| u.name.clone());
             return Some(match name.filter(|n| self.plan.accepts_external(n)) {
                 Some(name) => Decision::Hunt {
                     target: Dialed::Local(crate::plan::Target::User(name)),
@@ -301,7 +296,15 @@ impl Core {
                 None => Decision::Reply(404, "Not Found"),
             });
         }
-        let target = match self.plan.dial(&callee, caller.as_deref()) {
+        let dialed = if main_domain {
+            self.plan.dial(&callee, caller.as_deref())
+        } else {
+            match self.users.by_name(&self.qualify(&callee, &callee_domain)) {
+                Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
+                None => Dialed::NotFound,
+            }
+        };
+        let target = match dialed {
             Dialed::Feature(req) => {
                 return Some(match (caller, method) {
                     (Some(user), Some(Method::Invite)) => Decision::Feature { user, req },
@@ -319,9 +322,7 @@ impl Core {
             }
             t => t,
         };
-        let asserted = caller
-            .as_ref()
-            .map(|c| format!("<sip:{c}@{}>", self.cfg.domain));
+        let asserted = caller.as_ref().map(|c| format!("<{}>", self.aor_uri(c)));
         let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted));
         Some(Decision::Hunt {
             target,
@@ -349,22 +350,10 @@ impl Core {
         if !from_local || self.is_spiral(flow) || msg.method() == Some(Method::Register) {
             return Some(Decision::Reply(403, "Relaying Denied"));
         }
-        let user = match self.authenticate(now, msg, true) {
-            AuthOutcome::User(user) => user,
-            AuthOutcome::Challenge { stale } => {
-                let h = self.challenges(now, true, stale);
-                self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
-                return None;
-            }
-            AuthOutcome::Reject(code, reason) => return Some(Decision::Reply(code, reason)),
+        let user = match self.authenticate_caller(now, msg, key) {
+            Ok(user) => user,
+            Err(d) => return d,
         };
-        let claimed = from
-            .uri
-            .user_unescaped()
-            .and_then(|u| self.users.find(&u).map(|u| u.name.clone()));
-        if claimed.as_deref() != Some(user.as_str()) {
-            return Some(Decision::Reply(403, "Forbidden: From Is Not You"));
-        }
         if !self.plan.may_call_outside(&user) {
             return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"));
         }
@@ -375,6 +364,48 @@ impl Core {
             pop,
             hash,
         })
+    }
+
+    /// Digest authentication of a local caller (407 in its From domain's realm), who must
+    /// send as themselves. Err carries the decision when it is not an authenticated user
+    /// (None: a challenge went out).
+    fn authenticate_caller(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: &str,
+    ) -> Result<String, Option<Decision>> {
+        let Some(from) = msg.from() else {
+            return Err(Some(Decision::Reply(400, "Bad From")));
+        };
+        let domain = self
+            .served_domain(&from.uri.host)
+            .unwrap_or(&self.cfg.domain)
+            .to_string();
+        match self.authenticate(now, msg, true) {
+            AuthOutcome::User(user) => {
+                let claimed = from.uri.user_unescaped().and_then(|u| {
+                    let key = self.qualify(&u, &domain);
+                    let found = if domain == self.cfg.domain {
+                        self.users.find(&key)
+                    } else {
+                        self.users.by_name(&key)
+                    };
+                    found.map(|u| u.name.clone())
+                });
+                if claimed.as_deref() != Some(user.as_str()) {
+                    tracing::info!(%user, from = %from.uri, "request with someone else's From refused");
+                    return Err(Some(Decision::Reply(403, "Forbidden: From Is Not You")));
+                }
+                Ok(user)
+            }
+            AuthOutcome::Challenge { stale } => {
+                let h = self.challenges(now, true, stale, &domain);
+                self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
+                Err(None)
+            }
+            AuthOutcome::Reject(code, reason) => Err(Some(Decision::Reply(code, reason))),
+        }
     }
 
     /// The inbound policy for a request from another domain: None when it may come in.

@@ -32,10 +32,15 @@ fn supports(msg: &Message, tag: &str) -> bool {
 
 impl Core {
     pub(crate) fn register(&mut self, now: Instant, key: &str, msg: &Message, flow: Flow) {
+        // Each served domain is a realm of its own: the one the address of record is in.
+        let domain = msg
+            .to()
+            .and_then(|t| self.served_domain(&t.uri.host).map(str::to_string))
+            .unwrap_or_else(|| self.cfg.domain.clone());
         let user = match self.authenticate(now, msg, false) {
             AuthOutcome::User(u) => u,
             AuthOutcome::Challenge { stale } => {
-                let h = self.challenges(now, false, stale);
+                let h = self.challenges(now, false, stale, &domain);
                 return self.respond(now, key, 401, "Unauthorized", &h, None);
             }
             AuthOutcome::Reject(code, reason) => {
@@ -54,7 +59,13 @@ impl Core {
             .user_unescaped()
             .map(|u| u.into_owned())
             .unwrap_or_default();
-        let Some(owner) = self.users.find(&aor).map(|u| u.name.clone()) else {
+        let key_name = self.qualify(&aor, &domain);
+        let found = if domain == self.cfg.domain {
+            self.users.find(&key_name)
+        } else {
+            self.users.by_name(&key_name)
+        };
+        let Some(owner) = found.map(|u| u.name.clone()) else {
             return self.respond(now, key, 404, "Not Found", &[], None);
         };
         if owner != user {

@@ -29,7 +29,11 @@ impl Core {
             Some(p) => self.cfg.listeners.iter().any(|l| l.addr.port() == p),
         };
         match host {
-            Host::Name(n) => n.eq_ignore_ascii_case(&self.cfg.domain) && port_ok(port),
+            Host::Name(n) => {
+                (n.eq_ignore_ascii_case(&self.cfg.domain)
+                    || self.cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(n)))
+                    && port_ok(port)
+            }
             Host::Ip(ip) => self.cfg.listeners.iter().any(|l| {
                 // Behind a wildcard listener, loopback reaches us too.
                 let same = l.host == *ip

@@ -41,6 +41,7 @@ fn users() -> Vec<User> {
 fn config() -> CoreConfig {
     CoreConfig {
         domain: "example.test".into(),
+        domains: vec!["other.test".into()],
         listeners: vec![
             Listener {
                 transport: Transport::Udp,
