@@ -275,6 +275,37 @@ fn call(
     assert_both_ok(&caller, &callee.wait());
 }
 
+/// `from` (on `from_srv`) sends a MESSAGE to `to@to_domain`, whose phone listens on
+/// `to_port` of `to_srv`.
+#[allow(clippy::too_many_arguments)]
+fn message(
+    from_srv: &Server,
+    from: &TestUser,
+    to_srv: &Server,
+    to: &TestUser,
+    to_port: u16,
+    tcp: bool,
+    uri_extra: &str,
+) {
+    let target = format!("sip:{}@{}{uri_extra}", to.name, to_srv.domain);
+    let inbox = to_srv
+        .sipp(&format!("uas_message_{}", to.name), "uas_message.xml")
+        .tcp_if(tcp)
+        .port(to_port)
+        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+        .spawn_listening();
+    let sent = from_srv
+        .sipp(&format!("uac_message_{}", from.name), "uac_message.xml")
+        .tcp_if(tcp)
+        .port(free_port())
+        .key("user", from.name)
+        .key("callee", to.name)
+        .replace("sip:[callee]@[domain]", &target)
+        .auth(from, &format!("{}@{}", to.name, to_srv.domain))
+        .run();
+    assert_both_ok(&sent, &inbox.wait());
+}
+
 #[test]
 fn domains_call_and_message_each_other_through_dns() {
     if !peers_available(&["sipp", "dnsmasq"]) {
@@ -287,20 +318,7 @@ fn domains_call_and_message_each_other_through_dns() {
     // alice calls bob by URI: alpha finds beta through NAPTR → SRV → A (UDP first).
     call(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     // And a MESSAGE.
-    let inbox = beta
-        .sipp("uas_message_bob", "uas_message.xml")
-        .port(bob_port)
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .spawn_listening();
-    let sent = alpha
-        .sipp("uac_message_alice", "uac_message.xml")
-        .port(free_port())
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
-        .auth(&ALICE, "bob@beta.test")
-        .run();
-    assert_both_ok(&sent, &inbox.wait());
+    message(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     // bob calls alice back, the other way round.
     call(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
     assert!(
@@ -332,24 +350,26 @@ fn over_tcp_the_call_goes_on_to_the_second_server_when_the_first_is_down() {
         ";transport=tcp",
     );
     // A MESSAGE the same way (the refusing server is tried again: no memory of failures).
-    let inbox = beta
-        .sipp("uas_message_bob", "uas_message.xml")
-        .tcp()
-        .port(bob_port)
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .spawn_listening();
-    let sent = alpha
-        .sipp("uac_message_alice", "uac_message.xml")
-        .tcp()
-        .port(free_port())
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .replace("sip:[callee]@[domain]", "sip:bob@beta.test;transport=tcp")
-        .auth(&ALICE, "bob@beta.test")
-        .run();
-    assert_both_ok(&sent, &inbox.wait());
+    message(
+        &alpha,
+        &ALICE,
+        &beta,
+        &BOB,
+        bob_port,
+        true,
+        ";transport=tcp",
+    );
     // And back: bob calls alice over TCP between the servers.
     call(
+        &beta,
+        &BOB,
+        &alpha,
+        &ALICE,
+        alice_port,
+        true,
+        ";transport=tcp",
+    );
+    message(
         &beta,
         &BOB,
         &alpha,
@@ -400,21 +420,9 @@ fn domains_talk_over_tls_with_verified_certificates() {
     let bob_port = register(&beta, &BOB, false);
     let alice_port = register(&alpha, &ALICE, false);
     call(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
-    let inbox = beta
-        .sipp("uas_message_bob", "uas_message.xml")
-        .port(bob_port)
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .spawn_listening();
-    let sent = alpha
-        .sipp("uac_message_alice", "uac_message.xml")
-        .port(free_port())
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
-        .auth(&ALICE, "bob@beta.test")
-        .run();
-    assert_both_ok(&sent, &inbox.wait());
+    message(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     call(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
+    message(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
     // tls-only let them in: they came over TLS.
     assert!(beta.counter("calls_forwarded") >= 2, "{:#}", beta.status());
     assert!(

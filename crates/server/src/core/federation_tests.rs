@@ -235,3 +235,17 @@ From: <sip:carl@beta.test>;tag=c\r\nTo: <{uri}>\r\nCall-ID: {cid}\r\nCSeq: 1 INV
     t.recv(BETA1, &invite("sip:alice@example.test", "in4"));
     assert!(t.sent().iter().any(|(_, m)| m.status() == Some(403)));
 }
+
+#[test]
+fn a_sips_call_never_leaves_over_anything_but_tls() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let out = t.invite("alice", ALICE, "sips:bob@example.test", "sips-1");
+    assert!(
+        out.iter().all(|(_, m)| m.method() != Some(Method::Invite)),
+        "bob registered over UDP: not rung"
+    );
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(480)));
+}

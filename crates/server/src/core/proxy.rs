@@ -522,6 +522,39 @@ impl Core {
         let Some(msg) = self.servers.get(&key).and_then(|st| st.request.clone()) else {
             return;
         };
+        // RFC 3261 §26.2: a sips: request only ever travels over TLS.
+        let sips = msg.uri().is_ok_and(|u| u.scheme == sip::uri::Scheme::Sips);
+        let hops = if sips && hops.iter().any(|h| h.flow.transport != Transport::Tls) {
+            let tls: Vec<Hop> = hops
+                .into_iter()
+                .filter(|h| h.flow.transport == Transport::Tls)
+                .collect();
+            if tls.is_empty() {
+                tracing::info!(
+                    uri = msg.uri_str(),
+                    "sips: request with no TLS route; not sent"
+                );
+                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                    if ctx
+                        .best
+                        .as_ref()
+                        .is_none_or(|b| rank(480) < rank(b.status()))
+                    {
+                        ctx.best = Some(Candidate::Local(
+                            480,
+                            "Temporarily Unavailable (No TLS Route)",
+                        ));
+                    }
+                }
+                return self.maybe_finish(now, ctx_id);
+            }
+            tls
+        } else {
+            hops
+        };
+        let Some(ctx) = self.contexts.get(&ctx_id) else {
+            return;
+        };
         if ctx.branches.is_empty() && !hops.is_empty() {
             // Counted once per request, when something is tried at all.
             match msg.method() {
