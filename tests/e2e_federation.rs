@@ -321,6 +321,7 @@ fn domains_call_and_message_each_other_through_dns() {
     message(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     // bob calls alice back, the other way round.
     call(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
+    message(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
     assert!(
         alpha.counter("calls_forwarded") >= 2,
         "{:#}",
