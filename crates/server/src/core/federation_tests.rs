@@ -249,3 +249,30 @@ fn a_sips_call_never_leaves_over_anything_but_tls() {
         .iter()
         .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(480)));
 }
+
+#[test]
+fn a_server_that_never_answers_is_given_up_for_the_next_one() {
+    let mut t = T::new();
+    t.alice_to("MESSAGE", "sip:bob@beta.test", "fed-6");
+    let (id, _) = t.lookups().remove(0);
+    t.core
+        .handle_resolved(t.now, id, targets(&[BETA1, BETA2]), Duration::from_secs(60));
+    let out = t.sent();
+    assert_eq!(out[0].0.remote, addr(BETA1));
+    // Silence from the first server until the transaction times out (Timer F, 32 s).
+    t.advance(Duration::from_secs(33));
+    let out = t.sent();
+    let (f, msg) = out
+        .iter()
+        .find(|(f, m)| m.method() == Some(Method::Message) && f.remote == addr(BETA2))
+        .expect("the MESSAGE goes to the second server after the timeout");
+    assert!(
+        out.iter().all(|(f, _)| f.remote != addr(ALICE)),
+        "the caller hears nothing of the first server's silence"
+    );
+    t.recv_flow(*f, &answer(msg, 202, "Accepted", "b"));
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(202)));
+}
