@@ -426,11 +426,11 @@ impl Core {
 
     /// A user's key in the user table: the bare name in the main domain, `name@domain` in
     /// the others.
-    pub(crate) fn qualify(&self, user: &str, domain: &str) -> String {
+    pub(crate) fn qualify<'a>(&self, user: &'a str, domain: &str) -> std::borrow::Cow<'a, str> {
         if domain.eq_ignore_ascii_case(&self.cfg.domain) {
-            user.to_string()
+            std::borrow::Cow::Borrowed(user)
         } else {
-            format!("{user}@{}", domain.to_ascii_lowercase())
+            std::borrow::Cow::Owned(format!("{user}@{}", domain.to_ascii_lowercase()))
         }
     }
 

@@ -271,11 +271,12 @@ impl Core {
         }
         // The main domain has the phone system (extensions, groups, rules); the others
         // have their users by name.
-        let callee_domain = self
+        let other_domain = self
             .served_domain(&uri.host)
-            .unwrap_or(&self.cfg.domain)
-            .to_string();
-        let main_domain = callee_domain == self.cfg.domain;
+            .filter(|d| *d != self.cfg.domain)
+            .map(str::to_string);
+        let main_domain = other_domain.is_none();
+        let callee_domain = other_domain.as_deref().unwrap_or(&self.cfg.domain);
         if caller.is_none() && !from_local && !spiral {
             // From another domain (RFC 3263 federation): the policy, then users by name only,
             // and only those who accept calls from outside.
@@ -284,7 +285,7 @@ impl Core {
             }
             let name = self
                 .users
-                .by_name(&self.qualify(&callee, &callee_domain))
+                .by_name(&self.qualify(&callee, callee_domain))
                 .map(|u| u.name.clone());
             return Some(match name.filter(|n| self.plan.accepts_external(n)) {
                 Some(name) => Decision::Hunt {
@@ -299,7 +300,7 @@ impl Core {
         let dialed = if main_domain {
             self.plan.dial(&callee, caller.as_deref())
         } else {
-            match self.users.by_name(&self.qualify(&callee, &callee_domain)) {
+            match self.users.by_name(&self.qualify(&callee, callee_domain)) {
                 Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
                 None => Dialed::NotFound,
             }
@@ -523,7 +524,10 @@ impl Core {
             return;
         };
         // RFC 3261 §26.2: a sips: request only ever travels over TLS.
-        let sips = msg.uri().is_ok_and(|u| u.scheme == sip::uri::Scheme::Sips);
+        let sips = msg
+            .uri_str()
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sips:"));
         let hops = if sips && hops.iter().any(|h| h.flow.transport != Transport::Tls) {
             let tls: Vec<Hop> = hops
                 .into_iter()
