@@ -27,20 +27,7 @@ fn two_baresip_phones_register_call_and_hang_up() {
         algorithms: Some(vec!["MD5"]),
         ..ServerOpts::default()
     });
-    let tone = make_tone(&srv);
-
-    let mut bob = Baresip::start(&srv, &BOB, true, &tone);
-    let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
-
-    let regs = srv.wait_registrations(
-        "alice and bob registered by baresip",
-        Duration::from_secs(20),
-        |r| {
-            ["alice", "bob"]
-                .iter()
-                .all(|u| r.iter().any(|x| x["user"] == *u))
-        },
-    );
+    let (mut alice, mut bob, regs) = registered_pair(&srv);
     for (user, port) in [("alice", alice.sip_port), ("bob", bob.sip_port)] {
         let r = regs.iter().find(|x| x["user"] == user).expect("listed");
         assert_eq!(r["transport"], "udp", "{r:#}");
@@ -94,15 +81,7 @@ fn baresip_feature_codes_and_ring_group() {
             .into(),
         ..ServerOpts::default()
     });
-    let tone = make_tone(&srv);
-
-    let mut bob = Baresip::start(&srv, &BOB, true, &tone);
-    let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
-    srv.wait_registrations("alice and bob registered", Duration::from_secs(20), |r| {
-        ["alice", "bob"]
-            .iter()
-            .all(|u| r.iter().any(|x| x["user"] == *u))
-    });
+    let (mut alice, mut bob, _) = registered_pair(&srv);
     let t = Duration::from_secs(20);
 
     alice.command(&format!("/dial sip:*78@{DOMAIN}"));

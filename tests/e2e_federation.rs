@@ -242,9 +242,59 @@ fn register(srv: &Server, user: &TestUser, tcp: bool) -> u16 {
     port
 }
 
-/// `from` (on `from_srv`) calls `to@to_domain` whose phone listens on `to_port` of
-/// `to_srv`; `uri_extra` is appended to the Request-URI (`;transport=tcp`).
-#[allow(clippy::too_many_arguments)]
+/// A call (`uac_call.xml` against `uas_answer.xml`) or a MESSAGE (`uac_message.xml` against
+/// `uas_message.xml`) from `from` on `from_srv` to `to@to_domain`, whose phone listens on
+/// `to_port` of `to_srv`; `uri_extra` is appended to the Request-URI (`;transport=tcp`).
+struct Exchange<'a> {
+    uac: &'static str,
+    uas: &'static str,
+    from_srv: &'a Server,
+    from: &'a TestUser,
+    to_srv: &'a Server,
+    to: &'a TestUser,
+    to_port: u16,
+    tcp: bool,
+    uri_extra: &'a str,
+}
+
+impl Exchange<'_> {
+    fn run(self) {
+        let target = format!(
+            "sip:{}@{}{}",
+            self.to.name, self.to_srv.domain, self.uri_extra
+        );
+        let name =
+            |role: &str, who: &str| format!("{}_{role}_{who}", self.uac.trim_end_matches(".xml"));
+        let callee = self
+            .to_srv
+            .sipp(&name("to", self.to.name), self.uas)
+            .tcp_if(self.tcp)
+            .port(self.to_port)
+            // Two servers record-route: the phone sees both, on 127.0.0.2 and 127.0.0.3.
+            .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+            .spawn_listening();
+        let mut caller = self
+            .from_srv
+            .sipp(&name("from", self.from.name), self.uac)
+            .tcp_if(self.tcp)
+            .port(free_port())
+            .key("user", self.from.name)
+            .key("callee", self.to.name)
+            .replace("sip:[callee]@[domain]", &target)
+            .auth(
+                self.from,
+                &format!("{}@{}", self.to.name, self.to_srv.domain),
+            );
+        if self.uac == "uac_call.xml" {
+            // The caller checks the Record-Route of the answer, too.
+            caller = caller.replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+");
+        }
+        let caller = caller.run();
+        assert_both_ok(&caller, &callee.wait());
+    }
+}
+
+/// `from` calls `to`; see [`Exchange`].
 fn call(
     from_srv: &Server,
     from: &TestUser,
@@ -254,30 +304,21 @@ fn call(
     tcp: bool,
     uri_extra: &str,
 ) {
-    let target = format!("sip:{}@{}{uri_extra}", to.name, to_srv.domain);
-    let callee = to_srv
-        .sipp(&format!("uas_{}", to.name), "uas_answer.xml")
-        .tcp_if(tcp)
-        .port(to_port)
-        // Two servers record-route: the phone sees both, on 127.0.0.2 and 127.0.0.3.
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .spawn_listening();
-    let caller = from_srv
-        .sipp(&format!("uac_{}", from.name), "uac_call.xml")
-        .tcp_if(tcp)
-        .port(free_port())
-        .key("user", from.name)
-        .key("callee", to.name)
-        .replace("sip:[callee]@[domain]", &target)
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .auth(from, &format!("{}@{}", to.name, to_srv.domain))
-        .run();
-    assert_both_ok(&caller, &callee.wait());
+    Exchange {
+        uac: "uac_call.xml",
+        uas: "uas_answer.xml",
+        from_srv,
+        from,
+        to_srv,
+        to,
+        to_port,
+        tcp,
+        uri_extra,
+    }
+    .run()
 }
 
-/// `from` (on `from_srv`) sends a MESSAGE to `to@to_domain`, whose phone listens on
-/// `to_port` of `to_srv`.
-#[allow(clippy::too_many_arguments)]
+/// `from` sends `to` a MESSAGE; see [`Exchange`].
 fn message(
     from_srv: &Server,
     from: &TestUser,
@@ -287,23 +328,18 @@ fn message(
     tcp: bool,
     uri_extra: &str,
 ) {
-    let target = format!("sip:{}@{}{uri_extra}", to.name, to_srv.domain);
-    let inbox = to_srv
-        .sipp(&format!("uas_message_{}", to.name), "uas_message.xml")
-        .tcp_if(tcp)
-        .port(to_port)
-        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
-        .spawn_listening();
-    let sent = from_srv
-        .sipp(&format!("uac_message_{}", from.name), "uac_message.xml")
-        .tcp_if(tcp)
-        .port(free_port())
-        .key("user", from.name)
-        .key("callee", to.name)
-        .replace("sip:[callee]@[domain]", &target)
-        .auth(from, &format!("{}@{}", to.name, to_srv.domain))
-        .run();
-    assert_both_ok(&sent, &inbox.wait());
+    Exchange {
+        uac: "uac_message.xml",
+        uas: "uas_message.xml",
+        from_srv,
+        from,
+        to_srv,
+        to,
+        to_port,
+        tcp,
+        uri_extra,
+    }
+    .run()
 }
 
 #[test]

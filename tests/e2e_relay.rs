@@ -194,14 +194,7 @@ fn phones_on_one_network_are_not_relayed() {
         algorithms: Some(vec!["MD5"]),
         ..ServerOpts::default()
     });
-    let tone = make_tone(&srv);
-    let mut bob = Baresip::start(&srv, &BOB, true, &tone);
-    let mut alice = Baresip::start(&srv, &ALICE, false, &tone);
-    srv.wait_registrations("both registered", Duration::from_secs(20), |r| {
-        ["alice", "bob"]
-            .iter()
-            .all(|u| r.iter().any(|x| x["user"] == *u))
-    });
+    let (mut alice, mut bob, _) = registered_pair(&srv);
     alice.command(&format!("/dial sip:bob@{DOMAIN}"));
     let t = Duration::from_secs(20);
     alice.wait_for("audio received", t, receives_audio);
@@ -225,18 +218,8 @@ fn an_abandoned_relay_is_released_after_the_no_media_timeout() {
         extra_config: "[relay]\nmode = \"always\"\ntimeout = 1\n".into(),
         ..ServerOpts::default()
     });
-    let bob_port = free_port();
-    srv.sipp("register_bob", "register.xml")
-        .port(bob_port)
-        .key("user", BOB.name)
-        .key("expires", "3600")
-        .auth(&BOB, DOMAIN)
-        .run()
-        .assert_ok();
-    let callee = srv
-        .sipp("uas_bob", "uas_answer.xml")
-        .port(bob_port)
-        .spawn_listening();
+    let bob_port = register_udp(&srv, &BOB);
+    let callee = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
     let caller = srv
         .sipp("uac_alice", "uac_call.xml")
         .key("user", ALICE.name)
@@ -273,18 +256,8 @@ fn a_used_up_port_range_refuses_calls_with_503() {
         extra_config: format!("[relay]\nmode = \"always\"\nports = \"{lo}-{}\"\n", lo + 3),
         ..ServerOpts::default()
     });
-    let bob_port = free_port();
-    srv.sipp("register_bob", "register.xml")
-        .port(bob_port)
-        .key("user", BOB.name)
-        .key("expires", "3600")
-        .auth(&BOB, DOMAIN)
-        .run()
-        .assert_ok();
-    let callee = srv
-        .sipp("uas_bob", "uas_answer.xml")
-        .port(bob_port)
-        .spawn_listening();
+    let bob_port = register_udp(&srv, &BOB);
+    let callee = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
     let first = srv
         .sipp("uac_alice", "uac_call.xml")
         .key("user", ALICE.name)

@@ -233,3 +233,21 @@ pub fn receives_audio(output: &str) -> bool {
         tx > 0 && rx > 0
     })
 }
+
+/// alice (dialling) and bob (answering by himself) as baresip phones on loopback, both
+/// registered; with the registrations as the server lists them.
+pub fn registered_pair(srv: &Server) -> (Baresip, Baresip, Vec<serde_json::Value>) {
+    let tone = make_tone(srv);
+    let bob = Baresip::start(srv, &BOB, true, &tone);
+    let alice = Baresip::start(srv, &ALICE, false, &tone);
+    let regs = srv.wait_registrations(
+        "alice and bob registered by baresip",
+        Duration::from_secs(20),
+        |r| {
+            ["alice", "bob"]
+                .iter()
+                .all(|u| r.iter().any(|x| x["user"] == *u))
+        },
+    );
+    (alice, bob, regs)
+}

@@ -24,6 +24,7 @@ import socket
 import time
 
 from . import procs, sipp
+from .report import _median as median
 from .main import REPO, build, git_rev, machine_info
 from .servers import BENCH_DIR, HOST, Hedgewitch, ServerError, taskset
 from .users import CALLEE, DOMAIN, UserSet
@@ -280,14 +281,6 @@ def measure(fwd, rtpload, run_dir, args):
         "loss_percent": max(0.0, 100.0 * (1 - load["received"] / load["sent"]))
         if load["sent"] else None,
     }
-
-
-def median(v):
-    v = sorted(x for x in v if x is not None)
-    if not v:
-        return None
-    m = len(v) // 2
-    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
 
 def section(res, args, command):

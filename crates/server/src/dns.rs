@@ -202,47 +202,52 @@ impl Dns {
         Resolved { targets, ttl }
     }
 
-    async fn naptr(&self, name: &str, ttl: &mut Duration) -> Vec<Naptr> {
-        let Ok(l) = self.resolver.lookup(name, RecordType::NAPTR).await else {
+    /// The records of one type at `name`, each read by `read`; the TTL kept is the
+    /// shortest seen.
+    async fn records<T>(
+        &self,
+        name: &str,
+        kind: RecordType,
+        ttl: &mut Duration,
+        read: impl Fn(&RData) -> Option<T>,
+    ) -> Vec<T> {
+        let Ok(l) = self.resolver.lookup(name, kind).await else {
             return vec![];
         };
         l.answers()
             .iter()
             .filter_map(|r| {
                 *ttl = (*ttl).min(Duration::from_secs(u64::from(r.ttl)));
-                match &r.data {
-                    RData::NAPTR(n) => Some(Naptr {
-                        order: n.order,
-                        preference: n.preference,
-                        flags: String::from_utf8_lossy(&n.flags).into_owned(),
-                        service: String::from_utf8_lossy(&n.services).into_owned(),
-                        replacement: name_text(&n.replacement),
-                    }),
-                    _ => None,
-                }
+                read(&r.data)
             })
             .collect()
     }
 
+    async fn naptr(&self, name: &str, ttl: &mut Duration) -> Vec<Naptr> {
+        self.records(name, RecordType::NAPTR, ttl, |d| match d {
+            RData::NAPTR(n) => Some(Naptr {
+                order: n.order,
+                preference: n.preference,
+                flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                service: String::from_utf8_lossy(&n.services).into_owned(),
+                replacement: name_text(&n.replacement),
+            }),
+            _ => None,
+        })
+        .await
+    }
+
     async fn srv(&self, name: &str, ttl: &mut Duration) -> Vec<Srv> {
-        let Ok(l) = self.resolver.lookup(name, RecordType::SRV).await else {
-            return vec![];
-        };
-        l.answers()
-            .iter()
-            .filter_map(|r| {
-                *ttl = (*ttl).min(Duration::from_secs(u64::from(r.ttl)));
-                match &r.data {
-                    RData::SRV(s) => Some(Srv {
-                        priority: s.priority,
-                        weight: s.weight,
-                        port: s.port,
-                        target: name_text(&s.target),
-                    }),
-                    _ => None,
-                }
-            })
-            .collect()
+        self.records(name, RecordType::SRV, ttl, |d| match d {
+            RData::SRV(s) => Some(Srv {
+                priority: s.priority,
+                weight: s.weight,
+                port: s.port,
+                target: name_text(&s.target),
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn addresses(
