@@ -463,6 +463,10 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                         targets,
                         ttl,
                     } => {
+                        if edge.tls_names.len() > 10_000 {
+                            // Bounded; a lookup that comes again fills it anew.
+                            edge.tls_names.clear();
+                        }
                         for (t, addr) in &targets {
                             if *t == Transport::Tls {
                                 edge.tls_names.insert(*addr, host.clone());

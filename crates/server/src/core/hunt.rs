@@ -390,6 +390,13 @@ impl Core {
             if !targets.is_empty() {
                 // Kept at least a few seconds (ACKs and retries follow), at most an hour.
                 let ttl = ttl.clamp(Duration::from_secs(5), Duration::from_secs(3600));
+                if self.dns_cache.len() >= DNS_CACHE_MAX {
+                    // Bounded whatever users dial: old answers go first, then all.
+                    self.dns_cache.retain(|_, (_, until)| *until > now);
+                    if self.dns_cache.len() >= DNS_CACHE_MAX {
+                        self.dns_cache.clear();
+                    }
+                }
                 self.dns_cache.insert(q, (targets.clone(), now + ttl));
             }
         }
@@ -964,6 +971,9 @@ fn title(s: &str) -> String {
         .collect::<Vec<String>>()
         .join(" ")
 }
+
+/// Domains whose DNS answers are kept at most.
+const DNS_CACHE_MAX: usize = 10_000;
 
 /// The DNS question for a URI of another domain (RFC 3263 §4): None for IP addresses.
 /// A `sips:` URI asks for TLS only.
