@@ -98,7 +98,8 @@ impl UdpListener {
     }
 
     /// Waits until datagrams are waiting, then receives as many as one system call brings
-    /// (recvmmsg) into `out`. Keep-alives (a lone CRLF) are dropped here.
+    /// (recvmmsg) into `out`. Empty datagrams are dropped here; CRLF keep-alives go on to the
+    /// core, which notes that the phone keeps its mapping alive.
     pub fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -136,9 +137,7 @@ impl UdpListener {
             }
             for i in 0..n {
                 let (data, remote) = self.batch.get(i);
-                let Some(remote) =
-                    remote.filter(|_| !data.iter().all(|&c| c == b'\r' || c == b'\n'))
-                else {
+                let Some(remote) = remote.filter(|_| !data.is_empty()) else {
                     continue;
                 };
                 let flow = Flow {

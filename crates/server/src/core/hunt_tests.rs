@@ -737,3 +737,43 @@ fn a_caller_behind_nat_gets_its_contact_fixed_for_the_dialog() {
         Some("<sip:alice@127.0.0.1:5062>")
     );
 }
+
+#[test]
+fn a_phone_that_keeps_its_mapping_alive_itself_is_not_pinged() {
+    let mut t = T::new();
+    let nat = "198.18.0.50:40000";
+    register_behind_nat(&mut t, nat);
+    // A STUN Binding request (RFC 5389 header, magic cookie) every 20 s on the SIP port.
+    let stun: Vec<u8> = [
+        &[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42][..],
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12][..],
+    ]
+    .concat();
+    for _ in 0..5 {
+        t.advance(Duration::from_secs(20));
+        t.core
+            .handle_message(t.now, udp(nat), Bytes::from(stun.clone()));
+    }
+    // ... then a CRLF every 20 s for a while.
+    for _ in 0..3 {
+        t.advance(Duration::from_secs(20));
+        t.core
+            .handle_message(t.now, udp(nat), Bytes::from_static(b"\r\n\r\n"));
+    }
+    let out = t.sent();
+    assert!(
+        out.iter().all(|(_, m)| m.method() != Some(Method::Options)),
+        "no ping while the phone keeps itself alive"
+    );
+    assert_eq!(
+        t.core.counters.stun_answered, 5,
+        "every STUN request answered"
+    );
+    // Silence from the phone: pings start again.
+    t.advance(Duration::from_secs(60));
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| m.method() == Some(Method::Options) && f.remote == addr(nat)));
+    assert_eq!(t.core.location.lookup("bob", t.now).len(), 1);
+}

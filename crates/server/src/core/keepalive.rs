@@ -64,6 +64,13 @@ impl Core {
         if b.next_ping.is_none_or(|t| t > now) {
             return;
         }
+        let interval = self.cfg.nat_ping_interval.unwrap_or_default();
+        if b.keepalive_at
+            .is_some_and(|k| now.saturating_duration_since(k) < interval)
+        {
+            // The phone keeps its mapping alive itself: no ping this round.
+            return self.next_ping(now, aor, contact, true);
+        }
         let flow = b.flow;
         let (branch, w) = self.own_request("OPTIONS", contact, contact, flow);
         let data = w.finish(None, b"");
@@ -73,6 +80,18 @@ impl Core {
         self.counters.nat_pings_sent += 1;
         self.send_request(now, flow, &branch, "OPTIONS", data);
         self.next_ping(now, aor, contact, true);
+    }
+
+    /// A keep-alive from a phone on the SIP port (STUN Binding request, CRLF): if it comes
+    /// from a registered UDP phone, that phone needs no ping for a while.
+    pub(crate) fn keepalive_seen(&mut self, now: Instant, flow: super::Flow) {
+        if flow.transport != Transport::Udp {
+            return;
+        }
+        if let Some(b) = self.location.by_source_mut(flow.remote) {
+            b.keepalive_at = Some(now);
+            b.missed_pings = 0;
+        }
     }
 
     /// The answer to a ping (any final response shows the phone is there).

@@ -21,6 +21,9 @@ pub struct Binding {
     /// row went unanswered.
     pub next_ping: Option<Instant>,
     pub missed_pings: u8,
+    /// The last keep-alive the phone sent itself on its flow (a STUN Binding request or a
+    /// CRLF on the SIP port): a phone that keeps its NAT mapping alive is not pinged.
+    pub keepalive_at: Option<Instant>,
     /// RFC 3327: proxies between us and the phone, the one nearest us first; requests for
     /// this contact go through them (as Route entries).
     pub path: Vec<String>,
@@ -38,6 +41,9 @@ pub struct Location {
     /// registered from, with a Contact that may differ from the registered one in all but
     /// host and port. Entries are dropped with their binding, and checked on use.
     owners: HashMap<SocketAddr, (String, String)>,
+    /// Where UDP phones' packets come from (their NAT mapping) -> user and contact, for the
+    /// keep-alives they send. Checked on use; rebuilt when stale entries pile up.
+    sources: HashMap<SocketAddr, (String, String)>,
 }
 
 impl Location {
@@ -67,6 +73,32 @@ impl Location {
             }
         }
         key
+    }
+
+    /// Notes where a UDP phone's packets come from.
+    pub fn remember_source(&mut self, source: SocketAddr, aor: &str, contact: &str) {
+        if self.sources.len() > 2 * self.contacts() + 1024 {
+            let live: HashMap<SocketAddr, (String, String)> = self
+                .map
+                .iter()
+                .flat_map(|(a, list)| {
+                    list.iter()
+                        .map(move |b| (b.flow.remote, (a.clone(), b.contact.clone())))
+                })
+                .collect();
+            self.sources = live;
+        }
+        self.sources
+            .insert(source, (aor.to_string(), contact.to_string()));
+    }
+
+    /// The live binding whose phone sends from `source`, if any.
+    pub fn by_source_mut(&mut self, source: SocketAddr) -> Option<&mut Binding> {
+        let (aor, contact) = self.sources.get(&source)?;
+        self.map
+            .get_mut(aor)?
+            .iter_mut()
+            .find(|b| b.contact == *contact && b.flow.remote == source)
     }
 
     pub fn forget(&mut self, contact: &str) {

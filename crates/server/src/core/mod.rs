@@ -565,7 +565,12 @@ impl Core {
         let datagram = flow.transport == Transport::Udp;
         // RFC 5626 §4.4.2: STUN keep-alives share the SIP port; they never start with a letter.
         if datagram && sip::stun::is_stun(&data) {
+            self.keepalive_seen(now, flow);
             return self.handle_stun(flow, &data);
+        }
+        // A bare CRLF over UDP: a phone's own keep-alive, nothing to answer.
+        if datagram && data.iter().all(|&c| c == b'\r' || c == b'\n') {
+            return self.keepalive_seen(now, flow);
         }
         let msg = match Message::parse(data.clone(), datagram) {
             Ok(m) => m,

@@ -224,6 +224,7 @@ impl Core {
                     user_agent: user_agent.clone(),
                     next_ping: None,
                     missed_pings: 0,
+                    keepalive_at: None,
                     path: path.clone(),
                     outbound: w.outbound,
                 };
@@ -256,6 +257,10 @@ impl Core {
             match c {
                 Action::PutBinding(b) => {
                     let addr = self.location.remember(&b.contact, &owner);
+                    if flow.transport == Transport::Udp {
+                        self.location
+                            .remember_source(flow.remote, &owner, &b.contact);
+                    }
                     self.schedule_ping(now, &owner, &b.contact, addr);
                 }
                 Action::DeleteBinding { contact, .. } => self.location.forget(contact),
@@ -345,6 +350,7 @@ impl Core {
                 user_agent: s.user_agent,
                 next_ping: None,
                 missed_pings: 0,
+                keepalive_at: None,
                 path: s
                     .path
                     .lines()
