@@ -3,7 +3,8 @@
 //! and ask a DNS server the test starts (Debian's dnsmasq, on 127.0.0.1) that publishes
 //! NAPTR, SRV and A records for both domains. SIPp plays the phones: alice on alpha calls and
 //! messages bob on beta by URI, over UDP, TCP and TLS and in both directions; when the first
-//! SRV target of beta is down the call still completes; `inbound = "closed"` refuses it with
+//! SRV target of beta is down (UDP: its ICMP error; TCP: the refused connection) the call
+//! goes on to the second at once; `inbound = "closed"` refuses it with
 //! 403; a server whose certificate alpha cannot trust for beta.test is refused (RFC 5922).
 //! Certificates come from `hedgewitch tls self-signed` (a private CA per domain).
 
@@ -66,9 +67,12 @@ impl Dns {
         .arg(format!(
             "--srv-host=_sip._tcp.alpha.test,sip.alpha.test,{alpha_port},10,0"
         ))
-        // beta: the same, and over TCP a first server that is down.
+        // beta: the same, with a first server that is down (over UDP and TCP).
         .arg("--naptr-record=beta.test,10,10,S,SIP+D2U,,_sip._udp.beta.test")
         .arg("--naptr-record=beta.test,20,10,S,SIP+D2T,,_sip._tcp.beta.test")
+        .arg(format!(
+            "--srv-host=_sip._udp.beta.test,sip0.beta.test,{beta_port},5,0"
+        ))
         .arg(format!(
             "--srv-host=_sip._udp.beta.test,sip1.beta.test,{beta_port},10,0"
         ))
@@ -351,13 +355,19 @@ fn domains_call_and_message_each_other_through_dns() {
     let bob_port = register(&beta, &BOB, false);
     let alice_port = register(&alpha, &ALICE, false);
 
-    // alice calls bob by URI: alpha finds beta through NAPTR → SRV → A (UDP first).
+    // alice calls bob by URI: alpha finds beta through NAPTR → SRV → A (UDP first); beta's
+    // first UDP server is down, and its ICMP port unreachable sends the call on at once.
     call(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     // And a MESSAGE.
     message(&alpha, &ALICE, &beta, &BOB, bob_port, false, "");
     // bob calls alice back, the other way round.
     call(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
     message(&beta, &BOB, &alpha, &ALICE, alice_port, false, "");
+    let log = std::fs::read_to_string(&alpha.log).unwrap_or_default();
+    assert!(
+        log.contains("unreachable (ICMP)") && log.contains("trying the domain's next one"),
+        "no fail-over on ICMP seen in alpha's log"
+    );
     assert!(
         alpha.counter("calls_forwarded") >= 2,
         "{:#}",

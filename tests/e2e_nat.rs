@@ -106,8 +106,9 @@ fn the_callee_hangs_up_on_a_caller_behind_nat() {
 }
 
 /// Keep-alive pings (every 2 s here): bob's phone behind NAT answers two of them through its
-/// NAT mapping, then goes away; after three unanswered pings in a row (each given up after
-/// 32 s, RFC 3261 Timer F) its registration is removed.
+/// NAT mapping, then goes away; after three failed pings in a row its registration is
+/// removed. (A ping fails at once when ICMP says the port is closed, else after 32 s, RFC 3261
+/// Timer F.)
 #[test]
 fn a_phone_behind_nat_is_pinged_and_removed_once_it_stops_answering() {
     if !peers_available(&["sipp", "ip", "nft"]) {

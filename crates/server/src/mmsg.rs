@@ -166,10 +166,81 @@ impl RecvBatch {
     }
 }
 
+/// Asks the kernel to queue ICMP errors (port or host unreachable) on the socket, so that
+/// `unreachable` can say which destination could not be reached.
+pub fn report_unreachable(fd: RawFd, ipv6: bool) {
+    let one: libc::c_int = 1;
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    // SAFETY: a valid socket and an int option.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Drains the socket's error queue: the destinations that answered with an ICMP error
+/// (RFC 3263 §4.3 counts them as failed at once).
+pub fn unreachable(fd: RawFd) -> Vec<SocketAddr> {
+    let mut out = vec![];
+    for _ in 0..64 {
+        // SAFETY: plain old data, filled by the kernel.
+        let mut name: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut data = [0u8; 512];
+        let mut control = [0u8; 512];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: as above.
+        let mut hdr: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        hdr.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = control.len();
+        // SAFETY: every pointer refers to the locals above, alive during the call.
+        let n = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+        // SAFETY: the kernel wrote the original destination's address into `name`.
+        let addr = unsafe { SockAddr::new(name, hdr.msg_namelen) };
+        if let Some(a) = addr.as_socket() {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Whether an error from a socket call is an ICMP report of an earlier datagram (queued by
+/// `report_unreachable`) rather than a failure of this call.
+pub fn is_icmp_report(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
+    )
+}
+
 /// Sends the datagrams in order with as few calls as possible; returns how many went out
 /// before the socket would block (the caller sends the rest another way).
-pub fn send_batch(fd: RawFd, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+/// ICMP errors that surface meanwhile are drained into `unreachable`.
+pub fn send_batch(
+    fd: RawFd,
+    msgs: &[(SocketAddr, &[u8])],
+    unreachable_out: &mut Vec<SocketAddr>,
+) -> io::Result<usize> {
     let mut sent = 0;
+    let mut reports = 0;
     while sent < msgs.len() {
         let chunk = &msgs[sent..msgs.len().min(sent + 64)];
         let addrs: Vec<SockAddr> = chunk.iter().map(|(a, _)| SockAddr::from(*a)).collect();
@@ -205,6 +276,12 @@ pub fn send_batch(fd: RawFd, msgs: &[(SocketAddr, &[u8])]) -> io::Result<usize> 
             if sent > 0 && e.kind() == io::ErrorKind::WouldBlock {
                 return Ok(sent);
             }
+            // An ICMP error of an earlier datagram surfaces once: send again.
+            if is_icmp_report(&e) && reports < 4 {
+                reports += 1;
+                unreachable_out.extend(unreachable(fd));
+                continue;
+            }
             return Err(e);
         }
         if n == 0 {
@@ -221,6 +298,42 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
+    fn an_unreachable_destination_is_named_by_the_error_queue() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        report_unreachable(a.as_raw_fd(), false);
+        a.set_nonblocking(true).unwrap();
+        // A port nobody listens on: the kernel answers with ICMP port unreachable.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let mut seen = vec![];
+        assert_eq!(
+            send_batch(a.as_raw_fd(), &[(dead, b"hello")], &mut seen).unwrap(),
+            1
+        );
+        let mut found = vec![];
+        for _ in 0..100 {
+            found = unreachable(a.as_raw_fd());
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(found, vec![dead]);
+        // The socket still sends after the report.
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            send_batch(
+                a.as_raw_fd(),
+                &[(b.local_addr().unwrap(), b"still")],
+                &mut seen
+            )
+            .unwrap(),
+            1
+        );
+    }
+
+    #[test]
     fn many_datagrams_each_way_in_few_calls() {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -229,7 +342,7 @@ mod tests {
             .map(|i| format!("datagram {i}").into_bytes())
             .collect();
         let msgs: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (to, p.as_slice())).collect();
-        assert_eq!(send_batch(a.as_raw_fd(), &msgs).unwrap(), 100);
+        assert_eq!(send_batch(a.as_raw_fd(), &msgs, &mut vec![]).unwrap(), 100);
         let mut batch = RecvBatch::new(32);
         let mut got = vec![];
         for _ in 0..50 {

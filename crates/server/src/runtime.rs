@@ -389,15 +389,25 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
         },
         tls,
         tls_names: HashMap::new(),
+        unreachable: vec![],
     };
     let started = Instant::now();
     let mut armed: Option<Instant> = None;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
     let mut inbox: Vec<(Flow, Bytes)> = Vec::with_capacity(64);
+    let mut unreachable: Vec<SocketAddr> = vec![];
     let mut first_udp = 0usize;
     loop {
         edge.execute(&mut core);
+        // ICMP errors met while sending: the core hears of them before the next wait.
+        if !edge.unreachable.is_empty() {
+            let now = Instant::now();
+            for r in std::mem::take(&mut edge.unreachable) {
+                core.handle_unreachable(now, r);
+            }
+            edge.execute(&mut core);
+        }
         // Timers wake the loop on a 20 ms grid: a busy server has a transaction timer due
         // every millisecond, and one wake-up for many of them is far cheaper; 20 ms is well
         // within what RFC 3261 timers tolerate.
@@ -413,7 +423,7 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                 let n = udp_in.len();
                 for i in 0..n {
                     let idx = (first_udp + i) % n;
-                    if udp_in[idx].poll_recv(cx, &mut inbox).is_ready() {
+                    if udp_in[idx].poll_recv(cx, &mut inbox, &mut unreachable).is_ready() {
                         // The next turn starts with the next socket, so none starves another.
                         first_udp = idx + 1;
                         return std::task::Poll::Ready(idx);
@@ -430,6 +440,9 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                     } else {
                         core.handle_message(now, flow, data);
                     }
+                }
+                for r in unreachable.drain(..) {
+                    core.handle_unreachable(now, r);
                 }
             }
             ev = events.recv() => {
@@ -583,6 +596,8 @@ struct Edge {
     tls: crate::tls::Tls,
     /// The domain each TLS target of a lookup serves: its certificate must name it.
     tls_names: HashMap<SocketAddr, String>,
+    /// Destinations that answered with ICMP errors, for the core.
+    unreachable: Vec<SocketAddr>,
 }
 
 impl Edge {
@@ -665,7 +680,7 @@ impl Edge {
             if mine.is_empty() {
                 continue;
             }
-            let sent = match mmsg::send_batch(sock.as_raw_fd(), &mine) {
+            let sent = match mmsg::send_batch(sock.as_raw_fd(), &mine, &mut self.unreachable) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                 Err(e) => {

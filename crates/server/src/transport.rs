@@ -49,6 +49,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    crate::mmsg::report_unreachable(std::os::fd::AsRawFd::as_raw_fd(&s), addr.is_ipv6());
     Ok(s.into())
 }
 
@@ -100,10 +101,12 @@ impl UdpListener {
     /// Waits until datagrams are waiting, then receives as many as one system call brings
     /// (recvmmsg) into `out`. Empty datagrams are dropped here; CRLF keep-alives go on to the
     /// core, which notes that the phone keeps its mapping alive.
+    /// Destinations that answered with ICMP errors go to `unreachable`.
     pub fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
         out: &mut Vec<(Flow, Bytes)>,
+        unreachable: &mut Vec<SocketAddr>,
     ) -> std::task::Poll<()> {
         use std::task::Poll;
         let fd = self.socket.as_raw_fd();
@@ -122,8 +125,16 @@ impl UdpListener {
                     guard.clear_ready();
                     continue;
                 }
+                Err(e) if crate::mmsg::is_icmp_report(&e) => {
+                    // An ICMP error for something we sent: which destination, from the
+                    // error queue (IP_RECVERR).
+                    unreachable.extend(crate::mmsg::unreachable(fd));
+                    if !unreachable.is_empty() {
+                        return Poll::Ready(());
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // ICMP port unreachable surfaces here on Linux; it is not fatal.
                     tracing::debug!(local = %self.local, "udp receive error: {e}");
                     continue;
                 }

@@ -276,3 +276,18 @@ fn a_server_that_never_answers_is_given_up_for_the_next_one() {
         .iter()
         .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(202)));
 }
+
+#[test]
+fn an_icmp_error_from_a_server_sends_the_request_to_the_next_one_at_once() {
+    let mut t = T::new();
+    t.alice_to("INVITE", "sip:bob@beta.test", "fed-7");
+    let (id, _) = t.lookups().remove(0);
+    t.core
+        .handle_resolved(t.now, id, targets(&[BETA1, BETA2]), Duration::from_secs(60));
+    let _ = t.sent();
+    t.core.handle_unreachable(t.now, addr(BETA1));
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(BETA2)));
+}

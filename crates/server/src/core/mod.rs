@@ -665,6 +665,28 @@ impl Core {
         self.client_actions(now, key.to_string(), actions);
     }
 
+    /// `remote` answered a UDP datagram with an ICMP error (port or host unreachable): the
+    /// requests we have in flight there fail now rather than after their timeout, so a
+    /// domain's next server is tried at once (RFC 3263 §4.3) and a dead phone stops ringing.
+    pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
+        let keys: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.flow.transport == Transport::Udp && c.flow.remote == remote)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !keys.is_empty() {
+            tracing::info!(%remote, "unreachable (ICMP); its requests fail now");
+        }
+        for key in keys {
+            let Some(ct) = self.clients.get_mut(&key) else {
+                continue;
+            };
+            let actions = ct.machine.on_transport_error();
+            self.client_actions(now, key, actions);
+        }
+    }
+
     /// Sends a response without a transaction (to requests we could not accept at all).
     pub(crate) fn reply_stateless(&mut self, req: &Message, flow: Flow, code: u16, reason: &str) {
         // Without any Via the response could not be matched by anybody. A malformed one is
