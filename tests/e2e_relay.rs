@@ -1,5 +1,6 @@
 //! The media relay end to end. Two baresip phones, each in a home behind its own NAT (the
-//! namespace lab of `common/natlab.rs`), register, call each other and hear each other: the
+//! namespace lab of `common/natlab.rs`), register, call each other (each receives a call) and
+//! hear each other: the
 //! server rewrites the SDP to its relay ports, latches onto each NAT's mapping, and forwards
 //! the PCMU stream both ways. Each phone reports received audio, and `hedgewitch calls` shows
 //! the packets counted in each direction. Hold and resume (re-INVITEs from baresip) keep the
@@ -72,7 +73,7 @@ fn call_through_nats(transport: &str, bob_extra: &str) -> Option<Vec<Value>> {
     let mut alice = Baresip::start_with(
         &srv,
         &ALICE,
-        false,
+        true,
         &tone,
         Some((&alice_home.ns, &alice_home.ip)),
         transport,
@@ -149,6 +150,34 @@ fn call_through_nats(transport: &str, bob_extra: &str) -> Option<Vec<Value>> {
     assert!(
         poll_until(t, || calls(&srv).is_empty()),
         "the call is still listed after the BYE: {:#?}",
+        calls(&srv)
+    );
+
+    // And the other way: bob calls alice, behind the other NAT; she answers by herself.
+    bob.command(&format!("/dial sip:alice@{DOMAIN}"));
+    alice.wait_for("bob's call established", t, |o| {
+        o.matches("Call established").count() >= 2
+    });
+    bob.wait_for("the call to alice established", t, |o| {
+        o.contains(&format!("Call established: sip:alice@{DOMAIN}"))
+    });
+    alice.wait_for("audio in bob's call", t, |o| receives_audio_in_call(o, 2));
+    bob.wait_for("audio in the call to alice", t, |o| {
+        receives_audio_in_call(o, 2)
+    });
+    let call = wait_call(&srv, "bob's call relayed with media both ways", |c| {
+        let (a, b) = packets(c);
+        a > 0 && b > 0
+    });
+    assert_eq!(call["media"], "relayed", "{call:#}");
+    assert!(
+        call["from"].as_str().unwrap_or("").starts_with("sip:bob@"),
+        "{call:#}"
+    );
+    bob.command("/hangup");
+    assert!(
+        poll_until(t, || calls(&srv).is_empty()),
+        "bob's call is still listed after the BYE: {:#?}",
         calls(&srv)
     );
     Some(regs)

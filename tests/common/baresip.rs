@@ -216,7 +216,15 @@ pub fn make_tone(srv: &Server) -> PathBuf {
 /// Whether, after the call was established, the status line reported received audio
 /// (`audio=TX/RX (bit/s)` with RX > 0).
 pub fn receives_audio(output: &str) -> bool {
-    let Some(start) = output.find("Call established") else {
+    receives_audio_in_call(output, 1)
+}
+
+/// The same for the `n`-th call established (1 for the first).
+pub fn receives_audio_in_call(output: &str, n: usize) -> bool {
+    let Some((start, _)) = output
+        .match_indices("Call established")
+        .nth(n.saturating_sub(1))
+    else {
         return false;
     };
     output[start..].split("audio=").skip(1).any(|s| {
