@@ -85,6 +85,9 @@ pub trait MediaRelay: Send {
 /// One call in progress.
 pub(crate) struct Call {
     caller_tag: String,
+    /// The To tag of the answer that set the call up: only that dialog's BYE ends it (a
+    /// forked call may have more dialogs for a moment).
+    callee_tag: Option<String>,
     from: String,
     to: String,
     started: Instant,
@@ -241,6 +244,7 @@ impl Core {
             call_id.to_string(),
             Call {
                 caller_tag: tag,
+                callee_tag: None,
                 from,
                 to,
                 started: now,
@@ -321,11 +325,32 @@ impl Core {
         )))
     }
 
-    /// A 2xx to the call's first INVITE.
-    pub(crate) fn call_answered(&mut self, call_id: &str) {
-        if let Some(c) = self.calls.get_mut(call_id) {
+    /// A 2xx to the call's first INVITE; the first one names the call's dialog.
+    pub(crate) fn call_answered(&mut self, resp: &Message) {
+        if let Some(c) = self.calls.get_mut(resp.call_id()) {
             c.answered = true;
+            if c.callee_tag.is_none() {
+                c.callee_tag = resp.to().and_then(|t| t.tag()).map(str::to_string);
+            }
         }
+    }
+
+    /// Whether `tag` is the From tag of the INVITE that began call `call_id`.
+    pub(crate) fn is_caller(&self, call_id: &str, tag: &str) -> bool {
+        self.calls.get(call_id).is_some_and(|c| c.caller_tag == tag)
+    }
+
+    /// Whether `msg` (a BYE) belongs to the call it names:
+    /// the caller's tag, and once answered the answering dialog's tag, must match.
+    pub(crate) fn is_the_call(&self, msg: &Message) -> bool {
+        let Some(c) = self.calls.get(msg.call_id()) else {
+            return false;
+        };
+        let from = msg.from().and_then(|f| f.tag()).unwrap_or("");
+        let to = msg.to().and_then(|t| t.tag()).unwrap_or("");
+        let tags = [from, to];
+        tags.contains(&c.caller_tag.as_str())
+            && c.callee_tag.as_deref().is_none_or(|t| tags.contains(&t))
     }
 
     /// The call is over (BYE, failure, cancel, no media): its relay ports are freed.

@@ -443,3 +443,30 @@ Call-ID: full-2\r\nCSeq: 5 INVITE\r\nContact: <sip:alice@{ALICE_PRIVATE}>\r\nCon
     assert_eq!(t.core.calls(t.now).len(), 1);
     assert!(asked.lock().unwrap().closed.is_empty());
 }
+
+#[test]
+fn only_the_bye_of_the_answered_dialog_ends_the_call() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, OFFER, "fork-1");
+    t.recv(
+        BOB,
+        &with_sdp(&answer(&inv.unwrap(), 200, "OK", "b"), ANSWER),
+    );
+    let _ = t.sent();
+    let bye = |to_tag: &str, branch: &str| {
+        format!(
+            "BYE sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_PRIVATE};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag={to_tag}\r\n\
+Call-ID: fork-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // A second dialog of the same call (another phone answered too) is hung up.
+    t.recv(ALICE_NAT, &bye("other", "z9hG4bKbyeo"));
+    let _ = t.sent();
+    assert!(asked.lock().unwrap().closed.is_empty(), "the call goes on");
+    assert_eq!(t.core.calls(t.now).len(), 1);
+    // The answered dialog's BYE ends it.
+    t.recv(ALICE_NAT, &bye("b", "z9hG4bKbyeb"));
+    let _ = t.sent();
+    assert_eq!(asked.lock().unwrap().closed, vec![1]);
+}

@@ -291,3 +291,22 @@ fn an_icmp_error_from_a_server_sends_the_request_to_the_next_one_at_once() {
         .iter()
         .any(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(BETA2)));
 }
+
+#[test]
+fn a_to_tag_without_our_route_does_not_skip_authentication_or_the_policy() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    t.core.cfg.inbound = InboundPolicy::Closed;
+    // From "our domain", with a To tag as if in a dialog, but no Route of ours.
+    let forged = format!(
+        "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {BETA1};branch=z9hG4bKforge;rport\r\nMax-Forwards: 70\r\n\
+From: <sip:x@example.test>;tag=a\r\nTo: <sip:bob@example.test>;tag=b\r\nCall-ID: forge-1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(BETA1, &forged);
+    let out = t.sent();
+    assert!(
+        out.iter().all(|(_, m)| m.method() != Some(Method::Message)),
+        "nothing reaches bob"
+    );
+    assert!(out.iter().any(|(_, m)| m.status() == Some(407)));
+}

@@ -70,10 +70,10 @@ pub(crate) struct Stage {
 
 /// A DNS lookup a hunt waits for.
 pub(crate) struct Resolving {
-    ctx_id: u64,
+    pub ctx_id: u64,
     uri: String,
     /// The hunt's stage generation when it was asked (a later stage ignores the answer).
-    generation: u32,
+    pub generation: u32,
 }
 
 /// One History-Info entry (RFC 7044).

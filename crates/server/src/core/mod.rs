@@ -765,14 +765,21 @@ impl Core {
             .filter(|r| {
                 r.method() == Some(Method::Invite) && r.to().is_some_and(|t| t.tag().is_none())
             })
-            .map(|r| r.call_id().to_string());
+            .map(|r| {
+                let tag = r.from().and_then(|f| f.tag()).unwrap_or("").to_string();
+                (r.call_id().to_string(), tag)
+            });
         let Some(st) = self.servers.get_mut(key) else {
             return;
         };
         let actions = st.machine.send_response(now, code, data);
         self.server_actions(now, key.to_string(), actions);
-        if let Some(call_id) = failed_call {
-            self.call_end(&call_id, "call failed");
+        // Only the caller's own INVITE ends its call (not another request that reuses the
+        // Call-ID).
+        if let Some((call_id, tag)) = failed_call {
+            if self.is_caller(&call_id, &tag) {
+                self.call_end(&call_id, "call failed");
+            }
         }
     }
 

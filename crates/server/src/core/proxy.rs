@@ -263,7 +263,9 @@ impl Core {
         // A request we sent to ourselves (a spiral) was authenticated on its first pass.
         let spiral = self.is_spiral(flow);
         let mut caller = None;
-        if from_local && !in_dialog && !spiral {
+        // Only a request inside a dialog we record-routed (our Route on top) skips this: a To
+        // tag alone proves nothing.
+        if from_local && !dialog_route && !spiral {
             match self.authenticate_caller(now, msg, key) {
                 Ok(user) => caller = Some(user),
                 Err(d) => return d,
@@ -837,7 +839,9 @@ impl Core {
         match msg.method() {
             Some(Method::Invite) if dialog_creating => self.call_begin(now, msg, inbound, hops),
             Some(Method::Bye) => {
-                self.call_end(msg.call_id(), "BYE");
+                if self.is_the_call(msg) {
+                    self.call_end(msg.call_id(), "BYE");
+                }
                 return Ok(None);
             }
             _ => {}
@@ -1161,7 +1165,7 @@ impl Core {
             ctx.answered = true;
             ctx.final_sent = true;
             if invite && dialog_creating {
-                self.call_answered(resp.call_id());
+                self.call_answered(&resp);
             }
             let body = self.media_for_response(&resp, in_flow);
             let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
@@ -1238,6 +1242,20 @@ impl Core {
             return false;
         };
         let flow = r.alternates.remove(0);
+        // The failed server's transaction no longer speaks for this branch slot (a late
+        // error on it must not fail the new one over again).
+        let old_key = b.client_key.clone();
+        if let Some(old) = self.clients.get_mut(&old_key) {
+            old.ctx = None;
+        }
+        let Some(r) = self
+            .contexts
+            .get_mut(&ctx_id)
+            .and_then(|c| c.branches.get_mut(idx))
+            .and_then(|b| b.retry.as_mut())
+        else {
+            return false;
+        };
         let hop = Hop {
             uri: r.uri.clone(),
             flow,
@@ -1272,6 +1290,16 @@ impl Core {
         if ctx.branches[from.min(ctx.branches.len())..]
             .iter()
             .any(|b| b.final_status.is_none())
+        {
+            return;
+        }
+        // A stage still waiting for DNS is not over because an earlier one's late answer
+        // came in.
+        let generation = ctx.hunt.as_ref().map(|h| h.generation);
+        if self
+            .resolving
+            .values()
+            .any(|r| r.ctx_id == ctx_id && Some(r.generation) == generation)
         {
             return;
         }
