@@ -76,8 +76,17 @@ pub trait MediaRelay: Send {
     /// A new stream whose caller-facing and callee-facing ports serve the address families of
     /// `local`; None when the port range is used up.
     fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream>;
-    /// Where `side` said it receives (SDP); used until its own packets say otherwise.
-    fn set_peer(&mut self, id: u64, side: Side, rtp: SocketAddr, rtcp: SocketAddr);
+    /// Where `side` said it receives (SDP); used until its own packets say otherwise. Only
+    /// packets from that address's IP or from `signalling` (where the side's SIP comes from,
+    /// its NAT) may teach the relay a new address: nobody else can take the stream over.
+    fn set_peer(
+        &mut self,
+        id: u64,
+        side: Side,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        signalling: IpAddr,
+    );
     fn close(&mut self, id: u64);
     fn counters(&self, id: u64) -> StreamCounters;
 }
@@ -267,6 +276,7 @@ impl Core {
         &mut self,
         msg: &Message,
         is_response: bool,
+        source: IpAddr,
     ) -> Result<Option<Vec<u8>>, RelayFull> {
         let Some(call) = self.calls.get_mut(msg.call_id()) else {
             return Ok(None);
@@ -313,7 +323,7 @@ impl Core {
                 } else {
                     SocketAddr::new(addr, m.rtcp_port.unwrap_or(m.port.saturating_add(1)))
                 };
-                relay.set_peer(stream.id, sender, rtp, rtcp);
+                relay.set_peer(stream.id, sender, rtp, rtcp, source);
             }
             ports.push(stream.ports[toward as usize]);
         }

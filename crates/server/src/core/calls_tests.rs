@@ -33,7 +33,14 @@ impl MediaRelay for FakeRelay {
         Some(s)
     }
 
-    fn set_peer(&mut self, id: u64, side: Side, rtp: SocketAddr, rtcp: SocketAddr) {
+    fn set_peer(
+        &mut self,
+        id: u64,
+        side: Side,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        _signalling: IpAddr,
+    ) {
         self.0.lock().unwrap().peers.push((id, side, rtp, rtcp));
     }
 

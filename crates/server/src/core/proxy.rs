@@ -849,15 +849,15 @@ impl Core {
         if self.calls.is_empty() {
             return Ok(None);
         }
-        self.media_body(msg, false)
+        self.media_body(msg, false, inbound.remote.ip())
     }
 
     /// A response's body as it goes upstream: rewritten when its call is relayed.
-    fn media_for_response(&mut self, resp: &Message, toward: Flow) -> Option<Vec<u8>> {
+    fn media_for_response(&mut self, resp: &Message, from: Flow, toward: Flow) -> Option<Vec<u8>> {
         if self.calls.is_empty() || self.is_spiral(toward) {
             return None;
         }
-        match self.media_body(resp, true) {
+        match self.media_body(resp, true, from.remote.ip()) {
             Ok(body) => body,
             Err(_) => {
                 tracing::warn!(
@@ -911,7 +911,9 @@ impl Core {
         let body = if self.calls.is_empty() || self.is_spiral(flow) {
             None
         } else {
-            self.media_body(&msg, false).ok().flatten()
+            self.media_body(&msg, false, flow.remote.ip())
+                .ok()
+                .flatten()
         };
         let shape = BranchShape {
             msg: &msg,
@@ -1087,7 +1089,7 @@ impl Core {
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
                     let toward = self.servers.get(&server).map(|st| st.flow);
-                    let body = toward.and_then(|f| self.media_for_response(&msg, f));
+                    let body = toward.and_then(|f| self.media_for_response(&msg, flow, f));
                     let data = upstream_bytes(&msg, None, body.as_deref(), None);
                     self.send_server_response(now, &server, status, data);
                 }
@@ -1135,7 +1137,7 @@ impl Core {
                 self.cancel_branch(now, ctx_id, idx);
             }
             if forward {
-                let body = self.media_for_response(&resp, in_flow);
+                let body = self.media_for_response(&resp, from, in_flow);
                 let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
                 self.send_server_response(now, &server_key, status, data);
             }
@@ -1167,7 +1169,7 @@ impl Core {
             if invite && dialog_creating {
                 self.call_answered(&resp);
             }
-            let body = self.media_for_response(&resp, in_flow);
+            let body = self.media_for_response(&resp, from, in_flow);
             let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
             self.send_server_response(now, &server_key, status, data);
             if invite {

@@ -7,7 +7,7 @@ use crate::mmsg::RecvBatch;
 use socket2::SockAddr;
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -44,6 +44,8 @@ pub enum Command {
         side: usize,
         rtp: SocketAddr,
         rtcp: SocketAddr,
+        /// Where the side's SIP comes from: its packets may come from there too (its NAT).
+        signalling: IpAddr,
     },
     Remove {
         id: u64,
@@ -59,6 +61,7 @@ struct Leg {
     dest: Option<SockAddr>,
     dest_addr: Option<SocketAddr>,
     sdp: Option<SocketAddr>,
+    signalling: Option<IpAddr>,
     latched: bool,
     shared: Arc<Shared>,
 }
@@ -164,11 +167,12 @@ impl Engine {
                     side,
                     rtp,
                     rtcp,
+                    signalling,
                 }) => {
                     if let Some(legs) = self.streams.get(&id) {
                         let (l_rtp, l_rtcp) = (legs[side * 2], legs[side * 2 + 1]);
-                        self.set_sdp(l_rtp, rtp);
-                        self.set_sdp(l_rtcp, rtcp);
+                        self.set_sdp(l_rtp, rtp, signalling);
+                        self.set_sdp(l_rtcp, rtcp, signalling);
                     }
                 }
                 Ok(Command::Remove { id }) => {
@@ -204,6 +208,7 @@ impl Engine {
                 dest: None,
                 dest_addr: None,
                 sdp: None,
+                signalling: None,
                 latched: false,
                 shared: shared.clone(),
             });
@@ -216,10 +221,11 @@ impl Engine {
 
     /// A new SDP address for a side: used until that side's packets show where it really is;
     /// when it changes (re-INVITE to a new address) the side is learned again.
-    fn set_sdp(&mut self, idx: usize, addr: SocketAddr) {
+    fn set_sdp(&mut self, idx: usize, addr: SocketAddr, signalling: IpAddr) {
         let Some(leg) = self.legs[idx].as_mut() else {
             return;
         };
+        leg.signalling = Some(signalling);
         if leg.sdp == Some(addr) {
             return;
         }
@@ -244,7 +250,14 @@ impl Engine {
                 let (data, src) = self.batch.get(i);
                 let Some(src) = src else { continue };
                 if !leg.latched {
-                    // Symmetric RTP: the side is where its packets come from (its NAT).
+                    // Symmetric RTP: the side is where its packets come from (its NAT), as
+                    // long as they come from the address its SDP or its SIP came from; a
+                    // stranger spraying relay ports learns nothing (RTP bleed).
+                    let expected = leg.sdp.is_some_and(|s| s.ip() == src.ip())
+                        || leg.signalling == Some(src.ip());
+                    if !expected {
+                        continue;
+                    }
                     leg.latched = true;
                     leg.dest = Some(SockAddr::from(src));
                     leg.dest_addr = Some(src);

@@ -122,12 +122,20 @@ impl MediaRelay for Relay {
         Some(RelayStream { id, ports })
     }
 
-    fn set_peer(&mut self, id: u64, side: Side, rtp: SocketAddr, rtcp: SocketAddr) {
+    fn set_peer(
+        &mut self,
+        id: u64,
+        side: Side,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        signalling: IpAddr,
+    ) {
         self.send(Command::Peer {
             id,
             side: side as usize,
             rtp,
             rtcp,
+            signalling,
         });
     }
 
@@ -178,9 +186,9 @@ mod tests {
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
         // The callee's SDP is right; the caller's names a private address (behind NAT).
         let private: SocketAddr = "10.9.9.9:4000".parse().unwrap();
-        relay.set_peer(s.id, Side::Caller, private, private);
+        relay.set_peer(s.id, Side::Caller, private, private, lo);
         let callee_addr = callee.local_addr().unwrap();
-        relay.set_peer(s.id, Side::Callee, callee_addr, callee_addr);
+        relay.set_peer(s.id, Side::Callee, callee_addr, callee_addr, lo);
         std::thread::sleep(Duration::from_millis(50));
         caller
             .send_to(b"rtp from caller", ("127.0.0.1", s.ports[0]))
@@ -218,20 +226,50 @@ mod tests {
         let old = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (o, c) = (old.local_addr().unwrap(), callee.local_addr().unwrap());
-        relay.set_peer(s.id, Side::Caller, o, o);
-        relay.set_peer(s.id, Side::Callee, c, c);
+        relay.set_peer(s.id, Side::Caller, o, o, lo);
+        relay.set_peer(s.id, Side::Callee, c, c, lo);
         std::thread::sleep(Duration::from_millis(50));
         old.send_to(b"1", ("127.0.0.1", s.ports[0])).unwrap();
         assert_eq!(recv(&callee).0, b"1");
         let new = UdpSocket::bind("127.0.0.1:0").unwrap();
         let n = new.local_addr().unwrap();
-        relay.set_peer(s.id, Side::Caller, n, n);
+        relay.set_peer(s.id, Side::Caller, n, n, lo);
         std::thread::sleep(Duration::from_millis(50));
         new.send_to(b"2", ("127.0.0.1", s.ports[0])).unwrap();
         assert_eq!(recv(&callee).0, b"2");
         callee.send_to(b"3", ("127.0.0.1", s.ports[1])).unwrap();
         assert_eq!(recv(&new).0, b"3", "the callee's media follows the caller");
         assert_eq!(relay.counters(s.id).latched[0], Some(n));
+    }
+
+    /// RTP bleed: before a side is learned, packets from an address that is neither its SDP's
+    /// nor its signalling's are dropped, and do not steer the stream.
+    #[test]
+    fn a_stranger_cannot_take_an_unlearned_side() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut relay = Relay::start(42600, 42699).unwrap();
+        let s = relay.open([lo, lo]).unwrap();
+        let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let (ca, cb) = (caller.local_addr().unwrap(), callee.local_addr().unwrap());
+        relay.set_peer(s.id, Side::Caller, ca, ca, lo);
+        relay.set_peer(s.id, Side::Callee, cb, cb, lo);
+        std::thread::sleep(Duration::from_millis(50));
+        stranger
+            .send_to(b"spoof", ("127.0.0.1", s.ports[0]))
+            .unwrap();
+        caller.send_to(b"real", ("127.0.0.1", s.ports[0])).unwrap();
+        assert_eq!(
+            recv(&callee).0,
+            b"real",
+            "the stranger's packet was not forwarded"
+        );
+        callee.send_to(b"back", ("127.0.0.1", s.ports[1])).unwrap();
+        assert_eq!(recv(&caller).0, b"back");
+        let c = relay.counters(s.id);
+        assert_eq!(c.latched[0], Some(ca));
+        assert_eq!(c.dropped, 1);
     }
 
     #[test]
