@@ -118,6 +118,28 @@ fn guess_host(bind: SocketAddr, advertise: Option<IpAddr>) -> IpAddr {
         })
 }
 
+/// The key that signs our Record-Route entries, made once and kept in the data folder
+/// (mode 0600) so that dialogs outlive a restart.
+fn route_key(data_dir: &std::path::Path) -> Result<[u8; 32], String> {
+    let path = data_dir.join("route.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let bytes: Vec<u8> = (0..text.trim().len() / 2)
+            .filter_map(|i| u8::from_str_radix(text.trim().get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+        tracing::warn!("{} is not a key; making a new one", path.display());
+    }
+    let key = secret();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    Ok(key)
+}
+
 fn secret() -> [u8; 32] {
     let mut s = [0u8; 32];
     if let Err(e) = getrandom::getrandom(&mut s) {
@@ -348,15 +370,9 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     spawn_signals(events_tx.clone());
 
     let now = Instant::now();
-    let mut core = Core::with_plan(
-        CoreConfig::from_config(&cfg, listeners),
-        users,
-        bindings,
-        secret(),
-        now,
-        unix_now(),
-        plan,
-    );
+    let mut core_cfg = CoreConfig::from_config(&cfg, listeners);
+    core_cfg.route_key = route_key(&cfg.data_dir)?;
+    let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
     if cfg.relay.mode != crate::core::RelayMode::Never {
         let crate::config::PortRange(lo, hi) = cfg.relay.ports;
         match crate::relay::Relay::start(lo, hi) {

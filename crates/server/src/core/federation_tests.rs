@@ -310,3 +310,25 @@ From: <sip:x@example.test>;tag=a\r\nTo: <sip:bob@example.test>;tag=b\r\nCall-ID:
     );
     assert!(out.iter().any(|(_, m)| m.status() == Some(407)));
 }
+
+#[test]
+fn a_route_naming_us_that_we_did_not_sign_relays_nothing() {
+    let mut t = T::new();
+    // Looks like an in-dialog request through us, to a number at some trunk's address; but
+    // the Route entry carries no signature of ours for this Call-ID.
+    let forged = "INVITE sip:+15551234@198.51.100.7 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKfr1;rport\r\n\
+Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr;hw=0000000000000000>\r\nFrom: <sip:x@evil.test>;tag=a\r\n\
+To: <sip:y@evil.test>;tag=b\r\nCall-ID: forged-route\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    t.core.handle_message(
+        t.now,
+        udp("198.51.100.9:5060"),
+        Bytes::copy_from_slice(forged.as_bytes()),
+    );
+    let out = t.sent();
+    assert!(
+        out.iter()
+            .all(|(f, _)| f.remote != addr("198.51.100.7:5060")),
+        "nothing goes to the trunk"
+    );
+    assert!(out.iter().any(|(_, m)| m.status() == Some(403)));
+}

@@ -117,6 +117,9 @@ pub struct CoreConfig {
     pub relay_hold_timeout: Duration,
     /// Who may reach local users from other domains.
     pub inbound: crate::config::InboundPolicy,
+    /// Signs our Record-Route entries, so that only dialogs we set up use us as a route
+    /// (kept in the data folder: dialogs outlive a restart).
+    pub route_key: [u8; 32],
 }
 
 impl CoreConfig {
@@ -145,6 +148,7 @@ impl CoreConfig {
             relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
             relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
             inbound: cfg.federation.inbound,
+            route_key: [0; 32],
         }
     }
 }

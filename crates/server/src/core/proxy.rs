@@ -228,7 +228,7 @@ impl Core {
         // Only requests inside a dialog we record-routed may use our route to reach targets
         // that are not ours; anything else would make us an open relay.
         let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
-        let dialog_route = pop > 0 && in_dialog;
+        let dialog_route = pop > 0 && in_dialog && self.route_is_signed(msg);
         if let Some(next) = self.next_route(msg, pop) {
             if !dialog_route {
                 // Someone else's route set: not a dialog we record-routed. Relaying for
@@ -700,7 +700,7 @@ impl Core {
         )
     }
 
-    fn record_route_for(&self, flow: Flow) -> String {
+    fn record_route_for(&self, flow: Flow, call_id: &str) -> String {
         let host = self
             .listener_for(flow.transport, &flow.remote)
             .map_or(flow.local.ip(), |l| l.host);
@@ -709,7 +709,44 @@ impl Core {
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
         };
-        format!("<sip:{}:{}{t};lr>", bracket(host), flow.local.port())
+        format!(
+            "<sip:{}:{}{t};lr;hw={}>",
+            bracket(host),
+            flow.local.port(),
+            self.route_token(call_id)
+        )
+    }
+
+    /// The signature our Record-Route carries for a dialog: a keyed hash of its Call-ID.
+    pub(crate) fn route_token(&self, call_id: &str) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.cfg.route_key);
+        h.update(call_id.as_bytes());
+        let d = h.finalize();
+        let mut s = String::with_capacity(16);
+        for b in &d[..8] {
+            super::push_hex(&mut s, u64::from(*b), 2);
+        }
+        s
+    }
+
+    /// Whether the top Route of `msg` is a Record-Route we signed for its dialog: only
+    /// then may the request use us to reach what its route or Request-URI names (a forged
+    /// Route naming us would make us an open relay).
+    pub(crate) fn route_is_signed(&self, msg: &Message) -> bool {
+        let Some(top) = msg
+            .values(HeaderName::Route)
+            .flat_map(name_addr_list)
+            .next()
+            .and_then(Result::ok)
+        else {
+            return false;
+        };
+        top.uri
+            .param("hw")
+            .flatten()
+            .is_some_and(|t| t.eq_ignore_ascii_case(&self.route_token(msg.call_id())))
     }
 
     /// The request as we forward it (§16.6): new Request-URI, our Via on top with the
@@ -747,9 +784,9 @@ impl Core {
             if rr_pending && h.name != HeaderName::Via {
                 // Ours goes on top of the Record-Route list, after the Via block.
                 rr_pending = false;
-                let rr_out = self.record_route_for(out);
+                let rr_out = self.record_route_for(out, msg.call_id());
                 w.header("Record-Route", &rr_out);
-                let rr_in = self.record_route_for(inbound);
+                let rr_in = self.record_route_for(inbound, msg.call_id());
                 if rr_in != rr_out {
                     w.header("Record-Route", &rr_in);
                 }
@@ -882,6 +919,10 @@ impl Core {
             }
         }
         let pop = self.our_routes(&msg);
+        if pop > 0 && !self.route_is_signed(&msg) {
+            tracing::debug!("ACK with a Route of ours we did not sign dropped");
+            return;
+        }
         let target = match self.next_route(&msg, pop) {
             Some(r) if pop > 0 => Uri::parse(r).ok().and_then(|u| self.resolve(&u)),
             Some(_) => None,

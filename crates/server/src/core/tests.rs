@@ -68,6 +68,7 @@ fn config() -> CoreConfig {
         relay_timeout: Duration::from_secs(60),
         relay_hold_timeout: Duration::from_secs(3600),
         inbound: crate::config::InboundPolicy::Open,
+        route_key: [7; 32],
     }
 }
 
@@ -165,13 +166,33 @@ impl T {
     }
 
     fn recv(&mut self, from: &str, text: &str) {
+        let text = self.signed(text);
         self.core
             .handle_message(self.now, udp(from), Bytes::copy_from_slice(text.as_bytes()));
     }
 
     fn recv_flow(&mut self, flow: Flow, text: &str) {
+        let text = self.signed(text);
         self.core
             .handle_message(self.now, flow, Bytes::copy_from_slice(text.as_bytes()));
+    }
+
+    /// In-dialog requests written by the tests name our Record-Route as `<sip:SERVER;lr>`:
+    /// they get the signature we put in it (as a phone copies our Record-Route).
+    fn signed(&self, text: &str) -> String {
+        let Some(call_id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID: "))
+            .map(str::trim)
+        else {
+            return text.to_string();
+        };
+        let plain = format!("Route: <sip:{SERVER};lr>");
+        let signed = format!(
+            "Route: <sip:{SERVER};lr;hw={}>",
+            self.core.route_token(call_id)
+        );
+        text.replace(&plain, &signed)
     }
 
     /// Everything sent since the last call, parsed.
@@ -768,9 +789,10 @@ fn parallel_fork_first_2xx_wins_and_others_are_cancelled() {
             "{}",
             second.raw
         );
-        assert_eq!(
-            m.value(HeaderName::RecordRoute),
-            Some("<sip:127.0.0.1:5060;lr>")
+        let rr = m.value(HeaderName::RecordRoute).unwrap_or("");
+        assert!(
+            rr.starts_with("<sip:127.0.0.1:5060;lr;hw=") && rr.ends_with('>'),
+            "{rr}"
         );
         // Our Record-Route comes after the Via block, not inside it.
         let names: Vec<_> = m.headers.iter().take(3).map(|h| h.name).collect();
