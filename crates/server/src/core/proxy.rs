@@ -700,7 +700,7 @@ impl Core {
         )
     }
 
-    fn record_route_for(&self, flow: Flow, call_id: &str) -> String {
+    fn record_route_for(&self, flow: Flow, token: &str) -> String {
         let host = self
             .listener_for(flow.transport, &flow.remote)
             .map_or(flow.local.ip(), |l| l.host);
@@ -709,12 +709,7 @@ impl Core {
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
         };
-        format!(
-            "<sip:{}:{}{t};lr;hw={}>",
-            bracket(host),
-            flow.local.port(),
-            self.route_token(call_id)
-        )
+        format!("<sip:{}:{}{t};lr;hw={token}>", bracket(host), flow.local.port())
     }
 
     /// The signature our Record-Route carries for a dialog: a keyed hash of its Call-ID.
@@ -784,9 +779,10 @@ impl Core {
             if rr_pending && h.name != HeaderName::Via {
                 // Ours goes on top of the Record-Route list, after the Via block.
                 rr_pending = false;
-                let rr_out = self.record_route_for(out, msg.call_id());
+                let token = self.route_token(msg.call_id());
+                let rr_out = self.record_route_for(out, &token);
                 w.header("Record-Route", &rr_out);
-                let rr_in = self.record_route_for(inbound, msg.call_id());
+                let rr_in = self.record_route_for(inbound, &token);
                 if rr_in != rr_out {
                     w.header("Record-Route", &rr_in);
                 }
