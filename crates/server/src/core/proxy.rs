@@ -709,7 +709,11 @@ impl Core {
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
         };
-        format!("<sip:{}:{}{t};lr;hw={token}>", bracket(host), flow.local.port())
+        format!(
+            "<sip:{}:{}{t};lr;hw={token}>",
+            bracket(host),
+            flow.local.port()
+        )
     }
 
     /// The signature our Record-Route carries for a dialog: a keyed hash of its Call-ID.
