@@ -346,6 +346,23 @@ fn message(
     .run()
 }
 
+/// alice's call to bob@beta.test (bob registered) ends with `status`, and nothing reaches
+/// beta's phones.
+fn refused_call(alpha: &Server, beta: &Server, status: &str) {
+    register(beta, &BOB, false);
+    alpha
+        .sipp("uac_rejected_alice", "uac_rejected.xml")
+        .port(free_port())
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .subst("FINAL", status)
+        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
+        .auth(&ALICE, "bob@beta.test")
+        .run()
+        .assert_ok();
+    assert_eq!(beta.counter("calls_forwarded"), 0);
+}
+
 #[test]
 fn domains_call_and_message_each_other_through_dns() {
     if !peers_available(&["sipp", "dnsmasq"]) {
@@ -438,18 +455,7 @@ fn a_domain_that_refuses_inbound_calls_answers_403() {
         return;
     }
     let (_dns, alpha, beta) = two_domains("[federation]\ninbound = \"closed\"\n");
-    register(&beta, &BOB, false);
-    let caller = alpha
-        .sipp("uac_rejected_alice", "uac_rejected.xml")
-        .port(free_port())
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .subst("FINAL", "403")
-        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
-        .auth(&ALICE, "bob@beta.test")
-        .run();
-    caller.assert_ok();
-    assert_eq!(beta.counter("calls_forwarded"), 0);
+    refused_call(&alpha, &beta, "403");
 }
 
 /// NAPTR puts SIPS+D2T first: the servers talk TLS to each other, each verifying that the
@@ -493,18 +499,7 @@ fn a_forged_certificate_is_refused() {
     let forger = certificates(&dir.join("forger"), "beta.test");
     // alpha trusts beta's real CA; beta shows the forger's certificate.
     let (_dns, alpha, beta) = two_tls_domains(&a, &forger, &b.0, &a.0);
-    register(&beta, &BOB, false);
-    let caller = alpha
-        .sipp("uac_rejected_alice", "uac_rejected.xml")
-        .port(free_port())
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .subst("FINAL", "503")
-        .replace("sip:[callee]@[domain]", "sip:bob@beta.test")
-        .auth(&ALICE, "bob@beta.test")
-        .run();
-    caller.assert_ok();
-    assert_eq!(beta.counter("calls_forwarded"), 0);
+    refused_call(&alpha, &beta, "503");
     let log = std::fs::read_to_string(&alpha.log).unwrap_or_default();
     assert!(
         log.contains("TLS refused"),

@@ -235,6 +235,24 @@ fn phones_on_one_network_are_not_relayed() {
     assert!(poll_until(t, || calls(&srv).is_empty()));
 }
 
+/// bob registered and answering (SIPp); alice calling him (SIPp), the call held `hold_ms`
+/// before her BYE. Both still running: (callee, caller).
+fn held_call(srv: &Server, hold_ms: u32) -> (SippRunning, SippRunning) {
+    let bob_port = register_udp(srv, &BOB);
+    let callee = start_uas(srv, &BOB, bob_port, "uas_answer.xml");
+    let caller = srv
+        .sipp("uac_alice", "uac_call.xml")
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
+        )
+        .spawn();
+    (callee, caller)
+}
+
 /// `relay.mode = "always"` with a one-second no-media timeout: SIPp's call is answered but
 /// sends no RTP, so the relay is released while the call is still up (its BYE, later, goes
 /// through all the same).
@@ -247,18 +265,7 @@ fn an_abandoned_relay_is_released_after_the_no_media_timeout() {
         extra_config: "[relay]\nmode = \"always\"\ntimeout = 1\n".into(),
         ..ServerOpts::default()
     });
-    let bob_port = register_udp(&srv, &BOB);
-    let callee = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
-    let caller = srv
-        .sipp("uac_alice", "uac_call.xml")
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .auth(&ALICE, &format!("bob@{DOMAIN}"))
-        .replace(
-            "<pause milliseconds=\"500\"/>",
-            "<pause milliseconds=\"14000\"/>",
-        )
-        .spawn();
+    let (callee, caller) = held_call(&srv, 14000);
     let call = wait_call(&srv, "the relayed call answered", |c| {
         c["state"] == "answered"
     });
@@ -285,18 +292,7 @@ fn a_used_up_port_range_refuses_calls_with_503() {
         extra_config: format!("[relay]\nmode = \"always\"\nports = \"{lo}-{}\"\n", lo + 3),
         ..ServerOpts::default()
     });
-    let bob_port = register_udp(&srv, &BOB);
-    let callee = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
-    let first = srv
-        .sipp("uac_alice", "uac_call.xml")
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .auth(&ALICE, &format!("bob@{DOMAIN}"))
-        .replace(
-            "<pause milliseconds=\"500\"/>",
-            "<pause milliseconds=\"4000\"/>",
-        )
-        .spawn();
+    let (callee, first) = held_call(&srv, 4000);
     wait_call(&srv, "the first call answered", |c| {
         c["state"] == "answered"
     });
