@@ -5,7 +5,7 @@
 mod plan_cli;
 
 use clap::{Parser, Subcommand};
-use hedgewitch_server::config::Config;
+use hedgewitch_server::config::{Config, DomainOrigin};
 use hedgewitch_server::control;
 use hedgewitch_server::store::{SqliteStore, Store, User};
 use std::io::BufRead;
@@ -22,6 +22,16 @@ struct Cli {
     /// Configuration file (TOML). Without it, built-in defaults are used.
     #[arg(long, short, global = true, env = "HEDGEWITCH_CONFIG")]
     config: Option<PathBuf>,
+    /// SIP domain served (overrides the config file). Needed once: the data folder records
+    /// the domain it was set up for, and later commands read it from there.
+    #[arg(long, global = true)]
+    domain: Option<String>,
+    /// Data folder (overrides the config file).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log lines as text (default) or as JSON objects, one per line, for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,14 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server in the foreground.
-    Serve {
-        /// SIP domain to serve (overrides the config file).
-        #[arg(long)]
-        domain: Option<String>,
-        /// Data folder (overrides the config file).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Serve,
     /// Manage user accounts.
     #[command(subcommand)]
     User(UserCommand),
@@ -72,6 +75,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -139,16 +148,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+        cfg.data_dir_from_option = true;
+    }
+    // Commands that hash a password pin the data folder to the domain they hash for.
+    let hashes = matches!(
+        cli.command,
+        Command::User(
+            UserCommand::Add { .. } | UserCommand::Import { .. } | UserCommand::Passwd { .. }
+        )
+    );
+    cfg.settle_domain(cli.domain, hashes)?;
     match cli.command {
-        Command::Serve { domain, data_dir } => {
-            if let Some(d) = domain {
-                cfg.domain = d;
+        Command::Serve => {
+            if cfg.domain_origin != DomainOrigin::HostName {
+                cfg.settle_domain(None, true)?;
             }
-            if let Some(d) = data_dir {
-                cfg.data_dir = d;
-            }
-            init_logging(&cfg.log);
-            hedgewitch_server::runtime::serve(cfg, cli.config.clone())
+            init_logging(&cfg.log, cli.log_format);
+            hedgewitch_server::runtime::serve(cfg)
         }
         Command::User(cmd) => user(&cfg, cmd),
         Command::Group(cmd) => plan_cli::group(&cfg, cmd),
@@ -175,7 +193,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
                 return Err(format!("reload refused, the previous settings stay: {e}"));
             }
-            println!("reloaded: {v}");
+            print_reloaded(&v);
             Ok(())
         }
         Command::Status { json } => {
@@ -208,13 +226,21 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Logs go to standard error (journald takes them under systemd); colours only on a terminal,
+/// so a log written to a file or read by a collector has no escape codes.
+fn init_logging(filter: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn valid_local_name(name: &str) -> bool {
@@ -474,6 +500,33 @@ fn check_extension(cfg: &Config, e: &str) -> Result<(), String> {
     hedgewitch_server::plan::check_extension(&cfg.numbering, e)
 }
 
+fn print_reloaded(v: &serde_json::Value) {
+    let list = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "reloaded: {} users, {} groups",
+        v.get("users").cloned().unwrap_or_default(),
+        v.get("groups").cloned().unwrap_or_default()
+    );
+    let applied = list("applied");
+    if !applied.is_empty() {
+        println!("applied: {applied}");
+    }
+    let restart = list("restart_needed");
+    if !restart.is_empty() {
+        println!("changed, but applied only after a restart: {restart}");
+    }
+}
+
 fn print_status(v: &serde_json::Value) {
     let g = |k: &str| v.get(k).cloned().unwrap_or_default();
     let c = |k: &str| {
@@ -566,13 +619,13 @@ fn print_registrations(v: &serde_json::Value) {
         return;
     }
     println!(
-        "{:<16} {:<6} {:<9} {:<5} {:<22} CONTACT",
-        "USER", "EXT", "EXPIRES", "VIA", "SOURCE"
+        "{:<16} {:<6} {:<9} {:<5} {:<22} {:<24} CONTACT",
+        "USER", "EXT", "EXPIRES", "VIA", "SOURCE", "USER AGENT"
     );
     for r in list {
         let s = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
         println!(
-            "{:<16} {:<6} {:<9} {:<5} {:<22} {}",
+            "{:<16} {:<6} {:<9} {:<5} {:<22} {:<24} {}",
             s("user"),
             s("extension"),
             format!(
@@ -583,6 +636,10 @@ fn print_registrations(v: &serde_json::Value) {
             ),
             s("transport"),
             s("source"),
+            match s("user_agent") {
+                ua if ua.is_empty() => "-".to_string(),
+                ua => ua,
+            },
             s("contact")
         );
     }

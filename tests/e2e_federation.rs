@@ -499,7 +499,7 @@ fn a_forged_certificate_is_refused() {
     let forger = certificates(&dir.join("forger"), "beta.test");
     // alpha trusts beta's real CA; beta shows the forger's certificate.
     let (_dns, alpha, beta) = two_tls_domains(&a, &forger, &b.0, &a.0);
-    refused_call(&alpha, &beta, "503");
+    refused_call(&alpha, &beta, "500");
     let log = std::fs::read_to_string(&alpha.log).unwrap_or_default();
     assert!(
         log.contains("TLS refused"),

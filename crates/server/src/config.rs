@@ -82,11 +82,46 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
+/// Where the main domain came from: said at start, and named when two sources disagree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DomainOrigin {
+    /// Nothing said it: the machine's host name.
+    #[default]
+    HostName,
+    /// The `domain` key of the config file.
+    ConfigFile,
+    /// The `--domain` option.
+    Option,
+    /// The data folder's record of the domain it was set up for.
+    DataFolder,
+}
+
+impl DomainOrigin {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DomainOrigin::HostName => "this machine's host name (nothing else named one)",
+            DomainOrigin::ConfigFile => "the config file",
+            DomainOrigin::Option => "the --domain option",
+            DomainOrigin::DataFolder => "the data folder, which was set up for it",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The SIP domain served, also the digest realm. Default: the host name.
+    /// The SIP domain served, also the digest realm. Default: the domain the data folder was
+    /// set up for, else the host name.
     pub domain: String,
+    /// Where `domain` came from.
+    #[serde(skip)]
+    pub domain_origin: DomainOrigin,
+    /// The config file read, if any.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+    /// `data_dir` came from the `--data-dir` option (a reload keeps it).
+    #[serde(skip)]
+    pub data_dir_from_option: bool,
     /// Where the SQLite store and the control socket live.
     pub data_dir: PathBuf,
     /// More domains served besides `domain`, each with its own users (`alice@other.example`).
@@ -124,7 +159,7 @@ pub struct Config {
     pub dialplan: Vec<RuleSpec>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrarConfig {
     /// Expiry used when a REGISTER asks for none (seconds).
@@ -155,20 +190,20 @@ pub enum InboundPolicy {
     Closed,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     pub inbound: InboundPolicy,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// DNS servers (`"IP:PORT"`) to ask instead of the system's (/etc/resolv.conf).
     pub servers: Vec<SocketAddr>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// `never`, `auto` (a party behind NAT, or IPv4 to IPv6) or `always`.
@@ -211,7 +246,7 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Digest algorithms offered, one challenge each, most preferred first. MD5 alone by
@@ -268,6 +303,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             domain: host_name(),
+            domain_origin: DomainOrigin::HostName,
+            path: None,
+            data_dir_from_option: false,
             data_dir: default_data_dir(),
             domains: vec![],
             listen: [
@@ -304,7 +342,14 @@ impl Default for Config {
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        // A file that leaves `domain` out keeps the default; tell the two apart.
+        if text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("domain"))
+        {
+            cfg.domain_origin = DomainOrigin::ConfigFile;
+        }
         cfg.check()?;
         Ok(cfg)
     }
@@ -316,7 +361,10 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-                Config::parse(&text).map_err(|e| format!("config {}: {e}", p.display()))
+                let mut cfg =
+                    Config::parse(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
+                cfg.path = Some(p.to_path_buf());
+                Ok(cfg)
             }
         }
     }
@@ -365,6 +413,88 @@ impl Config {
             speed_dials: self.speeddial.clone(),
             rules: self.dialplan.clone(),
         }
+    }
+
+    /// The configuration as it reads now (for a reload): the file again, with the options
+    /// given at start still applied, and the settled domain kept unless the file names one.
+    pub fn reread(&self) -> Result<Config, String> {
+        let mut new = match &self.path {
+            Some(p) => Config::load(Some(p))?,
+            None => self.clone(),
+        };
+        if new.domain_origin == DomainOrigin::HostName
+            || matches!(self.domain_origin, DomainOrigin::Option)
+        {
+            new.domain = self.domain.clone();
+            new.domain_origin = self.domain_origin;
+        }
+        if self.data_dir_from_option {
+            new.data_dir = self.data_dir.clone();
+            new.data_dir_from_option = true;
+        }
+        Ok(new)
+    }
+
+    /// Makes the CLI and the daemon agree on the main domain, whose name is the digest realm
+    /// every password is hashed for. `--domain` beats the file, which beats the host name;
+    /// but a data folder that recorded a domain keeps it: it fills in when nothing was said,
+    /// and a different one said is an error naming both (the stored passwords would not
+    /// match). `record` writes the domain into a folder that has none yet (`serve`, and the
+    /// commands that hash passwords). A folder with no password hashed for its recorded
+    /// domain takes the new one.
+    pub fn settle_domain(&mut self, option: Option<String>, record: bool) -> Result<(), String> {
+        if let Some(d) = option {
+            self.domain = d;
+            self.domain_origin = DomainOrigin::Option;
+            self.check()?;
+        }
+        let db = self.db_path();
+        if !db.exists() && !record {
+            return Ok(());
+        }
+        let store = crate::store::SqliteStore::open(&db)?;
+        let recorded = store.recorded_domain()?;
+        match recorded {
+            Some(r) if r.eq_ignore_ascii_case(&self.domain) => {
+                // The realm is compared byte for byte: keep the recorded spelling.
+                self.domain = r;
+            }
+            Some(r) if self.domain_origin == DomainOrigin::HostName => {
+                self.domain = r;
+                self.domain_origin = DomainOrigin::DataFolder;
+            }
+            Some(r) => {
+                use crate::store::Store;
+                // No password hashed yet: nothing would break, the new name is taken.
+                let hashed = store.users()?.iter().any(|u| u.realm == r);
+                if !hashed {
+                    if record {
+                        store.record_domain(&self.domain, true)?;
+                    }
+                    return Ok(());
+                }
+                let said = match (self.domain_origin, &self.path) {
+                    (DomainOrigin::ConfigFile, Some(p)) => {
+                        format!("the config file {}", p.display())
+                    }
+                    (o, _) => o.describe().to_string(),
+                };
+                return Err(format!(
+                    "{said} says the domain is `{}`, but the data folder {} was set up for \
+                     `{r}` and its passwords are hashed for that realm. Use \
+                     `--domain {r}` (or leave the domain out), or give `{}` a data \
+                     folder of its own (--data-dir)",
+                    self.domain,
+                    self.data_dir.display(),
+                    self.domain
+                ));
+            }
+            // A host-name guess is recorded only once a password is hashed for it, so that
+            // a first trial run does not pin the folder to it.
+            None if record => store.record_domain(&self.domain, false)?,
+            None => {}
+        }
+        Ok(())
     }
 
     pub fn db_path(&self) -> PathBuf {

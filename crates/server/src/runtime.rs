@@ -235,14 +235,14 @@ fn flush(store: &mut SqliteStore, batch: &mut Vec<BindingWrite>) {
     batch.clear();
 }
 
-/// Runs the daemon until SIGINT/SIGTERM. `config_path` is re-read on reload (SIGHUP or
-/// `hedgewitch reload`).
-pub fn serve(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+/// Runs the daemon until SIGINT/SIGTERM. The config file it was read from is read again on
+/// reload (SIGHUP or `hedgewitch reload`).
+pub fn serve(cfg: Config) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(run(cfg, config_path))
+    rt.block_on(run(cfg))
 }
 
 /// Builds the dial plan from the file's settings, the users and the stored settings.
@@ -266,7 +266,7 @@ pub fn build_plan(
     Ok(plan)
 }
 
-async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+async fn run(cfg: Config) -> Result<(), String> {
     let store = SqliteStore::open(&cfg.db_path())?;
     let users = store.users()?;
     let plan = build_plan(&cfg, &users, &store.plan()?)
@@ -374,18 +374,10 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     core_cfg.route_key = route_key(&cfg.data_dir)?;
     let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
     if cfg.relay.mode != crate::core::RelayMode::Never {
-        let crate::config::PortRange(lo, hi) = cfg.relay.ports;
-        match crate::relay::Relay::start(lo, hi) {
-            Ok(relay) => {
-                tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
-                core.set_relay(Box::new(relay));
-            }
-            Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
-        }
+        start_relay(&mut core, &cfg);
     }
-    let reloader = Reloader {
-        started_with: cfg.clone(),
-        path: config_path,
+    let mut reloader = Reloader {
+        running: cfg.clone(),
     };
     tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
 
@@ -483,7 +475,7 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                         }
                     }
                     Event::Control { command, reply } => {
-                        let answer = control_answer(&mut core, now, &command, &edge, &reloader);
+                        let answer = control_answer(&mut core, now, &command, &mut edge, &mut reloader);
                         let _ = reply.send(answer);
                     }
                     Event::Resolved {
@@ -504,8 +496,8 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
                         core.handle_resolved(now, id, targets, ttl)
                     }
                     Event::Reload => {
-                        match reloader.reload(&mut core, &edge.store) {
-                            Ok(v) => tracing::info!("reloaded on SIGHUP: {v}"),
+                        match reloader.reload(&mut core, &mut edge) {
+                            Ok(r) => tracing::info!("reloaded on SIGHUP: {r}"),
                             Err(e) => tracing::error!("reload on SIGHUP failed, the previous settings stay: {e}"),
                         }
                     }
@@ -525,51 +517,173 @@ async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(),
     Ok(())
 }
 
-/// Re-reads the config file and the store and swaps in the new users and dial plan; calls
-/// and registrations in progress are untouched. Other settings (addresses, domain) need a
-/// restart, which is said in the log.
+/// Re-reads the config file and the store, and applies every setting that can change while
+/// running; calls and registrations in progress are untouched. Settings that need a restart
+/// are named in the answer and the log, and only when they changed.
 struct Reloader {
-    started_with: Config,
-    path: Option<std::path::PathBuf>,
+    /// The settings in force.
+    running: Config,
+}
+
+/// What a reload did.
+struct Reloaded {
+    users: usize,
+    groups: usize,
+    /// Settings that changed and now apply.
+    applied: Vec<&'static str>,
+    /// Settings that changed but apply only after a restart.
+    restart: Vec<&'static str>,
+}
+
+impl Reloaded {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "users": self.users,
+            "groups": self.groups,
+            "applied": self.applied,
+            "restart_needed": self.restart,
+        })
+    }
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} users, {} groups", self.users, self.groups)?;
+        if !self.applied.is_empty() {
+            write!(f, "; applied: {}", self.applied.join(", "))?;
+        }
+        if !self.restart.is_empty() {
+            write!(
+                f,
+                "; changed but applied only after a restart: {}",
+                self.restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Reloader {
-    fn reload(
-        &self,
-        core: &mut Core,
-        store: &std::sync::mpsc::Sender<StoreOp>,
-    ) -> Result<serde_json::Value, String> {
-        let cfg = match &self.path {
-            Some(p) => Config::load(Some(p))?,
-            None => self.started_with.clone(),
-        };
-        let old = &self.started_with;
-        if cfg.domain != old.domain
-            || cfg.listen != old.listen
-            || cfg.data_dir != old.data_dir
-            || cfg.advertise != old.advertise
-        {
-            tracing::warn!(
-                "domain, listen, advertise and data_dir changes take effect at the next restart"
-            );
+    fn reload(&mut self, core: &mut Core, edge: &mut Edge) -> Result<Reloaded, String> {
+        let new = self.running.reread()?;
+        let old = &self.running;
+        let mut restart = vec![];
+        let mut applied = vec![];
+        for (changed, key) in [
+            (new.domain != old.domain, "domain"),
+            (new.domains != old.domains, "domains"),
+            (new.listen != old.listen, "listen"),
+            (new.stun != old.stun, "stun"),
+            (new.advertise != old.advertise, "advertise"),
+            (new.data_dir != old.data_dir, "data_dir"),
+            (new.log != old.log, "log"),
+            (
+                new.relay.ports != old.relay.ports && core.has_relay(),
+                "relay.ports",
+            ),
+        ] {
+            if changed {
+                restart.push(key);
+            }
         }
+        // Everything below is checked before anything is swapped in: a bad file changes
+        // nothing.
         let (tx, rx) = std::sync::mpsc::channel();
-        store
+        edge.store
             .send(StoreOp::Load(tx))
             .map_err(|_| "store thread is gone".to_string())?;
         let (users, stored) = rx
             .recv()
             .map_err(|_| "store thread is gone".to_string())??;
         // The domain is the digest realm and cannot change live: keep the running one.
-        let cfg = Config {
+        let live = Config {
             domain: old.domain.clone(),
-            ..cfg
+            ..new.clone()
         };
-        let plan = build_plan(&cfg, &users, &stored)?;
-        let n = users.len();
+        let plan = build_plan(&live, &users, &stored)?;
+        let mut tls = edge.tls.clone();
+        let tls_restart = if new.tls != old.tls {
+            tls.reload(&new.tls).map_err(|e| format!("tls: {e}"))?
+        } else {
+            false
+        };
+        let dns = if new.dns != old.dns {
+            Some(crate::dns::Dns::new(&new.dns.servers)?)
+        } else {
+            None
+        };
+
+        if new.tls != old.tls {
+            edge.tls = tls;
+            applied.push("tls");
+            if tls_restart {
+                restart.push("tls listeners");
+            }
+        }
+        if let Some(d) = dns {
+            edge.dns = Some(d);
+            core.clear_dns_cache();
+            applied.push("dns");
+        }
+        for (changed, key) in [
+            (new.registrar != old.registrar, "registrar"),
+            (new.auth != old.auth, "auth"),
+            (new.relay.mode != old.relay.mode, "relay.mode"),
+            (
+                new.relay.timeout != old.relay.timeout
+                    || new.relay.hold_timeout != old.relay.hold_timeout,
+                "relay timeouts",
+            ),
+            (new.federation != old.federation, "federation"),
+            (
+                new.plan() != old.plan()
+                    || new.numbering != old.numbering
+                    || new.features != old.features
+                    || new.calls != old.calls,
+                "dial plan",
+            ),
+        ] {
+            if changed {
+                applied.push(key);
+            }
+        }
+        // A relay turned on in the file starts now (it may have been off since the start).
+        if new.relay.mode != crate::core::RelayMode::Never && !core.has_relay() {
+            start_relay(core, &new);
+        }
+        core.reconfigure(&CoreConfig::from_config(&live, vec![]));
+        let done = Reloaded {
+            users: users.len(),
+            groups: stored.groups.len() + new.group.len(),
+            applied,
+            restart,
+        };
         core.set_users(users);
         core.set_plan(plan);
-        Ok(serde_json::json!({"users": n, "groups": stored.groups.len() + cfg.group.len()}))
+        if !done.restart.is_empty() {
+            tracing::warn!(
+                "changed in the config file but applied only after a restart: {}",
+                done.restart.join(", ")
+            );
+        }
+        self.running = Config {
+            domain: old.domain.clone(),
+            domain_origin: old.domain_origin,
+            ..new
+        };
+        Ok(done)
+    }
+}
+
+/// Starts the media relay on the configured ports and hands it to the core.
+fn start_relay(core: &mut Core, cfg: &Config) {
+    let crate::config::PortRange(lo, hi) = cfg.relay.ports;
+    match crate::relay::Relay::start(lo, hi) {
+        Ok(relay) => {
+            tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
+            core.set_relay(Box::new(relay));
+        }
+        Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
     }
 }
 
@@ -577,8 +691,8 @@ fn control_answer(
     core: &mut Core,
     now: Instant,
     command: &str,
-    edge: &Edge,
-    reloader: &Reloader,
+    edge: &mut Edge,
+    reloader: &mut Reloader,
 ) -> serde_json::Value {
     match command {
         "status" => {
@@ -590,9 +704,15 @@ fn control_answer(
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
         "calls" => serde_json::to_value(core.calls(now)).unwrap_or_default(),
         // `reload-users` is what `hedgewitch user ...` sends; both re-read everything.
-        "reload" | "reload-users" => match reloader.reload(core, &edge.store) {
-            Ok(v) => v,
-            Err(e) => serde_json::json!({ "error": e }),
+        "reload" | "reload-users" => match reloader.reload(core, edge) {
+            Ok(r) => {
+                tracing::info!("reloaded ({command}): {r}");
+                r.to_json()
+            }
+            Err(e) => {
+                tracing::error!("reload ({command}) failed, the previous settings stay: {e}");
+                serde_json::json!({ "error": e })
+            }
         },
         other => serde_json::json!({"error": format!("unknown command `{other}`")}),
     }

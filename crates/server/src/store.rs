@@ -144,6 +144,12 @@ CREATE TABLE IF NOT EXISTS bindings (
     reg_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (aor, contact)
 );
+-- Facts about the data folder itself: `domain` is the main domain its passwords were hashed
+-- for (the digest realm), recorded at the first start so the CLI and the daemon agree.
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 fn err(e: rusqlite::Error) -> String {
@@ -177,6 +183,26 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
         Ok(SqliteStore { conn })
+    }
+
+    /// The main domain this data folder was set up for (see `settings` in the schema).
+    pub fn recorded_domain(&self) -> StoreResult<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = 'domain'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)
+    }
+
+    /// Records the main domain; one already recorded stays unless `replace`.
+    pub fn record_domain(&self, domain: &str, replace: bool) -> StoreResult<()> {
+        let sql = if replace {
+            "INSERT OR REPLACE INTO settings (key, value) VALUES ('domain', ?1)"
+        } else {
+            "INSERT OR IGNORE INTO settings (key, value) VALUES ('domain', ?1)"
+        };
+        self.conn.execute(sql, [domain]).map(|_| ()).map_err(err)
     }
 
     /// The phone-system settings kept in the store.

@@ -5,13 +5,15 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// `[tls]`: the certificate this server presents, and what it trusts.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain (leaf first).
@@ -27,6 +29,28 @@ pub struct TlsConfig {
 pub struct Tls {
     pub acceptor: Option<TlsAcceptor>,
     pub connector: TlsConnector,
+    /// The certificate the acceptor presents; a reload swaps what it holds, so a renewed
+    /// certificate reaches the next handshake with no restart and no listener touched.
+    served: Option<Arc<ServedCert>>,
+}
+
+/// The certificate and key presented to clients, replaceable while the listeners run.
+#[derive(Debug)]
+struct ServedCert(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for ServedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|k| k.clone())
+    }
+}
+
+/// Loads a certificate chain and its key, checking that they belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certs(cert)?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, der, &provider())
+        .map(Arc::new)
+        .map_err(|e| format!("tls certificate and key: {e}"))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -49,21 +73,23 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 impl Tls {
     pub fn new(cfg: &TlsConfig) -> Result<Tls, String> {
-        let acceptor = match (&cfg.certificate, &cfg.key) {
-            (Some(c), Some(k)) => {
-                let chain = certs(c)?;
-                let key =
-                    PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
+        let served = match (&cfg.certificate, &cfg.key) {
+            (Some(c), Some(k)) => Some(Arc::new(ServedCert(std::sync::RwLock::new(
+                certified_key(c, k)?,
+            )))),
+            (None, None) => None,
+            _ => return Err("[tls] needs both `certificate` and `key`".into()),
+        };
+        let acceptor = match &served {
+            Some(s) => {
                 let sc = ServerConfig::builder_with_provider(provider())
                     .with_protocol_versions(VERSIONS)
                     .map_err(|e| e.to_string())?
                     .with_no_client_auth()
-                    .with_single_cert(chain, key)
-                    .map_err(|e| format!("tls certificate and key: {e}"))?;
+                    .with_cert_resolver(s.clone());
                 Some(TlsAcceptor::from(Arc::new(sc)))
             }
-            (None, None) => None,
-            _ => return Err("[tls] needs both `certificate` and `key`".into()),
+            None => None,
         };
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -83,7 +109,29 @@ impl Tls {
         Ok(Tls {
             acceptor,
             connector: TlsConnector::from(Arc::new(cc)),
+            served,
         })
+    }
+
+    /// Takes a changed `[tls]` while running: the new certificate and key are presented from
+    /// the next handshake on, the new CA list verifies the next outgoing connection. Nothing
+    /// changes when any file is bad. Returns whether a restart is still needed (TLS listeners
+    /// cannot be added or removed live).
+    pub fn reload(&mut self, cfg: &TlsConfig) -> Result<bool, String> {
+        let fresh = Tls::new(cfg)?;
+        let mut restart = false;
+        match (&self.served, &cfg.certificate, &cfg.key) {
+            (Some(served), Some(c), Some(k)) => {
+                let key = certified_key(c, k)?;
+                if let Ok(mut slot) = served.0.write() {
+                    *slot = key;
+                }
+            }
+            (None, None, None) => {}
+            _ => restart = true,
+        }
+        self.connector = fresh.connector;
+        Ok(restart)
     }
 }
 

@@ -516,6 +516,12 @@ fn hmac_sha256(key: &[u8; 32], msg: &[&[u8]]) -> [u8; 32] {
 }
 
 impl NonceManager {
+    /// Changes how long nonces stay valid (a settings reload); nonces already issued are
+    /// judged by the new lifetime.
+    pub fn set_lifetime(&mut self, lifetime_secs: u64) {
+        self.lifetime = lifetime_secs;
+    }
+
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
         NonceManager {
             hmac: HmacKey::new(&secret),

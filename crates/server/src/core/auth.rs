@@ -2,7 +2,7 @@
 //! fresh nonce per offered algorithm, and verification against the stored HA1 hashes with
 //! nonce expiry and nonce-count replay protection.
 
-use super::Core;
+use super::{Core, Flow};
 use sip::digest::{challenge, verify, Algorithm, Credentials, NonceCheck};
 use sip::header::HeaderName;
 use sip::message::Message;
@@ -35,6 +35,20 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
     }
 }
 
+/// The one log line of a failed authentication: who tried, from where, with what.
+fn auth_failed(msg: &Message, flow: Flow, user: &str, realm: &str, why: &str) {
+    let agent = msg.value(HeaderName::UserAgent).unwrap_or("-");
+    tracing::warn!(
+        user,
+        realm,
+        source = %flow.remote,
+        transport = flow.transport.as_str(),
+        user_agent = agent,
+        method = msg.method_str(),
+        "authentication failed: {why}"
+    );
+}
+
 impl Core {
     /// True for credentials addressed to our realm (the ones we consume).
     pub(crate) fn is_our_realm(&self, credentials: &str) -> bool {
@@ -46,7 +60,16 @@ impl Core {
         realm == self.cfg.domain.as_str() || self.cfg.domains.iter().any(|d| d == realm)
     }
 
-    pub(crate) fn authenticate(&mut self, now: Instant, msg: &Message, proxy: bool) -> AuthOutcome {
+    /// Checks the request's credentials. A failed attempt is one WARN line naming the user,
+    /// the realm, the source and the phone: retransmissions never get here (the transaction
+    /// answers them), so each line is one attempt.
+    pub(crate) fn authenticate(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        proxy: bool,
+        flow: Flow,
+    ) -> AuthOutcome {
         let name = if proxy {
             HeaderName::ProxyAuthorization
         } else {
@@ -82,7 +105,7 @@ impl Core {
         };
         let Some(user) = self.users.by_name(&key) else {
             self.counters.auth_failures += 1;
-            tracing::info!(user = %creds.username, "authentication for an unknown user");
+            auth_failed(msg, flow, &creds.username, &creds.realm, "no such user");
             return AuthOutcome::Challenge { stale: false };
         };
         let ha1 = match creds.algorithm.base() {
@@ -90,6 +113,8 @@ impl Core {
             _ => user.ha1_md5.clone(),
         };
         let user_name = user.name.clone();
+        // A hash made for another realm can never match: say so rather than blame the password.
+        let realm_mismatch = (user.realm != creds.realm).then(|| user.realm.clone());
         let checked = match self.nonces.check_token(&creds.nonce, creds.nc, secs) {
             Ok(c) => c,
             Err(NonceCheck::Stale) => {
@@ -101,7 +126,15 @@ impl Core {
         };
         if !verify(&creds, msg.method_str(), &ha1) {
             self.counters.auth_failures += 1;
-            tracing::info!(user = %user_name, "wrong digest response (password mismatch)");
+            let why = match &realm_mismatch {
+                Some(stored) => format!(
+                    "the password of {user_name} was set for realm `{stored}`, not `{}`: \
+                     set it again (hedgewitch user passwd {user_name})",
+                    creds.realm
+                ),
+                None => "wrong password".to_string(),
+            };
+            auth_failed(msg, flow, &creds.username, &creds.realm, &why);
             return AuthOutcome::Challenge { stale: false };
         }
         match self.nonces.commit_checked(checked, secs) {

@@ -452,6 +452,37 @@ impl Core {
         self.relay = Some(relay);
     }
 
+    /// Whether the daemon gave the core a media relay.
+    pub fn has_relay(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// Takes the settings that can change while running (a reload): registrar limits and
+    /// keep-alives, authentication, the relay's mode and timeouts, the inbound policy. The
+    /// domain, listeners and route key stay: they need a restart. Calls and registrations in
+    /// progress keep what they have.
+    pub fn reconfigure(&mut self, new: &CoreConfig) {
+        let c = &mut self.cfg;
+        c.default_expires = new.default_expires;
+        c.min_expires = new.min_expires;
+        c.max_expires = new.max_expires;
+        c.max_contacts = new.max_contacts;
+        c.nat_ping_interval = new.nat_ping_interval;
+        c.nat_ping_failures = new.nat_ping_failures;
+        c.algorithms = new.algorithms.clone();
+        c.nonce_lifetime = new.nonce_lifetime;
+        c.relay_mode = new.relay_mode;
+        c.relay_timeout = new.relay_timeout;
+        c.relay_hold_timeout = new.relay_hold_timeout;
+        c.inbound = new.inbound;
+        self.nonces.set_lifetime(new.nonce_lifetime);
+    }
+
+    /// Forgets DNS answers (the DNS servers changed).
+    pub fn clear_dns_cache(&mut self) {
+        self.dns_cache.clear();
+    }
+
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
     pub fn set_users(&mut self, users: Vec<User>) {
         self.users = Users::new(users);

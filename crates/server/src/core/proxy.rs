@@ -266,7 +266,7 @@ impl Core {
         // Only a request inside a dialog we record-routed (our Route on top) skips this: a To
         // tag alone proves nothing.
         if from_local && !dialog_route && !spiral {
-            match self.authenticate_caller(now, msg, key) {
+            match self.authenticate_caller(now, msg, key, flow) {
                 Ok(user) => caller = Some(user),
                 Err(d) => return d,
             }
@@ -353,7 +353,7 @@ impl Core {
         if !from_local || self.is_spiral(flow) || msg.method() == Some(Method::Register) {
             return Some(Decision::Reply(403, "Relaying Denied"));
         }
-        let user = match self.authenticate_caller(now, msg, key) {
+        let user = match self.authenticate_caller(now, msg, key, flow) {
             Ok(user) => user,
             Err(d) => return d,
         };
@@ -377,6 +377,7 @@ impl Core {
         now: Instant,
         msg: &Message,
         key: &str,
+        flow: Flow,
     ) -> Result<String, Option<Decision>> {
         let Some(from) = msg.from() else {
             return Err(Some(Decision::Reply(400, "Bad From")));
@@ -385,7 +386,7 @@ impl Core {
             .served_domain(&from.uri.host)
             .unwrap_or(&self.cfg.domain)
             .to_string();
-        match self.authenticate(now, msg, true) {
+        match self.authenticate(now, msg, true, flow) {
             AuthOutcome::User(user) => {
                 let claimed = from.uri.user_unescaped().and_then(|u| {
                     let key = self.qualify(&u, &domain);
@@ -1244,6 +1245,13 @@ impl Core {
         if matches!(code, 408 | 503) && self.try_alternate(now, ctx_id, idx) {
             return;
         }
+        // §16.9: a next hop we could not reach counts as its 503, and §16.7 step 6 turns a
+        // 503 into 500 upstream, so that the caller's proxy does not take us for overloaded.
+        let (code, reason) = if code == 503 {
+            (500, "Server Internal Error (Next Hop Unreachable)")
+        } else {
+            (code, reason)
+        };
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };

@@ -37,7 +37,7 @@ impl Core {
             .to()
             .and_then(|t| self.served_domain(&t.uri.host).map(str::to_string))
             .unwrap_or_else(|| self.cfg.domain.clone());
-        let user = match self.authenticate(now, msg, false) {
+        let user = match self.authenticate(now, msg, false, flow) {
             AuthOutcome::User(u) => u,
             AuthOutcome::Challenge { stale } => {
                 let h = self.challenges(now, false, stale, &domain);

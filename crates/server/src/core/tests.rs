@@ -1576,3 +1576,33 @@ mod federation_tests;
 mod hunt_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
+
+#[test]
+fn an_unreachable_phone_gives_500_upstream_not_503() {
+    // RFC 3261 §16.9: a transport error counts as a 503 from that hop; §16.7 step 6: a
+    // proxy passes 500 upstream instead, so that nobody takes this server for overloaded.
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let mut r = t.req(
+        "OPTIONS",
+        "sip:bob@example.test",
+        "alice",
+        "<sip:bob@example.test>",
+        ALICE,
+        "unreach",
+    );
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    assert!(out
+        .iter()
+        .any(|(f, m)| m.is_request() && f.remote == addr(BOB)));
+    // bob's address answers with ICMP port unreachable.
+    t.core.handle_unreachable(t.now, addr(BOB));
+    let out = t.sent();
+    let to_alice: Vec<u16> = out
+        .iter()
+        .filter(|(f, m)| f.remote == addr(ALICE) && !m.is_request())
+        .filter_map(|(_, m)| m.status())
+        .collect();
+    assert_eq!(to_alice, [500], "{out:?}");
+}
