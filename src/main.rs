@@ -60,6 +60,9 @@ enum Command {
     /// TLS certificates.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Check the setup (domain, users, ports, DNS records, TLS certificate) and say how to
+    /// fix what is wrong. Exits with 1 when something does not work.
+    Doctor,
     /// Show the running server's state.
     Status {
         #[arg(long)]
@@ -194,6 +197,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err(format!("reload refused, the previous settings stay: {e}"));
             }
             print_reloaded(&v);
+            Ok(())
+        }
+        Command::Doctor => {
+            let findings = hedgewitch_server::doctor::examine(&cfg);
+            print!("{}", hedgewitch_server::doctor::report(&findings));
+            if findings
+                .iter()
+                .any(|f| f.level == hedgewitch_server::doctor::Level::Problem)
+            {
+                return Err("problems found (see above)".into());
+            }
             Ok(())
         }
         Command::Status { json } => {

@@ -6,6 +6,29 @@
 use super::*;
 use std::net::UdpSocket;
 
+/// How to start one baresip: see [`Baresip::launch`].
+pub struct Phone<'a> {
+    /// Its config folder; its output goes to the same path with `.out`.
+    pub dir: PathBuf,
+    pub name: &'static str,
+    /// The address it listens on and sends from.
+    pub host: String,
+    /// Its SIP port (it takes the next one for TLS too).
+    pub sip_port: u16,
+    /// Its UDP console.
+    pub console: u16,
+    /// The first of 40 RTP ports.
+    pub rtp: u16,
+    /// Namespace and address, when it runs in one.
+    pub netns: Option<(&'a str, &'a str)>,
+    /// The `accounts` file.
+    pub account: String,
+    /// The `contacts` file.
+    pub contacts: String,
+    /// The microphone: a WAV file.
+    pub tone: &'a Path,
+}
+
 /// One baresip process with its config folder and console.
 pub struct Baresip {
     pub name: &'static str,
@@ -35,13 +58,49 @@ impl Baresip {
         account_extra: &str,
     ) -> Baresip {
         let dir = srv.dir.join(format!("baresip-{}", user.name));
-        fs::create_dir_all(&dir).expect("baresip dir");
         // SIP port, and the next one that baresip takes for TLS. A namespace has ports of
         // its own.
         let (host, sip_port, console, rtp) = match netns {
             Some((_, ip)) => (ip.to_string(), 5062, 5070, 30000),
             None => (HOST.to_string(), free_ports(2), free_port(), free_ports(40)),
         };
+        let account = format!(
+            "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
+             outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}{account_extra}\n",
+            name = user.name,
+            pw = user.password,
+            server = srv.addr(),
+            auto = if auto_answer { ";answermode=auto" } else { "" },
+        );
+        Baresip::launch(Phone {
+            dir,
+            name: user.name,
+            host,
+            sip_port,
+            console,
+            rtp,
+            netns,
+            account,
+            contacts: String::new(),
+            tone,
+        })
+    }
+
+    /// Starts baresip as `p` says: its folder, ports, account line and contacts.
+    pub fn launch(p: Phone<'_>) -> Baresip {
+        let Phone {
+            dir,
+            name,
+            host,
+            sip_port,
+            console,
+            rtp,
+            netns,
+            account,
+            contacts,
+            tone,
+        } = p;
+        fs::create_dir_all(&dir).expect("baresip dir");
         let config = format!(
             "poll_method epoll\n\
              sip_listen {host}:{sip_port}\n\
@@ -58,26 +117,18 @@ impl Baresip {
              module aufile.so\n\
              module aubridge.so\n\
              module_tmp account.so\n\
+             module_app contact.so\n\
              module_app menu.so\n\
              module cons.so\n\
              cons_listen {host}:{console}\n",
-            name = user.name,
             tone = tone.display(),
             rtp_end = rtp + 39,
         );
         fs::write(dir.join("config"), config).expect("baresip config");
-        let account = format!(
-            "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
-             outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}{account_extra}\n",
-            name = user.name,
-            pw = user.password,
-            server = srv.addr(),
-            auto = if auto_answer { ";answermode=auto" } else { "" },
-        );
         fs::write(dir.join("accounts"), account).expect("baresip accounts");
-        fs::write(dir.join("contacts"), "").expect("baresip contacts");
+        fs::write(dir.join("contacts"), contacts).expect("baresip contacts");
 
-        let out = srv.dir.join(format!("baresip-{}.out", user.name));
+        let out = dir.with_extension("out");
         let log = fs::File::create(&out).expect("baresip output");
         let log2 = log.try_clone().expect("clone");
         let mut cmd = match netns {
@@ -101,7 +152,7 @@ impl Baresip {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run baresip: {e}"));
         Baresip {
-            name: user.name,
+            name,
             sip_port,
             console,
             netns: netns.map(|(n, i)| (n.to_string(), i.to_string())),
@@ -198,17 +249,17 @@ pub fn clean(s: &str) -> String {
 
 /// 30 s of a 1 kHz tone, 8 kHz mono, as the phones' microphone (made with sox).
 pub fn make_tone(srv: &Server) -> PathBuf {
-    let tone = srv.dir.join("tone8k.wav");
+    make_tone_in(&srv.dir)
+}
+
+/// The same, in `dir`.
+pub fn make_tone_in(dir: &Path) -> PathBuf {
+    let tone = dir.join("tone8k.wav");
     let mut sox = Command::new("sox");
     sox.args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
         .arg(&tone)
         .args(["synth", "30", "sine", "1000"]);
-    let r = run_bounded(
-        &mut sox,
-        None,
-        &srv.dir.join("sox"),
-        Duration::from_secs(30),
-    );
+    let r = run_bounded(&mut sox, None, &dir.join("sox"), Duration::from_secs(30));
     assert!(r.success(), "sox failed: {}", r.stderr);
     tone
 }

@@ -22,6 +22,17 @@ pub struct Resolved {
 
 pub use crate::core::DnsQuery as Query;
 
+/// A domain's records as other servers see them.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// NAPTR services usable for SIP (lowest order only), with their SRV names.
+    pub naptr: Vec<(Transport, String)>,
+    /// SRV records found under `_sip._udp`, `_sip._tcp` and `_sips._tcp`.
+    pub srv: Vec<(Transport, Srv)>,
+    /// Where requests for the domain go, RFC 3263 order.
+    pub targets: Vec<(Transport, SocketAddr)>,
+}
+
 /// A NAPTR record as RFC 3263 reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Naptr {
@@ -200,6 +211,36 @@ impl Dns {
         }
         targets.dedup();
         Resolved { targets, ttl }
+    }
+
+    /// What DNS publishes for a domain of ours, for `hedgewitch doctor`: its NAPTR services,
+    /// its SRV records per transport, and where RFC 3263 sends requests for it (UDP/TCP and
+    /// TLS).
+    pub async fn published(&self, domain: &str) -> Published {
+        let mut ttl = Duration::from_secs(3600);
+        let host = domain.trim_end_matches('.');
+        let naptr = order_naptr(self.naptr(&format!("{host}."), &mut ttl).await);
+        let mut srv = vec![];
+        for (t, _, prefix) in SERVICES {
+            for r in self.srv(&format!("{prefix}.{host}."), &mut ttl).await {
+                srv.push((t, r));
+            }
+        }
+        let mut targets = vec![];
+        for transport in [None, Some(Transport::Tls)] {
+            let q = Query {
+                host: host.to_string(),
+                port: None,
+                transport,
+            };
+            targets.extend(self.resolve(&q).await.targets);
+        }
+        targets.dedup();
+        Published {
+            naptr,
+            srv,
+            targets,
+        }
     }
 
     /// The records of one type at `name`, each read by `read`; the TTL kept is the

@@ -90,7 +90,7 @@ fn unix_now() -> u64 {
 
 /// The address to write in headers for a wildcard listener: the configured one, else the
 /// source address the kernel would use for an outside destination (no packet is sent).
-fn guess_host(bind: SocketAddr, advertise: Option<IpAddr>) -> IpAddr {
+pub(crate) fn guess_host(bind: SocketAddr, advertise: Option<IpAddr>) -> IpAddr {
     if !bind.ip().is_unspecified() {
         return bind.ip();
     }
@@ -369,6 +369,16 @@ async fn run(cfg: Config) -> Result<(), String> {
     control::spawn_server(&cfg.control_path(), events_tx.clone())?;
     spawn_signals(events_tx.clone());
 
+    let served: Vec<crate::setup::Served> = listeners
+        .iter()
+        .map(|l| crate::setup::Served {
+            transport: l.transport,
+            port: l.addr.port(),
+            bound: l.addr,
+            advertised: l.host,
+        })
+        .collect();
+    let user_count = users.len();
     let now = Instant::now();
     let mut core_cfg = CoreConfig::from_config(&cfg, listeners);
     core_cfg.route_key = route_key(&cfg.data_dir)?;
@@ -379,6 +389,12 @@ async fn run(cfg: Config) -> Result<(), String> {
     let mut reloader = Reloader {
         running: cfg.clone(),
     };
+    // The summary goes to standard output, apart from the log (which may be JSON).
+    let relay = core
+        .has_relay()
+        .then_some((cfg.relay.ports.0, cfg.relay.ports.1));
+    print!("{}", crate::setup::banner(&cfg, &served, user_count, relay));
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
 
     let mut edge = Edge {
@@ -699,6 +715,8 @@ fn control_answer(
             let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
             let sockets: Vec<_> = edge.udp.iter().map(|(_, s)| s.clone()).collect();
             v["dropped_datagrams"] = transport::udp_drops(&sockets).into();
+            // `doctor` tells our own sockets from another program's by it.
+            v["pid"] = std::process::id().into();
             v
         }
         "registrations" => serde_json::to_value(core.registrations(now)).unwrap_or_default(),

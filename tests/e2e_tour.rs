@@ -1,0 +1,366 @@
+//! The README's five-minute tour, run as written. The shell commands are read out of the
+//! README's tour section and run in order (`cargo run --release --` and the `hw` alias stand
+//! for the binary under test); the baresip account lines and console commands are taken from
+//! the README too. Everything runs in a network namespace of its own, so the tour's fixed
+//! ports (SIP 5060, STUN 3478, the relay's range) are free, with a fresh HOME, so the server
+//! and the CLI use the default data folder as a new user's would. Passwords are typed at the
+//! prompt through a pseudo-terminal (`script`), as a person types them.
+
+mod common;
+
+use common::baresip::*;
+use common::natlab::NatLab;
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hedgewitch");
+
+/// The tour section of the README.
+fn tour() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## A five-minute tour")
+        .expect("the README has a tour");
+    let rest = &readme[start + 3..];
+    let end = rest.find("\n## ").map_or(rest.len(), |e| e + 3);
+    readme[start..start + end].to_string()
+}
+
+/// The fenced blocks of `text` as (language, lines), in order, indentation removed.
+fn blocks(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = vec![];
+    let mut open: Option<(String, Vec<String>)> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(lang) = t.strip_prefix("```") {
+            match open.take() {
+                Some(b) => out.push(b),
+                None => open = Some((lang.to_string(), vec![])),
+            }
+        } else if let Some((_, lines)) = open.as_mut() {
+            if !t.is_empty() {
+                lines.push(t.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The namespace, HOME and processes of one tour; all removed when it ends.
+struct Tour {
+    lab: NatLab,
+    ns: String,
+    home: PathBuf,
+    dir: PathBuf,
+    server: Option<Child>,
+    alias: Option<String>,
+}
+
+impl Tour {
+    /// A README command line as argv for the binary under test.
+    fn argv(&self, line: &str) -> Vec<String> {
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        let rest = if line.starts_with("cargo run --release -- ") {
+            &words[4..]
+        } else if words.first().map(String::as_str) == Some("hw") {
+            assert_eq!(
+                self.alias.as_deref(),
+                Some("cargo run --release -q --"),
+                "the README uses `hw` before defining it as the binary"
+            );
+            &words[1..]
+        } else {
+            panic!("a README command the tour test does not know how to run: {line}");
+        };
+        rest.to_vec()
+    }
+
+    fn command(&self, argv: &[String]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, "env", "-u", "HEDGEWITCH_CONFIG"])
+            .args(["-u", "XDG_DATA_HOME", "-u", "RUST_LOG"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(BIN)
+            .args(argv);
+        c
+    }
+
+    /// Runs a CLI command line of the README (bounded), returning its output.
+    fn run(&self, line: &str) -> Ran {
+        let argv = self.argv(line);
+        let mut c = self.command(&argv);
+        let r = run_bounded(&mut c, None, &self.dir.join("cli"), Duration::from_secs(20));
+        assert!(
+            r.success(),
+            "`{line}` failed ({:?}):\n{}{}",
+            r.status,
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+
+    /// Runs a command that asks for a password on the terminal, typing it twice.
+    fn run_typing(&self, line: &str, password: &str) -> String {
+        let argv = self.argv(line);
+        let shell_line = format!(
+            "ip netns exec {} env -u HEDGEWITCH_CONFIG -u XDG_DATA_HOME HOME={} {BIN} {}",
+            self.ns,
+            self.home.display(),
+            argv.join(" ")
+        );
+        let out = self.dir.join("typed.out");
+        let mut child = Command::new("script")
+            .args(["-qec", &shell_line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out).expect("output file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script (util-linux)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for _ in 0..2 {
+            // Typed after the prompt, as a person would: input sent before the terminal's
+            // echo is turned off could be lost.
+            std::thread::sleep(Duration::from_millis(700));
+            let _ = stdin.write_all(format!("{password}\n").as_bytes());
+        }
+        let status = wait_bounded(&mut child, Duration::from_secs(20));
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "`{line}` at the terminal failed ({status:?}):\n{text}"
+        );
+        text
+    }
+}
+
+impl Drop for Tour {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- tour failed; files kept in {} -----\n{}",
+                self.dir.display(),
+                tail(&self.dir.join("server.log"), 80)
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        let _ = &self.lab;
+    }
+}
+
+/// The `auth_pass` of an account line.
+fn password_of(account: &str) -> String {
+    account
+        .split(';')
+        .find_map(|p| p.strip_prefix("auth_pass="))
+        .expect("an auth_pass in the README's account line")
+        .to_string()
+}
+
+#[test]
+fn the_readme_tour_works_as_written() {
+    if !peers_available(&["baresip", "sox", "ip", "script"]) {
+        return;
+    }
+    let tour_text = tour();
+    let blocks = blocks(&tour_text);
+    let sh: Vec<&Vec<String>> = blocks
+        .iter()
+        .filter(|(l, _)| l == "sh")
+        .map(|(_, b)| b)
+        .collect();
+    let plain: Vec<&Vec<String>> = blocks
+        .iter()
+        .filter(|(l, _)| l.is_empty())
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(sh.len(), 4, "the tour's shell blocks: {sh:?}");
+    assert_eq!(plain.len(), 4, "the tour's phone blocks: {plain:?}");
+
+    let lab = NatLab::new(0)
+        .unwrap_or_else(|e| panic!("cannot make a network namespace (root is needed): {e}"));
+    let dir = test_dir();
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("HOME");
+    let mut t = Tour {
+        ns: lab.public_ns(),
+        lab,
+        home,
+        dir,
+        server: None,
+        alias: None,
+    };
+
+    // 1. The server, in the foreground of its own terminal.
+    assert_eq!(sh[0].len(), 1, "step 1 is one command");
+    let argv = t.argv(&sh[0][0]);
+    let log = std::fs::File::create(t.dir.join("server.log")).expect("log");
+    let server = t
+        .command(&argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("hedgewitch serve");
+    t.server = Some(server);
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            let mut c = t.command(&["status".to_string()]);
+            run_bounded(&mut c, None, &t.dir.join("cli"), Duration::from_secs(5)).success()
+        }),
+        "the server never answered `status`"
+    );
+    let banner = std::fs::read_to_string(t.dir.join("server.log")).unwrap_or_default();
+    assert!(
+        banner.contains("example.test (from the --domain option)")
+            && banner.contains("hedgewitch user add alice --extension 101"),
+        "the start-up summary says what was chosen and what to do next:\n{banner}"
+    );
+
+    // 2. Accounts, passwords typed at the prompt; the passwords are the account lines'.
+    let accounts: Vec<&String> = plain.iter().take(2).map(|b| &b[0]).collect();
+    let passwords: Vec<String> = accounts.iter().map(|a| password_of(a)).collect();
+    for line in sh[1].iter() {
+        if let Some(a) = line.strip_prefix("alias hw=") {
+            t.alias = Some(a.trim_matches('\'').to_string());
+        } else if line.contains("user add alice") {
+            let out = t.run_typing(line, &passwords[0]);
+            assert!(out.contains("added sip:alice@example.test"), "{out}");
+        } else if line.contains("user add bob") {
+            let out = t.run_typing(line, &passwords[1]);
+            assert!(out.contains("added sip:bob@example.test"), "{out}");
+        } else {
+            let r = t.run(line);
+            assert!(
+                r.stdout.contains("alice") && r.stdout.contains("bob"),
+                "{line}: {}",
+                r.stdout
+            );
+        }
+    }
+
+    // 3. Two baresip phones with the README's account lines; bob on the README's port.
+    let tone = make_tone_in(&t.dir);
+    let contact = "\"Bob\" <sip:bob@example.test>";
+    assert!(
+        tour_text.contains(&format!("`{contact}`")),
+        "the README's contact line"
+    );
+    assert!(tour_text.contains("sip_listen 127.0.0.1:5062"));
+    let phone = |name: &'static str,
+                 folder: &str,
+                 sip: u16,
+                 console: u16,
+                 rtp: u16,
+                 account: &str,
+                 contacts: &str| {
+        Baresip::launch(Phone {
+            dir: t.home.join(folder),
+            name,
+            host: "127.0.0.1".into(),
+            sip_port: sip,
+            console,
+            rtp,
+            netns: Some((&t.ns, "127.0.0.1")),
+            account: format!("{account}\n"),
+            contacts: format!("{contacts}\n"),
+            tone: &tone,
+        })
+    };
+    let mut alice = phone("alice", ".baresip", 5066, 5070, 30000, accounts[0], contact);
+    let mut bob = phone("bob", ".baresip-bob", 5062, 5072, 30100, accounts[1], "");
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            let mut c = t.command(&["registrations".to_string(), "--json".to_string()]);
+            let r = run_bounded(&mut c, None, &t.dir.join("cli"), Duration::from_secs(5));
+            r.stdout.contains("\"alice\"") && r.stdout.contains("\"bob\"")
+        }),
+        "the phones never registered"
+    );
+
+    // 4. Who is registered, with which phone.
+    for line in sh[2].iter() {
+        let r = t.run(line);
+        if line.contains("registrations") {
+            assert!(
+                r.stdout.contains("USER AGENT") && r.stdout.matches("baresip").count() >= 2,
+                "registrations show each phone's user agent:\n{}",
+                r.stdout
+            );
+        }
+    }
+
+    // 5. A call by name, then by extension: bob answers, both hear each other, `hw calls`
+    //    shows it, alice hangs up.
+    let wait = Duration::from_secs(20);
+    for (n, dial) in plain[2].iter().enumerate() {
+        assert!(dial.starts_with("/dial "), "{dial}");
+        alice.command(dial);
+        bob.wait_for("the incoming call", wait, |o| {
+            o.matches("Incoming call").count() > n
+        });
+        assert!(tour_text.contains("`/accept`"));
+        bob.command("/accept");
+        alice.wait_for("the call established", wait, |o| {
+            o.matches("Call established").count() > n
+        });
+        alice.wait_for("audio both ways", wait, |o| {
+            receives_audio_in_call(o, n + 1)
+        });
+        bob.wait_for("audio both ways", wait, |o| {
+            receives_audio_in_call(o, n + 1)
+        });
+        let calls = t.run("hw calls");
+        let callee = dial.trim_start_matches("/dial ");
+        assert!(
+            calls.stdout.contains("sip:alice@example.test ->")
+                && calls.stdout.contains(callee)
+                && calls.stdout.contains("answered"),
+            "hw calls: {}",
+            calls.stdout
+        );
+        assert!(tour_text.contains("`/hangup`"));
+        alice.command("/hangup");
+        bob.wait_for("the call ended", wait, |o| {
+            o.matches("terminated").count() + o.matches("session closed").count() > n
+        });
+    }
+    //    A message to the selected contact, the way Debian's baresip sends one.
+    for cmd in plain[3].iter() {
+        alice.command(cmd);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        poll_until(wait, || {
+            let r = t.run("hw status");
+            r.stdout
+                .lines()
+                .any(|l| l.contains("messages") && !l.contains(" 0 messages"))
+        }),
+        "the message never went through: {}",
+        alice.output()
+    );
+
+    // 6. The phone system: a group and forwarding from the CLI, do-not-disturb from the phone.
+    for line in sh[3].iter() {
+        t.run(line);
+    }
+    assert!(tour_text.contains("dial `*78`") && tour_text.contains("`*79`"));
+    alice.command("/dial *78");
+    alice.wait_for("do-not-disturb on", wait, |o| {
+        o.contains("Do Not Disturb On")
+    });
+    alice.command("/dial *79");
+    alice.wait_for("do-not-disturb off", wait, |o| {
+        o.contains("Do Not Disturb Off")
+    });
+}
