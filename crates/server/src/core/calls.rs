@@ -321,12 +321,14 @@ impl Core {
         inbound: Flow,
         hops: &[Hop],
     ) -> Result<Vec<Option<Vec<u8>>>, RelayFull> {
+        let v4: Vec<bool> = hops
+            .iter()
+            .map(|h| self.local_ip(h.flow).is_ipv4())
+            .collect();
         let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(hops.len());
         for (i, hop) in hops.iter().enumerate() {
-            let v4 = self.local_ip(hop.flow).is_ipv4();
-            let same = hops[..i]
-                .iter()
-                .position(|h| self.local_ip(h.flow).is_ipv4() == v4);
+            // The first hop of a family has the body made; the others of that family copy it.
+            let same = v4[..i].iter().position(|f| *f == v4[i]);
             let body = match same.and_then(|j| out.get(j)) {
                 Some(b) => b.clone(),
                 None => self.media_body(msg, false, inbound, hop.flow)?,
