@@ -7,6 +7,11 @@
 //! media flowing. Two phones on the same network are not relayed in `auto` mode; an answered
 //! call that carries no media is released after the no-media timeout; a used-up port range
 //! refuses the call with 503.
+//!
+//! Dual stack (the server listening on 127.0.0.1 and [::1]): an IPv4 and an IPv6 baresip
+//! call each other both ways and hear each other through the relay; a user with an IPv4 and
+//! an IPv6 phone, called from IPv4, is heard on whichever phone answers (each branch was
+//! offered the relay in its own family).
 
 mod common;
 
@@ -307,4 +312,149 @@ fn a_used_up_port_range_refuses_calls_with_503() {
     assert_eq!(srv.counter("relay_full"), 1, "{:#}", srv.status());
     assert_both_ok(&first.wait(), &callee.wait());
     assert!(poll_until(Duration::from_secs(10), || calls(&srv).is_empty()));
+}
+
+/// The call `caller` just dialled, answered by `callee` (their `n`-th established calls):
+/// each hears the other (baresip's RX > 0), and the server lists it as relayed with packets
+/// from both sides latched at the expected sources, while nothing is dropped as more media
+/// flows. Then the caller hangs up and the call is gone.
+fn heard_both_ways(
+    srv: &Server,
+    (caller, caller_n, caller_src): (&mut Baresip, usize, &str),
+    (callee, callee_n, callee_src): (&mut Baresip, usize, &str),
+) {
+    let t = Duration::from_secs(20);
+    for (phone, n) in [(&mut *caller, caller_n), (&mut *callee, callee_n)] {
+        phone.wait_for("the call established", t, |o| {
+            o.matches("Call established").count() >= n
+        });
+    }
+    caller.wait_for("audio received", t, |o| receives_audio_in_call(o, caller_n));
+    callee.wait_for("audio received", t, |o| receives_audio_in_call(o, callee_n));
+    let call = wait_call(srv, "media both ways through the relay", |c| {
+        let (a, b) = packets(c);
+        a > 0 && b > 0
+    });
+    assert_eq!(call["media"], "relayed", "{call:#}");
+    assert_eq!(call["state"], "answered", "{call:#}");
+    assert_eq!(
+        call["streams"].as_array().map(Vec::len),
+        Some(1),
+        "only the answering phone's leg is left: {call:#}"
+    );
+    let s = &call["streams"][0];
+    for (key, want) in [("caller_source", caller_src), ("callee_source", callee_src)] {
+        assert!(
+            s[key].as_str().unwrap_or("").starts_with(want),
+            "{key} should be at {want}: {call:#}"
+        );
+    }
+    // More media, no more dropped: each side sends where the relay expects it. (A packet
+    // or two may be dropped at the start: a phone that sends as soon as it answers can be
+    // ahead of its own 200 OK, which tells the relay to expect it.)
+    let (a0, b0) = packets(&call);
+    let dropped = &call["streams"][0]["dropped"];
+    let later = wait_call(srv, "more media both ways", |c| {
+        let (a, b) = packets(c);
+        a > a0 + 50 && b > b0 + 50
+    });
+    assert_eq!(&later["streams"][0]["dropped"], dropped, "{later:#}");
+    caller.command("/hangup");
+    assert!(
+        poll_until(t, || calls(srv).is_empty()),
+        "the call is still listed after the BYE: {:#?}",
+        calls(srv)
+    );
+}
+
+/// alice's baresip on IPv4 (127.0.0.1), bob's on IPv6 ([::1]), both answering by
+/// themselves. alice calls bob, then bob calls alice: each call is relayed between the
+/// families (the SDP each phone gets names the relay in its own family, `o=` included, so
+/// neither answers 488) and both phones hear each other.
+#[test]
+fn an_ipv4_and_an_ipv6_phone_hear_each_other_both_ways() {
+    if !peers_available(&["baresip", "sox"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts {
+        ipv6: true,
+        algorithms: Some(vec!["MD5"]),
+        ..ServerOpts::default()
+    });
+    let tone = make_tone(&srv);
+    let mut alice = Baresip::start_on(&srv, &ALICE, "alice", false, true, &tone);
+    let mut bob = Baresip::start_on(&srv, &BOB, "bob", true, true, &tone);
+    let regs = srv.wait_registrations("both phones registered", Duration::from_secs(20), |r| {
+        ["alice", "bob"]
+            .iter()
+            .all(|u| r.iter().any(|x| x["user"] == *u))
+    });
+    for (user, host) in [("alice", "@127.0.0.1:"), ("bob", "@[::1]:")] {
+        assert!(
+            regs.iter()
+                .any(|r| r["user"] == user && r["contact"].as_str().unwrap_or("").contains(host)),
+            "{user} registered from {host}: {regs:#?}"
+        );
+    }
+
+    alice.command(&format!("/dial sip:bob@{DOMAIN}"));
+    heard_both_ways(&srv, (&mut alice, 1, "127.0.0.1:"), (&mut bob, 1, "[::1]:"));
+    bob.command(&format!("/dial sip:alice@{DOMAIN}"));
+    heard_both_ways(&srv, (&mut bob, 2, "[::1]:"), (&mut alice, 2, "127.0.0.1:"));
+}
+
+/// bob has two phones, one on IPv4 and one on IPv6; alice (IPv4) calls him and both ring,
+/// each offered the relay in its own family. First the IPv6 phone answers (the IPv4 one is
+/// left to ring): alice and it hear each other. Then the answer modes are swapped and the
+/// IPv4 phone answers the next call: alice and it hear each other.
+#[test]
+fn a_user_with_an_ipv4_and_an_ipv6_phone_is_heard_on_whichever_answers() {
+    if !peers_available(&["baresip", "sox"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts {
+        ipv6: true,
+        algorithms: Some(vec!["MD5"]),
+        ..ServerOpts::default()
+    });
+    let tone = make_tone(&srv);
+    let mut alice = Baresip::start_on(&srv, &ALICE, "alice", false, false, &tone);
+    let mut bob4 = Baresip::start_on(&srv, &BOB, "bob4", false, false, &tone);
+    let mut bob6 = Baresip::start_on(&srv, &BOB, "bob6", true, true, &tone);
+    srv.wait_registrations(
+        "alice and bob's two phones registered",
+        Duration::from_secs(20),
+        |r| {
+            r.iter().any(|x| x["user"] == "alice")
+                && r.iter().filter(|x| x["user"] == "bob").count() == 2
+        },
+    );
+    let t = Duration::from_secs(20);
+
+    alice.command(&format!("/dial sip:bob@{DOMAIN}"));
+    bob4.wait_for("the call ringing", t, |o| o.contains("Incoming call"));
+    heard_both_ways(
+        &srv,
+        (&mut alice, 1, "127.0.0.1:"),
+        (&mut bob6, 1, "[::1]:"),
+    );
+    // The CANCEL reaches it (baresip says "session closed").
+    bob4.wait_for("the call cancelled", t, |o| o.contains("session closed"));
+
+    for (phone, mode) in [(&bob6, "manual"), (&bob4, "auto")] {
+        phone.ask(
+            &format!("/answermode {mode}"),
+            &format!("Answer mode changed to: {mode}"),
+            t,
+        );
+    }
+    alice.command(&format!("/dial sip:bob@{DOMAIN}"));
+    bob6.wait_for("the second call ringing", t, |o| {
+        o.contains("Incoming call")
+    });
+    heard_both_ways(
+        &srv,
+        (&mut alice, 2, "127.0.0.1:"),
+        (&mut bob4, 1, "127.0.0.1:"),
+    );
 }

@@ -267,6 +267,7 @@ fn the_readme_tour_works_as_written() {
             dir: t.home.join(folder),
             name,
             host: "127.0.0.1".into(),
+            ipv6: false,
             sip_port: sip,
             console,
             rtp,

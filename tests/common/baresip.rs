@@ -1,7 +1,7 @@
 //! baresip as a test phone: its own config folder (`-f`), a UDP console (`cons.so`) driven
 //! with `/dial` and `/hangup`, an 8 kHz tone WAV (made with sox) as microphone and an
 //! `aubridge` device as a null speaker. No stdio, no sound card, no STUN/ICE. It runs on
-//! loopback, or inside a namespace of the NAT lab.
+//! loopback (127.0.0.1, or [::1] with `-6`), or inside a namespace of the NAT lab.
 
 use super::*;
 use std::net::UdpSocket;
@@ -13,6 +13,8 @@ pub struct Phone<'a> {
     pub name: &'static str,
     /// The address it listens on and sends from.
     pub host: String,
+    /// `host` is IPv6 (`baresip -6`).
+    pub ipv6: bool,
     /// Its SIP port (it takes the next one for TLS too).
     pub sip_port: u16,
     /// Its UDP console.
@@ -57,25 +59,81 @@ impl Baresip {
         transport: &str,
         account_extra: &str,
     ) -> Baresip {
-        let dir = srv.dir.join(format!("baresip-{}", user.name));
+        let phone = Placement {
+            label: user.name,
+            ipv6: false,
+            netns,
+            transport,
+            account_extra,
+        };
+        Baresip::spawn(srv, user, auto_answer, tone, &phone)
+    }
+
+    /// A phone on loopback over UDP, IPv6 ([::1], `baresip -6`, registering through the
+    /// server's [::1] listener: the server needs `ipv6: true`) or IPv4; `label` names its
+    /// folder and output, so one user can have two phones.
+    pub fn start_on(
+        srv: &Server,
+        user: &TestUser,
+        label: &'static str,
+        ipv6: bool,
+        auto_answer: bool,
+        tone: &Path,
+    ) -> Baresip {
+        let phone = Placement {
+            label,
+            ipv6,
+            netns: None,
+            transport: "udp",
+            account_extra: "",
+        };
+        Baresip::spawn(srv, user, auto_answer, tone, &phone)
+    }
+
+    fn spawn(
+        srv: &Server,
+        user: &TestUser,
+        auto_answer: bool,
+        tone: &Path,
+        phone: &Placement<'_>,
+    ) -> Baresip {
+        let Placement {
+            label,
+            ipv6,
+            netns,
+            transport,
+            account_extra,
+        } = *phone;
+        let dir = srv.dir.join(format!("baresip-{label}"));
         // SIP port, and the next one that baresip takes for TLS. A namespace has ports of
         // its own.
         let (host, sip_port, console, rtp) = match netns {
             Some((_, ip)) => (ip.to_string(), 5062, 5070, 30000),
+            None if ipv6 => (
+                "::1".to_string(),
+                free_ports(2),
+                free_port(),
+                free_ports(40),
+            ),
             None => (HOST.to_string(), free_ports(2), free_port(), free_ports(40)),
+        };
+        let server = if ipv6 {
+            format!("[::1]:{}", srv.port)
+        } else {
+            srv.addr()
         };
         let account = format!(
             "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
              outbound=\"sip:{server};transport={transport}\";regint=600;audio_codecs=PCMU{auto}{account_extra}\n",
             name = user.name,
             pw = user.password,
-            server = srv.addr(),
             auto = if auto_answer { ";answermode=auto" } else { "" },
         );
         Baresip::launch(Phone {
             dir,
-            name: user.name,
+            name: label,
             host,
+            ipv6,
             sip_port,
             console,
             rtp,
@@ -92,6 +150,7 @@ impl Baresip {
             dir,
             name,
             host,
+            ipv6,
             sip_port,
             console,
             rtp,
@@ -101,9 +160,16 @@ impl Baresip {
             tone,
         } = p;
         fs::create_dir_all(&dir).expect("baresip dir");
+        let listen = if ipv6 {
+            format!("[{host}]:{sip_port}")
+        } else {
+            format!("{host}:{sip_port}")
+        };
+        // The console stays on 127.0.0.1 even for an IPv6 phone (baresip -6 still binds it
+        // there), so `command` needs no second way.
         let config = format!(
             "poll_method epoll\n\
-             sip_listen {host}:{sip_port}\n\
+             sip_listen {listen}\n\
              net_interface {host}\n\
              call_local_timeout 30\n\
              call_max_calls 2\n\
@@ -120,7 +186,8 @@ impl Baresip {
              module_app contact.so\n\
              module_app menu.so\n\
              module cons.so\n\
-             cons_listen {host}:{console}\n",
+             cons_listen {console_host}:{console}\n",
+            console_host = if ipv6 { HOST } else { &host },
             tone = tone.display(),
             rtp_end = rtp + 39,
         );
@@ -140,7 +207,7 @@ impl Baresip {
             None => Command::new("baresip"),
         };
         let child = cmd
-            .arg("-4")
+            .arg(if ipv6 { "-6" } else { "-4" })
             .arg("-f")
             .arg(&dir)
             // baresip quits by itself after 90 s whatever happens to this test.
@@ -183,6 +250,35 @@ impl Baresip {
             .expect("send console command");
     }
 
+    /// Sends a console command to a phone on loopback and waits (bounded) for `expect` in
+    /// baresip's reply: some commands (`/answermode`) answer only to the console's sender,
+    /// not in the output. Panics when the reply does not come.
+    pub fn ask(&self, cmd: &str, expect: &str, timeout: Duration) {
+        assert!(self.netns.is_none(), "ask is for phones on loopback");
+        let s = UdpSocket::bind((HOST, 0)).expect("console socket");
+        s.send_to(format!("{cmd}\n").as_bytes(), (HOST, self.console))
+            .expect("send console command");
+        let deadline = std::time::Instant::now() + timeout;
+        let mut reply = String::new();
+        let mut buf = [0u8; 4096];
+        while !reply.contains(expect) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => reply.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            reply.contains(expect),
+            "baresip {} did not answer `{cmd}` with {expect:?}; it said {:?}",
+            self.name,
+            clean(&reply)
+        );
+    }
+
     /// Waits (bounded) until the output satisfies `cond`.
     pub fn wait_for(&mut self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
         let ok = poll_until(timeout, || cond(&self.output()) || self.exited());
@@ -223,6 +319,17 @@ impl Drop for Baresip {
             );
         }
     }
+}
+
+/// How and where one phone runs (see `Baresip::start_with`, `Baresip::start_on`).
+#[derive(Clone, Copy)]
+struct Placement<'a> {
+    /// Names its folder and output (the user's name unless one user has two phones).
+    label: &'static str,
+    ipv6: bool,
+    netns: Option<(&'a str, &'a str)>,
+    transport: &'a str,
+    account_extra: &'a str,
 }
 
 /// baresip's output without colour codes, its once-a-tick status line on lines of its own.

@@ -142,9 +142,31 @@ impl<'a> Sdp<'a> {
     }
 }
 
+/// `o=<username> <sess-id> <sess-version> IN <addrtype> <address>` with the address type and
+/// address set to `family` and `addr`, when its address type is the other family (None
+/// otherwise: the line stays as it is).
+///
+/// RFC 4566 §5.2 lets the origin name any address, but phones check that its type agrees
+/// with `c=` (baresip refuses an IPv6 `c=` under an IPv4 `o=` with 488), so when the relay
+/// moves a description to the other family the origin moves with it. Username, session id
+/// and version stay: they identify the session and its versions end to end.
+fn origin(value: &str, family: &str, addr: IpAddr) -> Option<String> {
+    let mut toks = value.split_ascii_whitespace();
+    let nettype = toks.nth(3)?;
+    let addrtype = toks.next()?;
+    let other_family = matches!(addrtype, "IP4" | "IP6") && addrtype != family;
+    if nettype != "IN" || !other_family {
+        return None;
+    }
+    // Everything before the address type, byte for byte (the same spacing).
+    let start = addrtype.as_ptr() as usize - value.as_ptr() as usize;
+    Some(format!("o={}{family} {addr}", &value[..start]))
+}
+
 /// The body with every connection address set to `addr` and the `i`-th stream's port set to
 /// `ports[i]` (its RTCP to `ports[i] + 1`). Streams with port 0 stay refused, a `c=` of
-/// 0.0.0.0 (hold, RFC 2543) stays as it is; all other lines are kept byte for byte.
+/// 0.0.0.0 (hold, RFC 2543) stays as it is; an `o=` of the other address family than `addr`
+/// is moved to `addr` (see `origin`); all other lines are kept byte for byte.
 pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(body) else {
         return body.to_vec();
@@ -166,7 +188,12 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
         };
         rest = next;
         let port = stream.and_then(|i| ports.get(i).copied());
-        if let Some(value) = line.strip_prefix("c=") {
+        let moved = line
+            .strip_prefix("o=")
+            .and_then(|v| origin(v, family, addr));
+        if let Some(o) = moved {
+            out.extend_from_slice(o.as_bytes());
+        } else if let Some(value) = line.strip_prefix("c=") {
             match connection(value) {
                 Some(a) if !a.is_unspecified() => {
                     out.extend_from_slice(format!("c=IN {family} {addr}").as_bytes());
@@ -293,6 +320,47 @@ m=text 0 RTP/AVP 98\r\n";
         );
         let sdp = Sdp::parse(body.as_bytes()).unwrap();
         assert!(sdp.media[0].rtcp_mux);
+    }
+
+    /// RFC 4566 §5.2: when the relay moves a description to the other address family, the
+    /// origin's address type and address move too; within a family the origin is left alone.
+    #[test]
+    fn the_origin_follows_a_change_of_family() {
+        let v6: IpAddr = "::1".parse().unwrap();
+        let out = String::from_utf8(rewrite(OFFER.as_bytes(), v6, &[20000, 20002, 0])).unwrap();
+        assert!(
+            out.contains("o=alice 2890844526 2890844526 IN IP6 ::1\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("c=IN IP6 ::1\r\n"));
+        assert!(!out.contains("IP4"), "nothing IPv4 is left: {out}");
+
+        // And back: an IPv6 phone's description sent to an IPv4 one.
+        let body = "v=0\r\no=- 7 8 IN IP6 2001:db8::5\r\ns=-\r\nc=IN IP6 2001:db8::5\r\n\
+t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let v4: IpAddr = "198.18.0.1".parse().unwrap();
+        let out = String::from_utf8(rewrite(body.as_bytes(), v4, &[20000])).unwrap();
+        assert_eq!(
+            out,
+            "v=0\r\no=- 7 8 IN IP4 198.18.0.1\r\ns=-\r\nc=IN IP4 198.18.0.1\r\n\
+t=0 0\r\nm=audio 20000 RTP/AVP 0\r\n"
+        );
+
+        // Odd spacing before the address type is kept; an origin that is not IN IP4/IP6,
+        // or is cut short, is left as it is.
+        let odd = "v=0\no=bob  1 2\tIN IP4 10.0.0.1\nc=IN IP4 10.0.0.1\nm=audio 4000 RTP/AVP 0\n";
+        let out = String::from_utf8(rewrite(odd.as_bytes(), v6, &[20000])).unwrap();
+        assert!(out.contains("o=bob  1 2\tIN IP6 ::1\n"), "{out}");
+        for o in [
+            "o=x 1 2 IN XYZ host",
+            "o=x 1 2 IN",
+            "o=",
+            "o=x 1 2 ATM NSAP 47",
+        ] {
+            let body = format!("v=0\n{o}\nc=IN IP4 10.0.0.1\nm=audio 4000 RTP/AVP 0\n");
+            let out = String::from_utf8(rewrite(body.as_bytes(), v6, &[20000])).unwrap();
+            assert!(out.contains(&format!("\n{o}\n")), "{out}");
+        }
     }
 
     #[test]

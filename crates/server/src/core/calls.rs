@@ -2,7 +2,13 @@
 //! relay (a party behind NAT, two address families, or `relay.mode = "always"`), every SDP
 //! offer and answer that passes is rewritten so each phone sends its media to a relay port
 //! facing it; the relay learns each phone's real address from its packets (latching). Only
-//! `c=`, `m=` ports and `a=rtcp` change: keys and hashes in the SDP stay end to end.
+//! `c=`, `m=` ports and `a=rtcp` change (and `o=` when the family does): keys and hashes in
+//! the SDP stay end to end.
+//!
+//! A forked offer is rewritten per branch: each phone rung is offered a relay address of the
+//! family it is reached over. Branches of one family share a leg (one relay stream per `m=`
+//! line), so a call has at most one leg per family; when a branch answers, its leg is kept
+//! and the other closed.
 //!
 //! The relay itself (sockets, a forwarding thread) is behind `MediaRelay`, so this file stays
 //! free of I/O and its timeouts run on the core's clock.
@@ -103,12 +109,50 @@ pub(crate) struct Call {
     answered: bool,
     held: bool,
     relayed: bool,
-    /// Our address facing each side: what the SDP sent to that side names.
-    local: [IpAddr; 2],
-    /// Per `m=` line of the SDP, its relay stream and media kind (None: port 0 / not yet).
-    streams: Vec<Option<(RelayStream, String)>>,
+    /// Our address facing the caller: what the SDP sent to the caller names.
+    caller_local: IpAddr,
+    /// The relay toward the callee's phones, at most one per address family (opened as
+    /// branches of that family are offered the call); once answered, only the answering
+    /// branch's is left.
+    legs: Vec<Leg>,
     packets_seen: u64,
     quiet_since: Instant,
+}
+
+/// The relay streams between the caller and the callee's phones of one address family.
+struct Leg {
+    /// Our address facing those phones: what the SDP sent to them names.
+    local: IpAddr,
+    /// Per `m=` line of the SDP, its relay stream and media kind (None: port 0 / not yet).
+    streams: Vec<Option<(RelayStream, String)>>,
+}
+
+impl Call {
+    fn streams(&self) -> impl Iterator<Item = &(RelayStream, String)> {
+        self.legs.iter().flat_map(|l| l.streams.iter().flatten())
+    }
+
+    /// The leg toward a callee's phone we reach from `local`: once answered the one left,
+    /// before that the one of `local`'s family, opened (without streams yet) if need be.
+    fn leg(&mut self, local: IpAddr) -> usize {
+        if self.answered && self.legs.len() == 1 {
+            return 0;
+        }
+        match self
+            .legs
+            .iter()
+            .position(|l| l.local.is_ipv4() == local.is_ipv4())
+        {
+            Some(i) => i,
+            None => {
+                self.legs.push(Leg {
+                    local,
+                    streams: vec![],
+                });
+                self.legs.len() - 1
+            }
+        }
+    }
 }
 
 /// A call as `hedgewitch calls` shows it.
@@ -211,9 +255,9 @@ impl Core {
     /// whether its media goes through the relay.
     pub(crate) fn call_begin(&mut self, now: Instant, msg: &Message, inbound: Flow, hops: &[Hop]) {
         let call_id = msg.call_id();
-        let Some(first) = hops.first() else {
+        if hops.is_empty() {
             return;
-        };
+        }
         let relayed = self.relay.is_some()
             && match self.cfg.relay_mode {
                 RelayMode::Never => false,
@@ -226,13 +270,11 @@ impl Core {
                             .any(|h| h.flow.remote.is_ipv4() != inbound.remote.is_ipv4())
                 }
             };
-        let callee_ip = self.local_ip(first.flow);
         if let Some(call) = self.calls.get_mut(call_id) {
             // A later stage of a hunt rings a phone behind NAT: from now on the offer goes
             // through the relay (phones rung earlier keep the direct one).
-            if !call.answered && relayed && !call.relayed {
+            if !call.answered && relayed {
                 call.relayed = true;
-                call.local[Side::Callee as usize] = callee_ip;
             }
             return;
         }
@@ -260,8 +302,8 @@ impl Core {
                 answered: false,
                 held: false,
                 relayed,
-                local: [self.local_ip(inbound), callee_ip],
-                streams: vec![],
+                caller_local: self.local_ip(inbound),
+                legs: vec![],
                 packets_seen: 0,
                 quiet_since: now,
             },
@@ -270,49 +312,98 @@ impl Core {
             .push(now + MEDIA_CHECK, TimerRef::Media(call_id.to_string()));
     }
 
-    /// The body `msg` should carry onward: its SDP rewritten for the relay when its call is
-    /// relayed (None: forward the body as it is). `is_response` tells which side sent it.
+    /// The bodies a request from `inbound` should carry to each of `hops` (forked copies):
+    /// its SDP rewritten for the relay leg of each hop's family when its call is relayed.
+    /// Empty when every copy carries the body as it is; hops of one family get the same body.
+    pub(crate) fn media_bodies(
+        &mut self,
+        msg: &Message,
+        inbound: Flow,
+        hops: &[Hop],
+    ) -> Result<Vec<Option<Vec<u8>>>, RelayFull> {
+        let v4: Vec<bool> = hops
+            .iter()
+            .map(|h| self.local_ip(h.flow).is_ipv4())
+            .collect();
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(hops.len());
+        for (i, hop) in hops.iter().enumerate() {
+            // The first hop of a family has the body made; the others of that family copy it.
+            let same = v4[..i].iter().position(|f| *f == v4[i]);
+            let body = match same.and_then(|j| out.get(j)) {
+                Some(b) => b.clone(),
+                None => self.media_body(msg, false, inbound, hop.flow)?,
+            };
+            out.push(body);
+        }
+        if out.iter().all(Option::is_none) {
+            out.clear();
+        }
+        Ok(out)
+    }
+
+    /// The body `msg`, from `from` on its way to `toward`, should carry onward: its SDP
+    /// rewritten for the relay when its call is relayed (None: forward the body as it is).
+    /// `is_response` tells which side sent it.
     pub(crate) fn media_body(
         &mut self,
         msg: &Message,
         is_response: bool,
-        source: IpAddr,
+        from: Flow,
+        toward: Flow,
     ) -> Result<Option<Vec<u8>>, RelayFull> {
-        let Some(call) = self.calls.get_mut(msg.call_id()) else {
+        let Some(call) = self.calls.get(msg.call_id()) else {
             return Ok(None);
         };
-        if !call.relayed || !is_sdp(msg) {
+        if !call.relayed || !is_sdp(msg) || self.relay.is_none() {
             return Ok(None);
         }
-        let Some(relay) = self.relay.as_mut() else {
-            return Ok(None);
-        };
         let Some(desc) = Sdp::parse(msg.body()) else {
             return Ok(None);
         };
-        let from_caller_tag = msg
-            .from()
-            .and_then(|f| f.tag())
-            .is_some_and(|t| t == call.caller_tag);
-        let sender = match (from_caller_tag, is_response) {
+        let from_tag = msg.from().and_then(|f| f.tag()).unwrap_or("");
+        let to_tag = msg.to().and_then(|t| t.tag()).unwrap_or("");
+        if call
+            .callee_tag
+            .as_deref()
+            .is_some_and(|t| t != from_tag && t != to_tag)
+        {
+            // Another phone answered too (a forked call's second 2xx): its dialog is about
+            // to be hung up, and the relay is the answering phone's. Its SDP goes as it is.
+            return Ok(None);
+        }
+        let sender = match (from_tag == call.caller_tag, is_response) {
             (true, false) | (false, true) => Side::Caller,
             _ => Side::Callee,
         };
-        let toward = sender.other();
+        let toward_side = sender.other();
+        // The callee's phone is where a caller's message goes, or where a callee's comes from.
+        let phone = match sender {
+            Side::Caller => toward,
+            Side::Callee => from,
+        };
+        let callee_local = self.local_ip(phone);
+        let (Some(call), Some(relay)) = (self.calls.get_mut(msg.call_id()), self.relay.as_mut())
+        else {
+            return Ok(None);
+        };
+        let li = call.leg(callee_local);
+        let caller_local = call.caller_local;
+        let leg = &mut call.legs[li];
+        let local = [caller_local, leg.local];
         let mut ports = Vec::with_capacity(desc.media.len());
         for (i, m) in desc.media.iter().enumerate() {
-            if call.streams.len() <= i {
-                call.streams.push(None);
+            if leg.streams.len() <= i {
+                leg.streams.push(None);
             }
             if m.port == 0 {
                 ports.push(0);
                 continue;
             }
-            let stream = match &call.streams[i] {
+            let stream = match &leg.streams[i] {
                 Some((s, _)) => *s,
                 None => {
-                    let s = relay.open(call.local).ok_or(RelayFull)?;
-                    call.streams[i] = Some((s, m.kind.to_string()));
+                    let s = relay.open(local).ok_or(RelayFull)?;
+                    leg.streams[i] = Some((s, m.kind.to_string()));
                     s
                 }
             };
@@ -323,24 +414,39 @@ impl Core {
                 } else {
                     SocketAddr::new(addr, m.rtcp_port.unwrap_or(m.port.saturating_add(1)))
                 };
-                relay.set_peer(stream.id, sender, rtp, rtcp, source);
+                relay.set_peer(stream.id, sender, rtp, rtcp, from.remote.ip());
             }
-            ports.push(stream.ports[toward as usize]);
+            ports.push(stream.ports[toward_side as usize]);
         }
         call.held = desc.on_hold();
         Ok(Some(sdp::rewrite(
             msg.body(),
-            call.local[toward as usize],
+            local[toward_side as usize],
             &ports,
         )))
     }
 
-    /// A 2xx to the call's first INVITE; the first one names the call's dialog.
-    pub(crate) fn call_answered(&mut self, resp: &Message) {
-        if let Some(c) = self.calls.get_mut(resp.call_id()) {
-            c.answered = true;
-            if c.callee_tag.is_none() {
-                c.callee_tag = resp.to().and_then(|t| t.tag()).map(str::to_string);
+    /// A 2xx to the call's first INVITE, from the phone on `from`; the first one names the
+    /// call's dialog, and its phone's relay leg is kept while the other family's is closed.
+    pub(crate) fn call_answered(&mut self, resp: &Message, from: Flow) {
+        let local = self.local_ip(from);
+        let Some(c) = self.calls.get_mut(resp.call_id()) else {
+            return;
+        };
+        if c.callee_tag.is_some() {
+            return;
+        }
+        c.answered = true;
+        c.callee_tag = resp.to().and_then(|t| t.tag()).map(str::to_string);
+        let (kept, closed): (Vec<Leg>, Vec<Leg>) = std::mem::take(&mut c.legs)
+            .into_iter()
+            .partition(|l| l.local.is_ipv4() == local.is_ipv4());
+        c.legs = kept;
+        if let Some(relay) = self.relay.as_mut() {
+            for leg in &closed {
+                for (s, _) in leg.streams.iter().flatten() {
+                    relay.close(s.id);
+                }
             }
         }
     }
@@ -369,7 +475,7 @@ impl Core {
             return;
         };
         let mut packets = [0u64; 2];
-        for (s, _) in call.streams.iter().flatten() {
+        for (s, _) in call.streams() {
             if let Some(relay) = self.relay.as_mut() {
                 let c = relay.counters(s.id);
                 packets[0] += c.packets[0];
@@ -399,9 +505,7 @@ impl Core {
         }
         let total: u64 = match self.relay.as_ref() {
             Some(relay) => call
-                .streams
-                .iter()
-                .flatten()
+                .streams()
                 .map(|(s, _)| {
                     let c = relay.counters(s.id);
                     c.packets[0] + c.packets[1]
@@ -441,9 +545,7 @@ impl Core {
             .iter()
             .map(|(id, c)| {
                 let streams = c
-                    .streams
-                    .iter()
-                    .flatten()
+                    .streams()
                     .map(|(s, kind)| {
                         let n = self
                             .relay

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 struct Asked {
     opened: Vec<RelayStream>,
+    /// The addresses each opened stream serves (caller-facing, callee-facing).
+    locals: Vec<[IpAddr; 2]>,
     peers: Vec<(u64, Side, SocketAddr, SocketAddr)>,
     closed: Vec<u64>,
     counters: HashMap<u64, StreamCounters>,
@@ -18,7 +20,7 @@ struct Asked {
 struct FakeRelay(Arc<Mutex<Asked>>);
 
 impl MediaRelay for FakeRelay {
-    fn open(&mut self, _local: [IpAddr; 2]) -> Option<RelayStream> {
+    fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream> {
         let mut a = self.0.lock().unwrap();
         if a.room == 0 {
             return None;
@@ -30,6 +32,7 @@ impl MediaRelay for FakeRelay {
             ports: [30000 + 4 * n, 30002 + 4 * n],
         };
         a.opened.push(s);
+        a.locals.push(local);
         Some(s)
     }
 
@@ -476,4 +479,203 @@ Call-ID: fork-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
     t.recv(ALICE_NAT, &bye("b", "z9hG4bKbyeb"));
     let _ = t.sent();
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
+}
+
+/// bob's second phone, reached over IPv6.
+const BOB6: &str = "[::1]:5064";
+
+/// The server also listens on [::1]; bob has a phone on IPv4 (BOB) and one on IPv6 (BOB6);
+/// alice (IPv4, no NAT) calls him. Returns the INVITE each phone got, and the relay stream
+/// of each family: (v4 INVITE, v6 INVITE, v4 stream, v6 stream).
+fn fork_to_both_families(
+    t: &mut T,
+    asked: &Arc<Mutex<Asked>>,
+    call_id: &str,
+) -> (Message, Message, RelayStream, RelayStream) {
+    t.core.cfg.listeners.push(Listener {
+        transport: Transport::Udp,
+        addr: addr("[::1]:5060"),
+        host: "::1".parse().unwrap(),
+    });
+    t.register("bob", BOB6, &[]);
+    let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
+    let (_, out) = t.call_bob(ALICE, ALICE, &offer, call_id);
+    let invite_to = |to: &str| {
+        out.iter()
+            .find(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(to))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| panic!("no INVITE to {to}"))
+    };
+    let (inv4, inv6) = (invite_to(BOB), invite_to(BOB6));
+    let a = asked.lock().unwrap();
+    assert_eq!(a.opened.len(), 2, "one stream per family: {:?}", a.locals);
+    let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+    let lo6: IpAddr = "::1".parse().unwrap();
+    let family = |callee: IpAddr| {
+        let i = a
+            .locals
+            .iter()
+            .position(|l| *l == [lo4, callee])
+            .unwrap_or_else(|| panic!("no stream facing {callee}: {:?}", a.locals));
+        a.opened[i]
+    };
+    let (s4, s6) = (family(lo4), family(lo6));
+    // alice's media address is given to both streams: whichever phone answers, the relay
+    // knows where she listens.
+    for s in [s4, s6] {
+        assert!(
+            a.peers.contains(&(
+                s.id,
+                Side::Caller,
+                addr("127.0.0.1:4000"),
+                addr("127.0.0.1:4001")
+            )),
+            "{:?}",
+            a.peers
+        );
+    }
+    (inv4, inv6, s4, s6)
+}
+
+/// Each branch of the fork is offered the relay in its own phone's family: the IPv4 phone an
+/// IPv4 address (origin untouched), the IPv6 phone an IPv6 address with the origin moved to
+/// IPv6 too. Crypto stays end to end in both.
+#[test]
+fn a_forked_call_offers_each_phone_the_relay_in_its_own_family() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv4, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-1");
+    let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
+    assert_eq!(
+        body(&inv4),
+        offer.replace("m=audio 4000", &format!("m=audio {}", s4.ports[1]))
+    );
+    assert_eq!(
+        body(&inv6),
+        offer
+            .replace("IN IP4 127.0.0.1", "IN IP6 ::1")
+            .replace("m=audio 4000", &format!("m=audio {}", s6.ports[1]))
+    );
+    assert_ne!(s4.ports[1], s6.ports[1]);
+    let views = t.core.calls(t.now);
+    assert_eq!((views[0].media, views[0].state), ("relayed", "ringing"));
+    assert_eq!(views[0].streams.len(), 2, "both legs listed while ringing");
+}
+
+/// The IPv6 phone answers: alice's 200 names the caller-facing port of the IPv6 leg (in
+/// IPv4, origin moved back), the relay learns the phone's IPv6 media address on that
+/// stream, and the IPv4 leg's stream is closed. The BYE closes the one left.
+#[test]
+fn when_the_ipv6_phone_answers_the_relay_pairs_alice_with_it() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (_, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-2");
+    let answer6 = ANSWER.replace("IN IP4 127.0.0.1", "IN IP6 ::1");
+    t.recv(BOB6, &with_sdp(&answer(&inv6, 200, "OK", "b6"), &answer6));
+    let out = t.sent();
+    let ok = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(200))
+        .map(|(_, m)| m)
+        .expect("200 to alice");
+    assert_eq!(
+        body(ok),
+        ANSWER.replace("m=audio 5000", &format!("m=audio {}", s6.ports[0])),
+        "IPv4 again for alice, origin included"
+    );
+    {
+        let a = asked.lock().unwrap();
+        assert!(a
+            .peers
+            .contains(&(s6.id, Side::Callee, addr("[::1]:5000"), addr("[::1]:5001"))));
+        assert!(
+            !a.peers.iter().any(|p| p.0 == s4.id && p.1 == Side::Callee),
+            "nothing of the answer on the IPv4 leg"
+        );
+        assert_eq!(a.closed, vec![s4.id], "the IPv4 leg is closed");
+    }
+    let views = t.core.calls(t.now);
+    assert_eq!(views[0].state, "answered");
+    assert_eq!(views[0].streams.len(), 1);
+    assert_eq!(
+        (
+            views[0].streams[0].caller_port,
+            views[0].streams[0].callee_port
+        ),
+        (s6.ports[0], s6.ports[1])
+    );
+
+    // A re-INVITE from alice (hold) goes to the IPv6 phone with the IPv6 leg's port.
+    let hold = with_sdp(
+        &format!(
+            "INVITE sip:bob@{BOB6} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKdualhold;rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag=b6\r\n\
+Call-ID: dual-2\r\nCSeq: 5 INVITE\r\nContact: <sip:alice@{ALICE}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+        &OFFER
+            .replace("10.0.0.5", "127.0.0.1")
+            .replace("m=video 0 RTP/AVP 99\r\n", "m=video 0 RTP/AVP 99\r\na=sendonly\r\n"),
+    );
+    t.recv(ALICE, &hold);
+    let out = t.sent();
+    let (_, reinv) = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(BOB6) && m.method() == Some(Method::Invite))
+        .expect("the re-INVITE reaches the IPv6 phone");
+    assert!(body(reinv).contains("c=IN IP6 ::1\r\n"), "{}", body(reinv));
+    assert!(body(reinv).contains(&format!("m=audio {}", s6.ports[1])));
+    assert_eq!(asked.lock().unwrap().opened.len(), 2, "no new ports");
+
+    let bye = format!(
+        "BYE sip:bob@{BOB6} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKdualbye;rport\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>;tag=b6\r\n\
+Call-ID: dual-2\r\nCSeq: 6 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(ALICE, &bye);
+    let _ = t.sent();
+    assert_eq!(asked.lock().unwrap().closed, vec![s4.id, s6.id]);
+    assert!(t.core.calls(t.now).is_empty());
+}
+
+/// The IPv4 phone answers instead: the IPv4 leg is kept, the IPv6 one closed; a late 2xx
+/// from the IPv6 phone (it answered too) does not steer the relay away from the call.
+#[test]
+fn when_the_ipv4_phone_answers_the_relay_pairs_alice_with_it() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (inv4, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-3");
+    t.recv(BOB, &with_sdp(&answer(&inv4, 200, "OK", "b4"), ANSWER));
+    let ok = t
+        .sent()
+        .into_iter()
+        .find(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(200))
+        .map(|(_, m)| m)
+        .expect("200 to alice");
+    assert_eq!(
+        body(&ok),
+        ANSWER.replace("m=audio 5000", &format!("m=audio {}", s4.ports[0]))
+    );
+    {
+        let a = asked.lock().unwrap();
+        assert!(a.peers.contains(&(
+            s4.id,
+            Side::Callee,
+            addr("127.0.0.1:5000"),
+            addr("127.0.0.1:5001")
+        )));
+        assert_eq!(a.closed, vec![s6.id], "the IPv6 leg is closed");
+    }
+    // The IPv6 phone's 200 crossed the CANCEL: it goes to alice (RFC 3261 §16.7), who will
+    // hang that dialog up, but the relay stays with the IPv4 phone.
+    let answer6 = ANSWER.replace("IN IP4 127.0.0.1", "IN IP6 ::1");
+    t.recv(BOB6, &with_sdp(&answer(&inv6, 200, "OK", "b6"), &answer6));
+    let _ = t.sent();
+    let a = asked.lock().unwrap();
+    assert!(
+        !a.peers.iter().any(|p| p.1 == Side::Callee && p.2.is_ipv6()),
+        "{:?}",
+        a.peers
+    );
+    assert_eq!(a.opened.len(), 2, "no stream opened for the second answer");
+    drop(a);
+    let views = t.core.calls(t.now);
+    assert_eq!(views[0].streams.len(), 1);
+    assert_eq!(views[0].streams[0].callee_port, s4.ports[1]);
 }

@@ -570,8 +570,8 @@ impl Core {
                 _ => {}
             }
         }
-        let body = match self.media_for_request(now, &msg, in_flow, &hops, dialog_creating) {
-            Ok(body) => body,
+        let bodies = match self.media_for_request(now, &msg, in_flow, &hops, dialog_creating) {
+            Ok(bodies) => bodies,
             Err(_) => {
                 // No relay ports: refuse now rather than ring a phone that could not be heard.
                 self.counters.relay_full += 1;
@@ -587,16 +587,18 @@ impl Core {
                 return self.finish_with_best(now, ctx_id);
             }
         };
-        let shape = BranchShape {
+        let mut shape = BranchShape {
             msg: &msg,
             inbound: in_flow,
             record_route: dialog_creating,
             pop,
             extra,
             strip_identity: hunting,
-            body: body.as_deref(),
+            body: None,
         };
-        for hop in hops {
+        for (i, hop) in hops.into_iter().enumerate() {
+            // Each branch's SDP names the relay in its phone's address family.
+            shape.body = bodies.get(i).and_then(|b| b.as_deref());
             let idx = replace
                 .unwrap_or_else(|| self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len()));
             let retry = (!hop.alternates.is_empty()).then(|| {
@@ -861,8 +863,9 @@ impl Core {
     }
 
     /// The media side of a request about to be forwarded: a new call is entered in the call
-    /// table, a BYE ends one, and SDP is rewritten when the call is relayed. Spirals (our own
-    /// request coming back) were handled on their first pass.
+    /// table, a BYE ends one, and SDP is rewritten when the call is relayed (a body per hop;
+    /// none: the request's own). Spirals (our own request coming back) were handled on their
+    /// first pass.
     fn media_for_request(
         &mut self,
         now: Instant,
@@ -870,9 +873,9 @@ impl Core {
         inbound: Flow,
         hops: &[Hop],
         dialog_creating: bool,
-    ) -> Result<Option<Vec<u8>>, super::calls::RelayFull> {
+    ) -> Result<Vec<Option<Vec<u8>>>, super::calls::RelayFull> {
         if self.is_spiral(inbound) {
-            return Ok(None);
+            return Ok(vec![]);
         }
         match msg.method() {
             Some(Method::Invite) if dialog_creating => self.call_begin(now, msg, inbound, hops),
@@ -880,14 +883,14 @@ impl Core {
                 if self.is_the_call(msg) {
                     self.call_end(msg.call_id(), "BYE");
                 }
-                return Ok(None);
+                return Ok(vec![]);
             }
             _ => {}
         }
         if self.calls.is_empty() {
-            return Ok(None);
+            return Ok(vec![]);
         }
-        self.media_body(msg, false, inbound.remote.ip())
+        self.media_bodies(msg, inbound, hops)
     }
 
     /// A response's body as it goes upstream: rewritten when its call is relayed.
@@ -895,7 +898,7 @@ impl Core {
         if self.calls.is_empty() || self.is_spiral(toward) {
             return None;
         }
-        match self.media_body(resp, true, from.remote.ip()) {
+        match self.media_body(resp, true, from, toward) {
             Ok(body) => body,
             Err(_) => {
                 tracing::warn!(
@@ -953,9 +956,7 @@ impl Core {
         let body = if self.calls.is_empty() || self.is_spiral(flow) {
             None
         } else {
-            self.media_body(&msg, false, flow.remote.ip())
-                .ok()
-                .flatten()
+            self.media_body(&msg, false, flow, out).ok().flatten()
         };
         let shape = BranchShape {
             msg: &msg,
@@ -1209,7 +1210,7 @@ impl Core {
             ctx.answered = true;
             ctx.final_sent = true;
             if invite && dialog_creating {
-                self.call_answered(&resp);
+                self.call_answered(&resp, from);
             }
             let body = self.media_for_response(&resp, from, in_flow);
             let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
