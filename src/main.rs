@@ -2,6 +2,7 @@
 //! `forward`, `speeddial`, `dialplan`, `reload`, `status`, `registrations`). Argument parsing
 //! and printing only; the work is done by the server crate.
 
+mod install;
 mod plan_cli;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +20,8 @@ use std::process::ExitCode;
     about = "SIP domain-telephony server: registrar and proxy for your domain"
 )]
 struct Cli {
-    /// Configuration file (TOML). Without it, built-in defaults are used.
+    /// Configuration file (TOML). Without it, /etc/hedgewitch/hedgewitch.toml if it exists,
+    /// else built-in defaults.
     #[arg(long, short, global = true, env = "HEDGEWITCH_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -127,7 +129,8 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config = cli.config.or_else(install::default_config);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -139,6 +142,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     let mut cfg = Config::load(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Serve { .. }) {
+        install::become_data_owner(&cfg.data_dir)?;
+    }
     match cli.command {
         Command::Serve { domain, data_dir } => {
             if let Some(d) = domain {
