@@ -80,6 +80,24 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Asserts that the store exists in `root` and that every path under it belongs to `uid:gid`.
+fn assert_owned_by(root: &str, uid: u32, gid: u32) {
+    let files = walk(Path::new(root));
+    assert!(
+        files.iter().any(|p| p.ends_with("hedgewitch.db")),
+        "no store in {root}: {files:?}"
+    );
+    for p in &files {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (uid, gid),
+            "{} is not owned by hedgewitch:hedgewitch",
+            p.display()
+        );
+    }
+}
+
 /// Undoes everything the test did to the machine, in reverse order, whatever happened: the
 /// daemon, the namespace, the package (purged: files, data folder, system user).
 struct Cleanup {
@@ -159,22 +177,25 @@ fn the_debian_package_installs_serves_and_purges() {
         installed: false,
     };
 
-    // 1. The package, from the debug binary cargo built for this test (`--profile dev`
-    //    makes cargo-deb take target/debug/ where the assets say target/release/).
+    // 1. The package, from the debug binary cargo built for this test: put where cargo-deb
+    //    takes the binary from (TARGET_DIR/release/) in a target folder of the test's own,
+    //    and packaged with --no-build, so the test needs no release build. Stripped, and
+    //    compressed fast: the package is thrown away at the end.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!("working folder {}", dir.display());
+    let stage = dir.join("target");
+    std::fs::create_dir_all(stage.join("release")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_hedgewitch"),
+        stage.join("release/hedgewitch"),
+    )
+    .expect("copy the test binary");
     let out = dir.join("deb");
     let mut c = Command::new(root.join("scripts/package"));
-    c.args([
-        "--no-build",
-        "--profile",
-        "dev",
-        "--fast",
-        "--no-dbgsym",
-        "--output",
-    ])
-    .arg(&out)
-    .current_dir(root);
+    c.args(["--no-build", "--strip", "--fast", "--no-dbgsym", "--output"])
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", &stage)
+        .current_dir(root);
     let r = must(
         "scripts/package",
         run(&dir, "package", &mut c, None, Duration::from_secs(900)),
@@ -231,7 +252,40 @@ fn the_debian_package_installs_serves_and_purges() {
         println!("note: systemd-analyze is not installed; the unit was not verified");
     }
 
-    // 4. The installed binary with the installed config, as the hedgewitch user (setpriv
+    // 4. Before the daemon ever ran, as an administrator would right after the install:
+    //    root's CLI creates the store and a TLS certificate in the data folder, and has to
+    //    create them as hedgewitch, or the daemon could not write its own store.
+    let r = must(
+        "hedgewitch user add as root (no store yet)",
+        run(
+            &dir,
+            "user-add-alice",
+            &mut admin(&[
+                "user",
+                "add",
+                "alice",
+                "--extension",
+                "101",
+                "--password-stdin",
+            ]),
+            Some("alice-Secret-1\n"),
+            Duration::from_secs(20),
+        ),
+    );
+    assert!(r.stdout.contains("added sip:alice@"), "{}", r.stdout);
+    must(
+        "hedgewitch tls self-signed as root",
+        run(
+            &dir,
+            "tls",
+            &mut admin(&["tls", "self-signed"]),
+            None,
+            Duration::from_secs(20),
+        ),
+    );
+    assert_owned_by(DATA, uid, gid);
+
+    // 5. The installed binary with the installed config, as the hedgewitch user (setpriv
     //    execs, so the child's PID is the daemon's), in a namespace with only loopback.
     let ns = format!("hwpkg{}", std::process::id());
     let mut c = Command::new("ip");
@@ -309,26 +363,28 @@ fn the_debian_package_installs_serves_and_purges() {
     let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
     assert_eq!(owner, uid, "the daemon does not run as hedgewitch");
 
-    // 5. An account added by root through the installed CLI: the daemon is told (it answers
-    //    on its socket), and nothing in the data folder belongs to root afterwards.
+    assert_eq!(status["users"], 1, "{status}");
+
+    // 6. Another account added by root while the daemon runs: the daemon is told over its
+    //    socket and loads it, and still nothing in the data folder belongs to root.
     let r = must(
-        "hedgewitch user add as root",
+        "hedgewitch user add as root (daemon running)",
         run(
             &dir,
-            "user-add",
+            "user-add-bob",
             &mut admin(&[
                 "user",
                 "add",
-                "alice",
+                "bob",
                 "--extension",
-                "101",
+                "102",
                 "--password-stdin",
             ]),
-            Some("alice-Secret-1\n"),
+            Some("bob-Secret-2\n"),
             Duration::from_secs(20),
         ),
     );
-    assert!(r.stdout.contains("added sip:alice@"), "{}", r.stdout);
+    assert!(r.stdout.contains("added sip:bob@"), "{}", r.stdout);
     assert!(!r.stderr.contains("did not reload"), "{}", r.stderr);
     let r = must(
         "hedgewitch user list as root",
@@ -341,24 +397,11 @@ fn the_debian_package_installs_serves_and_purges() {
         ),
     );
     assert!(
-        r.stdout.contains("alice") && r.stdout.contains("101"),
+        r.stdout.contains("alice") && r.stdout.contains("bob"),
         "{}",
         r.stdout
     );
-    let files = walk(Path::new(DATA));
-    assert!(
-        files.iter().any(|p| p.ends_with("hedgewitch.db")),
-        "no store in {DATA}: {files:?}"
-    );
-    for p in &files {
-        let m = std::fs::symlink_metadata(p).unwrap();
-        assert_eq!(
-            (m.uid(), m.gid()),
-            (uid, gid),
-            "{} is not owned by hedgewitch:hedgewitch",
-            p.display()
-        );
-    }
+    assert_owned_by(DATA, uid, gid);
     let status = run(
         &dir,
         "status2",
@@ -369,11 +412,11 @@ fn the_debian_package_installs_serves_and_purges() {
     let status: serde_json::Value =
         serde_json::from_str(must("status", status).stdout.trim()).unwrap();
     assert_eq!(
-        status["users"], 1,
+        status["users"], 2,
         "the daemon did not reload the store: {status}"
     );
 
-    // 6. Stopped by its PID, then purged: nothing of the package stays.
+    // 7. Stopped by its PID, then purged: nothing of the package stays.
     guard.stop_daemon();
     assert!(
         !Path::new(DATA).join("control.sock").exists(),
