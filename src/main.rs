@@ -2,6 +2,7 @@
 //! `forward`, `speeddial`, `dialplan`, `reload`, `status`, `registrations`). Argument parsing
 //! and printing only; the work is done by the server crate.
 
+mod install;
 mod plan_cli;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +20,8 @@ use std::process::ExitCode;
     about = "SIP domain-telephony server: registrar and proxy for your domain"
 )]
 struct Cli {
-    /// Configuration file (TOML). Without it, built-in defaults are used.
+    /// Configuration file (TOML). Without it, /etc/hedgewitch/hedgewitch.toml if it exists,
+    /// else built-in defaults.
     #[arg(long, short, global = true, env = "HEDGEWITCH_CONFIG")]
     config: Option<PathBuf>,
     /// SIP domain served (overrides the config file). Needed once: the data folder records
@@ -139,7 +141,8 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.config = cli.config.or_else(install::default_config);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -154,6 +157,10 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Some(d) = cli.data_dir {
         cfg.data_dir = d;
         cfg.data_dir_from_option = true;
+    }
+    // Before anything touches the store: root works as the data folder's owner.
+    if !matches!(cli.command, Command::Serve) {
+        install::become_data_owner(&cfg.data_dir)?;
     }
     // Commands that hash a password pin the data folder to the domain they hash for.
     let hashes = matches!(
