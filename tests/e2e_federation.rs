@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const ALPHA_IP: &str = "127.0.0.2";
@@ -19,11 +19,8 @@ const BETA_IP: &str = "127.0.0.3";
 /// Listed first in beta's TCP SRV records, with nothing listening.
 const DEAD_IP: &str = "127.0.0.4";
 
-/// dnsmasq serving the two zones from its command line; killed on drop.
-struct Dns {
-    child: Child,
-    port: u16,
-}
+/// dnsmasq serving the two zones from its command line.
+type Dns = common::dnsmasq::Dnsmasq;
 
 /// Ports of each domain's server: SIP (UDP and TCP), and TLS when published.
 #[derive(Clone, Copy)]
@@ -33,81 +30,40 @@ struct Ports {
     tls: Option<(u16, u16)>,
 }
 
-impl Dns {
-    fn start(dir: &std::path::Path, ports: Ports) -> Dns {
-        let Ports {
-            alpha: alpha_port,
-            beta: beta_port,
-            ..
-        } = ports;
-        let port = free_port();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--conf-file=/dev/null",
-            "--log-queries",
-            "--log-facility=-",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .arg(format!("--host-record=sip.alpha.test,{ALPHA_IP}"))
-        .arg(format!("--host-record=sip1.beta.test,{BETA_IP}"))
-        .arg(format!("--host-record=sip0.beta.test,{DEAD_IP}"))
+/// The two zones: each domain's NAPTR, SRV and A records (beta with a dead first server).
+fn zones(dir: &std::path::Path, ports: Ports) -> Dns {
+    let Ports {
+        alpha: alpha_port,
+        beta: beta_port,
+        ..
+    } = ports;
+    let mut records = vec![
+        format!("--host-record=sip.alpha.test,{ALPHA_IP}"),
+        format!("--host-record=sip1.beta.test,{BETA_IP}"),
+        format!("--host-record=sip0.beta.test,{DEAD_IP}"),
         // alpha: NAPTR to UDP, then TCP.
-        .arg("--naptr-record=alpha.test,10,10,S,SIP+D2U,,_sip._udp.alpha.test")
-        .arg("--naptr-record=alpha.test,20,10,S,SIP+D2T,,_sip._tcp.alpha.test")
-        .arg(format!(
-            "--srv-host=_sip._udp.alpha.test,sip.alpha.test,{alpha_port},10,0"
-        ))
-        .arg(format!(
-            "--srv-host=_sip._tcp.alpha.test,sip.alpha.test,{alpha_port},10,0"
-        ))
+        "--naptr-record=alpha.test,10,10,S,SIP+D2U,,_sip._udp.alpha.test".to_string(),
+        "--naptr-record=alpha.test,20,10,S,SIP+D2T,,_sip._tcp.alpha.test".to_string(),
+        format!("--srv-host=_sip._udp.alpha.test,sip.alpha.test,{alpha_port},10,0"),
+        format!("--srv-host=_sip._tcp.alpha.test,sip.alpha.test,{alpha_port},10,0"),
         // beta: the same, with a first server that is down (over UDP and TCP).
-        .arg("--naptr-record=beta.test,10,10,S,SIP+D2U,,_sip._udp.beta.test")
-        .arg("--naptr-record=beta.test,20,10,S,SIP+D2T,,_sip._tcp.beta.test")
-        .arg(format!(
-            "--srv-host=_sip._udp.beta.test,sip0.beta.test,{beta_port},5,0"
-        ))
-        .arg(format!(
-            "--srv-host=_sip._udp.beta.test,sip1.beta.test,{beta_port},10,0"
-        ))
-        .arg(format!(
-            "--srv-host=_sip._tcp.beta.test,sip0.beta.test,{beta_port},5,0"
-        ))
-        .arg(format!(
-            "--srv-host=_sip._tcp.beta.test,sip1.beta.test,{beta_port},10,0"
-        ))
-        .args(ports.tls.map_or(vec![], |(alpha_tls, beta_tls)| {
-            // TLS first for both domains (a lower NAPTR order).
-            vec![
-                "--naptr-record=alpha.test,5,10,S,SIPS+D2T,,_sips._tcp.alpha.test".to_string(),
-                "--naptr-record=beta.test,5,10,S,SIPS+D2T,,_sips._tcp.beta.test".to_string(),
-                format!("--srv-host=_sips._tcp.alpha.test,sip.alpha.test,{alpha_tls},10,0"),
-                format!("--srv-host=_sips._tcp.beta.test,sip1.beta.test,{beta_tls},10,0"),
-            ]
-        }))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("dnsmasq.out")).expect("dnsmasq log"))
-        .stderr(std::fs::File::create(dir.join("dnsmasq.err")).expect("dnsmasq log"));
-        let child = cmd.spawn().expect("dnsmasq starts");
-        assert!(
-            poll_until(Duration::from_secs(10), || udp_port_bound(port)),
-            "dnsmasq did not listen on {port}"
-        );
-        Dns { child, port }
+        "--naptr-record=beta.test,10,10,S,SIP+D2U,,_sip._udp.beta.test".to_string(),
+        "--naptr-record=beta.test,20,10,S,SIP+D2T,,_sip._tcp.beta.test".to_string(),
+        format!("--srv-host=_sip._udp.beta.test,sip0.beta.test,{beta_port},5,0"),
+        format!("--srv-host=_sip._udp.beta.test,sip1.beta.test,{beta_port},10,0"),
+        format!("--srv-host=_sip._tcp.beta.test,sip0.beta.test,{beta_port},5,0"),
+        format!("--srv-host=_sip._tcp.beta.test,sip1.beta.test,{beta_port},10,0"),
+    ];
+    if let Some((alpha_tls, beta_tls)) = ports.tls {
+        // TLS first for both domains (a lower NAPTR order).
+        records.extend([
+            "--naptr-record=alpha.test,5,10,S,SIPS+D2T,,_sips._tcp.alpha.test".to_string(),
+            "--naptr-record=beta.test,5,10,S,SIPS+D2T,,_sips._tcp.beta.test".to_string(),
+            format!("--srv-host=_sips._tcp.alpha.test,sip.alpha.test,{alpha_tls},10,0"),
+            format!("--srv-host=_sips._tcp.beta.test,sip1.beta.test,{beta_tls},10,0"),
+        ]);
     }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Dns::start(dir, &records)
 }
 
 /// DNS and both domains' servers, asking it for each other.
@@ -117,7 +73,7 @@ fn two_domains(beta_extra: &str) -> (Dns, Server, Server) {
         beta: free_port(),
         tls: None,
     };
-    let dns = Dns::start(&test_dir(), ports);
+    let dns = zones(&test_dir(), ports);
     let alpha = domain_server(
         "alpha.test",
         ALPHA_IP,
@@ -204,7 +160,7 @@ fn two_tls_domains(
         tls: Some((free_port(), free_port())),
     };
     let (alpha_tls, beta_tls) = ports.tls.unwrap_or_default();
-    let dns = Dns::start(&test_dir(), ports);
+    let dns = zones(&test_dir(), ports);
     let tls = |cert: &(String, String, String), trusts: &str| {
         format!(
             "[federation]\ninbound = \"tls-only\"\n[tls]\ncertificate = \"{}\"\nkey = \"{}\"\nca_files = [\"{trusts}\"]\n",

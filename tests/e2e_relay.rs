@@ -21,35 +21,6 @@ use common::*;
 use serde_json::Value;
 use std::time::Duration;
 
-fn calls(srv: &Server) -> Vec<Value> {
-    let r = srv.cli(&["calls", "--json"]);
-    assert!(r.success(), "hedgewitch calls failed: {}", r.stderr);
-    serde_json::from_str::<Value>(&r.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
-/// Packets of the first stream of the only call: (from caller, from callee).
-fn packets(call: &Value) -> (u64, u64) {
-    let s = &call["streams"][0];
-    (
-        s["packets_from_caller"].as_u64().unwrap_or(0),
-        s["packets_from_callee"].as_u64().unwrap_or(0),
-    )
-}
-
-/// Waits until the only call satisfies `cond`, and returns it.
-fn wait_call(srv: &Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let mut last = vec![];
-    let ok = poll_until(Duration::from_secs(20), || {
-        last = calls(srv);
-        last.len() == 1 && cond(&last[0])
-    });
-    assert!(ok, "never saw {what}; calls: {last:#?}");
-    last.remove(0)
-}
-
 /// Both phones behind NATs; `transport` is how they register (udp or tcp); bob's account
 /// line gets `bob_extra`.
 fn call_through_nats(transport: &str, bob_extra: &str) -> Option<Vec<Value>> {
@@ -238,24 +209,6 @@ fn phones_on_one_network_are_not_relayed() {
     assert_eq!(call["streams"], Value::Array(vec![]), "{call:#}");
     alice.command("/hangup");
     assert!(poll_until(t, || calls(&srv).is_empty()));
-}
-
-/// bob registered and answering (SIPp); alice calling him (SIPp), the call held `hold_ms`
-/// before her BYE. Both still running: (callee, caller).
-fn held_call(srv: &Server, hold_ms: u32) -> (SippRunning, SippRunning) {
-    let bob_port = register_udp(srv, &BOB);
-    let callee = start_uas(srv, &BOB, bob_port, "uas_answer.xml");
-    let caller = srv
-        .sipp("uac_alice", "uac_call.xml")
-        .key("user", ALICE.name)
-        .key("callee", BOB.name)
-        .auth(&ALICE, &format!("bob@{DOMAIN}"))
-        .replace(
-            "<pause milliseconds=\"500\"/>",
-            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
-        )
-        .spawn();
-    (callee, caller)
 }
 
 /// `relay.mode = "always"` with a one-second no-media timeout: SIPp's call is answered but

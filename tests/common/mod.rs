@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod baresip;
+pub mod dnsmasq;
 pub mod natlab;
 
 use serde_json::Value;
@@ -80,6 +81,8 @@ pub struct ServerOpts {
     pub ip: Option<String>,
     /// More `listen` entries (`"tls:127.0.0.2:5061"`).
     pub extra_listen: Vec<String>,
+    /// Options put before `serve` (`--log-format json`).
+    pub serve_args: Vec<String>,
 }
 
 impl Default for ServerOpts {
@@ -98,6 +101,7 @@ impl Default for ServerOpts {
             domain: None,
             ip: None,
             extra_listen: vec![],
+            serve_args: vec![],
         }
     }
 }
@@ -493,9 +497,9 @@ impl Server {
         let child = cmd
             .arg("-c")
             .arg(&self.config)
+            .args(&self.opts.serve_args)
             .arg("serve")
             .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log2)
             .stderr(log)
@@ -1060,4 +1064,55 @@ pub fn assert_both_ok(uac: &SippOutcome, uas: &SippOutcome) {
         uac.report(),
         uas.report()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls in progress (`hedgewitch calls`)
+
+/// `calls --json`, as a list.
+pub fn calls(srv: &Server) -> Vec<Value> {
+    let r = srv.cli(&["calls", "--json"]);
+    assert!(r.success(), "hedgewitch calls failed: {}", r.stderr);
+    serde_json::from_str::<Value>(&r.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Packets of the first stream of the only call: (from caller, from callee).
+pub fn packets(call: &Value) -> (u64, u64) {
+    let s = &call["streams"][0];
+    (
+        s["packets_from_caller"].as_u64().unwrap_or(0),
+        s["packets_from_callee"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Waits until the only call satisfies `cond`, and returns it.
+pub fn wait_call(srv: &Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = vec![];
+    let ok = poll_until(Duration::from_secs(20), || {
+        last = calls(srv);
+        last.len() == 1 && cond(&last[0])
+    });
+    assert!(ok, "never saw {what}; calls: {last:#?}");
+    last.remove(0)
+}
+
+/// bob registered and answering (SIPp); alice calling him (SIPp), the call held `hold_ms`
+/// before her BYE. Both still running: (callee, caller).
+pub fn held_call(srv: &Server, hold_ms: u32) -> (SippRunning, SippRunning) {
+    let bob_port = register_udp(srv, &BOB);
+    let callee = start_uas(srv, &BOB, bob_port, "uas_answer.xml");
+    let caller = srv
+        .sipp("uac_alice", "uac_call.xml")
+        .key("user", ALICE.name)
+        .key("callee", BOB.name)
+        .auth(&ALICE, &format!("bob@{DOMAIN}"))
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
+        )
+        .spawn();
+    (callee, caller)
 }

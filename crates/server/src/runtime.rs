@@ -388,6 +388,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     let mut reloader = Reloader {
         running: cfg.clone(),
+        started: cfg.clone(),
     };
     // The summary goes to standard output, apart from the log (which may be JSON).
     let relay = core
@@ -537,8 +538,11 @@ async fn run(cfg: Config) -> Result<(), String> {
 /// running; calls and registrations in progress are untouched. Settings that need a restart
 /// are named in the answer and the log, and only when they changed.
 struct Reloader {
-    /// The settings in force.
+    /// The settings in force: those that apply live, as last reloaded.
     running: Config,
+    /// The settings the server started with: those that need a restart are in force as
+    /// they were then, and are named at each reload for as long as the file differs.
+    started: Config,
 }
 
 /// What a reload did.
@@ -585,16 +589,17 @@ impl Reloader {
         let old = &self.running;
         let mut restart = vec![];
         let mut applied = vec![];
+        let started = &self.started;
         for (changed, key) in [
-            (new.domain != old.domain, "domain"),
-            (new.domains != old.domains, "domains"),
-            (new.listen != old.listen, "listen"),
-            (new.stun != old.stun, "stun"),
-            (new.advertise != old.advertise, "advertise"),
-            (new.data_dir != old.data_dir, "data_dir"),
-            (new.log != old.log, "log"),
+            (new.domain != started.domain, "domain"),
+            (new.domains != started.domains, "domains"),
+            (new.listen != started.listen, "listen"),
+            (new.stun != started.stun, "stun"),
+            (new.advertise != started.advertise, "advertise"),
+            (new.data_dir != started.data_dir, "data_dir"),
+            (new.log != started.log, "log"),
             (
-                new.relay.ports != old.relay.ports && core.has_relay(),
+                new.relay.ports != started.relay.ports && core.has_relay(),
                 "relay.ports",
             ),
         ] {
@@ -617,24 +622,25 @@ impl Reloader {
             ..new.clone()
         };
         let plan = build_plan(&live, &users, &stored)?;
+        // Certificates are read again on every reload: a renewal replaces the files at the
+        // same paths, with nothing changed in the config file.
         let mut tls = edge.tls.clone();
-        let tls_restart = if new.tls != old.tls {
-            tls.reload(&new.tls).map_err(|e| format!("tls: {e}"))?
-        } else {
-            false
-        };
+        let (tls_changed, tls_restart) = tls.reload(&new.tls).map_err(|e| format!("tls: {e}"))?;
         let dns = if new.dns != old.dns {
             Some(crate::dns::Dns::new(&new.dns.servers)?)
         } else {
             None
         };
 
-        if new.tls != old.tls {
-            edge.tls = tls;
-            applied.push("tls");
-            if tls_restart {
-                restart.push("tls listeners");
-            }
+        edge.tls = tls;
+        if tls_changed {
+            applied.push("tls certificate");
+        }
+        if new.tls.ca_files != old.tls.ca_files {
+            applied.push("tls.ca_files");
+        }
+        if tls_restart {
+            restart.push("tls listeners");
         }
         if let Some(d) = dns {
             edge.dns = Some(d);

@@ -113,17 +113,19 @@ impl Tls {
         })
     }
 
-    /// Takes a changed `[tls]` while running: the new certificate and key are presented from
-    /// the next handshake on, the new CA list verifies the next outgoing connection. Nothing
-    /// changes when any file is bad. Returns whether a restart is still needed (TLS listeners
-    /// cannot be added or removed live).
-    pub fn reload(&mut self, cfg: &TlsConfig) -> Result<bool, String> {
+    /// Takes `[tls]` again while running (a reload): the certificate and key files are read
+    /// anew, so a renewed certificate at the same path is presented from the next handshake
+    /// on, and the CA list verifies the next outgoing connection. Nothing changes when any
+    /// file is bad. Returns whether the presented certificate changed, and whether a restart
+    /// is still needed (TLS listeners cannot be added or removed live).
+    pub fn reload(&mut self, cfg: &TlsConfig) -> Result<(bool, bool), String> {
         let fresh = Tls::new(cfg)?;
-        let mut restart = false;
+        let (mut changed, mut restart) = (false, false);
         match (&self.served, &cfg.certificate, &cfg.key) {
             (Some(served), Some(c), Some(k)) => {
                 let key = certified_key(c, k)?;
                 if let Ok(mut slot) = served.0.write() {
+                    changed = slot.cert != key.cert;
                     *slot = key;
                 }
             }
@@ -131,7 +133,7 @@ impl Tls {
             _ => restart = true,
         }
         self.connector = fresh.connector;
-        Ok(restart)
+        Ok((changed, restart))
     }
 }
 
