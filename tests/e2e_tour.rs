@@ -20,11 +20,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_hedgewitch");
 
 /// The tour section of the README.
 fn tour() -> String {
+    section("## A five-minute tour")
+}
+
+/// The README's section that starts with `title`, up to the next one.
+fn section(title: &str) -> String {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("README.md");
     let start = readme
-        .find("## A five-minute tour")
-        .expect("the README has a tour");
+        .find(title)
+        .unwrap_or_else(|| panic!("the README has no `{title}`"));
     let rest = &readme[start + 3..];
     let end = rest.find("\n## ").map_or(rest.len(), |e| e + 3);
     readme[start..start + end].to_string()
@@ -172,13 +177,13 @@ fn the_readme_tour_works_as_written() {
         return;
     }
     let tour_text = tour();
-    let blocks = blocks(&tour_text);
-    let sh: Vec<&Vec<String>> = blocks
+    let tour_blocks = blocks(&tour_text);
+    let sh: Vec<&Vec<String>> = tour_blocks
         .iter()
         .filter(|(l, _)| l == "sh")
         .map(|(_, b)| b)
         .collect();
-    let plain: Vec<&Vec<String>> = blocks
+    let plain: Vec<&Vec<String>> = tour_blocks
         .iter()
         .filter(|(l, _)| l.is_empty())
         .map(|(_, b)| b)
@@ -199,6 +204,39 @@ fn the_readme_tour_works_as_written() {
         server: None,
         alias: None,
     };
+
+    // 0. The README's first command, on a new machine: the server on its defaults, which
+    //    says what it chose, until Ctrl-C (SIGTERM here).
+    let first = blocks(&section("## The two commands"));
+    let serve = &first[0].1[0];
+    assert_eq!(serve, "cargo run --release -- serve");
+    let argv = t.argv(serve);
+    let log = std::fs::File::create(t.dir.join("defaults.log")).expect("log");
+    let mut defaults = t
+        .command(&argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("hedgewitch serve");
+    let up = poll_until(Duration::from_secs(20), || {
+        let mut c = t.command(&["status".to_string()]);
+        run_bounded(&mut c, None, &t.dir.join("cli"), Duration::from_secs(5)).success()
+    });
+    let said = std::fs::read_to_string(t.dir.join("defaults.log")).unwrap_or_default();
+    let _ = Command::new("kill").arg(defaults.id().to_string()).status();
+    let stopped = wait_bounded(&mut defaults, Duration::from_secs(10));
+    assert!(up, "the server on its defaults never answered:\n{said}");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "SIGTERM stops it cleanly: {stopped:?}\n{said}"
+    );
+    assert!(
+        said.contains("(from this machine's host name")
+            && said.contains("udp:0.0.0.0:5060")
+            && said.contains(".local/share/hedgewitch (0 users)"),
+        "the first start explains itself:\n{said}"
+    );
 
     // 1. The server, in the foreground of its own terminal.
     assert_eq!(sh[0].len(), 1, "step 1 is one command");

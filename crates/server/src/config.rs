@@ -587,4 +587,62 @@ reason = "Premium Numbers Barred"
         let e = Config::parse("[registrar]\nmin_expires = \"x\"\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
     }
+
+    fn in_folder(dir: &std::path::Path, text: &str) -> Config {
+        let mut c = Config::parse(&format!("data_dir = \"{}\"\n{text}", dir.display())).unwrap();
+        c.data_dir = dir.to_path_buf();
+        c
+    }
+
+    #[test]
+    fn the_data_folder_keeps_the_domain_its_passwords_were_hashed_for() {
+        use crate::store::Store;
+        let dir = std::env::temp_dir().join(format!("hw-domain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A first run on the host name pins nothing.
+        let mut c = in_folder(&dir, "");
+        c.settle_domain(None, false).unwrap();
+        assert_eq!(c.domain_origin, DomainOrigin::HostName);
+        // Named, and a password hashed: recorded.
+        let mut c = in_folder(&dir, "");
+        c.settle_domain(Some("example.test".into()), true).unwrap();
+        let store = crate::store::SqliteStore::open(&c.db_path()).unwrap();
+        store
+            .add_user(&crate::store::User::new(
+                "alice",
+                None,
+                "example.test",
+                "pw",
+            ))
+            .unwrap();
+        // A later command that names nothing reads it from the folder.
+        let mut c = in_folder(&dir, "");
+        c.settle_domain(None, false).unwrap();
+        assert_eq!(c.domain, "example.test");
+        assert_eq!(c.domain_origin, DomainOrigin::DataFolder);
+        // The same name in another case keeps the recorded spelling (the realm is exact).
+        let mut c = in_folder(&dir, "domain = \"Example.TEST\"");
+        c.settle_domain(None, false).unwrap();
+        assert_eq!(c.domain, "example.test");
+        // Another name is refused, naming both and where the other came from.
+        let mut c = in_folder(&dir, "domain = \"other.test\"");
+        let e = c.settle_domain(None, true).unwrap_err();
+        assert!(
+            e.contains("`other.test`") && e.contains("`example.test`") && e.contains("--data-dir"),
+            "{e}"
+        );
+        let e = in_folder(&dir, "")
+            .settle_domain(Some("other.test".into()), false)
+            .unwrap_err();
+        assert!(e.contains("the --domain option"), "{e}");
+        // Once no password depends on it, the folder takes the new name.
+        store.remove_user("alice").unwrap();
+        let mut c = in_folder(&dir, "");
+        c.settle_domain(Some("other.test".into()), true).unwrap();
+        assert_eq!(
+            store.recorded_domain().unwrap().as_deref(),
+            Some("other.test")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -609,3 +609,80 @@ pub fn report(findings: &[Finding]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate for `name` valid from `from` to `until` (year, month, day), with its
+    /// key, written into a fresh folder; the config points at them.
+    fn config_with_cert(name: &str, from: (i32, u8, u8), until: (i32, u8, u8)) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "hw-doctor-{}-{}-{}",
+            std::process::id(),
+            name,
+            until.0
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let mut cfg = Config::parse(&format!(
+            "domain = \"example.test\"\nlisten = [\"tls:127.0.0.1:5061\"]\n[tls]\n\
+             certificate = \"{}\"\nkey = \"{}\"\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ))
+        .unwrap();
+        cfg.data_dir = dir;
+        cfg
+    }
+
+    fn said(findings: &[Finding], level: Level, text: &str) -> bool {
+        findings
+            .iter()
+            .any(|f| f.level == level && f.what.contains(text))
+    }
+
+    #[test]
+    fn an_expired_certificate_is_a_problem_with_its_fix() {
+        let cfg = config_with_cert("example.test", (2019, 1, 1), (2020, 1, 1));
+        let f = check_tls(&cfg);
+        assert!(said(&f, Level::Problem, "expired on"), "{f:?}");
+        assert!(f.iter().any(|x| x
+            .fix
+            .as_deref()
+            .is_some_and(|t| t.contains("hedgewitch reload"))));
+        assert!(said(&f, Level::Ok, "names example.test"), "{f:?}");
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+
+    #[test]
+    fn a_certificate_not_yet_valid_or_self_signed_is_reported() {
+        let cfg = config_with_cert("example.test", (2098, 1, 1), (2099, 1, 1));
+        let f = check_tls(&cfg);
+        assert!(said(&f, Level::Problem, "valid only from"), "{f:?}");
+        let cfg2 = config_with_cert("example.test", (2020, 1, 1), (2098, 1, 1));
+        let f = check_tls(&cfg2);
+        assert!(said(&f, Level::Ok, "valid until"), "{f:?}");
+        assert!(
+            said(&f, Level::Warning, "will not trust"),
+            "a self-signed certificate is not trusted by others: {f:?}"
+        );
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        let _ = std::fs::remove_dir_all(&cfg2.data_dir);
+    }
+
+    #[test]
+    fn a_bare_host_name_is_a_problem() {
+        let mut cfg = Config::parse("domain = \"vm\"\n").unwrap();
+        cfg.data_dir = std::env::temp_dir().join("hw-doctor-none");
+        let f = check_domain(&cfg);
+        assert!(said(&f, Level::Problem, "bare host name"), "{f:?}");
+        assert!(f[0].fix.as_deref().is_some_and(|t| t.contains("--domain")));
+    }
+}

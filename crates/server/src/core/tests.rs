@@ -1606,3 +1606,54 @@ fn an_unreachable_phone_gives_500_upstream_not_503() {
         .collect();
     assert_eq!(to_alice, [500], "{out:?}");
 }
+
+/// The log lines written while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(vec![]));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    text
+}
+
+#[test]
+fn a_password_hashed_for_another_realm_is_said_to_be_one() {
+    let mut t = T::new();
+    // alice's password was set while the domain was old.test (a store from before the data
+    // folder recorded its domain).
+    t.core
+        .set_users(vec![User::new("alice", Some("101"), "old.test", "secret")]);
+    let text = logged(|| {
+        let to = "<sip:alice@example.test>".to_string();
+        let mut r = t.req("REGISTER", "sip:example.test", "alice", &to, ALICE, "realm");
+        let out = t.with_auth(&mut r, Algorithm::Md5);
+        assert_eq!(out[0].1.status(), Some(401));
+    });
+    let line = text
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("was set for realm `old.test`, not `example.test`")
+            && line.contains("hedgewitch user passwd alice"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("source={ALICE}")), "{line}");
+}
