@@ -320,6 +320,17 @@ fn heard_both_ways(
     );
 }
 
+/// A server on 127.0.0.1 and [::1], and the phones' microphone tone.
+fn dual_stack_server() -> (Server, std::path::PathBuf) {
+    let srv = Server::start(ServerOpts {
+        ipv6: true,
+        algorithms: Some(vec!["MD5"]),
+        ..ServerOpts::default()
+    });
+    let tone = make_tone(&srv);
+    (srv, tone)
+}
+
 /// alice's baresip on IPv4 (127.0.0.1), bob's on IPv6 ([::1]), both answering by
 /// themselves. alice calls bob, then bob calls alice: each call is relayed between the
 /// families (the SDP each phone gets names the relay in its own family, `o=` included, so
@@ -329,12 +340,7 @@ fn an_ipv4_and_an_ipv6_phone_hear_each_other_both_ways() {
     if !peers_available(&["baresip", "sox"]) {
         return;
     }
-    let srv = Server::start(ServerOpts {
-        ipv6: true,
-        algorithms: Some(vec!["MD5"]),
-        ..ServerOpts::default()
-    });
-    let tone = make_tone(&srv);
+    let (srv, tone) = dual_stack_server();
     let mut alice = Baresip::start_on(&srv, &ALICE, "alice", false, true, &tone);
     let mut bob = Baresip::start_on(&srv, &BOB, "bob", true, true, &tone);
     let regs = srv.wait_registrations("both phones registered", Duration::from_secs(20), |r| {
@@ -365,12 +371,7 @@ fn a_user_with_an_ipv4_and_an_ipv6_phone_is_heard_on_whichever_answers() {
     if !peers_available(&["baresip", "sox"]) {
         return;
     }
-    let srv = Server::start(ServerOpts {
-        ipv6: true,
-        algorithms: Some(vec!["MD5"]),
-        ..ServerOpts::default()
-    });
-    let tone = make_tone(&srv);
+    let (srv, tone) = dual_stack_server();
     let mut alice = Baresip::start_on(&srv, &ALICE, "alice", false, false, &tone);
     let mut bob4 = Baresip::start_on(&srv, &BOB, "bob4", false, false, &tone);
     let mut bob6 = Baresip::start_on(&srv, &BOB, "bob6", true, true, &tone);

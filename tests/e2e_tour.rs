@@ -94,6 +94,23 @@ impl Tour {
         c
     }
 
+    /// Starts a long-running command line of the README (the server), its output into `log`.
+    fn spawn(&self, line: &str, log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).expect("log");
+        self.command(&self.argv(line))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("hedgewitch serve")
+    }
+
+    /// Whether a server answers `status` in the tour's data folder.
+    fn answers(&self) -> bool {
+        let mut c = self.command(&["status".to_string()]);
+        run_bounded(&mut c, None, &self.dir.join("cli"), Duration::from_secs(5)).success()
+    }
+
     /// Runs a CLI command line of the README (bounded), returning its output.
     fn run(&self, line: &str) -> Ran {
         let argv = self.argv(line);
@@ -210,19 +227,8 @@ fn the_readme_tour_works_as_written() {
     let first = blocks(&section("## The two commands"));
     let serve = &first[0].1[0];
     assert_eq!(serve, "cargo run --release -- serve");
-    let argv = t.argv(serve);
-    let log = std::fs::File::create(t.dir.join("defaults.log")).expect("log");
-    let mut defaults = t
-        .command(&argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("hedgewitch serve");
-    let up = poll_until(Duration::from_secs(20), || {
-        let mut c = t.command(&["status".to_string()]);
-        run_bounded(&mut c, None, &t.dir.join("cli"), Duration::from_secs(5)).success()
-    });
+    let mut defaults = t.spawn(serve, "defaults.log");
+    let up = poll_until(Duration::from_secs(20), || t.answers());
     let said = std::fs::read_to_string(t.dir.join("defaults.log")).unwrap_or_default();
     let _ = Command::new("kill").arg(defaults.id().to_string()).status();
     let stopped = wait_bounded(&mut defaults, Duration::from_secs(10));
@@ -240,21 +246,9 @@ fn the_readme_tour_works_as_written() {
 
     // 1. The server, in the foreground of its own terminal.
     assert_eq!(sh[0].len(), 1, "step 1 is one command");
-    let argv = t.argv(&sh[0][0]);
-    let log = std::fs::File::create(t.dir.join("server.log")).expect("log");
-    let server = t
-        .command(&argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("hedgewitch serve");
-    t.server = Some(server);
+    t.server = Some(t.spawn(&sh[0][0], "server.log"));
     assert!(
-        poll_until(Duration::from_secs(20), || {
-            let mut c = t.command(&["status".to_string()]);
-            run_bounded(&mut c, None, &t.dir.join("cli"), Duration::from_secs(5)).success()
-        }),
+        poll_until(Duration::from_secs(20), || t.answers()),
         "the server never answered `status`"
     );
     let banner = std::fs::read_to_string(t.dir.join("server.log")).unwrap_or_default();
