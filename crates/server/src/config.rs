@@ -2,6 +2,7 @@
 //! its data. Every key has a default, so the server runs with no file at all; a bad file fails at
 //! start with toml's message, which names the key and the line.
 
+use crate::core::{CoreConfig, Listener};
 use crate::plan::settings::{
     CallSettings, FeatureCodes, ForwardSpec, GroupSpec, Numbering, PlanSettings, RuleSpec,
     SpeedDialSpec,
@@ -9,48 +10,9 @@ use crate::plan::settings::{
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-
-    /// The token written in Via headers.
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-
-    pub fn parse(s: &str) -> Option<Transport> {
-        if s.eq_ignore_ascii_case("udp") {
-            Some(Transport::Udp)
-        } else if s.eq_ignore_ascii_case("tcp") {
-            Some(Transport::Tcp)
-        } else if s.eq_ignore_ascii_case("tls") {
-            Some(Transport::Tls)
-        } else {
-            None
-        }
-    }
-}
+pub use hedgewitch_core::{InboundPolicy, Transport};
 
 /// One `listen` entry: `"udp:127.0.0.1:5060"`, `"tcp:[::1]:5060"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,19 +137,6 @@ pub struct RegistrarConfig {
     pub nat_ping_interval: u32,
     /// Unanswered pings in a row after which such a contact is removed.
     pub nat_ping_failures: u8,
-}
-
-/// Who may reach local users from other domains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InboundPolicy {
-    /// Any server may reach users who accept external calls.
-    #[default]
-    Open,
-    /// Only over TLS (the sending server's certificate verified).
-    TlsOnly,
-    /// No calls or messages from other domains.
-    Closed,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -503,6 +452,39 @@ impl Config {
 
     pub fn control_path(&self) -> PathBuf {
         self.data_dir.join("control.sock")
+    }
+}
+
+impl Config {
+    /// The core's settings from this configuration, for these listeners.
+    pub fn core_config(&self, listeners: Vec<Listener>) -> CoreConfig {
+        let cfg = self;
+        CoreConfig {
+            domain: cfg.domain.clone(),
+            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            listeners,
+            default_expires: cfg.registrar.default_expires,
+            min_expires: cfg.registrar.min_expires,
+            max_expires: cfg.registrar.max_expires,
+            max_contacts: cfg.registrar.max_contacts,
+            algorithms: cfg
+                .auth
+                .algorithms
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            nonce_lifetime: cfg.auth.nonce_lifetime,
+            timers: sip::transaction::Timers::default(),
+            max_transactions: 1_000_000,
+            nat_ping_interval: (cfg.registrar.nat_ping_interval > 0)
+                .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
+            nat_ping_failures: cfg.registrar.nat_ping_failures.max(1),
+            relay_mode: cfg.relay.mode,
+            relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
+            relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
+            inbound: cfg.federation.inbound,
+            route_key: [0; 32],
+        }
     }
 }
 

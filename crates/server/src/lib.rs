@@ -3,10 +3,8 @@
 
 pub mod config;
 pub mod control;
-pub mod core;
 pub mod dns;
 pub mod doctor;
-pub mod plan;
 pub mod relay;
 pub mod runtime;
 pub mod setup;
@@ -14,6 +12,9 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 
+/// The protocol core (registrar, proxy, calls, dial plan), without I/O.
+pub use hedgewitch_core as core;
+pub use hedgewitch_core::plan;
 /// The protocol crate, for tools and tests built on the server.
 pub use sip;
 pub mod mmsg;

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, Transport};
 use crate::control;
-use crate::core::{Action, ConnId, Core, CoreConfig, Flow, Listener};
+use crate::core::{Action, ConnId, Core, Flow, Listener};
 use crate::mmsg;
 use crate::plan::settings::{ForwardSpec, PlanSettings};
 use crate::plan::Directory;
@@ -380,7 +380,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .collect();
     let user_count = users.len();
     let now = Instant::now();
-    let mut core_cfg = CoreConfig::from_config(&cfg, listeners);
+    let mut core_cfg = cfg.core_config(listeners);
     core_cfg.route_key = route_key(&cfg.data_dir)?;
     let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
     if cfg.relay.mode != crate::core::RelayMode::Never {
@@ -673,7 +673,7 @@ impl Reloader {
         if new.relay.mode != crate::core::RelayMode::Never && !core.has_relay() {
             start_relay(core, &new);
         }
-        core.reconfigure(&CoreConfig::from_config(&live, vec![]));
+        core.reconfigure(&live.core_config(vec![]));
         let done = Reloaded {
             users: users.len(),
             groups: stored.groups.len() + new.group.len(),

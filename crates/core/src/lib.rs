@@ -5,21 +5,24 @@
 
 mod auth;
 mod calls;
+mod flow;
 mod hunt;
 mod keepalive;
 mod location;
+pub mod plan;
 mod proxy;
+pub mod records;
 mod registrar;
 mod route;
 mod timers;
 
 pub use calls::{CallView, MediaRelay, RelayMode, RelayStream, Side, StreamCounters, StreamView};
+pub use flow::{ConnId, Flow, Transport};
 pub use location::{Binding, Location};
+pub use records::{StoredBinding, User};
 
-use crate::config::{Config, Transport};
 use crate::plan::settings::{CallSettings, FeatureCodes, ForwardSpec, Numbering, PlanSettings};
 use crate::plan::Directory;
-use crate::store::{StoredBinding, User};
 use sip::build::{response_to, Writer};
 use sip::digest::{Algorithm, NonceManager};
 use sip::header::HeaderName;
@@ -30,19 +33,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use timers::{TimerQueue, TimerRef};
-
-/// Identifies a stream connection at the edge.
-pub type ConnId = u64;
-
-/// A path a message travels: transport, our local address, the peer, and for streams the
-/// connection (if it is gone, the edge connects to `remote` anew).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub transport: Transport,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub conn: Option<ConnId>,
-}
 
 /// What the core asks the edge to do.
 #[derive(Debug)]
@@ -116,41 +106,23 @@ pub struct CoreConfig {
     /// The same while the call is on hold (held phones may send nothing at all).
     pub relay_hold_timeout: Duration,
     /// Who may reach local users from other domains.
-    pub inbound: crate::config::InboundPolicy,
+    pub inbound: InboundPolicy,
     /// Signs our Record-Route entries, so that only dialogs we set up use us as a route
     /// (kept in the data folder: dialogs outlive a restart).
     pub route_key: [u8; 32],
 }
 
-impl CoreConfig {
-    pub fn from_config(cfg: &Config, listeners: Vec<Listener>) -> CoreConfig {
-        CoreConfig {
-            domain: cfg.domain.clone(),
-            domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            listeners,
-            default_expires: cfg.registrar.default_expires,
-            min_expires: cfg.registrar.min_expires,
-            max_expires: cfg.registrar.max_expires,
-            max_contacts: cfg.registrar.max_contacts,
-            algorithms: cfg
-                .auth
-                .algorithms
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-            nonce_lifetime: cfg.auth.nonce_lifetime,
-            timers: Timers::default(),
-            max_transactions: 1_000_000,
-            nat_ping_interval: (cfg.registrar.nat_ping_interval > 0)
-                .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
-            nat_ping_failures: cfg.registrar.nat_ping_failures.max(1),
-            relay_mode: cfg.relay.mode,
-            relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
-            relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
-            inbound: cfg.federation.inbound,
-            route_key: [0; 32],
-        }
-    }
+/// Who may reach local users from other domains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboundPolicy {
+    /// Any server may reach users who accept external calls.
+    #[default]
+    Open,
+    /// Only over TLS (the sending server's certificate verified).
+    TlsOnly,
+    /// No calls or messages from other domains.
+    Closed,
 }
 
 /// Counters shown by `hedgewitch status`.

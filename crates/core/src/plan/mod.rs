@@ -7,7 +7,7 @@
 pub mod mask;
 pub mod settings;
 
-use crate::store::User;
+use crate::User;
 use regex_lite::Regex;
 use settings::{
     CallSettings, FeatureCodes, ForwardSpec, GroupSpec, Numbering, PlanSettings, RuleAction,

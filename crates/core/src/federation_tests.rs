@@ -2,7 +2,7 @@
 //! the inbound policy and the no-open-relay rules, in virtual time.
 
 use super::*;
-use crate::config::InboundPolicy;
+use crate::InboundPolicy;
 
 const BETA1: &str = "127.0.0.1:6001";
 const BETA2: &str = "127.0.0.1:6002";

@@ -7,7 +7,7 @@
 
 use super::timers::TimerRef;
 use super::{Action, Core};
-use crate::config::Transport;
+use crate::Transport;
 use std::net::SocketAddr;
 use std::time::Instant;
 

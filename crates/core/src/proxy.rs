@@ -10,8 +10,8 @@ use super::{
     request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow, ServerMachine, ServerTx,
     TIMER_C,
 };
-use crate::config::Transport;
 use crate::plan::{Dialed, FeatureRequest};
+use crate::Transport;
 use sip::build::{via_with_received, Writer};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
@@ -414,7 +414,7 @@ impl Core {
 
     /// The inbound policy for a request from another domain: None when it may come in.
     fn inbound_refused(&self, flow: Flow) -> Option<Decision> {
-        use crate::config::InboundPolicy;
+        use crate::InboundPolicy;
         match self.cfg.inbound {
             InboundPolicy::Open => None,
             InboundPolicy::Closed => Some(Decision::Reply(403, "Calls From Other Domains Refused")),

@@ -3,7 +3,7 @@
 //! is, and the loop-detection hash that goes into our branches (§16.6 step 8, §16.3 step 4).
 
 use super::{Core, Flow};
-use crate::config::Transport;
+use crate::Transport;
 use sip::grammar::{name_addr_list, token_list};
 use sip::header::HeaderName;
 use sip::message::Message;

@@ -67,7 +67,7 @@ fn config() -> CoreConfig {
         relay_mode: super::RelayMode::Auto,
         relay_timeout: Duration::from_secs(60),
         relay_hold_timeout: Duration::from_secs(3600),
-        inbound: crate::config::InboundPolicy::Open,
+        inbound: crate::InboundPolicy::Open,
         route_key: [7; 32],
     }
 }

@@ -1,0 +1,54 @@
+//! What the store keeps and the core works from: user accounts (passwords only as digest HA1
+//! hashes over their realm) and registrations as stored (expiry as Unix seconds, so they
+//! survive a restart). Plain data: the store and the core agree on it, neither owns the other.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub extension: Option<String>,
+    /// The realm the hashes were made for; a domain change needs new passwords.
+    pub realm: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    /// May call outside the domain (numbers and other domains' URIs).
+    pub outside: bool,
+    /// Accepts calls and messages from other domains (by name).
+    pub external: bool,
+}
+
+impl User {
+    pub fn new(name: &str, extension: Option<&str>, realm: &str, password: &str) -> User {
+        use sip::digest::{ha1, Algorithm};
+        User {
+            name: name.into(),
+            extension: extension.map(Into::into),
+            realm: realm.into(),
+            ha1_md5: ha1(Algorithm::Md5, name, realm, password),
+            ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
+            outside: true,
+            external: true,
+        }
+    }
+}
+
+/// One registered contact as stored: expiry as Unix seconds so it survives a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBinding {
+    pub aor: String,
+    pub contact: String,
+    pub expires_at: u64,
+    pub q: f32,
+    pub call_id: String,
+    pub cseq: u32,
+    /// `udp`, `tcp`...
+    pub transport: String,
+    /// Where the REGISTER came from (`ip:port`), for routing back to it.
+    pub source: String,
+    pub local: String,
+    pub user_agent: String,
+    /// RFC 3327 Path URIs, first the one nearest us, one per line ('' for none).
+    pub path: String,
+    /// RFC 5626 outbound: the phone's `+sip.instance` and `reg-id` ('' and 0 for none).
+    pub instance: String,
+    pub reg_id: u32,
+}
