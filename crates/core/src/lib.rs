@@ -6,7 +6,7 @@
 mod auth;
 mod calls;
 mod flow;
-mod hunt;
+mod forking;
 mod keepalive;
 mod location;
 pub mod plan;
@@ -325,7 +325,7 @@ pub struct Core {
     /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
     pub(crate) dns_cache: HashMap<DnsQuery, (Vec<(Transport, SocketAddr)>, Instant)>,
     /// Lookups in flight: id -> the hunt waiting for them.
-    pub(crate) resolving: HashMap<u64, hunt::Resolving>,
+    pub(crate) resolving: HashMap<u64, forking::Resolving>,
     pub(crate) relay: Option<Box<dyn MediaRelay>>,
 }
 

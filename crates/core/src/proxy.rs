@@ -3,7 +3,7 @@
 //! response context per request, best-response selection, CANCEL fan-out and Timer C.
 
 use super::auth::AuthOutcome;
-use super::hunt::Hunt;
+use super::forking::Hunt;
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
 use super::{

@@ -1572,8 +1572,8 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
 mod calls_tests;
 #[path = "federation_tests.rs"]
 mod federation_tests;
-#[path = "hunt_tests.rs"]
-mod hunt_tests;
+#[path = "forking_tests.rs"]
+mod forking_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
 

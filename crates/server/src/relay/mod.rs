@@ -2,11 +2,11 @@
 //! their packets. The core decides what is relayed (see `core::calls`); this is the edge that
 //! owns the sockets.
 
-mod engine;
+mod forwarder;
 mod ports;
 
 use crate::core::{MediaRelay, RelayStream, Side, StreamCounters};
-use engine::{Command, Engine, Shared};
+use forwarder::{Command, Engine, Shared};
 use ports::PortPool;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ fn bind(family: IpAddr, port: u16) -> io::Result<UdpSocket> {
 impl Relay {
     /// Starts the forwarding thread over ports `lo..=hi`.
     pub fn start(lo: u16, hi: u16) -> io::Result<Relay> {
-        let (epoll, wake) = engine::handles()?;
+        let (epoll, wake) = forwarder::handles()?;
         let (tx, rx) = mpsc::channel();
         let engine = Engine::new(epoll, wake.clone(), rx);
         std::thread::Builder::new()
@@ -70,7 +70,7 @@ impl Relay {
 
     fn send(&self, c: Command) {
         if self.commands.send(c).is_ok() {
-            engine::wake(&self.wake);
+            forwarder::wake(&self.wake);
         }
     }
 
