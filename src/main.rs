@@ -199,7 +199,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reload => {
-            let v = control::request(&cfg.control_path(), "reload")?;
+            let v = control::request(&cfg.control_path(), control::Command::Reload)?;
             if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
                 return Err(format!("reload refused, the previous settings stay: {e}"));
             }
@@ -218,7 +218,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Status { json } => {
-            let v = control::request(&cfg.control_path(), "status")?;
+            let v = control::request(&cfg.control_path(), control::Command::Status)?;
             if json {
                 println!("{v}");
             } else {
@@ -227,7 +227,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Registrations { json } => {
-            let v = control::request(&cfg.control_path(), "registrations")?;
+            let v = control::request(&cfg.control_path(), control::Command::Registrations)?;
             if json {
                 println!("{v}");
             } else {
@@ -236,7 +236,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Calls { json } => {
-            let v = control::request(&cfg.control_path(), "calls")?;
+            let v = control::request(&cfg.control_path(), control::Command::Calls)?;
             if json {
                 println!("{v}");
             } else {
@@ -324,7 +324,7 @@ fn read_password(from_stdin: bool, who: &str) -> Result<String, String> {
 /// Asks a running daemon to re-read the users and the dial plan; fine if none runs.
 pub(crate) fn notify_daemon(cfg: &Config) {
     if cfg.control_path().exists() {
-        match control::request(&cfg.control_path(), "reload-users") {
+        match control::request(&cfg.control_path(), control::Command::ReloadUsers) {
             Ok(v) => {
                 if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
                     eprintln!("note: the running server did not reload: {e}");
@@ -358,7 +358,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 // Names and extensions share a namespace with groups and speed dials.
                 let mut users = store.users()?;
                 users.push(new.clone());
-                hedgewitch_server::runtime::build_plan(cfg, &users, &store.plan()?)
+                cfg.build_plan(&users, &store.plan()?)
                     .map_err(|e| format!("refused: {e}"))?;
             }
             store.add_user(&new)?;
@@ -483,7 +483,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             let mut users = store.users()?;
             users.retain(|x| x.name != name);
             users.push(u.clone());
-            hedgewitch_server::runtime::build_plan(cfg, &users, &store.plan()?)
+            cfg.build_plan(&users, &store.plan()?)
                 .map_err(|e| format!("refused: {e}"))?;
             store.update_user(&u).map_err(|e| {
                 if e.contains("UNIQUE") {

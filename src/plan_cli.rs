@@ -8,7 +8,6 @@ use hedgewitch_server::config::Config;
 use hedgewitch_server::plan::settings::{
     ForwardSpec, GroupSpec, MemberSpec, PlanSettings, RuleAction, RuleSpec, SpeedDialSpec, Strategy,
 };
-use hedgewitch_server::runtime::build_plan;
 use hedgewitch_server::store::{SqliteStore, Store};
 
 #[derive(Subcommand)]
@@ -163,7 +162,8 @@ fn commit(
     write: impl FnOnce(&mut SqliteStore) -> Result<(), String>,
 ) -> Result<(), String> {
     let users = store.users()?;
-    build_plan(cfg, &users, changed).map_err(|e| format!("refused: {e}"))?;
+    cfg.build_plan(&users, changed)
+        .map_err(|e| format!("refused: {e}"))?;
     write(store)?;
     crate::notify_daemon(cfg);
     Ok(())

@@ -384,6 +384,28 @@ impl Config {
         Ok(new)
     }
 
+    /// Builds the dial plan from the file's settings, the users and the stored settings.
+    pub fn build_plan(
+        &self,
+        users: &[crate::core::User],
+        stored: &PlanSettings,
+    ) -> Result<crate::plan::Directory, String> {
+        let cfg = self;
+        let settings = PlanSettings::merged(&cfg.plan(), stored);
+        let (plan, warnings) = crate::plan::Directory::build(
+            &cfg.domain,
+            users,
+            &cfg.numbering,
+            &cfg.features,
+            &cfg.calls,
+            &settings,
+        )?;
+        for w in warnings {
+            tracing::warn!("dial plan: {w}");
+        }
+        Ok(plan)
+    }
+
     /// Makes the CLI and the daemon agree on the main domain, whose name is the digest realm
     /// every password is hashed for. `--domain` beats the file, which beats the host name;
     /// but a data folder that recorded a domain keeps it: it fills in when nothing was said,

@@ -3,7 +3,7 @@
 //! the client writes a command line (`status`, `registrations`, `reload-users`) and reads one
 //! line of JSON back.
 
-use crate::runtime::Event;
+use crate::event::Event;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,6 +11,47 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
+
+/// What the CLI may ask the running daemon: one line on the socket, the same enum on both
+/// sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Uptime, users, registrations, transactions and counters.
+    Status,
+    /// Every registered contact.
+    Registrations,
+    /// Calls in progress and their media.
+    Calls,
+    /// Read the config file and the store again (`hedgewitch reload`, like SIGHUP).
+    Reload,
+    /// The same, after a management command changed the store (`user add`...).
+    ReloadUsers,
+}
+
+impl Command {
+    const ALL: [Command; 5] = [
+        Command::Status,
+        Command::Registrations,
+        Command::Calls,
+        Command::Reload,
+        Command::ReloadUsers,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Registrations => "registrations",
+            Command::Calls => "calls",
+            Command::Reload => "reload",
+            Command::ReloadUsers => "reload-users",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.as_str() == word)
+    }
+}
 
 pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), String> {
     if let Some(dir) = path.parent() {
@@ -40,8 +81,14 @@ pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), Stri
                 if rd.read_line(&mut line).await.is_err() {
                     return;
                 }
+                let Some(command) = Command::parse(line.trim()) else {
+                    // Unknown words are answered here: the event loop never sees them.
+                    let answer =
+                        serde_json::json!({"error": format!("unknown command `{}`", line.trim())});
+                    let _ = wr.write_all(format!("{answer}\n").as_bytes()).await;
+                    return;
+                };
                 let (tx, rx) = oneshot::channel();
-                let command = line.trim().to_string();
                 if events
                     .send(Event::Control { command, reply: tx })
                     .await
@@ -61,7 +108,7 @@ pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), Stri
 }
 
 /// Client side, used by the CLI: sends one command and returns the daemon's JSON answer.
-pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, String> {
+pub fn request(path: &Path, command: Command) -> Result<serde_json::Value, String> {
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         format!(
             "the server is not running (cannot reach {}: {e}); start it with `hedgewitch serve`",
@@ -69,7 +116,7 @@ pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, String> 
         )
     })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    s.write_all(format!("{command}\n").as_bytes())
+    s.write_all(format!("{}\n", command.as_str()).as_bytes())
         .map_err(|e| format!("control socket: {e}"))?;
     let mut line = String::new();
     BufReader::new(s)

@@ -78,7 +78,7 @@ pub fn examine(cfg: &Config) -> Vec<Finding> {
 
 /// The running daemon's pid, when its control socket answers.
 fn running_daemon(cfg: &Config) -> Option<u32> {
-    let v = crate::control::request(&cfg.control_path(), "status").ok()?;
+    let v = crate::control::request(&cfg.control_path(), crate::control::Command::Status).ok()?;
     v.get("pid").and_then(|p| p.as_u64()).map(|p| p as u32)
 }
 
@@ -333,7 +333,7 @@ fn served(cfg: &Config) -> Vec<setup::Served> {
             transport: l.transport,
             port: l.addr.port(),
             bound: l.addr,
-            advertised: crate::runtime::guess_host(l.addr, cfg.advertise),
+            advertised: crate::transport::guess_host(l.addr, cfg.advertise),
         })
         .collect()
 }

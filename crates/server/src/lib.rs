@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod doctor;
+pub mod event;
 pub mod relay;
 pub mod runtime;
 pub mod setup;

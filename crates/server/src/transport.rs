@@ -4,10 +4,11 @@
 
 use crate::config::Transport;
 use crate::core::{ConnId, Flow};
+use crate::event::Event;
 use crate::mmsg::RecvBatch;
-use crate::runtime::Event;
 use bytes::{Bytes, BytesMut};
 use sip::message::{frame, Framing, MAX_MESSAGE};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -428,4 +429,33 @@ async fn run_connection<S>(
     OPEN.fetch_sub(1, Ordering::Relaxed);
     // Let queued responses (e.g. the 400 for a broken stream) go out before closing.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+/// The address to write in headers for a wildcard listener: the configured one, else the
+/// source address the kernel would use for an outside destination (no packet is sent).
+pub fn guess_host(bind: SocketAddr, advertise: Option<IpAddr>) -> IpAddr {
+    if !bind.ip().is_unspecified() {
+        return bind.ip();
+    }
+    if let Some(a) = advertise.filter(|a| a.is_ipv4() == bind.is_ipv4()) {
+        return a;
+    }
+    let (probe, any): (SocketAddr, SocketAddr) = if bind.is_ipv4() {
+        (
+            "198.18.0.1:9".parse().unwrap_or(bind),
+            "0.0.0.0:0".parse().unwrap_or(bind),
+        )
+    } else {
+        (
+            "[2001:db8::1]:9".parse().unwrap_or(bind),
+            "[::]:0".parse().unwrap_or(bind),
+        )
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(probe).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(if bind.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        })
 }

@@ -6,6 +6,8 @@ use crate::plan::settings::{ForwardSpec, GroupSpec, PlanSettings, RuleSpec, Spee
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
+pub mod writer;
+
 pub use hedgewitch_core::records::{StoredBinding, User};
 
 pub type StoreResult<T> = Result<T, String>;

@@ -1,0 +1,226 @@
+//! The edge: the sockets and queues the core's actions go out through (UDP in batches, stream
+//! connections, new connections for TLS with the name to verify), DNS lookups, and store
+//! writes handed to the store's thread.
+
+use crate::core::{Action, ConnId, Core, Flow, Transport};
+use crate::event::Event;
+use crate::mmsg;
+use crate::store::writer::StoreOp;
+use crate::transport;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// The sockets and queues the core's actions go out through.
+pub(super) struct Edge {
+    pub(super) udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
+    /// UDP sends of the current batch of actions: (socket index, destination, data).
+    pub(super) udp_out: Vec<(usize, SocketAddr, Bytes)>,
+    pub(super) conns: HashMap<ConnId, mpsc::Sender<Bytes>>,
+    pub(super) conn_by_remote: HashMap<SocketAddr, ConnId>,
+    pub(super) store: std::sync::mpsc::Sender<StoreOp>,
+    pub(super) events: mpsc::Sender<Event>,
+    /// RFC 3263 lookups; None when no resolver could be made (other domains unreachable).
+    pub(super) dns: Option<crate::dns::Dns>,
+    pub(super) tls: crate::tls::Tls,
+    /// The domain each TLS target of a lookup serves: its certificate must name it.
+    pub(super) tls_names: HashMap<SocketAddr, String>,
+    /// Destinations that answered with ICMP errors, for the core.
+    pub(super) unreachable: Vec<SocketAddr>,
+}
+
+impl Edge {
+    /// Remembers the domain each TLS target of a lookup serves: its certificate must name it
+    /// (RFC 5922). Bounded; a lookup that comes again fills it anew.
+    pub(super) fn remember_tls_names(&mut self, host: &str, targets: &[(Transport, SocketAddr)]) {
+        if self.tls_names.len() > 10_000 {
+            self.tls_names.clear();
+        }
+        for (t, addr) in targets {
+            if *t == Transport::Tls {
+                self.tls_names.insert(*addr, host.to_string());
+            }
+        }
+    }
+
+    /// Datagrams the kernel dropped on our UDP sockets since start.
+    pub(super) fn udp_drops(&self) -> u64 {
+        let sockets: Vec<_> = self.udp.iter().map(|(_, s)| s.clone()).collect();
+        transport::udp_drops(&sockets)
+    }
+
+    pub(super) fn execute(&mut self, core: &mut Core) {
+        for action in core.take_actions() {
+            match action {
+                Action::Send { flow, data, key } => {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let line = data.split(|&c| c == b'\r').next().unwrap_or_default();
+                        tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(),
+                            "send {}", String::from_utf8_lossy(line));
+                    }
+                    self.send(flow, data, key);
+                }
+                Action::PutBinding(b) => {
+                    if self.store.send(StoreOp::Put(b)).is_err() {
+                        tracing::error!("store thread is gone; registrations are not persisted");
+                    }
+                }
+                Action::DeleteBinding { aor, contact } => {
+                    let _ = self.store.send(StoreOp::Delete { aor, contact });
+                }
+                Action::Resolve { id, query } => {
+                    let events = self.events.clone();
+                    match self.dns.clone() {
+                        Some(dns) => {
+                            tokio::spawn(async move {
+                                let r = dns.resolve(&query).await;
+                                tracing::debug!(host = %query.host, targets = ?r.targets, "DNS");
+                                let _ = events
+                                    .send(Event::Resolved {
+                                        id,
+                                        host: query.host,
+                                        targets: r.targets,
+                                        ttl: r.ttl,
+                                    })
+                                    .await;
+                            });
+                        }
+                        None => {
+                            tokio::spawn(async move {
+                                let _ = events
+                                    .send(Event::Resolved {
+                                        id,
+                                        host: query.host,
+                                        targets: vec![],
+                                        ttl: Duration::ZERO,
+                                    })
+                                    .await;
+                            });
+                        }
+                    }
+                }
+                Action::SaveForward(f) => {
+                    if self.store.send(StoreOp::Forward(f)).is_err() {
+                        tracing::error!(
+                            "store thread is gone; forwarding changes are not persisted"
+                        );
+                    }
+                }
+            }
+        }
+        self.flush_udp();
+    }
+
+    /// Sends the queued datagrams, one sendmmsg per socket; what would block goes out
+    /// asynchronously.
+    fn flush_udp(&mut self) {
+        if self.udp_out.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.udp_out);
+        out.sort_by_key(|(i, _, _)| *i);
+        for (idx, sock) in self.udp.iter().enumerate().map(|(i, (_, s))| (i, s)) {
+            let mine: Vec<(SocketAddr, &[u8])> = out
+                .iter()
+                .filter(|(i, _, _)| *i == idx)
+                .map(|(_, a, d)| (*a, d.as_ref()))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let sent = match mmsg::send_batch(sock.as_raw_fd(), &mine, &mut self.unreachable) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    tracing::debug!("udp send failed: {e}");
+                    mine.len()
+                }
+            };
+            if sent < mine.len() {
+                let rest = mine[sent..]
+                    .iter()
+                    .map(|(to, d)| (*to, Bytes::copy_from_slice(d)))
+                    .collect();
+                transport::send_later(sock.get_ref(), rest);
+            }
+        }
+        out.clear();
+        self.udp_out = out;
+    }
+
+    /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
+    /// connection while it is open, else on a new one.
+    fn send(&mut self, flow: Flow, data: Bytes, key: Option<String>) {
+        if data.is_empty() {
+            return;
+        }
+        match flow.transport {
+            Transport::Udp => {
+                let idx = self
+                    .udp
+                    .iter()
+                    .position(|(a, _)| *a == flow.local)
+                    .or_else(|| {
+                        self.udp
+                            .iter()
+                            .position(|(a, _)| a.is_ipv4() == flow.remote.is_ipv4())
+                    });
+                match idx {
+                    Some(i) => self.udp_out.push((i, flow.remote, data)),
+                    None => {
+                        tracing::warn!(remote = %flow.remote, "no UDP socket for this address family")
+                    }
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                let conn = flow
+                    .conn
+                    .filter(|c| self.conns.contains_key(c))
+                    .or_else(|| self.conn_by_remote.get(&flow.remote).copied());
+                if let Some((c, s)) = conn.and_then(|c| self.conns.get(&c).map(|s| (c, s))) {
+                    match s.try_send(data.clone()) {
+                        Ok(()) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The peer reads nothing: cut it off rather than queue forever.
+                            tracing::warn!(remote = %flow.remote, "connection not reading; closed");
+                            self.conns.remove(&c);
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                let tls = match flow.transport {
+                    Transport::Tls => {
+                        // RFC 5922: the domain DNS was asked for, else the address itself.
+                        let name = self
+                            .tls_names
+                            .get(&flow.remote)
+                            .cloned()
+                            .unwrap_or_else(|| flow.remote.ip().to_string());
+                        match crate::tls::server_name(&name) {
+                            Some(n) => Some((self.tls.connector.clone(), n)),
+                            None => {
+                                tracing::warn!(%name, "not a name a certificate can carry");
+                                return;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                tokio::spawn(transport::connect_and_send(
+                    flow.local,
+                    flow.remote,
+                    data,
+                    key,
+                    self.events.clone(),
+                    tls,
+                ));
+            }
+        }
+    }
+}
