@@ -13,9 +13,14 @@ pub const SYSTEM_CONFIG: &str = "/etc/hedgewitch/hedgewitch.toml";
 /// system-wide file when it exists. On a server installed from the package this makes the CLI
 /// find the daemon's data folder and control socket without options; elsewhere (a developer's
 /// machine, the tests) nothing changes and the built-in defaults apply.
+/// Only root and the service's own user fall back to it: anyone else trying the server from a
+/// checkout keeps the built-in defaults (their own data folder) even where it is installed.
 pub fn default_config() -> Option<PathBuf> {
     let p = Path::new(SYSTEM_CONFIG);
-    p.is_file().then(|| p.to_path_buf())
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let service = std::fs::metadata("/var/lib/hedgewitch").is_ok_and(|m| m.uid() == uid);
+    (p.is_file() && (uid == 0 || service)).then(|| p.to_path_buf())
 }
 
 /// When running as root and `data_dir` exists and belongs to another user, becomes that user

@@ -158,22 +158,14 @@ fn run(cli: Cli) -> Result<(), String> {
         cfg.data_dir = d;
         cfg.data_dir_from_option = true;
     }
-    // Before anything touches the store: root works as the data folder's owner.
-    if !matches!(cli.command, Command::Serve) {
-        install::become_data_owner(&cfg.data_dir)?;
-    }
-    // Commands that hash a password pin the data folder to the domain they hash for.
-    let hashes = matches!(
-        cli.command,
-        Command::User(
-            UserCommand::Add { .. } | UserCommand::Import { .. } | UserCommand::Passwd { .. }
-        )
-    );
-    cfg.settle_domain(cli.domain, hashes)?;
+    // Before anything touches the store: root works as the data folder's owner (the daemon
+    // too, so that it never leaves files there that the service user could not write).
+    install::become_data_owner(&cfg.data_dir)?;
+    cfg.settle_domain(cli.domain)?;
     match cli.command {
         Command::Serve => {
             if cfg.domain_origin != DomainOrigin::HostName {
-                cfg.settle_domain(None, true)?;
+                cfg.record_domain()?;
             }
             init_logging(&cfg.log, cli.log_format);
             hedgewitch_server::runtime::serve(cfg)
@@ -335,7 +327,30 @@ pub(crate) fn notify_daemon(cfg: &Config) {
     }
 }
 
+/// Passwords are hashed for the domain's realm: a running server that serves another domain
+/// (started on a host name, or before the folder recorded one) could never check them.
+fn same_domain_as_the_server(cfg: &Config) -> Result<(), String> {
+    let Ok(status) = control::request(&cfg.control_path(), control::Command::Status) else {
+        return Ok(());
+    };
+    match status.get("domain").and_then(|d| d.as_str()) {
+        Some(running) if running != cfg.domain => Err(format!(
+            "the running server serves `{running}`, but this command would hash the password \
+             for `{}`: the phone could never log in. Restart the server with --domain {}, or \
+             run this command with --domain {running}",
+            cfg.domain, cfg.domain
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
+    if matches!(
+        cmd,
+        UserCommand::Add { .. } | UserCommand::Import { .. } | UserCommand::Passwd { .. }
+    ) {
+        same_domain_as_the_server(cfg)?;
+    }
     let store = SqliteStore::open(&cfg.db_path())?;
     match cmd {
         UserCommand::Add {
@@ -362,6 +377,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                     .map_err(|e| format!("refused: {e}"))?;
             }
             store.add_user(&new)?;
+            cfg.record_domain()?;
             notify_daemon(cfg);
             println!(
                 "added sip:{}{}",
@@ -414,6 +430,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             }
             let mut store = store;
             store.import_users(&users)?;
+            cfg.record_domain()?;
             notify_daemon(cfg);
             println!("imported {} users", users.len());
         }
@@ -453,6 +470,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 external: old.external,
                 ..new_user(cfg, &name, old.extension.as_deref(), &pw)
             })?;
+            cfg.record_domain()?;
             notify_daemon(cfg);
             println!("password of {name} changed");
         }
@@ -659,7 +677,11 @@ fn print_registrations(v: &serde_json::Value) {
             s("source"),
             match s("user_agent") {
                 ua if ua.is_empty() => "-".to_string(),
-                ua => ua,
+                // A phone chooses this text: no escape sequences reach the terminal.
+                ua => ua
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect(),
             },
             s("contact")
         );

@@ -7,6 +7,7 @@
 mod common;
 
 use common::dnsmasq::Dnsmasq;
+use common::natlab::{NatLab, SERVER_IP};
 use common::*;
 use std::process::Command;
 use std::time::Duration;
@@ -256,38 +257,60 @@ fn json_logs_carry_the_same_fields() {
         .is_some_and(|s| s.starts_with("127.0.0.1:")));
 }
 
-fn doctor(srv: &Server) -> Ran {
-    srv.cli(&["doctor"])
+/// `hedgewitch doctor` run where the server runs (its namespace: DNS and addresses as it sees
+/// them).
+fn doctor(srv: &Server, ns: &str) -> Ran {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_hedgewitch"))
+        .arg("-c")
+        .arg(&srv.config)
+        .arg("doctor");
+    run_bounded(
+        &mut c,
+        None,
+        &srv.dir.join("doctor"),
+        Duration::from_secs(40),
+    )
 }
 
+/// The server on 198.18.0.1 in a namespace, with a DNS server there that publishes its
+/// records (one SRV naming a port nobody serves), and first no users.
 #[test]
 fn doctor_finds_missing_users_and_checks_the_published_records() {
-    if !peers_available(&["dnsmasq"]) {
+    if !peers_available(&["dnsmasq", "ip"]) {
         return;
     }
+    let lab = NatLab::new(0)
+        .unwrap_or_else(|e| panic!("cannot make a network namespace (root is needed): {e}"));
+    let ns = lab.public_ns();
     let dir = test_dir();
-    let port = free_port();
-    let dns = Dnsmasq::start(
+    let port = 5060;
+    let dns = Dnsmasq::start_in(
+        Some(&ns),
         &dir,
         &[
-            "--host-record=sip.example.test,127.0.0.1".to_string(),
+            format!("--host-record=sip.example.test,{SERVER_IP}"),
             "--naptr-record=example.test,10,10,S,SIP+D2U,,_sip._udp.example.test".to_string(),
             "--naptr-record=example.test,10,20,S,SIP+D2T,,_sip._tcp.example.test".to_string(),
             format!("--srv-host=_sip._udp.example.test,sip.example.test,{port},10,0"),
-            // A record for a port nobody serves.
             format!(
                 "--srv-host=_sip._tcp.example.test,sip.example.test,{},10,0",
                 port + 1
             ),
+            // Another domain whose records point at loopback.
+            "--host-record=sip.loop.test,127.0.0.1".to_string(),
+            format!("--srv-host=_sip._udp.loop.test,sip.loop.test,{port},10,0"),
         ],
     );
     let srv = Server::start(ServerOpts {
         users: vec![],
+        netns: Some((ns.clone(), SERVER_IP.into())),
         port: Some(port),
         extra_config: format!("[dns]\nservers = [\"127.0.0.1:{}\"]\n", dns.port),
         ..ServerOpts::default()
     });
-    let r = doctor(&srv);
+    let r = doctor(&srv, &ns);
     assert!(!r.success(), "no users is a problem:\n{}", r.stdout);
     for want in [
         "ok       domain example.test (from the config file)",
@@ -295,8 +318,8 @@ fn doctor_finds_missing_users_and_checks_the_published_records() {
         "PROBLEM  the domain example.test has no users",
         "fix: hedgewitch user add alice --extension 101",
         "ok       every configured address is served",
-        &format!("ok       DNS: example.test is served at udp:127.0.0.1:{port}"),
-        &format!("warning  DNS also names tcp:127.0.0.1:{}", port + 1),
+        &format!("ok       DNS: example.test is served at udp:{SERVER_IP}:{port}"),
+        &format!("warning  DNS also names tcp:{SERVER_IP}:{}", port + 1),
         "warning  no TLS certificate",
     ] {
         assert!(r.stdout.contains(want), "`{want}` missing:\n{}", r.stdout);
@@ -306,10 +329,42 @@ fn doctor_finds_missing_users_and_checks_the_published_records() {
         "alice-Secret-1\n",
     );
     assert!(add.success());
-    let r = doctor(&srv);
+    let r = doctor(&srv, &ns);
     assert!(r.success(), "{}", r.stdout);
     assert!(
         r.stdout.contains("ok       1 user in example.test"),
+        "{}",
+        r.stdout
+    );
+
+    // A domain whose records name a loopback address: found, and said to be unreachable.
+    let text = std::fs::read_to_string(&srv.config).expect("config");
+    let other = srv.dir.join("loop.toml");
+    std::fs::write(
+        &other,
+        text.replace("domain = \"example.test\"", "domain = \"loop.test\"")
+            .replace(
+                &format!("data_dir = \"{}\"", srv.dir.join("data").display()),
+                &format!("data_dir = \"{}\"", srv.dir.join("loop-data").display()),
+            ),
+    )
+    .expect("config");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns])
+        .arg(env!("CARGO_BIN_EXE_hedgewitch"))
+        .arg("-c")
+        .arg(&other)
+        .arg("doctor");
+    let r = run_bounded(
+        &mut c,
+        None,
+        &srv.dir.join("doctor"),
+        Duration::from_secs(40),
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "PROBLEM  DNS sends requests for loop.test to udp:127.0.0.1:{port}: a loopback"
+        )),
         "{}",
         r.stdout
     );
@@ -360,4 +415,43 @@ fn doctor_names_the_program_holding_a_port_and_a_certificate_for_another_name() 
     }
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The CLI never hashes a password for another realm than the running server's: with no user
+/// yet the data folder alone would let a new domain be named, but the server says otherwise.
+#[test]
+fn a_password_for_another_domain_than_the_running_servers_is_refused() {
+    let srv = Server::start(ServerOpts {
+        users: vec![],
+        ..ServerOpts::default()
+    });
+    let r = srv.cli_stdin(
+        &[
+            "--domain",
+            "other.test",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+        ],
+        "alice-Secret-1\n",
+    );
+    assert!(!r.success(), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("the running server serves `example.test`, but this command would hash")
+            && r.stderr.contains("other.test"),
+        "{}",
+        r.stderr
+    );
+    // Nothing was written: the folder still serves example.test, and alice can be added there.
+    let r = srv.cli_stdin(
+        &["user", "add", "alice", "--password-stdin"],
+        "alice-Secret-1\n",
+    );
+    assert!(
+        r.stdout.contains("added sip:alice@example.test"),
+        "{}",
+        r.stderr
+    );
 }

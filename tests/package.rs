@@ -332,15 +332,7 @@ fn the_debian_package_installs_serves_and_purges() {
             "--reuid=hedgewitch",
             "--regid=hedgewitch",
         ])
-        .args([
-            "--clear-groups",
-            BIN,
-            "--config",
-            CONFIG,
-            "serve",
-            "--domain",
-            "example.test",
-        ])
+        .args(["--clear-groups", BIN, "--config", CONFIG, "serve"])
         .env_remove("HEDGEWITCH_CONFIG")
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")

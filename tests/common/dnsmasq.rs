@@ -12,8 +12,21 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Serves `records` (dnsmasq options such as `--srv-host=...`), logging into `dir`.
     pub fn start(dir: &Path, records: &[String]) -> Dnsmasq {
+        Dnsmasq::start_in(None, dir, records)
+    }
+
+    /// The same inside a network namespace (on its own loopback).
+    pub fn start_in(netns: Option<&str>, dir: &Path, records: &[String]) -> Dnsmasq {
         let port = free_port();
-        let child = Command::new("dnsmasq")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "dnsmasq"]);
+                c
+            }
+            None => Command::new("dnsmasq"),
+        };
+        let child = cmd
             .args([
                 "--keep-in-foreground",
                 "--no-resolv",
@@ -33,8 +46,10 @@ impl Dnsmasq {
             .stderr(File::create(dir.join("dnsmasq.err")).expect("dnsmasq log"))
             .spawn()
             .expect("dnsmasq starts");
+        // `ip netns exec` becomes dnsmasq: its pid's socket table is the namespace's.
+        let pid = child.id();
         assert!(
-            poll_until(Duration::from_secs(10), || udp_port_bound(port)),
+            poll_until(Duration::from_secs(10), || udp_port_bound_in(pid, port)),
             "dnsmasq did not listen on {port}"
         );
         Dnsmasq { child, port }

@@ -35,18 +35,51 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
     }
 }
 
-/// The one log line of a failed authentication: who tried, from where, with what.
-fn auth_failed(msg: &Message, flow: Flow, user: &str, realm: &str, why: &str) {
-    let agent = msg.value(HeaderName::UserAgent).unwrap_or("-");
-    tracing::warn!(
-        user,
-        realm,
-        source = %flow.remote,
-        transport = flow.transport.as_str(),
-        user_agent = agent,
-        method = msg.method_str(),
-        "authentication failed: {why}"
-    );
+/// Failed requests seen lately, so that a retransmission (same source, Call-ID, CSeq and
+/// branch) is neither counted nor logged again. Challenges keep no transaction, so this is
+/// the only memory of them; bounded whatever senders do.
+#[derive(Default)]
+pub(crate) struct RecentFailures {
+    seen: std::collections::HashMap<String, Instant>,
+}
+
+/// How long a failed request is remembered: a UDP request is retransmitted for 32 s at most
+/// (RFC 3261 Timer F).
+const RETRANSMITTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(32);
+/// Failed requests remembered at most.
+const MAX_REMEMBERED: usize = 4096;
+
+impl RecentFailures {
+    /// True the first time this request fails (within the window).
+    fn first(&mut self, now: Instant, msg: &Message, flow: Flow) -> bool {
+        let branch = msg
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        let key = format!(
+            "{}|{}|{}|{}",
+            flow.remote,
+            msg.call_id(),
+            msg.cseq().map_or(0, |c| c.0),
+            branch
+        );
+        if self
+            .seen
+            .get(&key)
+            .is_some_and(|t| now.saturating_duration_since(*t) < RETRANSMITTED_WITHIN)
+        {
+            return false;
+        }
+        if self.seen.len() >= MAX_REMEMBERED {
+            self.seen
+                .retain(|_, t| now.saturating_duration_since(*t) < RETRANSMITTED_WITHIN);
+            if self.seen.len() >= MAX_REMEMBERED {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(key, now);
+        true
+    }
 }
 
 impl Core {
@@ -61,8 +94,8 @@ impl Core {
     }
 
     /// Checks the request's credentials. A failed attempt is one WARN line naming the user,
-    /// the realm, the source and the phone: retransmissions never get here (the transaction
-    /// answers them), so each line is one attempt.
+    /// the realm, the source and the phone, counted once: challenges keep no transaction, so
+    /// a retransmission of the same request is recognised by `RecentFailures`.
     pub(crate) fn authenticate(
         &mut self,
         now: Instant,
@@ -104,8 +137,14 @@ impl Core {
             _ => self.qualify(&creds.username, &creds.realm),
         };
         let Some(user) = self.users.by_name(&key) else {
-            self.counters.auth_failures += 1;
-            auth_failed(msg, flow, &creds.username, &creds.realm, "no such user");
+            self.auth_failed(
+                now,
+                msg,
+                flow,
+                &creds.username,
+                &creds.realm,
+                "no such user",
+            );
             return AuthOutcome::Challenge { stale: false };
         };
         let ha1 = match creds.algorithm.base() {
@@ -115,17 +154,19 @@ impl Core {
         let user_name = user.name.clone();
         // A hash made for another realm can never match: say so rather than blame the password.
         let realm_mismatch = (user.realm != creds.realm).then(|| user.realm.clone());
+        let good = verify(&creds, msg.method_str(), &ha1);
         let checked = match self.nonces.check_token(&creds.nonce, creds.nc, secs) {
-            Ok(c) => c,
-            Err(NonceCheck::Stale) => {
-                // Only a correct digest earns stale=true; a wrong one must not skip the prompt.
-                let good = verify(&creds, msg.method_str(), &ha1);
-                return AuthOutcome::Challenge { stale: good };
+            Ok(c) => Some(c),
+            // An old or unknown nonce: only a correct digest earns stale=true (a wrong one
+            // must not skip the prompt); a wrong digest is a failed attempt all the same.
+            Err(e) if good => {
+                return AuthOutcome::Challenge {
+                    stale: matches!(e, NonceCheck::Stale),
+                }
             }
-            Err(_) => return AuthOutcome::Challenge { stale: false },
+            Err(_) => None,
         };
-        if !verify(&creds, msg.method_str(), &ha1) {
-            self.counters.auth_failures += 1;
+        if !good {
             let why = match &realm_mismatch {
                 Some(stored) => format!(
                     "the password of {user_name} was set for realm `{stored}`, not `{}`: \
@@ -134,13 +175,43 @@ impl Core {
                 ),
                 None => "wrong password".to_string(),
             };
-            auth_failed(msg, flow, &creds.username, &creds.realm, &why);
+            self.auth_failed(now, msg, flow, &creds.username, &creds.realm, &why);
             return AuthOutcome::Challenge { stale: false };
         }
+        let Some(checked) = checked else {
+            return AuthOutcome::Challenge { stale: false };
+        };
         match self.nonces.commit_checked(checked, secs) {
             NonceCheck::Valid => AuthOutcome::User(user_name),
             _ => AuthOutcome::Challenge { stale: true },
         }
+    }
+
+    /// A failed attempt: counted, and one log line of who tried, from where, with what; a
+    /// retransmission of it neither.
+    fn auth_failed(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        flow: Flow,
+        user: &str,
+        realm: &str,
+        why: &str,
+    ) {
+        if !self.failures.first(now, msg, flow) {
+            return;
+        }
+        self.counters.auth_failures += 1;
+        let agent = msg.value(HeaderName::UserAgent).unwrap_or("-");
+        tracing::warn!(
+            user,
+            realm,
+            source = %flow.remote,
+            transport = flow.transport.as_str(),
+            user_agent = agent,
+            method = msg.method_str(),
+            "authentication failed: {why}"
+        );
     }
 
     /// One WWW-Authenticate (or Proxy-Authenticate) header per offered algorithm, preferred

@@ -118,7 +118,7 @@ fn a_call_to_another_domain_asks_dns_and_fails_over_to_the_next_server() {
 }
 
 #[test]
-fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_503() {
+fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_500() {
     let mut t = T::new();
     t.alice_to("MESSAGE", "sip:bob@beta.test", "fed-3");
     let (id, _) = t.lookups().remove(0);
@@ -152,7 +152,7 @@ fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_503() {
     assert!(t
         .sent()
         .iter()
-        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(503)));
+        .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(500)));
 }
 
 #[test]

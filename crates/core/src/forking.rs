@@ -417,17 +417,19 @@ impl Core {
             }
             None => {
                 tracing::info!(uri = %p.uri, "DNS found no server for the target");
+                // Not our overload, so not 503 (RFC 3261 §16.7 step 6: a proxy passes no 503
+                // upstream): the target cannot be reached.
                 if let Some(ctx) = self.contexts.get_mut(&p.ctx_id) {
                     if ctx
                         .best
                         .as_ref()
-                        .is_none_or(|b| super::proxy::rank(503) < super::proxy::rank(b.status()))
+                        .is_none_or(|b| super::proxy::rank(500) < super::proxy::rank(b.status()))
                     {
                         ctx.best =
-                            Some(super::proxy::Candidate::Local(503, "Cannot Resolve Target"));
+                            Some(super::proxy::Candidate::Local(500, "Cannot Resolve Target"));
                     }
                 }
-                self.hunt_stage_over(now, p.ctx_id, Some(503));
+                self.hunt_stage_over(now, p.ctx_id, Some(500));
             }
         }
     }
@@ -550,7 +552,7 @@ impl Core {
                         ring: None,
                         resolve: Some(uri.clone()),
                     }),
-                    None => return Expanded::Reply(503, "Cannot Resolve Target".into()),
+                    None => return Expanded::Reply(500, "Cannot Resolve Target".into()),
                 }
             }
             Dialed::Reject(code, reason) => return Expanded::Reply(*code, reason.clone()),

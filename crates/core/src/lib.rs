@@ -327,6 +327,8 @@ pub struct Core {
     /// Lookups in flight: id -> the hunt waiting for them.
     pub(crate) resolving: HashMap<u64, forking::Resolving>,
     pub(crate) relay: Option<Box<dyn MediaRelay>>,
+    /// Failed authentications lately, so retransmissions are not logged twice.
+    pub(crate) failures: auth::RecentFailures,
 }
 
 impl Core {
@@ -362,6 +364,7 @@ impl Core {
             dns_cache: HashMap::new(),
             resolving: HashMap::new(),
             relay: None,
+            failures: auth::RecentFailures::default(),
             nonces: NonceManager::new(secret, cfg.nonce_lifetime),
             cfg,
             users: Users::new(users),

@@ -1425,7 +1425,8 @@ impl Core {
     }
 }
 
-/// An in-dialog request goes to one hop with its Request-URI unchanged, or gets 503.
+/// An in-dialog request goes to one hop with its Request-URI unchanged, or gets 500 (the next
+/// hop cannot be found: no overload of ours, so no 503, RFC 3261 §16.7).
 fn along_dialog(
     msg: &Message,
     hop: Option<Flow>,
@@ -1444,7 +1445,7 @@ fn along_dialog(
             pop,
             hash: hash.to_string(),
         },
-        None => Decision::Reply(503, unresolved),
+        None => Decision::Reply(500, unresolved),
     }
 }
 

@@ -1657,3 +1657,80 @@ fn a_password_hashed_for_another_realm_is_said_to_be_one() {
     );
     assert!(line.contains(&format!("source={ALICE}")), "{line}");
 }
+
+#[test]
+fn a_retransmitted_failure_is_counted_and_logged_once_and_an_old_nonce_too() {
+    let mut t = T::new();
+    let mut r = t.req(
+        "REGISTER",
+        "sip:example.test",
+        "alice",
+        "<sip:alice@example.test>",
+        ALICE,
+        "retrans",
+    );
+    t.recv(ALICE, &r.text());
+    let nonce = nonce(&t.sent()[0].1, HeaderName::WwwAuthenticate);
+    let bad = authorization(
+        Algorithm::Md5,
+        "alice",
+        "example.test",
+        "guess",
+        "REGISTER",
+        "sip:example.test",
+        &nonce,
+        "x",
+        1,
+    );
+    r.extra = vec![format!("Authorization: {bad}")];
+    r.cseq = 2;
+    r.branch = t.branch();
+    let text = logged(|| {
+        // The same request three times over UDP (the phone retransmits): one attempt.
+        for _ in 0..3 {
+            t.recv(ALICE, &r.text());
+            assert_eq!(t.sent()[0].1.status(), Some(401));
+        }
+    });
+    assert_eq!(t.core.counters.auth_failures, 1);
+    assert_eq!(text.matches("authentication failed").count(), 1, "{text}");
+
+    // A wrong digest over a nonce the server never issued is a failed attempt too.
+    let forged = authorization(
+        Algorithm::Md5,
+        "alice",
+        "example.test",
+        "guess",
+        "REGISTER",
+        "sip:example.test",
+        "bm90LWEtbm9uY2U",
+        "x",
+        1,
+    );
+    r.extra = vec![format!("Authorization: {forged}")];
+    r.cseq = 3;
+    r.branch = t.branch();
+    t.recv(ALICE, &r.text());
+    assert_eq!(t.sent()[0].1.status(), Some(401));
+    assert_eq!(t.core.counters.auth_failures, 2);
+}
+
+#[test]
+fn reconfigured_registrar_limits_apply_at_once() {
+    let mut t = T::new();
+    let mut tighter = config();
+    tighter.min_expires = 7200;
+    t.core.reconfigure(&tighter);
+    let mut r = t.req(
+        "REGISTER",
+        "sip:example.test",
+        "alice",
+        "<sip:alice@example.test>",
+        ALICE,
+        "limits",
+    );
+    r.extra = vec!["Expires: 3600".into()];
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    assert_eq!(out[0].1.status(), Some(423));
+    assert_eq!(out[0].1.value(HeaderName::MinExpires), Some("7200"));
+}

@@ -409,23 +409,20 @@ impl Config {
     /// Makes the CLI and the daemon agree on the main domain, whose name is the digest realm
     /// every password is hashed for. `--domain` beats the file, which beats the host name;
     /// but a data folder that recorded a domain keeps it: it fills in when nothing was said,
-    /// and a different one said is an error naming both (the stored passwords would not
-    /// match). `record` writes the domain into a folder that has none yet (`serve`, and the
-    /// commands that hash passwords). A folder with no password hashed for its recorded
-    /// domain takes the new one.
-    pub fn settle_domain(&mut self, option: Option<String>, record: bool) -> Result<(), String> {
+    /// and a different one said is an error naming both while any password is hashed for the
+    /// recorded one (a folder without such users may take a new name: see `record_domain`).
+    pub fn settle_domain(&mut self, option: Option<String>) -> Result<(), String> {
         if let Some(d) = option {
             self.domain = d;
             self.domain_origin = DomainOrigin::Option;
             self.check()?;
         }
         let db = self.db_path();
-        if !db.exists() && !record {
+        if !db.exists() {
             return Ok(());
         }
         let store = crate::store::SqliteStore::open(&db)?;
-        let recorded = store.recorded_domain()?;
-        match recorded {
+        match store.recorded_domain()? {
             Some(r) if r.eq_ignore_ascii_case(&self.domain) => {
                 // The realm is compared byte for byte: keep the recorded spelling.
                 self.domain = r;
@@ -436,12 +433,8 @@ impl Config {
             }
             Some(r) => {
                 use crate::store::Store;
-                // No password hashed yet: nothing would break, the new name is taken.
-                let hashed = store.users()?.iter().any(|u| u.realm == r);
-                if !hashed {
-                    if record {
-                        store.record_domain(&self.domain, true)?;
-                    }
+                // No password hashed yet: nothing would break, the new name may be taken.
+                if !store.users()?.iter().any(|u| u.realm == r) {
                     return Ok(());
                 }
                 let said = match (self.domain_origin, &self.path) {
@@ -460,12 +453,16 @@ impl Config {
                     self.domain
                 ));
             }
-            // A host-name guess is recorded only once a password is hashed for it, so that
-            // a first trial run does not pin the folder to it.
-            None if record => store.record_domain(&self.domain, false)?,
             None => {}
         }
         Ok(())
+    }
+
+    /// Records the settled domain in the data folder: done once a password was hashed for it
+    /// or the server starts with a named domain. `settle_domain` has already refused a name
+    /// that would orphan hashed passwords, so a different record is replaced.
+    pub fn record_domain(&self) -> Result<(), String> {
+        crate::store::SqliteStore::open(&self.db_path())?.record_domain(&self.domain, true)
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -605,11 +602,12 @@ reason = "Premium Numbers Barred"
         let _ = std::fs::remove_dir_all(&dir);
         // A first run on the host name pins nothing.
         let mut c = in_folder(&dir, "");
-        c.settle_domain(None, false).unwrap();
+        c.settle_domain(None).unwrap();
         assert_eq!(c.domain_origin, DomainOrigin::HostName);
         // Named, and a password hashed: recorded.
         let mut c = in_folder(&dir, "");
-        c.settle_domain(Some("example.test".into()), true).unwrap();
+        c.settle_domain(Some("example.test".into())).unwrap();
+        c.record_domain().unwrap();
         let store = crate::store::SqliteStore::open(&c.db_path()).unwrap();
         store
             .add_user(&crate::store::User::new(
@@ -621,28 +619,29 @@ reason = "Premium Numbers Barred"
             .unwrap();
         // A later command that names nothing reads it from the folder.
         let mut c = in_folder(&dir, "");
-        c.settle_domain(None, false).unwrap();
+        c.settle_domain(None).unwrap();
         assert_eq!(c.domain, "example.test");
         assert_eq!(c.domain_origin, DomainOrigin::DataFolder);
         // The same name in another case keeps the recorded spelling (the realm is exact).
         let mut c = in_folder(&dir, "domain = \"Example.TEST\"");
-        c.settle_domain(None, false).unwrap();
+        c.settle_domain(None).unwrap();
         assert_eq!(c.domain, "example.test");
         // Another name is refused, naming both and where the other came from.
         let mut c = in_folder(&dir, "domain = \"other.test\"");
-        let e = c.settle_domain(None, true).unwrap_err();
+        let e = c.settle_domain(None).unwrap_err();
         assert!(
             e.contains("`other.test`") && e.contains("`example.test`") && e.contains("--data-dir"),
             "{e}"
         );
         let e = in_folder(&dir, "")
-            .settle_domain(Some("other.test".into()), false)
+            .settle_domain(Some("other.test".into()))
             .unwrap_err();
         assert!(e.contains("the --domain option"), "{e}");
         // Once no password depends on it, the folder takes the new name.
         store.remove_user("alice").unwrap();
         let mut c = in_folder(&dir, "");
-        c.settle_domain(Some("other.test".into()), true).unwrap();
+        c.settle_domain(Some("other.test".into())).unwrap();
+        c.record_domain().unwrap();
         assert_eq!(
             store.recorded_domain().unwrap().as_deref(),
             Some("other.test")

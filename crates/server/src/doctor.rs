@@ -194,6 +194,13 @@ fn check_ports(cfg: &Config, daemon: Option<u32>) -> Vec<Finding> {
                     )),
                 }
             }
+            // As at start: a wildcard this machine cannot have (no IPv6) is skipped.
+            Err(e) if l.addr.ip().is_unspecified() && cfg.listen.len() > 1 => {
+                out.push(Finding::warn(
+                    format!("{name} cannot be opened here ({e}); the server goes without it"),
+                    "nothing to do if the machine has no IPv6; else check its network",
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => out.push(Finding::problem(
                 format!("{name}: ports below 1024 need a privilege"),
                 "run it as the package's service (it has CAP_NET_BIND_SERVICE) or as root",
@@ -369,7 +376,8 @@ fn check_dns(cfg: &Config) -> Vec<Finding> {
         Err(e) => return vec![Finding::problem(format!("DNS cannot be asked: {e}"), fix)],
     };
     let serves = |t: Transport, a: SocketAddr| {
-        (ours.contains(&a.ip()) || a.ip().is_loopback())
+        ours.contains(&a.ip())
+            && !a.ip().is_loopback()
             && cfg
                 .listen
                 .iter()
@@ -391,6 +399,23 @@ fn check_dns(cfg: &Config) -> Vec<Finding> {
             format!(
                 "DNS has no SIP records and no address for {}: other domains cannot find this server",
                 cfg.domain
+            ),
+            fix,
+        )];
+    }
+    let local_only: Vec<(Transport, SocketAddr)> = published
+        .targets
+        .iter()
+        .filter(|(_, a)| sip::sdp::is_private(a.ip()))
+        .copied()
+        .collect();
+    if here.is_empty() && !local_only.is_empty() {
+        return vec![Finding::problem(
+            format!(
+                "DNS sends requests for {} to {}: a loopback or private address that no other \
+                 domain can reach",
+                cfg.domain,
+                list(&local_only)
             ),
             fix,
         )];

@@ -65,15 +65,14 @@ pub fn dns_records(domain: &str, served: &[(Transport, u16)], addresses: &[IpAdd
     lines
 }
 
-/// Addresses worth publishing: the advertised ones that other hosts can reach (not loopback,
-/// link-local or unspecified), one of each family.
+/// Addresses worth publishing: the advertised ones that other hosts on the Internet can
+/// reach (not loopback, private, carrier-grade NAT, link-local or unspecified). A server
+/// behind its own NAT has none until `advertise` names its public address.
 pub fn public_addresses(served: &[Served]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = vec![];
     for s in served {
         let a = s.advertised;
-        let usable = !a.is_loopback()
-            && !a.is_unspecified()
-            && !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        let usable = !a.is_unspecified() && !sip::sdp::is_private(a);
         if usable && !out.contains(&a) {
             out.push(a);
         }

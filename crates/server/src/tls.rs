@@ -113,28 +113,49 @@ impl Tls {
         })
     }
 
-    /// Takes `[tls]` again while running (a reload): the certificate and key files are read
-    /// anew, so a renewed certificate at the same path is presented from the next handshake
-    /// on, and the CA list verifies the next outgoing connection. Nothing changes when any
-    /// file is bad. Returns whether the presented certificate changed, and whether a restart
-    /// is still needed (TLS listeners cannot be added or removed live).
-    pub fn reload(&mut self, cfg: &TlsConfig) -> Result<(bool, bool), String> {
+    /// Reads `[tls]` again while running (a reload), changing nothing yet: the certificate
+    /// and key files are read anew, so a renewed certificate at the same path is found; bad
+    /// files are an error. `apply` then swaps it in.
+    pub fn prepare(&self, cfg: &TlsConfig) -> Result<TlsUpdate, String> {
         let fresh = Tls::new(cfg)?;
-        let (mut changed, mut restart) = (false, false);
-        match (&self.served, &cfg.certificate, &cfg.key) {
-            (Some(served), Some(c), Some(k)) => {
-                let key = certified_key(c, k)?;
-                if let Ok(mut slot) = served.0.write() {
-                    changed = slot.cert != key.cert;
-                    *slot = key;
-                }
-            }
-            (None, None, None) => {}
-            _ => restart = true,
-        }
-        self.connector = fresh.connector;
-        Ok((changed, restart))
+        let (key, restart) = match (&self.served, &cfg.certificate, &cfg.key) {
+            (Some(_), Some(c), Some(k)) => (Some(certified_key(c, k)?), false),
+            (None, None, None) => (None, false),
+            // TLS listeners cannot be added or removed live.
+            _ => (None, true),
+        };
+        let changed = match (&self.served, &key) {
+            (Some(served), Some(key)) => served.0.read().map_or(true, |old| old.cert != key.cert),
+            _ => false,
+        };
+        Ok(TlsUpdate {
+            connector: fresh.connector,
+            key,
+            changed,
+            restart,
+        })
     }
+
+    /// Swaps in what `prepare` read: the certificate is presented from the next handshake
+    /// on, the CA list verifies the next outgoing connection.
+    pub fn apply(&mut self, update: TlsUpdate) {
+        if let (Some(served), Some(key)) = (&self.served, update.key) {
+            if let Ok(mut slot) = served.0.write() {
+                *slot = key;
+            }
+        }
+        self.connector = update.connector;
+    }
+}
+
+/// A reload's TLS settings, read and checked, not yet in force.
+pub struct TlsUpdate {
+    connector: TlsConnector,
+    key: Option<Arc<CertifiedKey>>,
+    /// The presented certificate changes.
+    pub changed: bool,
+    /// TLS listeners would have to be added or removed: a restart.
+    pub restart: bool,
 }
 
 /// The name a server's certificate must carry: the SIP domain, or the IP address itself.

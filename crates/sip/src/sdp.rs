@@ -165,7 +165,7 @@ fn origin(value: &str, family: &str, addr: IpAddr) -> Option<String> {
 
 /// The body with every connection address set to `addr` and the `i`-th stream's port set to
 /// `ports[i]` (its RTCP to `ports[i] + 1`). Streams with port 0 stay refused, a `c=` of
-/// 0.0.0.0 (hold, RFC 2543) stays as it is; an `o=` of the other address family than `addr`
+/// 0.0.0.0 (hold, RFC 2543) stays unspecified (`::` when the description moves to IPv6); an `o=` of the other address family than `addr`
 /// is moved to `addr` (see `origin`); all other lines are kept byte for byte.
 pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(body) else {
@@ -197,6 +197,16 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Vec<u8> {
             match connection(value) {
                 Some(a) if !a.is_unspecified() => {
                     out.extend_from_slice(format!("c=IN {family} {addr}").as_bytes());
+                }
+                // Hold keeps its unspecified address, in the family the origin moved to:
+                // mixed families are what a phone refuses.
+                Some(a) if a.is_ipv4() != addr.is_ipv4() => {
+                    let none: IpAddr = if addr.is_ipv4() {
+                        std::net::Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        std::net::Ipv6Addr::UNSPECIFIED.into()
+                    };
+                    out.extend_from_slice(format!("c=IN {family} {none}").as_bytes());
                 }
                 _ => out.extend_from_slice(line.as_bytes()),
             }
@@ -423,5 +433,21 @@ t=0 0\r\nm=audio 20000 RTP/AVP 0\r\n"
         for p in ["198.18.0.1", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
             assert!(!is_private(p.parse().unwrap()), "{p}");
         }
+    }
+
+    #[test]
+    fn a_held_description_moved_to_the_other_family_stays_held_in_that_family() {
+        let held = "v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                    m=audio 4000 RTP/AVP 0\r\n";
+        let out = rewrite(held.as_bytes(), "2001:db8::9".parse().unwrap(), &[20000]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("o=- 1 2 IN IP6 2001:db8::9\r\n"), "{out}");
+        assert!(out.contains("c=IN IP6 ::\r\n"), "{out}");
+        assert!(!out.contains("IP4"), "{out}");
+        // Within one family a hold line is kept byte for byte.
+        let out = rewrite(held.as_bytes(), "198.51.100.1".parse().unwrap(), &[20000]);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("c=IN IP4 0.0.0.0\r\n"));
     }
 }

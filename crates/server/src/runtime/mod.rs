@@ -414,8 +414,12 @@ fn answer(
         }
         Command::Registrations => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
         Command::Calls => serde_json::to_value(core.calls(now)).unwrap_or_default(),
-        // `reload-users` is what `hedgewitch user ...` sends; both re-read everything.
-        Command::Reload | Command::ReloadUsers => match reloader.reload(core, edge) {
+        // `reload-users` is what `hedgewitch user ...` sends: the store only.
+        Command::Reload | Command::ReloadUsers => match if command == Command::Reload {
+            reloader.reload(core, edge)
+        } else {
+            reloader.reload_users(core, edge)
+        } {
             Ok(r) => {
                 tracing::info!("reloaded ({}): {r}", command.as_str());
                 r.to_json()

@@ -56,6 +56,27 @@ impl std::fmt::Display for Reloaded {
 }
 
 impl Reloader {
+    /// After a management command changed the store: the users and the phone system are read
+    /// again and swapped in with the settings in force; the config file is not read (a
+    /// half-edited file must not stop new users, nor be applied as a side effect).
+    pub(super) fn reload_users(
+        &mut self,
+        core: &mut Core,
+        edge: &mut Edge,
+    ) -> Result<Reloaded, String> {
+        let (users, stored) = load(edge)?;
+        let plan = self.running.build_plan(&users, &stored)?;
+        let done = Reloaded {
+            users: users.len(),
+            groups: stored.groups.len() + self.running.group.len(),
+            applied: vec![],
+            restart: vec![],
+        };
+        core.set_users(users);
+        core.set_plan(plan);
+        Ok(done)
+    }
+
     pub(super) fn reload(&mut self, core: &mut Core, edge: &mut Edge) -> Result<Reloaded, String> {
         let new = self.running.reread()?;
         let old = &self.running;
@@ -63,7 +84,7 @@ impl Reloader {
         let mut applied = vec![];
         let started = &self.started;
         for (changed, key) in [
-            (new.domain != started.domain, "domain"),
+            (!new.domain.eq_ignore_ascii_case(&started.domain), "domain"),
             (new.domains != started.domains, "domains"),
             (new.listen != started.listen, "listen"),
             (new.stun != started.stun, "stun"),
@@ -79,15 +100,9 @@ impl Reloader {
                 restart.push(key);
             }
         }
-        // Everything below is checked before anything is swapped in: a bad file changes
+        // Everything fallible comes first, before anything is swapped in: a bad file changes
         // nothing.
-        let (tx, rx) = std::sync::mpsc::channel();
-        edge.store
-            .send(StoreOp::Load(tx))
-            .map_err(|_| "store thread is gone".to_string())?;
-        let (users, stored) = rx
-            .recv()
-            .map_err(|_| "store thread is gone".to_string())??;
+        let (users, stored) = load(edge)?;
         // The domain is the digest realm and cannot change live: keep the running one.
         let live = Config {
             domain: old.domain.clone(),
@@ -96,15 +111,18 @@ impl Reloader {
         let plan = live.build_plan(&users, &stored)?;
         // Certificates are read again on every reload: a renewal replaces the files at the
         // same paths, with nothing changed in the config file.
-        let mut tls = edge.tls.clone();
-        let (tls_changed, tls_restart) = tls.reload(&new.tls).map_err(|e| format!("tls: {e}"))?;
+        let tls = edge
+            .tls
+            .prepare(&new.tls)
+            .map_err(|e| format!("tls: {e}"))?;
         let dns = if new.dns != old.dns {
             Some(crate::dns::Dns::new(&new.dns.servers)?)
         } else {
             None
         };
 
-        edge.tls = tls;
+        let (tls_changed, tls_restart) = (tls.changed, tls.restart);
+        edge.tls.apply(tls);
         if tls_changed {
             applied.push("tls certificate");
         }
@@ -141,9 +159,11 @@ impl Reloader {
                 applied.push(key);
             }
         }
-        // A relay turned on in the file starts now (it may have been off since the start).
+        // A relay turned on in the file starts now (it may have been off since the start),
+        // on the ports the file names: those are then the ones in force.
         if new.relay.mode != crate::core::RelayMode::Never && !core.has_relay() {
             start_relay(core, &new);
+            self.started.relay.ports = new.relay.ports;
         }
         core.reconfigure(&live.core_config(vec![]));
         let done = Reloaded {
@@ -167,6 +187,18 @@ impl Reloader {
         };
         Ok(done)
     }
+}
+
+/// The users and the stored phone-system settings, read by the store's thread after the
+/// writes queued before.
+fn load(
+    edge: &Edge,
+) -> Result<(Vec<crate::core::User>, crate::plan::settings::PlanSettings), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    edge.store
+        .send(StoreOp::Load(tx))
+        .map_err(|_| "store thread is gone".to_string())?;
+    rx.recv().map_err(|_| "store thread is gone".to_string())?
 }
 
 /// Starts the media relay on the configured ports and hands it to the core.
