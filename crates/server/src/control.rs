@@ -3,7 +3,6 @@
 //! the client writes a command line (`status`, `registrations`, `reload-users`) and reads one
 //! line of JSON back.
 
-use crate::event::Event;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -53,7 +52,18 @@ impl Command {
     }
 }
 
-pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), String> {
+/// A command that came in on the socket, with where its answer goes.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<serde_json::Value>,
+}
+
+/// Serves the socket: each request goes to `events` as whatever the event loop's event type
+/// makes of it (the loop owns that type; this module needs to know none of it).
+pub fn spawn_server<E: From<Request> + Send + 'static>(
+    path: &Path,
+    events: mpsc::Sender<E>,
+) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -90,7 +100,7 @@ pub fn spawn_server(path: &Path, events: mpsc::Sender<Event>) -> Result<(), Stri
                 };
                 let (tx, rx) = oneshot::channel();
                 if events
-                    .send(Event::Control { command, reply: tx })
+                    .send(E::from(Request { command, reply: tx }))
                     .await
                     .is_err()
                 {

@@ -2,12 +2,12 @@
 //! failures, DNS answers, control commands, signals. Produced by the transport tasks, the
 //! control channel and the signal handler; consumed by the runtime alone.
 
-use crate::control::Command;
+use crate::control::Request;
 use crate::core::{ConnId, Flow, Transport};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub enum Event {
     Message {
@@ -27,10 +27,8 @@ pub enum Event {
         key: Option<String>,
         remote: SocketAddr,
     },
-    Control {
-        command: Command,
-        reply: oneshot::Sender<serde_json::Value>,
-    },
+    /// A command from the control socket, with where its answer goes.
+    Control(Request),
     /// DNS answered a lookup of the core's (RFC 3263 targets, in order).
     Resolved {
         id: u64,
@@ -42,4 +40,10 @@ pub enum Event {
     /// SIGHUP: re-read the config file and the store.
     Reload,
     Shutdown,
+}
+
+impl From<Request> for Event {
+    fn from(r: Request) -> Event {
+        Event::Control(r)
+    }
 }

@@ -373,7 +373,7 @@ fn handle_event(
                 core.handle_send_failure(now, &k);
             }
         }
-        Event::Control { command, reply } => {
+        Event::Control(crate::control::Request { command, reply }) => {
             let _ = reply.send(answer(command, core, now, edge, reloader));
         }
         Event::Resolved {
