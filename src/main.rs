@@ -6,9 +6,10 @@ mod install;
 mod plan_cli;
 
 use clap::{Parser, Subcommand};
+use hedgewitch_server::accounts;
 use hedgewitch_server::config::{Config, DomainOrigin};
 use hedgewitch_server::control;
-use hedgewitch_server::store::{SqliteStore, Store, User};
+use hedgewitch_server::store::{SqliteStore, Store};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -256,39 +257,6 @@ fn init_logging(filter: &str, format: LogFormat) {
     };
 }
 
-fn valid_local_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
-/// A user name: `alice` in the main domain, `alice@other.example` in one of `domains`.
-fn valid_name(cfg: &Config, name: &str) -> bool {
-    match name.split_once('@') {
-        None => valid_local_name(name),
-        Some((local, domain)) => {
-            valid_local_name(local) && cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-        }
-    }
-}
-
-/// A user record for `name` (see `valid_name`): its password hashed for its domain's realm,
-/// over the name the phone authenticates with (the part before `@`).
-fn new_user(cfg: &Config, name: &str, extension: Option<&str>, password: &str) -> User {
-    match name.split_once('@') {
-        None => User::new(name, extension, &cfg.domain, password),
-        Some((local, domain)) => {
-            let domain = domain.to_ascii_lowercase();
-            User {
-                name: format!("{local}@{domain}"),
-                ..User::new(local, extension, &domain, password)
-            }
-        }
-    }
-}
-
 fn read_password(from_stdin: bool, who: &str) -> Result<String, String> {
     let pw = if from_stdin {
         let mut line = String::new();
@@ -351,41 +319,24 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
     ) {
         same_domain_as_the_server(cfg)?;
     }
-    let store = SqliteStore::open(&cfg.db_path())?;
+    let mut store = SqliteStore::open(&cfg.db_path())?;
     match cmd {
         UserCommand::Add {
             name,
             extension,
             password_stdin,
         } => {
-            if !valid_name(cfg, &name) {
-                return Err(format!(
-                    "`{name}` is not a valid user name (letters, digits, . _ -; \
-                     `name@domain` for a domain in `domains`)"
-                ));
-            }
+            // The name first: nobody types a password for a name that is refused anyway.
+            accounts::check_name(cfg, &name)?;
             if let Some(e) = &extension {
-                check_extension(cfg, e)?;
+                accounts::check_extension(cfg, e)?;
             }
             let pw = read_password(password_stdin, &name)?;
-            let new = new_user(cfg, &name, extension.as_deref(), &pw);
-            if store.user(&name)?.is_none() {
-                // Names and extensions share a namespace with groups and speed dials.
-                let mut users = store.users()?;
-                users.push(new.clone());
-                cfg.build_plan(&users, &store.plan()?)
-                    .map_err(|e| format!("refused: {e}"))?;
-            }
-            store.add_user(&new)?;
-            cfg.record_domain()?;
+            accounts::add(cfg, &store, &name, extension.as_deref(), &pw)?;
             notify_daemon(cfg);
             println!(
-                "added sip:{}{}",
-                if name.contains('@') {
-                    name.clone()
-                } else {
-                    format!("{name}@{}", cfg.domain)
-                },
+                "added {}{}",
+                accounts::address(cfg, &name),
                 extension
                     .map(|e| format!(" (extension {e})"))
                     .unwrap_or_default()
@@ -394,43 +345,8 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
         UserCommand::Import { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let mut users = vec![];
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let mut f = line.splitn(3, ',');
-                let (name, ext, pw) = match (f.next(), f.next(), f.next()) {
-                    (Some(n), Some(e), Some(p)) => (n.trim(), e.trim(), p),
-                    _ => {
-                        return Err(format!(
-                            "{}:{}: expected name,extension,password",
-                            file.display(),
-                            n + 1
-                        ))
-                    }
-                };
-                if !valid_name(cfg, name) || pw.is_empty() {
-                    return Err(format!(
-                        "{}:{}: bad name or empty password",
-                        file.display(),
-                        n + 1
-                    ));
-                }
-                if !ext.is_empty() && (ext.len() > 16 || !ext.bytes().all(|c| c.is_ascii_digit())) {
-                    return Err(format!(
-                        "{}:{}: extension must be 1 to 16 digits",
-                        file.display(),
-                        n + 1
-                    ));
-                }
-                let ext = (!ext.is_empty()).then_some(ext);
-                users.push(new_user(cfg, name, ext, pw));
-            }
-            let mut store = store;
-            store.import_users(&users)?;
-            cfg.record_domain()?;
+            let users = accounts::parse_import(cfg, &file.display().to_string(), &text)?;
+            accounts::import(cfg, &mut store, &users)?;
             notify_daemon(cfg);
             println!("imported {} users", users.len());
         }
@@ -440,20 +356,11 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 println!("no users yet: hedgewitch user add NAME --extension NUMBER");
             }
             for u in users {
-                // A user's realm is its domain's: the main one, or the part after `@`.
-                let domain = u
-                    .name
-                    .split_once('@')
-                    .map_or(cfg.domain.as_str(), |(_, d)| d);
                 println!(
                     "{:<24} {:<8} {}",
                     u.name,
                     u.extension.as_deref().unwrap_or("-"),
-                    if u.realm == domain {
-                        String::new()
-                    } else {
-                        format!("(password set for realm {}; run user passwd)", u.realm)
-                    }
+                    accounts::realm_note(cfg, &u)
                 );
             }
         }
@@ -461,16 +368,11 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             name,
             password_stdin,
         } => {
-            let old = store
-                .user(&name)?
-                .ok_or_else(|| format!("no user `{name}`"))?;
+            if store.user(&name)?.is_none() {
+                return Err(format!("no user `{name}`"));
+            }
             let pw = read_password(password_stdin, &name)?;
-            store.update_user(&User {
-                outside: old.outside,
-                external: old.external,
-                ..new_user(cfg, &name, old.extension.as_deref(), &pw)
-            })?;
-            cfg.record_domain()?;
+            accounts::set_password(cfg, &store, &name, &pw)?;
             notify_daemon(cfg);
             println!("password of {name} changed");
         }
@@ -481,38 +383,17 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             outside,
             external,
         } => {
-            let mut u = store
-                .user(&name)?
-                .ok_or_else(|| format!("no user `{name}`"))?;
-            if let Some(e) = &extension {
-                check_extension(cfg, e)?;
-                u.extension = Some(e.clone());
-            }
-            if no_extension {
-                u.extension = None;
-            }
-            if let Some(o) = outside {
-                u.outside = matches!(o, plan_cli::OnOff::On);
-            }
-            if let Some(o) = external {
-                u.external = matches!(o, plan_cli::OnOff::On);
-            }
-            // The whole plan must still hold (an extension may clash with a group's).
-            let mut users = store.users()?;
-            users.retain(|x| x.name != name);
-            users.push(u.clone());
-            cfg.build_plan(&users, &store.plan()?)
-                .map_err(|e| format!("refused: {e}"))?;
-            store.update_user(&u).map_err(|e| {
-                if e.contains("UNIQUE") {
-                    format!(
-                        "extension `{}` is taken",
-                        u.extension.as_deref().unwrap_or("")
-                    )
+            let on = |o: plan_cli::OnOff| matches!(o, plan_cli::OnOff::On);
+            let changes = accounts::Changes {
+                extension: if no_extension {
+                    Some(None)
                 } else {
-                    e
-                }
-            })?;
+                    extension.map(Some)
+                },
+                outside: outside.map(on),
+                external: external.map(on),
+            };
+            let u = accounts::change(cfg, &store, &name, changes)?;
             notify_daemon(cfg);
             println!(
                 "{name}: extension {}, calls outside the domain {}",
@@ -529,14 +410,6 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// An extension must be digits and fit the numbering plan.
-fn check_extension(cfg: &Config, e: &str) -> Result<(), String> {
-    if e.is_empty() || e.len() > 16 || !e.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(format!("extension `{e}` must be 1 to 16 digits"));
-    }
-    hedgewitch_server::plan::check_extension(&cfg.numbering, e)
 }
 
 fn print_reloaded(v: &serde_json::Value) {

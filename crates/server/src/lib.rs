@@ -1,6 +1,7 @@
 //! The hedgewitch daemon: configuration, the sans-IO protocol core, the store, and the
 //! runtime that connects them to sockets and the control channel.
 
+pub mod accounts;
 pub mod config;
 pub mod control;
 pub mod dns;

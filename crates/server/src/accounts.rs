@@ -1,0 +1,250 @@
+//! User accounts as the management commands change them: names checked, passwords hashed for
+//! the right realm (the main domain's, or the one after `@`), import files parsed, and every
+//! change checked against the whole dial plan before it is written. The CLI only reads the
+//! arguments and the password and prints the outcome; the running server is told afterwards.
+
+use crate::config::Config;
+use crate::core::User;
+use crate::store::{SqliteStore, Store};
+
+fn valid_local_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A user name: `alice` in the main domain, `alice@other.example` in one of `domains`.
+pub fn valid_name(cfg: &Config, name: &str) -> bool {
+    match name.split_once('@') {
+        None => valid_local_name(name),
+        Some((local, domain)) => {
+            valid_local_name(local) && cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        }
+    }
+}
+
+/// `valid_name`, as an error that says what a name may be.
+pub fn check_name(cfg: &Config, name: &str) -> Result<(), String> {
+    if valid_name(cfg, name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid user name (letters, digits, . _ -; `name@domain` for a \
+             domain in `domains`)"
+        ))
+    }
+}
+
+/// An extension must be 1 to 16 digits and fit the numbering plan.
+pub fn check_extension(cfg: &Config, e: &str) -> Result<(), String> {
+    if e.is_empty() || e.len() > 16 || !e.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(format!("extension `{e}` must be 1 to 16 digits"));
+    }
+    crate::plan::check_extension(&cfg.numbering, e)
+}
+
+/// A user record for `name` (see `valid_name`): its password hashed for its domain's realm,
+/// over the name the phone authenticates with (the part before `@`).
+pub fn new_user(cfg: &Config, name: &str, extension: Option<&str>, password: &str) -> User {
+    match name.split_once('@') {
+        None => User::new(name, extension, &cfg.domain, password),
+        Some((local, domain)) => {
+            let domain = domain.to_ascii_lowercase();
+            User {
+                name: format!("{local}@{domain}"),
+                ..User::new(local, extension, &domain, password)
+            }
+        }
+    }
+}
+
+/// The address a user is reached at: `sip:alice@example.org`.
+pub fn address(cfg: &Config, name: &str) -> String {
+    if name.contains('@') {
+        format!("sip:{name}")
+    } else {
+        format!("sip:{name}@{}", cfg.domain)
+    }
+}
+
+/// Users and extensions share one namespace with groups and speed dials: the plan with
+/// `users` must still hold.
+fn plan_holds(cfg: &Config, store: &SqliteStore, users: &[User]) -> Result<(), String> {
+    cfg.build_plan(users, &store.plan()?)
+        .map(|_| ())
+        .map_err(|e| format!("refused: {e}"))
+}
+
+/// Creates (or, for an existing name, replaces) an account.
+pub fn add(
+    cfg: &Config,
+    store: &SqliteStore,
+    name: &str,
+    extension: Option<&str>,
+    password: &str,
+) -> Result<User, String> {
+    check_name(cfg, name)?;
+    if let Some(e) = extension {
+        check_extension(cfg, e)?;
+    }
+    let new = new_user(cfg, name, extension, password);
+    if store.user(name)?.is_none() {
+        let mut users = store.users()?;
+        users.push(new.clone());
+        plan_holds(cfg, store, &users)?;
+    }
+    store.add_user(&new)?;
+    cfg.record_domain()?;
+    Ok(new)
+}
+
+/// Reads an import file of `name,extension,password` lines (extension may be empty, `#`
+/// starts a comment); a bad line is named with its number. Nothing is written.
+pub fn parse_import(cfg: &Config, source: &str, text: &str) -> Result<Vec<User>, String> {
+    let mut users = vec![];
+    for (n, line) in text.lines().enumerate() {
+        let at = || format!("{source}:{}", n + 1);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut f = line.splitn(3, ',');
+        let (name, ext, pw) = match (f.next(), f.next(), f.next()) {
+            (Some(n), Some(e), Some(p)) => (n.trim(), e.trim(), p),
+            _ => return Err(format!("{}: expected name,extension,password", at())),
+        };
+        if !valid_name(cfg, name) || pw.is_empty() {
+            return Err(format!("{}: bad name or empty password", at()));
+        }
+        if !ext.is_empty() && (ext.len() > 16 || !ext.bytes().all(|c| c.is_ascii_digit())) {
+            return Err(format!("{}: extension must be 1 to 16 digits", at()));
+        }
+        users.push(new_user(cfg, name, (!ext.is_empty()).then_some(ext), pw));
+    }
+    Ok(users)
+}
+
+/// Writes an import, all or nothing.
+pub fn import(cfg: &Config, store: &mut SqliteStore, users: &[User]) -> Result<(), String> {
+    store.import_users(users)?;
+    cfg.record_domain()
+}
+
+/// Sets a new password, keeping the account's permissions.
+pub fn set_password(
+    cfg: &Config,
+    store: &SqliteStore,
+    name: &str,
+    password: &str,
+) -> Result<(), String> {
+    let old = store
+        .user(name)?
+        .ok_or_else(|| format!("no user `{name}`"))?;
+    store.update_user(&User {
+        outside: old.outside,
+        external: old.external,
+        ..new_user(cfg, name, old.extension.as_deref(), password)
+    })?;
+    cfg.record_domain()
+}
+
+/// What `user set` changes; `None` keeps the current value.
+#[derive(Default)]
+pub struct Changes {
+    /// `Some(None)` removes the extension.
+    pub extension: Option<Option<String>>,
+    pub outside: Option<bool>,
+    pub external: Option<bool>,
+}
+
+/// Changes an account's extension or permissions, if the whole plan still holds.
+pub fn change(
+    cfg: &Config,
+    store: &SqliteStore,
+    name: &str,
+    changes: Changes,
+) -> Result<User, String> {
+    let mut u = store
+        .user(name)?
+        .ok_or_else(|| format!("no user `{name}`"))?;
+    if let Some(e) = changes.extension {
+        if let Some(e) = &e {
+            check_extension(cfg, e)?;
+        }
+        u.extension = e;
+    }
+    if let Some(o) = changes.outside {
+        u.outside = o;
+    }
+    if let Some(o) = changes.external {
+        u.external = o;
+    }
+    let mut users = store.users()?;
+    users.retain(|x| x.name != name);
+    users.push(u.clone());
+    plan_holds(cfg, store, &users)?;
+    store.update_user(&u).map_err(|e| {
+        if e.contains("UNIQUE") {
+            format!(
+                "extension `{}` is taken",
+                u.extension.as_deref().unwrap_or("")
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(u)
+}
+
+/// A user's listing note: empty, or why its phones cannot log in.
+pub fn realm_note(cfg: &Config, u: &User) -> String {
+    // A user's realm is its domain's: the main one, or the part after `@`.
+    let domain = u
+        .name
+        .split_once('@')
+        .map_or(cfg.domain.as_str(), |(_, d)| d);
+    if u.realm == domain {
+        String::new()
+    } else {
+        format!("(password set for realm {}; run user passwd)", u.realm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse("domain = \"example.test\"\ndomains = [\"other.test\"]\n").unwrap()
+    }
+
+    #[test]
+    fn names_and_realms() {
+        let c = cfg();
+        assert!(valid_name(&c, "alice.b-c_d"));
+        assert!(valid_name(&c, "alice@other.test"));
+        assert!(!valid_name(&c, "alice@elsewhere.test"));
+        assert!(!valid_name(&c, "al ice"));
+        assert_eq!(new_user(&c, "alice", None, "pw").realm, "example.test");
+        let u = new_user(&c, "alice@Other.TEST", None, "pw");
+        assert_eq!(
+            (u.name.as_str(), u.realm.as_str()),
+            ("alice@other.test", "other.test")
+        );
+        assert_eq!(address(&c, "bob"), "sip:bob@example.test");
+    }
+
+    #[test]
+    fn an_import_names_its_bad_line() {
+        let c = cfg();
+        let ok = parse_import(&c, "f", "# team\nalice,101,pw1\nbob,,pw2\n").unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].extension, None);
+        let e = parse_import(&c, "f", "alice,101,pw\nbob;102;pw\n").unwrap_err();
+        assert_eq!(e, "f:2: expected name,extension,password");
+        let e = parse_import(&c, "f", "carol,1x,pw\n").unwrap_err();
+        assert!(e.starts_with("f:1: extension"), "{e}");
+    }
+}
