@@ -1,14 +1,13 @@
 //! `hedgewitch group | forward | speeddial | dialplan`: the phone-system settings from the
-//! command line. Every change is checked against the whole plan (config file, users and
-//! stored settings) before it is written, so a clash is refused with the reason; then the
-//! running server is asked to reload.
+//! command line: arguments in, the change made by the library's `PhoneAdmin` (which checks it
+//! against the whole plan), the outcome printed, the running server asked to reload.
 
 use clap::{Args, Subcommand};
 use hedgewitch_server::config::Config;
+use hedgewitch_server::phone_admin::{describe_forward, describe_rule, PhoneAdmin};
 use hedgewitch_server::plan::settings::{
-    ForwardSpec, GroupSpec, MemberSpec, PlanSettings, RuleAction, RuleSpec, SpeedDialSpec, Strategy,
+    ForwardSpec, GroupSpec, MemberSpec, RuleAction, RuleSpec, SpeedDialSpec, Strategy,
 };
-use hedgewitch_server::store::{SqliteStore, Store};
 
 #[derive(Subcommand)]
 pub enum GroupCommand {
@@ -154,40 +153,11 @@ pub enum DialPlanCommand {
     List,
 }
 
-/// Checks the changed settings as a whole, then writes them with `write`.
-fn commit(
-    cfg: &Config,
-    store: &mut SqliteStore,
-    changed: &PlanSettings,
-    write: impl FnOnce(&mut SqliteStore) -> Result<(), String>,
-) -> Result<(), String> {
-    let users = store.users()?;
-    cfg.build_plan(&users, changed)
-        .map_err(|e| format!("refused: {e}"))?;
-    write(store)?;
-    crate::notify_daemon(cfg);
-    Ok(())
-}
-
-fn open(cfg: &Config) -> Result<(SqliteStore, PlanSettings), String> {
-    let store = SqliteStore::open(&cfg.db_path())?;
-    let plan = store.plan()?;
-    Ok((store, plan))
-}
-
 pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
-    let (mut store, mut plan) = open(cfg)?;
-    let find = |plan: &PlanSettings, name: &str| -> Result<GroupSpec, String> {
-        plan.groups
-            .iter()
-            .find(|g| g.name == name)
-            .cloned()
-            .or_else(|| cfg.group.iter().find(|g| g.name == name).cloned())
-            .ok_or_else(|| format!("no group `{name}`"))
-    };
+    let mut admin = PhoneAdmin::open(cfg)?;
     let (g, verb) = match cmd {
         GroupCommand::List => {
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
+            let merged = admin.merged();
             if merged.groups.is_empty() {
                 println!("no groups: hedgewitch group add NAME --extension N --member USER ...");
             }
@@ -214,23 +184,13 @@ pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
             return Ok(());
         }
         GroupCommand::Remove { name } => {
-            if !plan.groups.iter().any(|g| g.name == name) {
-                return Err(if cfg.group.iter().any(|g| g.name == name) {
-                    format!("group `{name}` is defined in the config file; remove it there")
-                } else {
-                    format!("no group `{name}`")
-                });
-            }
-            plan.groups.retain(|g| g.name != name);
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
-            commit(cfg, &mut store, &merged, |s| {
-                s.remove_group(&name).map(|_| ())
-            })?;
+            admin.remove_group(&name)?;
+            crate::notify_daemon(cfg);
             println!("removed group {name}");
             return Ok(());
         }
         GroupCommand::Add { name, opts } => {
-            if plan.groups.iter().any(|g| g.name == name) {
+            if admin.has_stored_group(&name) {
                 return Err(format!("group `{name}` exists; use `group set`"));
             }
             let mut g = GroupSpec {
@@ -246,7 +206,7 @@ pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
             (g, "added")
         }
         GroupCommand::Set { name, opts } => {
-            let mut g = find(&plan, &name)?;
+            let mut g = admin.group(&name)?;
             apply(&mut g, opts);
             (g, "changed")
         }
@@ -255,7 +215,7 @@ pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
             target,
             ring_time,
         } => {
-            let mut g = find(&plan, &name)?;
+            let mut g = admin.group(&name)?;
             g.members.push(match ring_time {
                 Some(t) => MemberSpec::Detailed {
                     target,
@@ -266,7 +226,7 @@ pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
             (g, "changed")
         }
         GroupCommand::MemberRemove { name, target } => {
-            let mut g = find(&plan, &name)?;
+            let mut g = admin.group(&name)?;
             let before = g.members.len();
             g.members.retain(|m| m.target() != target);
             if g.members.len() == before {
@@ -275,14 +235,14 @@ pub fn group(cfg: &Config, cmd: GroupCommand) -> Result<(), String> {
             (g, "changed")
         }
     };
-    plan.groups.retain(|x| x.name != g.name);
-    plan.groups.push(g.clone());
-    let merged = PlanSettings::merged(&cfg.plan(), &plan);
-    commit(cfg, &mut store, &merged, |s| s.put_group(&g))?;
-    println!("{verb} group {}", g.name);
+    let name = g.name.clone();
+    admin.put_group(g)?;
+    crate::notify_daemon(cfg);
+    println!("{verb} group {name}");
     Ok(())
 }
 
+/// The options given on the command line, over a group's current settings.
 fn apply(g: &mut GroupSpec, o: GroupOpts) {
     if o.extension.is_some() {
         g.extension = o.extension;
@@ -304,23 +264,11 @@ fn apply(g: &mut GroupSpec, o: GroupOpts) {
     }
 }
 
-fn current_forward(cfg: &Config, plan: &PlanSettings, user: &str) -> ForwardSpec {
-    plan.forwards
-        .iter()
-        .chain(&cfg.forward)
-        .find(|f| f.user == user)
-        .cloned()
-        .unwrap_or_else(|| ForwardSpec {
-            user: user.to_string(),
-            ..Default::default()
-        })
-}
-
 pub fn forward(cfg: &Config, cmd: ForwardCommand) -> Result<(), String> {
-    let (mut store, mut plan) = open(cfg)?;
+    let mut admin = PhoneAdmin::open(cfg)?;
     let f = match cmd {
         ForwardCommand::Show { user } => {
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
+            let merged = admin.merged();
             let list: Vec<&ForwardSpec> = merged
                 .forwards
                 .iter()
@@ -330,7 +278,7 @@ pub fn forward(cfg: &Config, cmd: ForwardCommand) -> Result<(), String> {
                 println!("no forwarding set");
             }
             for f in list {
-                println!("{}", describe(f, cfg));
+                println!("{}", describe_forward(f, cfg));
             }
             return Ok(());
         }
@@ -342,7 +290,7 @@ pub fn forward(cfg: &Config, cmd: ForwardCommand) -> Result<(), String> {
             after,
             unavailable,
         } => {
-            let mut f = current_forward(cfg, &plan, &user);
+            let mut f = admin.forward(&user);
             for (slot, v) in [
                 (&mut f.always, always),
                 (&mut f.busy, busy),
@@ -365,7 +313,7 @@ pub fn forward(cfg: &Config, cmd: ForwardCommand) -> Result<(), String> {
             no_answer,
             unavailable,
         } => {
-            let mut f = current_forward(cfg, &plan, &user);
+            let mut f = admin.forward(&user);
             let all = !(always || busy || no_answer || unavailable);
             if all || always {
                 f.always = None;
@@ -386,53 +334,23 @@ pub fn forward(cfg: &Config, cmd: ForwardCommand) -> Result<(), String> {
             f
         }
         ForwardCommand::Dnd { user, state } => {
-            let mut f = current_forward(cfg, &plan, &user);
+            let mut f = admin.forward(&user);
             f.dnd = matches!(state, OnOff::On);
             f
         }
     };
-    if store.user(&f.user)?.is_none() {
-        return Err(format!("no user `{}`", f.user));
-    }
-    plan.forwards.retain(|x| x.user != f.user);
-    plan.forwards.push(f.clone());
-    let merged = PlanSettings::merged(&cfg.plan(), &plan);
-    commit(cfg, &mut store, &merged, |s| s.put_forward(&f))?;
-    println!("{}", describe(&f, cfg));
+    let text = describe_forward(&f, cfg);
+    admin.put_forward(f)?;
+    crate::notify_daemon(cfg);
+    println!("{text}");
     Ok(())
 }
 
-fn describe(f: &ForwardSpec, cfg: &Config) -> String {
-    let mut parts = vec![];
-    if f.dnd {
-        parts.push("do not disturb".to_string());
-    }
-    if let Some(t) = &f.always {
-        parts.push(format!("all calls to {t}"));
-    }
-    if let Some(t) = &f.busy {
-        parts.push(format!("busy to {t}"));
-    }
-    if let Some(t) = &f.no_answer {
-        parts.push(format!(
-            "no answer after {}s to {t}",
-            f.no_answer_after.unwrap_or(cfg.calls.no_answer_after)
-        ));
-    }
-    if let Some(t) = &f.unavailable {
-        parts.push(format!("unavailable to {t}"));
-    }
-    if parts.is_empty() {
-        parts.push("no forwarding".into());
-    }
-    format!("{:<16} {}", f.user, parts.join("; "))
-}
-
 pub fn speed_dial(cfg: &Config, cmd: SpeedDialCommand) -> Result<(), String> {
-    let (mut store, mut plan) = open(cfg)?;
+    let mut admin = PhoneAdmin::open(cfg)?;
     match cmd {
         SpeedDialCommand::List => {
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
+            let merged = admin.merged();
             if merged.speed_dials.is_empty() {
                 println!("no speed dials");
             }
@@ -446,25 +364,13 @@ pub fn speed_dial(cfg: &Config, cmd: SpeedDialCommand) -> Result<(), String> {
             }
         }
         SpeedDialCommand::Add { code, target, user } => {
-            if code.is_empty()
-                || !code
-                    .bytes()
-                    .all(|c| c.is_ascii_digit() || c == b'*' || c == b'#')
-            {
-                return Err(format!("speed dial code `{code}` must be digits, * or #"));
-            }
-            let d = SpeedDialSpec { code, target, user };
-            plan.speed_dials
-                .retain(|x| !(x.code == d.code && x.user == d.user));
-            plan.speed_dials.push(d.clone());
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
-            commit(cfg, &mut store, &merged, |s| s.put_speed_dial(&d))?;
-            println!("speed dial {} -> {}", d.code, d.target);
+            let text = format!("speed dial {code} -> {target}");
+            admin.put_speed_dial(SpeedDialSpec { code, target, user })?;
+            crate::notify_daemon(cfg);
+            println!("{text}");
         }
         SpeedDialCommand::Remove { code, user } => {
-            if !store.remove_speed_dial(user.as_deref(), &code)? {
-                return Err(format!("no stored speed dial `{code}`"));
-            }
+            admin.remove_speed_dial(user.as_deref(), &code)?;
             crate::notify_daemon(cfg);
             println!("removed speed dial {code}");
         }
@@ -473,17 +379,17 @@ pub fn speed_dial(cfg: &Config, cmd: SpeedDialCommand) -> Result<(), String> {
 }
 
 pub fn dial_plan(cfg: &Config, cmd: DialPlanCommand) -> Result<(), String> {
-    let (mut store, mut plan) = open(cfg)?;
+    let mut admin = PhoneAdmin::open(cfg)?;
     match cmd {
         DialPlanCommand::List => {
-            if cfg.dialplan.is_empty() && plan.rules.is_empty() {
+            if cfg.dialplan.is_empty() && admin.rules().is_empty() {
                 println!("no rules: numbers reach users, extensions and groups only");
             }
             for (i, r) in cfg.dialplan.iter().enumerate() {
-                println!("file {:>3}  {}", i + 1, rule_text(r));
+                println!("file {:>3}  {}", i + 1, describe_rule(r));
             }
-            for (i, r) in plan.rules.iter().enumerate() {
-                println!("     {:>3}  {}", i + 1, rule_text(r));
+            for (i, r) in admin.rules().iter().enumerate() {
+                println!("     {:>3}  {}", i + 1, describe_rule(r));
             }
         }
         DialPlanCommand::Add {
@@ -507,54 +413,16 @@ pub fn dial_plan(cfg: &Config, cmd: DialPlanCommand) -> Result<(), String> {
                 status,
                 reason,
             };
-            let at = position
-                .map(|p| p.saturating_sub(1).min(plan.rules.len()))
-                .unwrap_or(plan.rules.len());
-            plan.rules.insert(at, r.clone());
-            let rules = plan.rules.clone();
-            let merged = PlanSettings::merged(&cfg.plan(), &plan);
-            commit(cfg, &mut store, &merged, |s| s.set_rules(&rules))?;
-            println!("rule {} added: {}", at + 1, rule_text(&r));
+            let text = describe_rule(&r);
+            let at = admin.add_rule(r, position)?;
+            crate::notify_daemon(cfg);
+            println!("rule {at} added: {text}");
         }
         DialPlanCommand::Remove { number } => {
-            if number == 0 || number > plan.rules.len() {
-                return Err(format!(
-                    "no stored rule {number} (there are {})",
-                    plan.rules.len()
-                ));
-            }
-            plan.rules.remove(number - 1);
-            let rules = plan.rules.clone();
-            store.set_rules(&rules)?;
+            admin.remove_rule(number)?;
             crate::notify_daemon(cfg);
             println!("rule {number} removed");
         }
     }
     Ok(())
-}
-
-fn rule_text(r: &RuleSpec) -> String {
-    let pattern = match (&r.mask, &r.regex) {
-        (Some(m), _) => format!("match {m}"),
-        (_, Some(re)) => format!("regex {re}"),
-        _ => "?".into(),
-    };
-    let mut s = format!("{pattern:<24} ");
-    match r.action {
-        RuleAction::Rewrite => s.push_str("rewrite"),
-        RuleAction::Local => s.push_str("local"),
-        RuleAction::Remote => s.push_str(&format!("remote {}", r.target.as_deref().unwrap_or("?"))),
-        RuleAction::Reject => s.push_str(&format!(
-            "reject {} {}",
-            r.status.unwrap_or(403),
-            r.reason.as_deref().unwrap_or("")
-        )),
-    }
-    if r.strip > 0 {
-        s.push_str(&format!(", strip {}", r.strip));
-    }
-    if !r.prefix.is_empty() {
-        s.push_str(&format!(", prefix {}", r.prefix));
-    }
-    s
 }

@@ -20,3 +20,4 @@ pub use hedgewitch_core::plan;
 /// The protocol crate, for tools and tests built on the server.
 pub use sip;
 pub mod mmsg;
+pub mod phone_admin;
