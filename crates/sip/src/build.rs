@@ -13,18 +13,21 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Starts a request: writes the request line `METHOD URI SIP/2.0`.
     pub fn request(method: &str, uri: &str) -> Writer {
         let mut buf = String::with_capacity(512);
         let _ = write!(buf, "{method} {uri} SIP/2.0\r\n");
         Writer { buf }
     }
 
+    /// Starts a response: writes the status line `SIP/2.0 CODE REASON`.
     pub fn response(code: u16, reason: &str) -> Writer {
         let mut buf = String::with_capacity(512);
         let _ = write!(buf, "SIP/2.0 {code} {reason}\r\n");
         Writer { buf }
     }
 
+    /// Appends `name: value`.
     pub fn header(&mut self, name: &str, value: &str) -> &mut Writer {
         self.header_parts(name, &[value])
     }
@@ -41,6 +44,7 @@ impl Writer {
         self
     }
 
+    /// Appends a header whose value is a decimal number, without the formatting machinery.
     pub fn header_num(&mut self, name: &str, value: u64) -> &mut Writer {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
@@ -71,10 +75,12 @@ impl Writer {
         self
     }
 
+    /// Bytes written so far (start line and headers).
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    /// Whether nothing has been written (never after `request` or `response`).
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }

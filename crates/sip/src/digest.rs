@@ -24,9 +24,13 @@ use sha2::Digest as _;
 /// Digest algorithm. `-sess` variants derive the HA1 from the stored one (RFC 7616 §3.4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// `MD5` (RFC 2617): the default when credentials name no algorithm.
     Md5,
+    /// `MD5-sess`.
     Md5Sess,
+    /// `SHA-256` (RFC 7616, RFC 8760 for SIP).
     Sha256,
+    /// `SHA-256-sess`.
     Sha256Sess,
 }
 
@@ -49,6 +53,7 @@ impl Algorithm {
         }
     }
 
+    /// Whether this is a `-sess` variant (HA1 bound to the nonces, RFC 7616 §3.4.2).
     pub fn is_sess(self) -> bool {
         matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
     }
@@ -119,6 +124,7 @@ impl std::error::Error for DigestError {}
 /// Quality of protection. Only `auth` is supported (we never offer `auth-int`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qop {
+    /// `qop=auth`: the response hash covers the method and digest-uri, not the body.
     Auth,
 }
 
@@ -126,15 +132,23 @@ pub enum Qop {
 /// Values borrow from the header unless they contained backslash escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials<'a> {
+    /// `username`: the user the client claims to be.
     pub username: Cow<'a, str>,
+    /// `realm`: the protection space the client answers for (the caller checks it is ours).
     pub realm: Cow<'a, str>,
+    /// `nonce`: the server nonce the client answers (see [`NonceManager::check`]).
     pub nonce: Cow<'a, str>,
+    /// `uri`: the digest-uri the client hashed into HA2.
     pub uri: Cow<'a, str>,
+    /// `response`: the client's hash, checked by [`verify`].
     pub response: Cow<'a, str>,
     /// MD5 when the parameter is absent.
     pub algorithm: Algorithm,
+    /// `cnonce`: the client nonce; required with qop or a `-sess` algorithm.
     pub cnonce: Option<Cow<'a, str>>,
+    /// `opaque`: echoed from the challenge, if the client sent it.
     pub opaque: Option<Cow<'a, str>>,
+    /// `qop`: `Some` with qop=auth, `None` in RFC 2069 mode (no qop).
     pub qop: Option<Qop>,
     /// Nonce-count; `Some` exactly when `qop` is `Some`.
     pub nc: Option<u32>,
@@ -427,6 +441,7 @@ pub struct CheckedNonce {
 /// Verdict of [`NonceManager::check`] / [`NonceManager::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
+    /// Issued with our secret, not expired, and not used before with this nonce-count.
     Valid,
     /// Ours but expired, replayed (nc not increasing, or no-qop nonce reused) or forgotten:
     /// challenge with `stale=true` if the digest itself was right.
@@ -522,6 +537,8 @@ impl NonceManager {
         self.lifetime = lifetime_secs;
     }
 
+    /// A manager whose nonces are authenticated with `secret` (random, one per process: see
+    /// above) and stay valid for `lifetime_secs` seconds.
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
         NonceManager {
             hmac: HmacKey::new(&secret),
@@ -545,6 +562,7 @@ impl NonceManager {
         self.used.len()
     }
 
+    /// Whether no used nonce is remembered.
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
     }

@@ -17,10 +17,12 @@ impl From<UriError> for GrammarError {
     }
 }
 
+/// Whether `c` may appear in a token (RFC 3261 §25.1: letters, digits and ``-.!%*_+`'~``).
 pub fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
 }
 
+/// Whether `s` is a non-empty token (RFC 3261 §25.1).
 pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
 }
@@ -123,6 +125,7 @@ fn params(s: &str) -> Result<(&str, &str), GrammarError> {
 pub struct NameAddr<'a> {
     /// Display name as written: quoted content (escapes kept) or the token words.
     pub display: Option<&'a str>,
+    /// The URI: inside `<>` for a name-addr, else the addr-spec up to the parameters.
     pub uri: Uri<'a>,
     /// Header parameters (`;tag=..;expires=..`), with their leading `;`.
     pub params: &'a str,
@@ -131,10 +134,13 @@ pub struct NameAddr<'a> {
 }
 
 impl<'a> NameAddr<'a> {
+    /// A header parameter: `None` if absent, `Some(None)` without a value (`;lr`), `Some(Some(v))`
+    /// with one. Names compare case-insensitively.
     pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
         param_in(self.params, name)
     }
 
+    /// The `tag` parameter (RFC 3261 §19.3): which side of a dialog this is.
     pub fn tag(&self) -> Option<&'a str> {
         self.param("tag").flatten()
     }
@@ -210,6 +216,8 @@ pub fn name_addr_list(s: &str) -> NameAddrList<'_> {
     NameAddrList { rest: Some(s) }
 }
 
+/// The iterator of [`name_addr_list`]: one name-addr per element; a bad or empty element
+/// yields an error and ends the iteration.
 pub struct NameAddrList<'a> {
     rest: Option<&'a str>,
 }
@@ -243,19 +251,26 @@ impl<'a> Iterator for NameAddrList<'a> {
 pub struct Via<'a> {
     /// Transport token as written (`UDP`, `TCP`, `TLS`, `WS`, anything).
     pub transport: &'a str,
+    /// The sent-by host.
     pub host: Host<'a>,
+    /// The sent-by port, if written.
     pub port: Option<u16>,
     /// `host[:port]` as written, for RFC 3261 §17.2.3 matching.
     pub sent_by: &'a str,
+    /// Via parameters (`;branch=..;received=..`), with their leading `;`.
     pub params: &'a str,
+    /// The whole element as written.
     pub raw: &'a str,
 }
 
 impl<'a> Via<'a> {
+    /// A Via parameter: `None` if absent, `Some(None)` without a value (`;rport`), `Some(Some(v))`
+    /// with one. Names compare case-insensitively.
     pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
         param_in(self.params, name)
     }
 
+    /// The `branch` parameter (RFC 3261 §8.1.1.7), whatever its form; see `rfc3261_branch`.
     pub fn branch(&self) -> Option<&'a str> {
         self.param("branch").flatten()
     }
@@ -267,6 +282,8 @@ impl<'a> Via<'a> {
             .filter(|b| b.len() > 7 && b.starts_with("z9hG4bK"))
     }
 
+    /// Parses one element (`SIP/2.0/transport sent-by *(;param)`, RFC 3261 §20.42) and returns
+    /// it with what follows it (`""` or `,...`).
     pub fn parse_one(s: &'a str) -> Result<(Via<'a>, &'a str), GrammarError> {
         let s = skip_ws(s);
         let start = s;
@@ -318,6 +335,8 @@ pub fn via_list(s: &str) -> ViaList<'_> {
     ViaList { rest: Some(s) }
 }
 
+/// The iterator of [`via_list`]: one Via per element; a bad or empty element yields an error
+/// and ends the iteration.
 pub struct ViaList<'a> {
     rest: Option<&'a str>,
 }

@@ -5,41 +5,77 @@
 /// A header name the server interprets, or `Other` for anything it only passes along.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HeaderName {
+    /// `Accept` (RFC 3261 §20.1).
     Accept,
+    /// `Accept-Encoding` (RFC 3261 §20.2).
     AcceptEncoding,
+    /// `Allow` (RFC 3261 §20.5).
     Allow,
+    /// `Authorization` (RFC 3261 §20.7): digest credentials for a registrar or UAS.
     Authorization,
+    /// `Call-ID`, compact `i` (RFC 3261 §20.8).
     CallId,
+    /// `Contact`, compact `m` (RFC 3261 §20.10).
     Contact,
+    /// `Content-Encoding`, compact `e` (RFC 3261 §20.12).
     ContentEncoding,
+    /// `Content-Length`, compact `l` (RFC 3261 §20.14).
     ContentLength,
+    /// `Content-Type`, compact `c` (RFC 3261 §20.15).
     ContentType,
+    /// `CSeq` (RFC 3261 §20.16).
     CSeq,
+    /// `Expires` (RFC 3261 §20.19).
     Expires,
+    /// `From`, compact `f` (RFC 3261 §20.20).
     From,
+    /// `Max-Forwards` (RFC 3261 §20.22).
     MaxForwards,
+    /// `Min-Expires` (RFC 3261 §20.23).
     MinExpires,
+    /// `Path` (RFC 3327).
     Path,
+    /// `Proxy-Authenticate` (RFC 3261 §20.27): a proxy's digest challenge.
     ProxyAuthenticate,
+    /// `Proxy-Authorization` (RFC 3261 §20.28): digest credentials for a proxy.
     ProxyAuthorization,
+    /// `Proxy-Require` (RFC 3261 §20.29).
     ProxyRequire,
+    /// `Record-Route` (RFC 3261 §20.30).
     RecordRoute,
+    /// `Require` (RFC 3261 §20.32).
     Require,
+    /// `Route` (RFC 3261 §20.34).
     Route,
+    /// `Subject`, compact `s` (RFC 3261 §20.36).
     Subject,
+    /// `Supported`, compact `k` (RFC 3261 §20.37).
     Supported,
+    /// `To`, compact `t` (RFC 3261 §20.39).
     To,
+    /// `Unsupported` (RFC 3261 §20.40).
     Unsupported,
+    /// `User-Agent` (RFC 3261 §20.41).
     UserAgent,
+    /// `Via`, compact `v` (RFC 3261 §20.42).
     Via,
+    /// `WWW-Authenticate` (RFC 3261 §20.44): a registrar's or UAS's digest challenge.
     WwwAuthenticate,
+    /// `Event`, compact `o` (RFC 6665).
     Event,
+    /// `Refer-To`, compact `r` (RFC 3515).
     ReferTo,
+    /// `Referred-By`, compact `b` (RFC 3892).
     ReferredBy,
+    /// `Allow-Events`, compact `u` (RFC 6665).
     AllowEvents,
+    /// `Session-Expires`, compact `x` (RFC 4028).
     SessionExpires,
+    /// `Date` (RFC 3261 §20.17).
     Date,
+    /// `P-Asserted-Identity` (RFC 3325).
     PAssertedIdentity,
+    /// Any other name; the name as written is in [`Header::name_span`](crate::message::Header::name_span).
     Other,
 }
 

@@ -18,7 +18,9 @@ pub const MAX_HEADERS: usize = 256;
 /// dropped instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParseError {
+    /// The status to answer a request with (400 for most problems, 416, 505 or 513).
     pub status: u16,
+    /// The reason phrase for that answer: what was wrong.
     pub reason: &'static str,
 }
 
@@ -58,6 +60,7 @@ impl Span {
         }
     }
 
+    /// The span as a byte range of the buffer the message was parsed from.
     pub fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.end as usize
     }
@@ -66,24 +69,40 @@ impl Span {
 /// Methods the server knows; any other token is `Other` (methods are case-sensitive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// `INVITE` (RFC 3261 §13).
     Invite,
+    /// `ACK` (RFC 3261 §13.2.2.4, §17.1.1.3).
     Ack,
+    /// `BYE` (RFC 3261 §15).
     Bye,
+    /// `CANCEL` (RFC 3261 §9).
     Cancel,
+    /// `REGISTER` (RFC 3261 §10).
     Register,
+    /// `OPTIONS` (RFC 3261 §11).
     Options,
+    /// `MESSAGE` (RFC 3428).
     Message,
+    /// `INFO` (RFC 6086).
     Info,
+    /// `UPDATE` (RFC 3311).
     Update,
+    /// `REFER` (RFC 3515).
     Refer,
+    /// `NOTIFY` (RFC 6665).
     Notify,
+    /// `SUBSCRIBE` (RFC 6665).
     Subscribe,
+    /// `PRACK` (RFC 3262).
     Prack,
+    /// `PUBLISH` (RFC 3903).
     Publish,
+    /// Any other token; the text is in [`Message::method_str`].
     Other,
 }
 
 impl Method {
+    /// Classifies a method token, case-sensitively (RFC 3261 §7.1): `invite` is `Other`.
     pub fn parse(s: &str) -> Method {
         match s {
             "INVITE" => Method::Invite,
@@ -105,17 +124,25 @@ impl Method {
     }
 }
 
+/// The first line of a message (RFC 3261 §7.1, §7.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartLine {
+    /// A request line: `Method SP Request-URI SP SIP-Version`.
     Request {
+        /// The method, classified.
         method: Method,
+        /// The method as written.
         method_span: Span,
+        /// The Request-URI as written; [`Message::uri`] parses it.
         uri: Span,
         /// False for `SIP/x.y` other than 2.0: `validate_request` answers 505.
         version_ok: bool,
     },
+    /// A status line: `SIP-Version SP Status-Code SP Reason-Phrase`.
     Response {
+        /// The status code, 100 to 699.
         code: u16,
+        /// The reason phrase as written (may be empty).
         reason: Span,
     },
 }
@@ -123,8 +150,11 @@ pub enum StartLine {
 /// One header line: classified name, the name as written, and the trimmed value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The name, classified (`Other` for names the server does not interpret).
     pub name: HeaderName,
+    /// The name as written, without white space before the colon.
     pub name_span: Span,
+    /// The value without surrounding white space (folds are blanked to spaces).
     pub value: Span,
     /// Whole line without its CRLF, for copying it unchanged when forwarding.
     pub line: Span,
@@ -136,8 +166,11 @@ pub struct Message {
     buf: Bytes,
     /// Length of the head (start line and headers), checked to be UTF-8 at parse time.
     head_len: u32,
+    /// The request or status line.
     pub start: StartLine,
+    /// Every header line, in order.
     pub headers: Vec<Header>,
+    /// Where the body is in the buffer (empty if there is none); [`Message::body`] reads it.
     pub body: Span,
 }
 
@@ -147,7 +180,12 @@ pub enum Framing {
     /// Keep reading: the message is not complete yet.
     Incomplete,
     /// Leading CRLFs to discard (keep-alives, RFC 5626 §4.4.1: a double CRLF ping gets a CRLF pong).
-    KeepAlive { consumed: usize, ping: bool },
+    KeepAlive {
+        /// How many leading CR and LF bytes to drop from the buffer.
+        consumed: usize,
+        /// Whether they hold a double CRLF (a ping), to be answered with one CRLF (a pong).
+        ping: bool,
+    },
     /// A whole message of this many bytes is at the start of the buffer.
     Message(usize),
     /// The stream cannot be framed any more (bad or missing Content-Length): close it.
@@ -385,6 +423,7 @@ impl Message {
         self.buf.slice(..self.body.end as usize)
     }
 
+    /// The text of a span of this message; `""` if the span is out of range or not UTF-8.
     pub fn text(&self, span: Span) -> &str {
         let (start, end) = (span.start as usize, span.end as usize);
         let head = &self.buf[..self.head_len as usize];
@@ -404,14 +443,17 @@ impl Message {
             .unwrap_or("")
     }
 
+    /// The body: up to Content-Length, or to the end of a datagram without it.
     pub fn body(&self) -> &[u8] {
         &self.buf[self.body.range()]
     }
 
+    /// True for a request, false for a response.
     pub fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
     }
 
+    /// The method of a request; `None` for a response.
     pub fn method(&self) -> Option<Method> {
         match self.start {
             StartLine::Request { method, .. } => Some(method),
@@ -419,6 +461,7 @@ impl Message {
         }
     }
 
+    /// The method of a request as written (the text of an `Other`); `""` for a response.
     pub fn method_str(&self) -> &str {
         match self.start {
             StartLine::Request { method_span, .. } => self.text(method_span),
@@ -426,6 +469,7 @@ impl Message {
         }
     }
 
+    /// The status code of a response; `None` for a request.
     pub fn status(&self) -> Option<u16> {
         match self.start {
             StartLine::Response { code, .. } => Some(code),
@@ -433,6 +477,7 @@ impl Message {
         }
     }
 
+    /// The reason phrase of a response; `""` for a request.
     pub fn reason(&self) -> &str {
         match self.start {
             StartLine::Response { reason, .. } => self.text(reason),
@@ -440,6 +485,7 @@ impl Message {
         }
     }
 
+    /// The Request-URI as written; `""` for a response.
     pub fn uri_str(&self) -> &str {
         match self.start {
             StartLine::Request { uri, .. } => self.text(uri),
@@ -447,6 +493,8 @@ impl Message {
         }
     }
 
+    /// The Request-URI parsed; a 400 error if it does not parse (and for a response, which has
+    /// none).
     pub fn uri(&self) -> Result<Uri<'_>, ParseError> {
         Uri::parse(self.uri_str()).map_err(|_| ParseError::bad("bad Request-URI"))
     }
@@ -477,6 +525,7 @@ impl Message {
             .map(|h| self.text(h.value))
     }
 
+    /// The Call-ID; `""` when there is none.
     pub fn call_id(&self) -> &str {
         self.value(HeaderName::CallId).unwrap_or("")
     }
@@ -487,16 +536,20 @@ impl Message {
             .and_then(|v| grammar::parse_cseq(v).ok())
     }
 
+    /// The From header as one name-addr; `None` if absent or it does not parse.
     pub fn from(&self) -> Option<NameAddr<'_>> {
         self.value(HeaderName::From)
             .and_then(|v| NameAddr::parse_single(v).ok())
     }
 
+    /// The To header as one name-addr; `None` if absent or it does not parse.
     pub fn to(&self) -> Option<NameAddr<'_>> {
         self.value(HeaderName::To)
             .and_then(|v| NameAddr::parse_single(v).ok())
     }
 
+    /// The topmost Via element (the previous hop, where responses go); `None` if absent or it
+    /// does not parse.
     pub fn top_via(&self) -> Option<Via<'_>> {
         let v = self.value(HeaderName::Via)?;
         Via::parse_one(v).ok().map(|(via, _)| via)
@@ -507,6 +560,7 @@ impl Message {
         self.values(HeaderName::Via).flat_map(grammar::via_list)
     }
 
+    /// Max-Forwards (RFC 3261 §20.22); `None` if absent or not a number up to 255.
     pub fn max_forwards(&self) -> Option<u8> {
         self.value(HeaderName::MaxForwards)
             .and_then(|v| grammar::parse_bounded(v, 255))

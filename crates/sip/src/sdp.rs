@@ -8,9 +8,13 @@ use std::net::IpAddr;
 /// The media direction of a stream (RFC 3264 §5.1, §8.4: hold is sendonly or inactive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// `a=sendrecv`, the default: media both ways.
     SendRecv,
+    /// `a=sendonly`: the sender of this description only sends (hold).
     SendOnly,
+    /// `a=recvonly`: the sender of this description only receives.
     RecvOnly,
+    /// `a=inactive`: no media either way (hold).
     Inactive,
 }
 
@@ -25,6 +29,7 @@ impl Direction {
         })
     }
 
+    /// The attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::SendRecv => "sendrecv",
@@ -38,15 +43,19 @@ impl Direction {
 /// One `m=` section as the relay needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Media<'a> {
+    /// The media type (`audio`, `video`, ...), from the `m=` line.
     pub kind: &'a str,
     /// 0 for a stream that is refused or disabled.
     pub port: u16,
+    /// The transport protocol (`RTP/AVP`, `RTP/SAVP`, ...); empty if the line has none.
     pub proto: &'a str,
     /// The connection address in effect (the stream's own `c=`, else the session's).
     pub addr: Option<IpAddr>,
     /// `a=rtcp:` port (RFC 3605), when given.
     pub rtcp_port: Option<u16>,
+    /// `a=rtcp-mux` (RFC 5761): RTCP shares the RTP port.
     pub rtcp_mux: bool,
+    /// The stream's direction attribute, else the session's, else `sendrecv`.
     pub direction: Direction,
 }
 
@@ -60,6 +69,7 @@ impl Media<'_> {
 /// A parsed session description, borrowing from the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sdp<'a> {
+    /// The `m=` sections, in order.
     pub media: Vec<Media<'a>>,
 }
 

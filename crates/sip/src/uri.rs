@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Why a URI was refused; the caller turns it into a 400 or 416.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UriError {
+    /// The text breaks the URI grammar (RFC 3261 §25.1); the string says where.
     Syntax(&'static str),
 }
 
@@ -19,22 +20,30 @@ impl fmt::Display for UriError {
     }
 }
 
+/// A URI scheme, recognised case-insensitively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme<'a> {
+    /// `sip:` (RFC 3261 §19.1).
     Sip,
+    /// `sips:` (RFC 3261 §19.1): the resource is to be reached over TLS.
     Sips,
+    /// `tel:` (RFC 3966): allowed in a Request-URI, but kept opaque.
     Tel,
+    /// Any other scheme, as written; the URI is kept opaque.
     Other(&'a str),
 }
 
 /// The host part: a name, or an address (RFC 5118: IPv6 only inside brackets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host<'a> {
+    /// A host name as written (letters, digits, `-` and `.`).
     Name(&'a str),
+    /// An IPv4 address, or an IPv6 one written inside brackets.
     Ip(IpAddr),
 }
 
 impl Host<'_> {
+    /// The address, or `None` for a name.
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
             Host::Ip(ip) => Some(*ip),
@@ -66,11 +75,17 @@ impl fmt::Display for Host<'_> {
 /// `user_unescaped` and `param` give the values to compare with.
 #[derive(Clone, Copy, Debug)]
 pub struct Uri<'a> {
+    /// The whole URI as written.
     pub raw: &'a str,
+    /// The scheme.
     pub scheme: Scheme<'a>,
+    /// The user part, still escaped (see `user_unescaped`); `None` without `@`.
     pub user: Option<&'a str>,
+    /// The password after `user:`, still escaped, if any.
     pub password: Option<&'a str>,
+    /// The host; an empty name for schemes other than sip and sips.
     pub host: Host<'a>,
+    /// The port, if written.
     pub port: Option<u16>,
     /// `;a=b;c` including the leading `;`, or empty.
     pub params: &'a str,
@@ -329,6 +344,7 @@ impl<'a> Uri<'a> {
         })
     }
 
+    /// Whether the scheme is sip or sips, the only ones parsed fully and routed on.
     pub fn is_sip(&self) -> bool {
         matches!(self.scheme, Scheme::Sip | Scheme::Sips)
     }
@@ -349,6 +365,7 @@ impl<'a> Uri<'a> {
         self.param("transport").flatten()
     }
 
+    /// Whether the URI has the `lr` parameter (RFC 3261 §19.1.1): the hop is a loose router.
     pub fn has_lr(&self) -> bool {
         self.param("lr").is_some()
     }
