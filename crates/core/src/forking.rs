@@ -771,17 +771,14 @@ impl Core {
 
     /// Cancels a branch the hunt gave up on; its final response will not count.
     fn abandon_branch(&mut self, now: Instant, ctx_id: u64, idx: usize) {
-        if let Some(b) = self
+        let send = self
             .contexts
             .get_mut(&ctx_id)
             .and_then(|c| c.branches.get_mut(idx))
-        {
-            if b.final_status.is_some() {
-                return;
-            }
-            b.abandoned = true;
+            .is_some_and(|b| b.state.abandon());
+        if send {
+            self.send_cancel(now, ctx_id, idx);
         }
-        self.cancel_branch(now, ctx_id, idx);
     }
 
     /// The current stage has no branch left ringing: go on, or finish.
@@ -950,7 +947,7 @@ impl Core {
 
     pub(crate) fn drop_context_if_done(&mut self, ctx_id: u64) {
         let done = self.contexts.get(&ctx_id).is_some_and(|c: &ProxyCtx| {
-            c.final_sent && c.branches.iter().all(|b| b.final_status.is_some())
+            c.final_sent && c.branches.iter().all(|b| b.state.is_done())
         });
         if done {
             self.contexts.remove(&ctx_id);

@@ -4,6 +4,7 @@
 //! the runtime around it only moves bytes and runs the store.
 
 mod auth;
+mod branch;
 mod calls;
 mod flow;
 mod forking;

@@ -3,6 +3,7 @@
 //! response context per request, best-response selection, CANCEL fan-out and Timer C.
 
 use super::auth::AuthOutcome;
+use super::branch::BranchState;
 use super::forking::Hunt;
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
@@ -52,16 +53,12 @@ pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
     (class, u8::from(!useful), status)
 }
 
+/// One branch of a response context: its client transaction, where it is in its life, and
+/// when Timer C (or the give-up after a CANCEL) is due.
 pub(crate) struct Branch {
     pub client_key: String,
-    pub provisional: bool,
-    pub final_status: Option<u16>,
-    /// A CANCEL is owed once the branch answers provisionally (§9.1).
-    pub cancel_wanted: bool,
-    pub cancel_sent: bool,
+    pub state: BranchState,
     pub timer_c: Option<Instant>,
-    /// Cancelled by the hunt (ring time over): its final response does not count.
-    pub abandoned: bool,
     /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
     /// that names another address than the answer's source is behind NAT.
     pub to_phone: bool,
@@ -668,12 +665,8 @@ impl Core {
             if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
                 let branch = Branch {
                     client_key: ckey.clone(),
-                    provisional: false,
-                    final_status: None,
-                    cancel_wanted: false,
-                    cancel_sent: false,
+                    state: BranchState::Trying,
                     timer_c: invite.then(|| now + TIMER_C),
-                    abandoned: false,
                     to_phone,
                     retry,
                 };
@@ -1013,9 +1006,10 @@ impl Core {
                     self.cancel_branch(now, ctx, i);
                 }
                 // Nothing was ringing (DNS still looking, or between stages): done now.
-                let idle = self.contexts.get(&ctx).is_some_and(|c| {
-                    !c.final_sent && c.branches.iter().all(|b| b.final_status.is_some())
-                });
+                let idle = self
+                    .contexts
+                    .get(&ctx)
+                    .is_some_and(|c| !c.final_sent && c.branches.iter().all(|b| b.state.is_done()));
                 if idle {
                     self.finish_with_best(now, ctx);
                 }
@@ -1026,6 +1020,18 @@ impl Core {
 
     /// Sends CANCEL on a branch that has answered provisionally; otherwise remembers to.
     pub(crate) fn cancel_branch(&mut self, now: Instant, ctx: u64, idx: usize) {
+        let send = self
+            .contexts
+            .get_mut(&ctx)
+            .and_then(|c| c.branches.get_mut(idx))
+            .is_some_and(|b| b.state.cancel());
+        if send {
+            self.send_cancel(now, ctx, idx);
+        }
+    }
+
+    /// Sends the CANCEL of a branch whose state just became `Cancelling`.
+    pub(crate) fn send_cancel(&mut self, now: Instant, ctx: u64, idx: usize) {
         let Some(b) = self
             .contexts
             .get_mut(&ctx)
@@ -1033,14 +1039,6 @@ impl Core {
         else {
             return;
         };
-        if b.final_status.is_some() || b.cancel_sent {
-            return;
-        }
-        if !b.provisional {
-            b.cancel_wanted = true;
-            return;
-        }
-        b.cancel_sent = true;
         // §16.8: a cancelled branch that never answers is given up after 64*T1.
         let give_up = now + self.cfg.timers.t1 * 64;
         b.timer_c = Some(give_up);
@@ -1167,8 +1165,7 @@ impl Core {
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {
-                b.provisional = true;
-                cancel = b.cancel_wanted;
+                cancel = b.state.provisional();
                 if invite {
                     b.timer_c = Some(now + TIMER_C);
                     self.timers
@@ -1177,7 +1174,7 @@ impl Core {
             }
             let forward = status > 100 && !ctx.final_sent;
             if cancel {
-                self.cancel_branch(now, ctx_id, idx);
+                self.send_cancel(now, ctx_id, idx);
             }
             if forward {
                 let body = self.media_for_response(&resp, from, in_flow);
@@ -1192,9 +1189,12 @@ impl Core {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
-        let abandoned = ctx.branches.get(idx).is_some_and(|b| b.abandoned);
+        let abandoned = ctx
+            .branches
+            .get(idx)
+            .is_some_and(|b| b.state.is_abandoned());
         if let Some(b) = ctx.branches.get_mut(idx) {
-            b.final_status = Some(status);
+            b.state.finish(status);
         }
         if (300..400).contains(&status) && !ctx.answered && self.recurse(now, ctx_id, &resp) {
             // §16.7 step 4 (recursion): the Contacts are being tried instead.
@@ -1259,12 +1259,13 @@ impl Core {
         let Some(b) = ctx.branches.get_mut(idx) else {
             return;
         };
-        if b.final_status.is_some() {
+        if b.state.is_done() {
             return;
         }
-        b.final_status = Some(code);
+        let abandoned = b.state.is_abandoned();
+        b.state.finish(code);
         if !ctx.answered
-            && !b.abandoned
+            && !abandoned
             && ctx
                 .best
                 .as_ref()
@@ -1287,7 +1288,7 @@ impl Core {
         let Some(b) = ctx.branches.get_mut(idx) else {
             return false;
         };
-        if b.abandoned || b.cancel_sent || b.final_status.is_some() {
+        if !b.state.may_retry() {
             return false;
         }
         let Some(r) = b.retry.as_mut().filter(|r| !r.alternates.is_empty()) else {
@@ -1341,7 +1342,7 @@ impl Core {
         let from = ctx.hunt.as_ref().map_or(0, |h| h.stage_start);
         if ctx.branches[from.min(ctx.branches.len())..]
             .iter()
-            .any(|b| b.final_status.is_none())
+            .any(|b| !b.state.is_done())
         {
             return;
         }
@@ -1412,10 +1413,10 @@ impl Core {
         let Some(b) = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(idx)) else {
             return;
         };
-        if b.final_status.is_some() || b.timer_c.is_none_or(|t| t > now) {
+        if b.state.is_done() || b.timer_c.is_none_or(|t| t > now) {
             return;
         }
-        if b.provisional && !b.cancel_sent {
+        if b.state == BranchState::Ringing {
             self.cancel_branch(now, ctx_id, idx);
         } else {
             let key = b.client_key.clone();
