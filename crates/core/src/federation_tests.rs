@@ -133,9 +133,9 @@ fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_503() {
         .clients
         .iter()
         .find(|(_, c)| c.flow.remote == addr(BETA1))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k)
         .unwrap();
-    t.core.handle_send_failure(t.now, &key);
+    t.core.handle_send_failure(t.now, key);
     let out = t.sent();
     let (f, msg) = out
         .iter()

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, Transport};
 use crate::control;
-use crate::core::{Action, ConnId, Core, Flow, Listener};
+use crate::core::{Action, ClientTxId, ConnId, Core, Flow, Listener};
 use crate::mmsg;
 use crate::plan::settings::{ForwardSpec, PlanSettings};
 use crate::plan::Directory;
@@ -35,7 +35,7 @@ pub enum Event {
         remote: SocketAddr,
     },
     SendFailed {
-        key: Option<String>,
+        key: Option<ClientTxId>,
         remote: SocketAddr,
     },
     Control {
@@ -488,7 +488,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                     Event::SendFailed { key, remote } => {
                         tracing::debug!(%remote, "send failed");
                         if let Some(k) = key {
-                            core.handle_send_failure(now, &k);
+                            core.handle_send_failure(now, k);
                         }
                     }
                     Event::Control { command, reply } => {
@@ -862,7 +862,7 @@ impl Edge {
 
     /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
     /// connection while it is open, else on a new one.
-    fn send(&mut self, flow: Flow, data: Bytes, key: Option<String>) {
+    fn send(&mut self, flow: Flow, data: Bytes, key: Option<ClientTxId>) {
         if data.is_empty() {
             return;
         }
