@@ -103,15 +103,11 @@ impl BranchState {
     }
 
     /// Whether the branch's request may go to the next server of its domain after a failure
-    /// (RFC 3263 §4.3): not once it is finished, cancelled or abandoned. A CANCEL merely owed
-    /// does not stop it (the proxy decides on the context's state).
+    /// (RFC 3263 §4.3): not once it is finished, or to be cancelled (a CANCEL owed or sent):
+    /// a branch being cancelled must not ring anywhere new (RFC 3261 §16.7 step 5: no new
+    /// branch after a 6xx).
     pub(crate) fn may_retry(&self) -> bool {
-        matches!(
-            self,
-            BranchState::Trying
-                | BranchState::Ringing
-                | BranchState::CancelOwed { abandoned: false }
-        )
+        matches!(self, BranchState::Trying | BranchState::Ringing)
     }
 }
 
@@ -180,7 +176,7 @@ mod tests {
     fn retry_only_while_not_cancelled_or_abandoned() {
         assert!(Trying.may_retry());
         assert!(Ringing.may_retry());
-        assert!(CancelOwed { abandoned: false }.may_retry());
+        assert!(!CancelOwed { abandoned: false }.may_retry());
         assert!(!CancelOwed { abandoned: true }.may_retry());
         assert!(!Cancelling { abandoned: false }.may_retry());
     }
