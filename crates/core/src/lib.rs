@@ -557,7 +557,8 @@ impl Core {
         out
     }
 
-    /// The To tag of our own responses to a server transaction: derived from its key, so all
+    /// The To tag of our own responses to a server transaction: derived from its match key
+    /// (not its id, which a retransmission answered statelessly would not share), so all
     /// its responses carry the same one and nothing is stored or computed for the transactions
     /// we only forward.
     pub(crate) fn to_tag(&self, key: &str) -> String {
