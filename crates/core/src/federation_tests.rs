@@ -133,9 +133,9 @@ fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_500() {
         .clients
         .iter()
         .find(|(_, c)| c.flow.remote == addr(BETA1))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k)
         .unwrap();
-    t.core.handle_send_failure(t.now, &key);
+    t.core.handle_send_failure(t.now, key);
     let out = t.sent();
     let (f, msg) = out
         .iter()
@@ -331,4 +331,52 @@ To: <sip:y@evil.test>;tag=b\r\nCall-ID: forged-route\r\nCSeq: 1 INVITE\r\nConten
         "nothing goes to the trunk"
     );
     assert!(out.iter().any(|(_, m)| m.status() == Some(403)));
+}
+
+#[test]
+fn after_a_6xx_a_failed_branch_is_not_sent_to_the_domains_next_server() {
+    // RFC 3261 §16.7 step 5: after a 6xx the proxy cancels what is pending and creates no
+    // new branch in the context; a branch to another domain whose server then fails is not
+    // sent again to the domain's next server (RFC 3263 §4.3).
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let out = t.invite("alice", ALICE, "sip:bob@example.test", "six");
+    let (_, to_bob) = out
+        .iter()
+        .find(|(f, m)| m.is_request() && f.remote == addr(BOB))
+        .cloned()
+        .expect("bob's phone rings");
+    // A second branch of the same call, to another domain with two servers (as a hunt to
+    // a forwarding target there adds one).
+    let ctx = *t.core.contexts.keys().next().expect("one context");
+    let hop = crate::route::Hop {
+        uri: "sip:carol@beta.test".into(),
+        flow: udp(BETA1),
+        route: vec![],
+        alternates: vec![udp(BETA2)],
+    };
+    t.core.add_branches(t.now, ctx, vec![hop], &[]);
+    let out = t.sent();
+    let (_, to_beta) = out
+        .iter()
+        .find(|(f, m)| m.method() == Some(Method::Invite) && f.remote == addr(BETA1))
+        .cloned()
+        .expect("the INVITE goes to beta's first server");
+    // bob declines everywhere; beta's branch has not answered, so its CANCEL is owed.
+    t.recv(BOB, &answer(&to_bob, 603, "Decline", "b"));
+    t.sent();
+    // beta's first server is overloaded.
+    t.recv(BETA1, &answer(&to_beta, 503, "Service Unavailable", "x"));
+    let out = t.sent();
+    assert!(
+        out.iter()
+            .all(|(f, m)| f.remote != addr(BETA2) || m.method() != Some(Method::Invite)),
+        "no new branch after a 6xx: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|(f, m)| f.remote == addr(ALICE) && m.status() == Some(603)),
+        "the caller gets the 6xx: {out:?}"
+    );
 }

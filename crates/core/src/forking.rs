@@ -5,6 +5,7 @@
 //! next one starts, and when none is left the target's forwarding decides. Forwarded calls
 //! carry Diversion (RFC 5806) and History-Info (RFC 7044), and the caller gets 181.
 
+use super::handles::{CtxId, ServerTxId};
 use super::proxy::ProxyCtx;
 use super::route::Hop;
 use super::timers::TimerRef;
@@ -70,7 +71,7 @@ pub(crate) struct Stage {
 
 /// A DNS lookup a hunt waits for.
 pub(crate) struct Resolving {
-    pub ctx_id: u64,
+    pub ctx_id: CtxId,
     uri: String,
     /// The hunt's stage generation when it was asked (a later stage ignores the answer).
     pub generation: u32,
@@ -436,7 +437,7 @@ impl Core {
 
     /// Fills the hunt's stages for `target` (replacing what was left), or says where the
     /// call must go instead.
-    fn expand(&mut self, now: Instant, ctx_id: u64, target: &Dialed, invite: bool) -> Expanded {
+    fn expand(&mut self, now: Instant, ctx_id: CtxId, target: &Dialed, invite: bool) -> Expanded {
         let mut stages = VecDeque::new();
         let mut on_busy = None;
         let mut on_no_answer = None;
@@ -576,13 +577,13 @@ impl Core {
         Expanded::Stages
     }
 
-    fn hunt_mut(&mut self, ctx_id: u64) -> Option<&mut Hunt> {
+    fn hunt_mut(&mut self, ctx_id: CtxId) -> Option<&mut Hunt> {
         self.contexts.get_mut(&ctx_id)?.hunt.as_deref_mut()
     }
 
     /// Starts ringing `target` for the request of context `ctx_id`; answers the request
     /// itself when there is nobody to ring.
-    pub(crate) fn hunt_start(&mut self, now: Instant, ctx_id: u64, target: Dialed) {
+    pub(crate) fn hunt_start(&mut self, now: Instant, ctx_id: CtxId, target: Dialed) {
         if let Dialed::Local(t) = &target {
             if let Some(h) = self.hunt_mut(ctx_id) {
                 h.visited.push(t.clone());
@@ -591,7 +592,7 @@ impl Core {
         self.hunt_enter(now, ctx_id, target);
     }
 
-    fn hunt_enter(&mut self, now: Instant, ctx_id: u64, target: Dialed) {
+    fn hunt_enter(&mut self, now: Instant, ctx_id: CtxId, target: Dialed) {
         let invite = self.contexts.get(&ctx_id).is_some_and(|c| c.invite);
         match self.expand(now, ctx_id, &target, invite) {
             Expanded::Stages => {
@@ -609,7 +610,7 @@ impl Core {
     }
 
     /// Forks the next stage that has anyone to ring. False when none is left.
-    pub(crate) fn hunt_advance(&mut self, now: Instant, ctx_id: u64) -> bool {
+    pub(crate) fn hunt_advance(&mut self, now: Instant, ctx_id: CtxId) -> bool {
         loop {
             let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
                 return false;
@@ -656,7 +657,7 @@ impl Core {
 
     /// The current stage ended without an answer and none is left: forward if the target
     /// says so, else send the best response.
-    fn hunt_exhausted(&mut self, now: Instant, ctx_id: u64, best: Option<u16>) {
+    fn hunt_exhausted(&mut self, now: Instant, ctx_id: CtxId, best: Option<u16>) {
         let Some(h) = self.hunt_mut(ctx_id) else {
             return;
         };
@@ -676,7 +677,7 @@ impl Core {
     }
 
     /// Sends the call on to another target. False if it cannot go there.
-    fn retarget(&mut self, now: Instant, ctx_id: u64, r: Retarget) -> bool {
+    fn retarget(&mut self, now: Instant, ctx_id: CtxId, r: Retarget) -> bool {
         let limit = self.plan.calls.forward_limit;
         let dialed = self.plan.target(&r.target, r.owner.as_deref());
         let outside_ok = r
@@ -728,15 +729,15 @@ impl Core {
         // The new target's own answers decide what happens to it.
         ctx.best = None;
         if ctx.invite && !ctx.final_sent {
-            let key = ctx.server_key.clone();
-            self.respond(now, &key, 181, "Call Is Being Forwarded", &[], None);
+            let key = ctx.server;
+            self.respond(now, key, 181, "Call Is Being Forwarded", &[], None);
         }
         self.hunt_enter(now, ctx_id, dialed);
         true
     }
 
     /// A stage's ring time or the group's overall time ran out.
-    pub(crate) fn hunt_timer(&mut self, now: Instant, ctx_id: u64, generation: Option<u32>) {
+    pub(crate) fn hunt_timer(&mut self, now: Instant, ctx_id: CtxId, generation: Option<u32>) {
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return;
         };
@@ -772,22 +773,19 @@ impl Core {
     }
 
     /// Cancels a branch the hunt gave up on; its final response will not count.
-    fn abandon_branch(&mut self, now: Instant, ctx_id: u64, idx: usize) {
-        if let Some(b) = self
+    fn abandon_branch(&mut self, now: Instant, ctx_id: CtxId, idx: usize) {
+        let send = self
             .contexts
             .get_mut(&ctx_id)
             .and_then(|c| c.branches.get_mut(idx))
-        {
-            if b.final_status.is_some() {
-                return;
-            }
-            b.abandoned = true;
+            .is_some_and(|b| b.state.abandon());
+        if send {
+            self.send_cancel(now, ctx_id, idx);
         }
-        self.cancel_branch(now, ctx_id, idx);
     }
 
     /// The current stage has no branch left ringing: go on, or finish.
-    pub(crate) fn hunt_stage_over(&mut self, now: Instant, ctx_id: u64, best: Option<u16>) {
+    pub(crate) fn hunt_stage_over(&mut self, now: Instant, ctx_id: CtxId, best: Option<u16>) {
         let cancelled = self.contexts.get(&ctx_id).is_some_and(|c| c.cancelled);
         if cancelled {
             return self.finish_with_best(now, ctx_id);
@@ -798,11 +796,11 @@ impl Core {
         self.hunt_exhausted(now, ctx_id, best);
     }
 
-    fn hunt_final(&mut self, now: Instant, ctx_id: u64, code: u16, reason: &'static str) {
+    fn hunt_final(&mut self, now: Instant, ctx_id: CtxId, code: u16, reason: &'static str) {
         self.hunt_final_owned(now, ctx_id, code, reason.to_string());
     }
 
-    fn hunt_final_owned(&mut self, now: Instant, ctx_id: u64, code: u16, reason: String) {
+    fn hunt_final_owned(&mut self, now: Instant, ctx_id: CtxId, code: u16, reason: String) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -810,8 +808,8 @@ impl Core {
             return;
         }
         ctx.final_sent = true;
-        let key = ctx.server_key.clone();
-        self.respond(now, &key, code, &reason, &[], None);
+        let key = ctx.server;
+        self.respond(now, key, code, &reason, &[], None);
         self.drop_context_if_done(ctx_id);
     }
 
@@ -820,7 +818,7 @@ impl Core {
     pub(crate) fn apply_feature(
         &mut self,
         now: Instant,
-        key: &str,
+        key: ServerTxId,
         user: &str,
         req: FeatureRequest,
     ) {
@@ -905,7 +903,7 @@ impl Core {
 
     /// 3xx from a branch: its Contacts become new branches of the same stage, if the limit
     /// allows and they lead anywhere. True if any branch was added.
-    pub(crate) fn recurse(&mut self, now: Instant, ctx_id: u64, resp: &Message) -> bool {
+    pub(crate) fn recurse(&mut self, now: Instant, ctx_id: CtxId, resp: &Message) -> bool {
         let limit = self.plan.calls.redirect_limit;
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return false;
@@ -950,9 +948,9 @@ impl Core {
         true
     }
 
-    pub(crate) fn drop_context_if_done(&mut self, ctx_id: u64) {
+    pub(crate) fn drop_context_if_done(&mut self, ctx_id: CtxId) {
         let done = self.contexts.get(&ctx_id).is_some_and(|c: &ProxyCtx| {
-            c.final_sent && c.branches.iter().all(|b| b.final_status.is_some())
+            c.final_sent && c.branches.iter().all(|b| b.state.is_done())
         });
         if done {
             self.contexts.remove(&ctx_id);

@@ -6,7 +6,7 @@
 //! reached.
 
 use super::timers::TimerRef;
-use super::{Action, Core};
+use super::{Action, ClientTxId, Core};
 use crate::Transport;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -74,11 +74,14 @@ impl Core {
         let flow = b.flow;
         let (branch, w) = self.own_request("OPTIONS", contact, contact, flow);
         let data = w.finish(None, b"");
-        let key = super::proxy::client_key(&branch, "OPTIONS");
-        self.pings
-            .insert(key, (aor.to_string(), contact.to_string()));
         self.counters.nat_pings_sent += 1;
-        self.send_request(now, flow, &branch, "OPTIONS", data);
+        let id = self.send_request(now, flow, &branch, "OPTIONS", data);
+        // Its id exists once the transaction does; a new transaction's first actions only
+        // send, so nothing about the ping can have been reported before this.
+        if self.clients.contains(id) {
+            self.pings
+                .insert(id, (aor.to_string(), contact.to_string()));
+        }
         self.next_ping(now, aor, contact, true);
     }
 
@@ -95,8 +98,8 @@ impl Core {
     }
 
     /// The answer to a ping (any final response shows the phone is there).
-    pub(crate) fn ping_answered(&mut self, key: &str) -> bool {
-        let Some((aor, contact)) = self.pings.remove(key) else {
+    pub(crate) fn ping_answered(&mut self, key: ClientTxId) -> bool {
+        let Some((aor, contact)) = self.pings.remove(&key) else {
             return false;
         };
         if let Some(b) = self
@@ -112,8 +115,8 @@ impl Core {
     }
 
     /// A ping got no answer: after too many in a row the contact is removed.
-    pub(crate) fn ping_failed(&mut self, key: &str) {
-        let Some((aor, contact)) = self.pings.remove(key) else {
+    pub(crate) fn ping_failed(&mut self, key: ClientTxId) {
+        let Some((aor, contact)) = self.pings.remove(&key) else {
             return;
         };
         let limit = self.cfg.nat_ping_failures;

@@ -4,9 +4,11 @@
 //! the runtime around it only moves bytes and runs the store.
 
 mod auth;
+mod branch;
 mod calls;
 mod flow;
 mod forking;
+mod handles;
 mod keepalive;
 mod location;
 pub mod plan;
@@ -18,11 +20,13 @@ mod timers;
 
 pub use calls::{CallView, MediaRelay, RelayMode, RelayStream, Side, StreamCounters, StreamView};
 pub use flow::{ConnId, Flow, Transport};
+pub use handles::ClientTxId;
 pub use location::{Binding, Location};
 pub use records::{StoredBinding, User};
 
 use crate::plan::settings::{CallSettings, FeatureCodes, ForwardSpec, Numbering, PlanSettings};
 use crate::plan::Directory;
+use handles::{CtxId, ServerTxId, Table};
 use sip::build::{response_to, Writer};
 use sip::digest::{Algorithm, NonceManager};
 use sip::header::HeaderName;
@@ -38,11 +42,11 @@ use timers::{TimerQueue, TimerRef};
 #[derive(Debug)]
 pub enum Action {
     /// Send on a flow. If it cannot be sent (no connection possible), the edge reports
-    /// `handle_send_failure(key)` when `key` is set.
+    /// `handle_send_failure(key)` when `key` (the request's client transaction) is set.
     Send {
         flow: Flow,
         data: Bytes,
-        key: Option<String>,
+        key: Option<ClientTxId>,
     },
     /// Write a registration through to the store.
     PutBinding(StoredBinding),
@@ -223,7 +227,7 @@ pub(crate) struct ServerTx {
     /// (only the answer is kept for retransmissions: Timer J keeps it 32 s).
     pub request: Option<Message>,
     pub flow: Flow,
-    pub ctx: Option<u64>,
+    pub ctx: Option<CtxId>,
     pub final_sent: bool,
 }
 
@@ -253,10 +257,10 @@ pub(crate) struct ClientTx {
     /// transactions never need either).
     pub request: Bytes,
     pub flow: Flow,
-    pub ctx: Option<(u64, usize)>,
+    pub ctx: Option<(CtxId, usize)>,
     /// The server transaction it forwards for: late 2xx retransmissions go there even after
     /// the response context is gone (RFC 6026).
-    pub server: Option<String>,
+    pub server: Option<ServerTxId>,
     /// The UDP form of a request moved to TCP for its size: sent instead if TCP is refused
     /// (RFC 3261 §18.1.1).
     pub udp_fallback: Option<(Flow, Bytes)>,
@@ -302,9 +306,10 @@ pub struct Core {
     pub(crate) users: Users,
     pub(crate) location: Location,
     pub(crate) nonces: NonceManager,
-    pub(crate) servers: HashMap<String, ServerTx>,
-    pub(crate) clients: HashMap<String, ClientTx>,
-    pub(crate) contexts: HashMap<u64, proxy::ProxyCtx>,
+    /// Transactions by id, each table with its index from match key to id.
+    pub(crate) servers: Table<ServerTxId, ServerTx>,
+    pub(crate) clients: Table<ClientTxId, ClientTx>,
+    pub(crate) contexts: HashMap<CtxId, proxy::ProxyCtx>,
     pub(crate) timers: TimerQueue,
     pub(crate) next_id: u64,
     pub(crate) started: Instant,
@@ -319,7 +324,7 @@ pub struct Core {
     /// Where each rotating group starts its next call.
     pub(crate) rotation: HashMap<String, usize>,
     /// Keep-alive pings in flight: client transaction -> (user, contact).
-    pub(crate) pings: HashMap<String, (String, String)>,
+    pub(crate) pings: HashMap<ClientTxId, (String, String)>,
     /// Calls in progress by Call-ID.
     pub(crate) calls: HashMap<String, calls::Call>,
     /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
@@ -369,8 +374,8 @@ impl Core {
             cfg,
             users: Users::new(users),
             location: Location::default(),
-            servers: HashMap::new(),
-            clients: HashMap::new(),
+            servers: Table::default(),
+            clients: Table::default(),
             contexts: HashMap::new(),
             timers: TimerQueue::default(),
             next_id: 1,
@@ -506,16 +511,15 @@ impl Core {
         branch: &str,
         method: &str,
         data: Bytes,
-    ) {
+    ) -> ClientTxId {
         let (m, actions) = tx::ClientNonInvite::new(
             now,
             flow.transport.is_reliable(),
             &self.cfg.timers,
             data.clone(),
         );
-        let key = proxy::client_key(branch, method);
-        self.clients.insert(
-            key.clone(),
+        let id = self.clients.insert(
+            proxy::client_key(branch, method),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
                 request: data,
@@ -525,7 +529,8 @@ impl Core {
                 udp_fallback: None,
             },
         );
-        self.client_actions(now, key, actions);
+        self.client_actions(now, id, actions);
+        id
     }
 
     /// The actions produced since the last call.
@@ -555,7 +560,8 @@ impl Core {
         out
     }
 
-    /// The To tag of our own responses to a server transaction: derived from its key, so all
+    /// The To tag of our own responses to a server transaction: derived from its match key
+    /// (not its id, which a retransmission answered statelessly would not share), so all
     /// its responses carry the same one and nothing is stored or computed for the transactions
     /// we only forward.
     pub(crate) fn to_tag(&self, key: &str) -> String {
@@ -634,8 +640,8 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(t) = self.timers.pop_due(now) {
             match t {
-                TimerRef::Server(key) => self.server_timer(now, &key),
-                TimerRef::Client(key) => self.client_timer(now, &key),
+                TimerRef::Server(id) => self.server_timer(now, id),
+                TimerRef::Client(id) => self.client_timer(now, id),
                 TimerRef::TimerC(ctx, branch) => self.timer_c(now, ctx, branch),
                 TimerRef::Expiry(aor) => self.expire_bindings(now, &aor),
                 TimerRef::Hunt(ctx, generation) => self.hunt_timer(now, ctx, Some(generation)),
@@ -647,7 +653,7 @@ impl Core {
     }
 
     /// The edge could not send a request of client transaction `key` (connection refused...).
-    pub fn handle_send_failure(&mut self, now: Instant, key: &str) {
+    pub fn handle_send_failure(&mut self, now: Instant, key: ClientTxId) {
         let Some(ct) = self.clients.get_mut(key) else {
             return;
         };
@@ -668,28 +674,28 @@ impl Core {
                 ct.machine = machine;
                 ct.flow = flow;
                 ct.request = data_copy;
-                return self.client_actions(now, key.to_string(), actions);
+                return self.client_actions(now, key, actions);
             }
         }
         let actions = ct.machine.on_transport_error();
-        self.client_actions(now, key.to_string(), actions);
+        self.client_actions(now, key, actions);
     }
 
     /// `remote` answered a UDP datagram with an ICMP error (port or host unreachable): the
     /// requests we have in flight there fail now rather than after their timeout, so a
     /// domain's next server is tried at once (RFC 3263 §4.3) and a dead phone stops ringing.
     pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
-        let keys: Vec<String> = self
+        let keys: Vec<ClientTxId> = self
             .clients
             .iter()
             .filter(|(_, c)| c.flow.transport == Transport::Udp && c.flow.remote == remote)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k)
             .collect();
         if !keys.is_empty() {
             tracing::info!(%remote, "unreachable (ICMP); its requests fail now");
         }
         for key in keys {
-            let Some(ct) = self.clients.get_mut(&key) else {
+            let Some(ct) = self.clients.get_mut(key) else {
                 continue;
             };
             let actions = ct.machine.on_transport_error();
@@ -718,16 +724,16 @@ impl Core {
     pub(crate) fn respond(
         &mut self,
         now: Instant,
-        key: &str,
+        key: ServerTxId,
         code: u16,
         reason: &str,
         extra: &[(&str, String)],
         body: Option<(&str, &[u8])>,
     ) {
-        let tag = (code > 100).then(|| self.to_tag(key));
-        let Some(st) = self.servers.get(key) else {
+        let Some((match_key, st)) = self.servers.get_keyed(key) else {
             return;
         };
+        let tag = (code > 100).then(|| self.to_tag(match_key));
         let Some(request) = st.request.as_ref() else {
             return;
         };
@@ -758,7 +764,13 @@ impl Core {
     }
 
     /// Hands a finished response to server transaction `key`.
-    pub(crate) fn send_server_response(&mut self, now: Instant, key: &str, code: u16, data: Bytes) {
+    pub(crate) fn send_server_response(
+        &mut self,
+        now: Instant,
+        key: ServerTxId,
+        code: u16,
+        data: Bytes,
+    ) {
         let Some(st) = self.servers.get_mut(key) else {
             return;
         };
@@ -783,7 +795,7 @@ impl Core {
             return;
         };
         let actions = st.machine.send_response(now, code, data);
-        self.server_actions(now, key.to_string(), actions);
+        self.server_actions(now, key, actions);
         // Only the caller's own INVITE ends its call (not another request that reuses the
         // Call-ID).
         if let Some((call_id, tag)) = failed_call {
@@ -793,9 +805,14 @@ impl Core {
         }
     }
 
-    pub(crate) fn server_actions(&mut self, _now: Instant, key: String, actions: Vec<tx::Action>) {
+    pub(crate) fn server_actions(
+        &mut self,
+        _now: Instant,
+        key: ServerTxId,
+        actions: Vec<tx::Action>,
+    ) {
         let mut terminated = false;
-        if let Some(st) = self.servers.get(&key) {
+        if let Some(st) = self.servers.get(key) {
             for a in actions {
                 match a {
                     tx::Action::Transmit(data) => self.out.push(Action::Send {
@@ -804,24 +821,24 @@ impl Core {
                         key: None,
                     }),
                     tx::Action::Timeout | tx::Action::TransportError => {
-                        tracing::debug!(key, "server transaction timed out")
+                        tracing::debug!(?key, "server transaction timed out")
                     }
                     tx::Action::Terminated => terminated = true,
                 }
             }
         }
         if terminated {
-            self.servers.remove(&key);
+            self.servers.remove(key);
         } else if let Some(at) = self
             .servers
-            .get(&key)
+            .get(key)
             .and_then(|st| st.machine.poll_timeout())
         {
             self.timers.push(at, TimerRef::Server(key));
         }
     }
 
-    fn server_timer(&mut self, now: Instant, key: &str) {
+    fn server_timer(&mut self, now: Instant, key: ServerTxId) {
         let Some(st) = self.servers.get_mut(key) else {
             return;
         };
@@ -830,10 +847,10 @@ impl Core {
             return;
         }
         let actions = st.machine.handle_timeout(now);
-        self.server_actions(now, key.to_string(), actions);
+        self.server_actions(now, key, actions);
     }
 
-    fn client_timer(&mut self, now: Instant, key: &str) {
+    fn client_timer(&mut self, now: Instant, key: ClientTxId) {
         let Some(ct) = self.clients.get_mut(key) else {
             return;
         };
@@ -842,20 +859,25 @@ impl Core {
             return;
         }
         let actions = ct.machine.handle_timeout(now);
-        self.client_actions(now, key.to_string(), actions);
+        self.client_actions(now, key, actions);
     }
 
     /// Carries out a client transaction's actions; a timeout becomes a 408 for its branch.
-    pub(crate) fn client_actions(&mut self, now: Instant, key: String, actions: Vec<tx::Action>) {
+    pub(crate) fn client_actions(
+        &mut self,
+        now: Instant,
+        key: ClientTxId,
+        actions: Vec<tx::Action>,
+    ) {
         let mut terminated = false;
         let mut failed = None;
-        if let Some(ct) = self.clients.get(&key) {
+        if let Some(ct) = self.clients.get(key) {
             for a in actions {
                 match a {
                     tx::Action::Transmit(data) => self.out.push(Action::Send {
                         flow: ct.flow,
                         data,
-                        key: Some(key.clone()),
+                        key: Some(key),
                     }),
                     tx::Action::Timeout => failed = Some((408, "Request Timeout")),
                     tx::Action::TransportError => failed = Some((503, "Service Unavailable")),
@@ -863,18 +885,12 @@ impl Core {
                 }
             }
         }
-        let ctx = self.clients.get(&key).and_then(|c| c.ctx);
-        // A request of our own that failed (a keep-alive ping): needs its key afterwards.
-        let key_for_failure = if failed.is_some() && ctx.is_none() {
-            key.clone()
-        } else {
-            String::new()
-        };
+        let ctx = self.clients.get(key).and_then(|c| c.ctx);
         if terminated {
-            self.clients.remove(&key);
+            self.clients.remove(key);
         } else if let Some(at) = self
             .clients
-            .get(&key)
+            .get(key)
             .and_then(|ct| ct.machine.poll_timeout())
         {
             self.timers.push(at, TimerRef::Client(key));
@@ -883,7 +899,8 @@ impl Core {
             (Some((code, reason)), Some((ctx, branch))) => {
                 self.branch_failed(now, ctx, branch, code, reason)
             }
-            (Some(_), None) => self.ping_failed(&key_for_failure),
+            // A request of our own that failed (a keep-alive ping).
+            (Some(_), None) => self.ping_failed(key),
             _ => {}
         }
     }

@@ -3,7 +3,9 @@
 //! response context per request, best-response selection, CANCEL fan-out and Timer C.
 
 use super::auth::AuthOutcome;
+use super::branch::BranchState;
 use super::forking::Hunt;
+use super::handles::{ClientTxId, CtxId, ServerTxId};
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
 use super::{
@@ -52,16 +54,12 @@ pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
     (class, u8::from(!useful), status)
 }
 
+/// One branch of a response context: its client transaction, where it is in its life, and
+/// when Timer C (or the give-up after a CANCEL) is due.
 pub(crate) struct Branch {
-    pub client_key: String,
-    pub provisional: bool,
-    pub final_status: Option<u16>,
-    /// A CANCEL is owed once the branch answers provisionally (§9.1).
-    pub cancel_wanted: bool,
-    pub cancel_sent: bool,
+    pub client: ClientTxId,
+    pub state: BranchState,
     pub timer_c: Option<Instant>,
-    /// Cancelled by the hunt (ring time over): its final response does not count.
-    pub abandoned: bool,
     /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
     /// that names another address than the answer's source is behind NAT.
     pub to_phone: bool,
@@ -78,7 +76,8 @@ pub(crate) struct Retry {
 
 /// The response context of one forwarded request.
 pub(crate) struct ProxyCtx {
-    pub server_key: String,
+    /// The server transaction of the request, which the best response answers.
+    pub server: ServerTxId,
     pub invite: bool,
     pub branches: Vec<Branch>,
     pub best: Option<Candidate>,
@@ -140,9 +139,13 @@ impl Core {
         if method == Some(Method::Ack) {
             return self.on_ack(now, flow, msg, &key);
         }
-        if let Some(st) = self.servers.get(&key) {
-            let actions = st.machine.on_request_retransmission();
-            return self.server_actions(now, key, actions);
+        if let Some(id) = self.servers.find(&key) {
+            let actions = self
+                .servers
+                .get(id)
+                .map(|st| st.machine.on_request_retransmission())
+                .unwrap_or_default();
+            return self.server_actions(now, id, actions);
         }
         if method == Some(Method::Cancel) {
             return self.on_cancel(now, flow, msg, key);
@@ -157,8 +160,8 @@ impl Core {
         } else {
             ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
         };
-        self.servers.insert(
-            key.clone(),
+        let key = self.servers.insert(
+            key,
             ServerTx {
                 machine,
                 request: Some(msg.clone()),
@@ -169,38 +172,44 @@ impl Core {
         );
         if method == Some(Method::Invite) {
             // §16.2: a stateful proxy answers INVITE with 100 at once, stopping retransmissions.
-            self.respond(now, &key, 100, "Trying", &[], None);
+            self.respond(now, key, 100, "Trying", &[], None);
         }
-        match self.decide(now, &msg, &key, flow) {
-            Some(Decision::Reply(code, reason)) => self.respond(now, &key, code, reason, &[], None),
+        match self.decide(now, &msg, key, flow) {
+            Some(Decision::Reply(code, reason)) => self.respond(now, key, code, reason, &[], None),
             Some(Decision::ReplyOwned(code, reason)) => {
-                self.respond(now, &key, code, &reason, &[], None)
+                self.respond(now, key, code, &reason, &[], None)
             }
-            Some(Decision::Feature { user, req }) => self.apply_feature(now, &key, &user, req),
+            Some(Decision::Feature { user, req }) => self.apply_feature(now, key, &user, req),
             Some(Decision::Hunt {
                 target,
                 hunt,
                 pop,
                 hash,
             }) => {
-                if let Some(ctx_id) = self.new_context(&key, &msg, pop, &hash, Some(hunt)) {
+                if let Some(ctx_id) = self.new_context(key, &msg, pop, &hash, Some(hunt)) {
                     self.hunt_start(now, ctx_id, target);
                 }
             }
-            Some(Decision::Register) => self.register(now, &key, &msg, flow),
+            Some(Decision::Register) => self.register(now, key, &msg, flow),
             Some(Decision::OptionsHere) => {
                 let h = Core::capability_headers();
-                self.respond(now, &key, 200, "OK", &h, None);
+                self.respond(now, key, 200, "OK", &h, None);
             }
             Some(Decision::Forward { hops, pop, hash }) => {
-                self.fork(now, &key, &msg, hops, pop, &hash)
+                self.fork(now, key, &msg, hops, pop, &hash)
             }
             None => {} // already answered (challenge)
         }
     }
 
     /// The routing pipeline (§16.3–16.5). `None` means a response was already sent.
-    fn decide(&mut self, now: Instant, msg: &Message, key: &str, flow: Flow) -> Option<Decision> {
+    fn decide(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+    ) -> Option<Decision> {
         let method = msg.method();
         let uri = match msg.uri() {
             Ok(u) => u,
@@ -342,7 +351,7 @@ impl Core {
         &mut self,
         now: Instant,
         msg: &Message,
-        key: &str,
+        key: ServerTxId,
         flow: Flow,
         uri: &Uri<'_>,
         pop: usize,
@@ -376,7 +385,7 @@ impl Core {
         &mut self,
         now: Instant,
         msg: &Message,
-        key: &str,
+        key: ServerTxId,
         flow: Flow,
     ) -> Result<String, Option<Decision>> {
         let Some(from) = msg.from() else {
@@ -429,14 +438,14 @@ impl Core {
     /// A response context for the request of server transaction `key`, with no branch yet.
     pub(crate) fn new_context(
         &mut self,
-        key: &str,
+        key: ServerTxId,
         msg: &Message,
         pop: usize,
         hash: &str,
         hunt: Option<Box<Hunt>>,
-    ) -> Option<u64> {
+    ) -> Option<CtxId> {
         let invite = msg.method() == Some(Method::Invite);
-        let ctx_id = self.id();
+        let ctx_id = CtxId(self.id());
         let in_flow = match self.servers.get_mut(key) {
             Some(st) => {
                 st.ctx = Some(ctx_id);
@@ -452,7 +461,7 @@ impl Core {
         self.contexts.insert(
             ctx_id,
             ProxyCtx {
-                server_key: key.to_string(),
+                server: key,
                 invite,
                 branches: vec![],
                 best: None,
@@ -474,7 +483,7 @@ impl Core {
     fn fork(
         &mut self,
         now: Instant,
-        key: &str,
+        key: ServerTxId,
         msg: &Message,
         hops: Vec<Hop>,
         pop: usize,
@@ -498,7 +507,7 @@ impl Core {
     pub(crate) fn add_branches(
         &mut self,
         now: Instant,
-        ctx_id: u64,
+        ctx_id: CtxId,
         hops: Vec<Hop>,
         extra: &[(&'static str, String)],
     ) {
@@ -510,7 +519,7 @@ impl Core {
     fn add_branches_at(
         &mut self,
         now: Instant,
-        ctx_id: u64,
+        ctx_id: CtxId,
         hops: Vec<Hop>,
         extra: &[(&'static str, String)],
         replace: Option<usize>,
@@ -518,12 +527,12 @@ impl Core {
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return;
         };
-        let key = ctx.server_key.clone();
+        let key = ctx.server;
         let (pop, in_flow, dialog_creating, invite) =
             (ctx.pop, ctx.in_flow, ctx.dialog_creating, ctx.invite);
         let hash = ctx.hash.clone();
         let hunting = ctx.hunt.is_some();
-        let Some(msg) = self.servers.get(&key).and_then(|st| st.request.clone()) else {
+        let Some(msg) = self.servers.get(key).and_then(|st| st.request.clone()) else {
             return;
         };
         // RFC 3261 §26.2: a sips: request only ever travels over TLS.
@@ -645,7 +654,6 @@ impl Core {
                 }
             }
             let sent = data.clone();
-            let ckey = client_key(&branch, msg.method_str());
             let reliable = flow.transport.is_reliable();
             let (machine, actions) = if invite {
                 let (m, a) = tx::ClientInvite::new(now, reliable, &self.cfg.timers, data);
@@ -654,26 +662,22 @@ impl Core {
                 let (m, a) = tx::ClientNonInvite::new(now, reliable, &self.cfg.timers, data);
                 (ClientMachine::NonInvite(m), a)
             };
-            self.clients.insert(
-                ckey.clone(),
+            let ckey = self.clients.insert(
+                client_key(&branch, msg.method_str()),
                 ClientTx {
                     machine,
                     request: sent,
                     flow,
                     ctx: Some((ctx_id, idx)),
-                    server: Some(key.clone()),
+                    server: Some(key),
                     udp_fallback,
                 },
             );
             if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
                 let branch = Branch {
-                    client_key: ckey.clone(),
-                    provisional: false,
-                    final_status: None,
-                    cancel_wanted: false,
-                    cancel_sent: false,
+                    client: ckey,
+                    state: BranchState::Trying,
                     timer_c: invite.then(|| now + TIMER_C),
-                    abandoned: false,
                     to_phone,
                     retry,
                 };
@@ -913,10 +917,11 @@ impl Core {
     /// ACK: absorbed by the INVITE server transaction for a non-2xx, otherwise (ACK for a
     /// 2xx, new branch) forwarded statelessly along the dialog's route.
     fn on_ack(&mut self, now: Instant, flow: Flow, msg: Message, key: &str) {
-        if let Some(st) = self.servers.get_mut(key) {
+        let invite = self.servers.find(key);
+        if let Some((id, st)) = invite.and_then(|id| Some((id, self.servers.get_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
                 let (disp, actions) = m.on_ack(now);
-                self.server_actions(now, key.to_string(), actions);
+                self.server_actions(now, id, actions);
                 if disp == Disposition::Absorb {
                     return;
                 }
@@ -979,11 +984,11 @@ impl Core {
     /// cancelled; the INVITE gets its 487 from the branches.
     fn on_cancel(&mut self, now: Instant, flow: Flow, msg: Message, key: String) {
         let invite_key = server_key(&msg, Some("INVITE"));
-        let Some(invite_key) = invite_key.filter(|k| self.servers.contains_key(k)) else {
+        let Some(invite_key) = invite_key.and_then(|k| self.servers.find(&k)) else {
             return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
         };
-        self.servers.insert(
-            key.clone(),
+        let key = self.servers.insert(
+            key,
             ServerTx {
                 machine: super::ServerMachine::NonInvite(tx::ServerNonInvite::new(
                     flow.transport.is_reliable(),
@@ -995,8 +1000,8 @@ impl Core {
                 final_sent: false,
             },
         );
-        self.respond(now, &key, 200, "OK", &[], None);
-        let (ctx, final_sent) = match self.servers.get(&invite_key) {
+        self.respond(now, key, 200, "OK", &[], None);
+        let (ctx, final_sent) = match self.servers.get(invite_key) {
             Some(st) => (st.ctx, st.final_sent),
             None => return,
         };
@@ -1013,19 +1018,32 @@ impl Core {
                     self.cancel_branch(now, ctx, i);
                 }
                 // Nothing was ringing (DNS still looking, or between stages): done now.
-                let idle = self.contexts.get(&ctx).is_some_and(|c| {
-                    !c.final_sent && c.branches.iter().all(|b| b.final_status.is_some())
-                });
+                let idle = self
+                    .contexts
+                    .get(&ctx)
+                    .is_some_and(|c| !c.final_sent && c.branches.iter().all(|b| b.state.is_done()));
                 if idle {
                     self.finish_with_best(now, ctx);
                 }
             }
-            None => self.respond(now, &invite_key, 487, "Request Terminated", &[], None),
+            None => self.respond(now, invite_key, 487, "Request Terminated", &[], None),
         }
     }
 
     /// Sends CANCEL on a branch that has answered provisionally; otherwise remembers to.
-    pub(crate) fn cancel_branch(&mut self, now: Instant, ctx: u64, idx: usize) {
+    pub(crate) fn cancel_branch(&mut self, now: Instant, ctx: CtxId, idx: usize) {
+        let send = self
+            .contexts
+            .get_mut(&ctx)
+            .and_then(|c| c.branches.get_mut(idx))
+            .is_some_and(|b| b.state.cancel());
+        if send {
+            self.send_cancel(now, ctx, idx);
+        }
+    }
+
+    /// Sends the CANCEL of a branch whose state just became `Cancelling`.
+    pub(crate) fn send_cancel(&mut self, now: Instant, ctx: CtxId, idx: usize) {
         let Some(b) = self
             .contexts
             .get_mut(&ctx)
@@ -1033,20 +1051,11 @@ impl Core {
         else {
             return;
         };
-        if b.final_status.is_some() || b.cancel_sent {
-            return;
-        }
-        if !b.provisional {
-            b.cancel_wanted = true;
-            return;
-        }
-        b.cancel_sent = true;
         // §16.8: a cancelled branch that never answers is given up after 64*T1.
         let give_up = now + self.cfg.timers.t1 * 64;
         b.timer_c = Some(give_up);
         self.timers.push(give_up, TimerRef::TimerC(ctx, idx));
-        let ckey = b.client_key.clone();
-        let Some(ct) = self.clients.get(&ckey) else {
+        let Some(ct) = self.clients.get(b.client) else {
             return;
         };
         let Ok(invite) = Message::parse(ct.request.clone(), false) else {
@@ -1063,9 +1072,8 @@ impl Core {
         let data_for_tx = data.clone();
         let (m, actions) =
             tx::ClientNonInvite::new(now, flow.transport.is_reliable(), &self.cfg.timers, data);
-        let key = client_key(&branch, "CANCEL");
-        self.clients.insert(
-            key.clone(),
+        let key = self.clients.insert(
+            client_key(&branch, "CANCEL"),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
                 request: data_for_tx,
@@ -1087,9 +1095,11 @@ impl Core {
         let (Some(via), Some((_, method))) = (msg.top_via(), msg.cseq()) else {
             return;
         };
-        let key = client_key(via.branch().unwrap_or(""), method);
         let status = msg.status().unwrap_or(500);
-        let Some(ct) = self.clients.get_mut(&key) else {
+        let found = self
+            .clients
+            .find(&client_key(via.branch().unwrap_or(""), method));
+        let Some((key, ct)) = found.and_then(|id| Some((id, self.clients.get_mut(id)?))) else {
             // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
             // forwarded to whatever its next Via names.
             tracing::debug!(status, "response matches no transaction; dropped");
@@ -1110,12 +1120,11 @@ impl Core {
             ClientMachine::NonInvite(m) => m.on_response(now, status),
         };
         let ctx = ct.ctx;
-        let server = ct.server.clone();
-        let ping_key = (ours && status >= 200).then(|| key.clone());
+        let server = ct.server;
         self.client_actions(now, key, actions);
         if ours && disp == Disposition::PassUp && status >= 200 {
             // A request of our own: a keep-alive ping, or a feature-code confirmation.
-            if ping_key.is_some_and(|k| self.ping_answered(&k)) {
+            if self.ping_answered(key) {
                 return;
             }
             if status < 300 {
@@ -1131,10 +1140,10 @@ impl Core {
                     self.branch_response(now, ctx, idx, msg, flow)
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
-                    let toward = self.servers.get(&server).map(|st| st.flow);
+                    let toward = self.servers.get(server).map(|st| st.flow);
                     let body = toward.and_then(|f| self.media_for_response(&msg, flow, f));
                     let data = upstream_bytes(&msg, None, body.as_deref(), None);
-                    self.send_server_response(now, &server, status, data);
+                    self.send_server_response(now, server, status, data);
                 }
                 _ => {}
             }
@@ -1144,7 +1153,7 @@ impl Core {
     fn branch_response(
         &mut self,
         now: Instant,
-        ctx_id: u64,
+        ctx_id: CtxId,
         idx: usize,
         resp: Message,
         from: Flow,
@@ -1161,14 +1170,13 @@ impl Core {
             .get(idx)
             .is_some_and(|b| b.to_phone && status > 100 && status < 300)
             .then_some(from);
-        let server_key = ctx.server_key.clone();
+        let server = ctx.server;
         let invite = ctx.invite;
         let (in_flow, dialog_creating) = (ctx.in_flow, ctx.dialog_creating);
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {
-                b.provisional = true;
-                cancel = b.cancel_wanted;
+                cancel = b.state.provisional();
                 if invite {
                     b.timer_c = Some(now + TIMER_C);
                     self.timers
@@ -1177,12 +1185,12 @@ impl Core {
             }
             let forward = status > 100 && !ctx.final_sent;
             if cancel {
-                self.cancel_branch(now, ctx_id, idx);
+                self.send_cancel(now, ctx_id, idx);
             }
             if forward {
                 let body = self.media_for_response(&resp, from, in_flow);
                 let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
-                self.send_server_response(now, &server_key, status, data);
+                self.send_server_response(now, server, status, data);
             }
             return;
         }
@@ -1192,9 +1200,12 @@ impl Core {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
-        let abandoned = ctx.branches.get(idx).is_some_and(|b| b.abandoned);
+        let abandoned = ctx
+            .branches
+            .get(idx)
+            .is_some_and(|b| b.state.is_abandoned());
         if let Some(b) = ctx.branches.get_mut(idx) {
-            b.final_status = Some(status);
+            b.state.finish(status);
         }
         if (300..400).contains(&status) && !ctx.answered && self.recurse(now, ctx_id, &resp) {
             // §16.7 step 4 (recursion): the Contacts are being tried instead.
@@ -1214,7 +1225,7 @@ impl Core {
             }
             let body = self.media_for_response(&resp, from, in_flow);
             let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
-            self.send_server_response(now, &server_key, status, data);
+            self.send_server_response(now, server, status, data);
             if invite {
                 self.cancel_all(now, ctx_id);
             }
@@ -1238,7 +1249,7 @@ impl Core {
     pub(crate) fn branch_failed(
         &mut self,
         now: Instant,
-        ctx_id: u64,
+        ctx_id: CtxId,
         idx: usize,
         code: u16,
         reason: &'static str,
@@ -1259,12 +1270,13 @@ impl Core {
         let Some(b) = ctx.branches.get_mut(idx) else {
             return;
         };
-        if b.final_status.is_some() {
+        if b.state.is_done() {
             return;
         }
-        b.final_status = Some(code);
+        let abandoned = b.state.is_abandoned();
+        b.state.finish(code);
         if !ctx.answered
-            && !b.abandoned
+            && !abandoned
             && ctx
                 .best
                 .as_ref()
@@ -1277,7 +1289,7 @@ impl Core {
 
     /// RFC 3263 §4.3: a branch to another domain whose server timed out, could not be
     /// reached or answered 503 goes to the domain's next server. False when none is left.
-    fn try_alternate(&mut self, now: Instant, ctx_id: u64, idx: usize) -> bool {
+    fn try_alternate(&mut self, now: Instant, ctx_id: CtxId, idx: usize) -> bool {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return false;
         };
@@ -1287,7 +1299,7 @@ impl Core {
         let Some(b) = ctx.branches.get_mut(idx) else {
             return false;
         };
-        if b.abandoned || b.cancel_sent || b.final_status.is_some() {
+        if !b.state.may_retry() {
             return false;
         }
         let Some(r) = b.retry.as_mut().filter(|r| !r.alternates.is_empty()) else {
@@ -1296,8 +1308,7 @@ impl Core {
         let flow = r.alternates.remove(0);
         // The failed server's transaction no longer speaks for this branch slot (a late
         // error on it must not fail the new one over again).
-        let old_key = b.client_key.clone();
-        if let Some(old) = self.clients.get_mut(&old_key) {
+        if let Some(old) = self.clients.get_mut(b.client) {
             old.ctx = None;
         }
         let Some(r) = self
@@ -1321,7 +1332,7 @@ impl Core {
         true
     }
 
-    fn cancel_all(&mut self, now: Instant, ctx_id: u64) {
+    fn cancel_all(&mut self, now: Instant, ctx_id: CtxId) {
         let n = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
         for i in 0..n {
             self.cancel_branch(now, ctx_id, i);
@@ -1331,7 +1342,7 @@ impl Core {
     /// After a branch's final response: when the current stage has nothing left ringing, a
     /// hunt goes on (next stage, forwarding); otherwise the best response goes up. The
     /// context is dropped once every branch has its final response.
-    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+    fn maybe_finish(&mut self, now: Instant, ctx_id: CtxId) {
         let Some(ctx) = self.contexts.get(&ctx_id) else {
             return;
         };
@@ -1341,7 +1352,7 @@ impl Core {
         let from = ctx.hunt.as_ref().map_or(0, |h| h.stage_start);
         if ctx.branches[from.min(ctx.branches.len())..]
             .iter()
-            .any(|b| b.final_status.is_none())
+            .any(|b| !b.state.is_done())
         {
             return;
         }
@@ -1364,7 +1375,7 @@ impl Core {
 
     /// Sends the best final response collected (§16.7 step 6), or 480 when every branch was
     /// given up by us.
-    pub(crate) fn finish_with_best(&mut self, now: Instant, ctx_id: u64) {
+    pub(crate) fn finish_with_best(&mut self, now: Instant, ctx_id: CtxId) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -1372,7 +1383,7 @@ impl Core {
             return self.drop_context_if_done(ctx_id);
         }
         ctx.final_sent = true;
-        let key = ctx.server_key.clone();
+        let key = ctx.server;
         let best = ctx.best.take();
         let cancelled = ctx.cancelled;
         match best {
@@ -1388,15 +1399,13 @@ impl Core {
                 } else {
                     (status, upstream_bytes(&resp, None, None, None))
                 };
-                self.send_server_response(now, &key, code, data);
+                self.send_server_response(now, key, code, data);
             }
-            Some(Candidate::Local(code, reason)) => {
-                self.respond(now, &key, code, reason, &[], None)
-            }
-            None if cancelled => self.respond(now, &key, 487, "Request Terminated", &[], None),
+            Some(Candidate::Local(code, reason)) => self.respond(now, key, code, reason, &[], None),
+            None if cancelled => self.respond(now, key, 487, "Request Terminated", &[], None),
             None => self.respond(
                 now,
-                &key,
+                key,
                 480,
                 "Temporarily Unavailable (No Answer)",
                 &[],
@@ -1408,18 +1417,18 @@ impl Core {
 
     /// Timer C fired for a branch (§16.8): cancel it if it rang, else (or if even the CANCEL
     /// brought no final response) give it up as 408.
-    pub(crate) fn timer_c(&mut self, now: Instant, ctx_id: u64, idx: usize) {
+    pub(crate) fn timer_c(&mut self, now: Instant, ctx_id: CtxId, idx: usize) {
         let Some(b) = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(idx)) else {
             return;
         };
-        if b.final_status.is_some() || b.timer_c.is_none_or(|t| t > now) {
+        if b.state.is_done() || b.timer_c.is_none_or(|t| t > now) {
             return;
         }
-        if b.provisional && !b.cancel_sent {
+        if b.state == BranchState::Ringing {
             self.cancel_branch(now, ctx_id, idx);
         } else {
-            let key = b.client_key.clone();
-            self.clients.remove(&key);
+            let key = b.client;
+            self.clients.remove(key);
             self.branch_failed(now, ctx_id, idx, 408, "Request Timeout");
         }
     }

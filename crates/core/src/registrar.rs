@@ -2,6 +2,7 @@
 //! contacts of the user's address-of-record, writing every change through to the store.
 
 use super::auth::AuthOutcome;
+use super::handles::ServerTxId;
 use super::location::Binding;
 use super::timers::TimerRef;
 use super::{Action, Core, Flow};
@@ -31,7 +32,7 @@ fn supports(msg: &Message, tag: &str) -> bool {
 }
 
 impl Core {
-    pub(crate) fn register(&mut self, now: Instant, key: &str, msg: &Message, flow: Flow) {
+    pub(crate) fn register(&mut self, now: Instant, key: ServerTxId, msg: &Message, flow: Flow) {
         // Each served domain is a realm of its own: the one the address of record is in.
         let domain = msg
             .to()
@@ -283,11 +284,17 @@ impl Core {
     }
 
     /// 200 OK listing every current contact with its remaining time (§10.3 step 8).
-    fn registered(&mut self, now: Instant, key: &str, aor: &str) {
+    fn registered(&mut self, now: Instant, key: ServerTxId, aor: &str) {
         self.registered_with(now, key, aor, vec![])
     }
 
-    fn registered_with(&mut self, now: Instant, key: &str, aor: &str, extra: Vec<(&str, String)>) {
+    fn registered_with(
+        &mut self,
+        now: Instant,
+        key: ServerTxId,
+        aor: &str,
+        extra: Vec<(&str, String)>,
+    ) {
         let mut h: Vec<(&str, String)> = self
             .location
             .get(aor)

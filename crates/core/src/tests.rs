@@ -1524,8 +1524,8 @@ fn a_big_request_falls_back_to_udp_when_tcp_is_refused() {
     assert_eq!(tcp.0.transport, Transport::Tcp);
     let branch = tcp.1.top_via().unwrap().branch().unwrap().to_string();
     // The edge reports that bob refused the connection.
-    t.core
-        .handle_send_failure(t.now, &format!("c|{branch}|INVITE"));
+    let key = t.core.clients.find(&format!("c|{branch}|INVITE")).unwrap();
+    t.core.handle_send_failure(t.now, key);
     let out = t.sent();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0.transport, Transport::Udp);

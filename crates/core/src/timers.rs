@@ -1,22 +1,23 @@
 //! The core's one timer queue. Entries are hints: when one fires, its owner checks whether it
 //! is really due (a transaction may have moved on), so nothing is ever removed early.
 
+use crate::handles::{ClientTxId, CtxId, ServerTxId};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TimerRef {
-    Server(String),
-    Client(String),
+    Server(ServerTxId),
+    Client(ClientTxId),
     /// Timer C of a proxy context's branch.
-    TimerC(u64, usize),
+    TimerC(CtxId, usize),
     /// Registrations of an address-of-record may have expired.
     Expiry(String),
     /// A hunt stage's ring time (context, stage generation).
-    Hunt(u64, u32),
+    Hunt(CtxId, u32),
     /// A ring group's overall time.
-    HuntOverall(u64),
+    HuntOverall(CtxId),
     /// A keep-alive ping of a contact behind NAT (user, contact) may be due.
     NatPing(String, String),
     /// A call's media counters are due a look (no-media timeout), by Call-ID.

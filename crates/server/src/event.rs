@@ -3,7 +3,7 @@
 //! control channel and the signal handler; consumed by the runtime alone.
 
 use crate::control::Request;
-use crate::core::{ConnId, Flow, Transport};
+use crate::core::{ClientTxId, ConnId, Flow, Transport};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub enum Event {
         remote: SocketAddr,
     },
     SendFailed {
-        key: Option<String>,
+        key: Option<ClientTxId>,
         remote: SocketAddr,
     },
     /// A command from the control socket, with where its answer goes.

@@ -3,7 +3,7 @@
 //! loop as `Event::Message`. Nothing here interprets SIP beyond finding message boundaries.
 
 use crate::config::Transport;
-use crate::core::{ConnId, Flow};
+use crate::core::{ClientTxId, ConnId, Flow};
 use crate::event::Event;
 use crate::mmsg::RecvBatch;
 use bytes::{Bytes, BytesMut};
@@ -293,7 +293,7 @@ pub async fn connect_and_send(
     local: SocketAddr,
     remote: SocketAddr,
     first: Bytes,
-    key: Option<String>,
+    key: Option<ClientTxId>,
     events: mpsc::Sender<Event>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 ) {

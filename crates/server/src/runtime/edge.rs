@@ -2,7 +2,7 @@
 //! connections, new connections for TLS with the name to verify), DNS lookups, and store
 //! writes handed to the store's thread.
 
-use crate::core::{Action, ConnId, Core, Flow, Transport};
+use crate::core::{Action, ClientTxId, ConnId, Core, Flow, Transport};
 use crate::event::Event;
 use crate::mmsg;
 use crate::store::writer::StoreOp;
@@ -155,7 +155,7 @@ impl Edge {
 
     /// Puts one message on the wire: UDP from the listener's socket, TCP on the flow's
     /// connection while it is open, else on a new one.
-    fn send(&mut self, flow: Flow, data: Bytes, key: Option<String>) {
+    fn send(&mut self, flow: Flow, data: Bytes, key: Option<ClientTxId>) {
         if data.is_empty() {
             return;
         }

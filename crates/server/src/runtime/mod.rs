@@ -370,7 +370,7 @@ fn handle_event(
         Event::SendFailed { key, remote } => {
             tracing::debug!(%remote, "send failed");
             if let Some(k) = key {
-                core.handle_send_failure(now, &k);
+                core.handle_send_failure(now, k);
             }
         }
         Event::Control(crate::control::Request { command, reply }) => {
