@@ -1,0 +1,468 @@
+//! The transaction-stateful proxy (RFC 3261 §16): the request pipeline (validate, loop and
+//! hop checks, loose routing, authentication, location lookup), parallel forking with a
+//! response context per request, best-response selection, CANCEL fan-out and Timer C.
+
+use super::auth::AuthOutcome;
+use super::branch::BranchState;
+use super::forking::Hunt;
+use super::handles::{ClientTxId, CtxId, ServerTxId};
+use super::route::{Fnv, Hop};
+use super::timers::TimerRef;
+use super::{
+    request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow, ServerMachine, ServerTx,
+    TIMER_C,
+};
+use crate::plan::{Dialed, FeatureRequest};
+use crate::Transport;
+use sip::build::{via_with_received, Writer};
+use sip::grammar::name_addr_list;
+use sip::header::HeaderName;
+use sip::message::{Message, Method};
+use sip::transaction::{self as tx, Disposition};
+use sip::uri::Uri;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// RFC 3261 §18.1.1: without a known path MTU, requests over 1300 bytes go over TCP.
+const UDP_LIMIT: usize = 1300;
+
+/// A final response kept as a candidate for the best one (§16.7 step 6).
+pub(crate) enum Candidate {
+    Received(Message),
+    Local(u16, &'static str),
+}
+
+impl Candidate {
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Candidate::Received(m) => m.status().unwrap_or(500),
+            Candidate::Local(c, _) => *c,
+        }
+    }
+}
+
+/// Lower is better: 6xx first, then the lowest class; within a class the responses that tell
+/// the caller something it can act on (auth challenges, 415, 420, 484, busy) before the rest.
+pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
+    let class = match status / 100 {
+        6 => 0,
+        3 => 1,
+        4 => 2,
+        _ => 3,
+    };
+    let useful = matches!(status, 401 | 407 | 415 | 420 | 484 | 486);
+    (class, u8::from(!useful), status)
+}
+
+/// One branch of a response context: its client transaction, where it is in its life, and
+/// when Timer C (or the give-up after a CANCEL) is due.
+pub(crate) struct Branch {
+    pub client: ClientTxId,
+    pub state: BranchState,
+    pub timer_c: Option<Instant>,
+    /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
+    /// that names another address than the answer's source is behind NAT.
+    pub to_phone: bool,
+    /// Other servers of the target's domain to try if this one fails (RFC 3263 §4.3).
+    pub retry: Option<Box<Retry>>,
+}
+
+/// What a branch needs to be sent again to the next of its domain's servers.
+pub(crate) struct Retry {
+    uri: String,
+    alternates: Vec<Flow>,
+    extra: Vec<(&'static str, String)>,
+}
+
+/// The response context of one forwarded request.
+pub(crate) struct ProxyCtx {
+    /// The server transaction of the request, which the best response answers.
+    pub server: ServerTxId,
+    pub invite: bool,
+    pub branches: Vec<Branch>,
+    pub best: Option<Candidate>,
+    /// A 2xx went upstream: later non-2xx finals are dropped.
+    pub answered: bool,
+    pub final_sent: bool,
+    /// The caller sent CANCEL: nothing new is tried.
+    pub cancelled: bool,
+    pub redirects: u8,
+    /// How branches are built: our Route entries to pop, the loop hash, the inbound flow,
+    /// whether to record-route.
+    pub pop: usize,
+    pub hash: String,
+    pub in_flow: Flow,
+    pub dialog_creating: bool,
+    /// Calls to local targets: stages, forwarding, history.
+    pub hunt: Option<Box<Hunt>>,
+}
+
+/// What the pipeline decided for a new request.
+pub(crate) enum Decision {
+    Reply(u16, &'static str),
+    ReplyOwned(u16, String),
+    /// Ring a local target (or a remote one a local user dialled) through a hunt.
+    Hunt {
+        target: Dialed,
+        hunt: Box<Hunt>,
+        pop: usize,
+        hash: String,
+    },
+    Feature {
+        user: String,
+        req: FeatureRequest,
+    },
+    Register,
+    OptionsHere,
+    /// Forward to these hops, popping our Route entries; record-route if dialog-creating.
+    /// `hash` is the request's loop-detection hash, for the branches.
+    Forward {
+        hops: Vec<Hop>,
+        pop: usize,
+        hash: String,
+    },
+}
+
+mod branches;
+mod responses;
+
+// The parts share their helpers (and `client_key` is the crate's way to name a client
+// transaction's match key).
+pub(crate) use branches::*;
+
+impl Core {
+    pub(crate) fn on_request(&mut self, now: Instant, flow: Flow, msg: Message) {
+        if let Err(e) = msg.validate_request() {
+            self.counters.malformed_in += 1;
+            if msg.method() != Some(Method::Ack) {
+                self.reply_stateless(&msg, flow, e.status, e.reason);
+            }
+            return;
+        }
+        let method = msg.method();
+        let Some(key) = server_key(&msg, None) else {
+            return;
+        };
+        if method == Some(Method::Ack) {
+            return self.on_ack(now, flow, msg, &key);
+        }
+        if let Some(id) = self.servers.find(&key) {
+            let actions = self
+                .servers
+                .get(id)
+                .map(|st| st.machine.on_request_retransmission())
+                .unwrap_or_default();
+            return self.server_actions(now, id, actions);
+        }
+        if method == Some(Method::Cancel) {
+            return self.on_cancel(now, flow, msg, key);
+        }
+        if self.servers.len() >= self.cfg.max_transactions {
+            self.counters.overloaded += 1;
+            return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
+        }
+        let reliable = flow.transport.is_reliable();
+        let machine = if method == Some(Method::Invite) {
+            ServerMachine::Invite(tx::ServerInvite::new(reliable, &self.cfg.timers))
+        } else {
+            ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
+        };
+        let key = self.servers.insert(
+            key,
+            ServerTx {
+                machine,
+                request: Some(msg.clone()),
+                flow,
+                ctx: None,
+                final_sent: false,
+            },
+        );
+        if method == Some(Method::Invite) {
+            // §16.2: a stateful proxy answers INVITE with 100 at once, stopping retransmissions.
+            self.respond(now, key, 100, "Trying", &[], None);
+        }
+        match self.decide(now, &msg, key, flow) {
+            Some(Decision::Reply(code, reason)) => self.respond(now, key, code, reason, &[], None),
+            Some(Decision::ReplyOwned(code, reason)) => {
+                self.respond(now, key, code, &reason, &[], None)
+            }
+            Some(Decision::Feature { user, req }) => self.apply_feature(now, key, &user, req),
+            Some(Decision::Hunt {
+                target,
+                hunt,
+                pop,
+                hash,
+            }) => {
+                if let Some(ctx_id) = self.new_context(key, &msg, pop, &hash, Some(hunt)) {
+                    self.hunt_start(now, ctx_id, target);
+                }
+            }
+            Some(Decision::Register) => self.register(now, key, &msg, flow),
+            Some(Decision::OptionsHere) => {
+                let h = Core::capability_headers();
+                self.respond(now, key, 200, "OK", &h, None);
+            }
+            Some(Decision::Forward { hops, pop, hash }) => {
+                self.fork(now, key, &msg, hops, pop, &hash)
+            }
+            None => {} // already answered (challenge)
+        }
+    }
+
+    /// The routing pipeline (§16.3–16.5). `None` means a response was already sent.
+    pub(crate) fn decide(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+    ) -> Option<Decision> {
+        let method = msg.method();
+        let uri = match msg.uri() {
+            Ok(u) => u,
+            Err(_) => return Some(Decision::Reply(400, "Bad Request-URI")),
+        };
+        let for_us = uri.user.is_none() && self.is_local_domain(&uri);
+        if msg.max_forwards() == Some(0) {
+            // RFC 4475 zeromf: the proxy may answer an OPTIONS to itself.
+            if for_us && method == Some(Method::Options) {
+                return Some(Decision::OptionsHere);
+            }
+            return Some(Decision::Reply(483, "Too Many Hops"));
+        }
+        let unsupported = self.unsupported_proxy_require(msg);
+        if !unsupported.is_empty() {
+            let h = [("Unsupported", unsupported.join(", "))];
+            self.respond(now, key, 420, "Bad Extension", &h, None);
+            return None;
+        }
+        let hash = self.loop_hash(msg);
+        if self.is_loop(msg, &hash) {
+            return Some(Decision::Reply(482, "Loop Detected"));
+        }
+        let pop = self.our_routes(msg);
+        // Only requests inside a dialog we record-routed may use our route to reach targets
+        // that are not ours; anything else would make us an open relay.
+        let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
+        let dialog_route = pop > 0 && in_dialog && self.route_is_signed(msg);
+        if let Some(next) = self.next_route(msg, pop) {
+            if !dialog_route {
+                // Someone else's route set: not a dialog we record-routed. Relaying for
+                // other domains is issue #6's policy; until then, no open relay.
+                return Some(Decision::Reply(403, "Relaying Denied"));
+            }
+            let hop = Uri::parse(next).ok().and_then(|u| self.resolve(&u));
+            return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Route"));
+        }
+        if !self.is_local_domain(&uri) {
+            if dialog_route {
+                // In-dialog request through our Record-Route: the R-URI is the peer's contact.
+                let hop = self.dialog_hop(&uri, now);
+                return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
+            }
+            // Another domain: only our own users may go there through us (no open relay).
+            return self.decide_outgoing(now, msg, key, flow, &uri, pop, hash);
+        }
+        if method == Some(Method::Register) {
+            return Some(Decision::Register);
+        }
+        let Some(callee) = uri.user_unescaped() else {
+            return Some(match method {
+                Some(Method::Options) => Decision::OptionsHere,
+                _ => Decision::Reply(404, "Not Found"),
+            });
+        };
+        // Requests from local users are authenticated (§22.3, 407) and must be sent as
+        // themselves; requests from elsewhere reach local users unauthenticated.
+        let from = msg.from()?;
+        let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
+        // A request we sent to ourselves (a spiral) was authenticated on its first pass.
+        let spiral = self.is_spiral(flow);
+        let mut caller = None;
+        // Only a request inside a dialog we record-routed (our Route on top) skips this: a To
+        // tag alone proves nothing.
+        if from_local && !dialog_route && !spiral {
+            match self.authenticate_caller(now, msg, key, flow) {
+                Ok(user) => caller = Some(user),
+                Err(d) => return d,
+            }
+        }
+        // The main domain has the phone system (extensions, groups, rules); the others
+        // have their users by name.
+        let other_domain = self
+            .served_domain(&uri.host)
+            .filter(|d| *d != self.cfg.domain)
+            .map(str::to_string);
+        let main_domain = other_domain.is_none();
+        let callee_domain = other_domain.as_deref().unwrap_or(&self.cfg.domain);
+        if caller.is_none() && !from_local && !spiral {
+            // From another domain (RFC 3263 federation): the policy, then users by name only,
+            // and only those who accept calls from outside.
+            if let Some(refused) = self.inbound_refused(flow) {
+                return Some(refused);
+            }
+            let name = self
+                .users
+                .by_name(&self.qualify(&callee, callee_domain))
+                .map(|u| u.name.clone());
+            return Some(match name.filter(|n| self.plan.accepts_external(n)) {
+                Some(name) => Decision::Hunt {
+                    target: Dialed::Local(crate::plan::Target::User(name)),
+                    hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
+                    pop,
+                    hash,
+                },
+                None => Decision::Reply(404, "Not Found"),
+            });
+        }
+        let dialed = if main_domain {
+            self.plan.dial(&callee, caller.as_deref())
+        } else {
+            match self.users.by_name(&self.qualify(&callee, callee_domain)) {
+                Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
+                None => Dialed::NotFound,
+            }
+        };
+        let target = match dialed {
+            Dialed::Feature(req) => {
+                return Some(match (caller, method) {
+                    (Some(user), Some(Method::Invite)) => Decision::Feature { user, req },
+                    _ => Decision::Reply(404, "Not Found"),
+                })
+            }
+            Dialed::Reject(code, reason) => return Some(Decision::ReplyOwned(code, reason)),
+            Dialed::NotFound => return Some(Decision::Reply(404, "Not Found")),
+            Dialed::Remote(_)
+                if !caller
+                    .as_deref()
+                    .is_some_and(|c| self.plan.may_call_outside(c)) =>
+            {
+                return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"))
+            }
+            t => t,
+        };
+        let asserted = caller.as_ref().map(|c| format!("<{}>", self.aor_uri(c)));
+        let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted));
+        Some(Decision::Hunt {
+            target,
+            hunt,
+            pop,
+            hash,
+        })
+    }
+
+    /// A request for another domain, out of any dialog of ours: a local user (authenticated)
+    /// with permission calls or messages it directly; anyone else gets 403.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_outgoing(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+        uri: &Uri<'_>,
+        pop: usize,
+        hash: String,
+    ) -> Option<Decision> {
+        let from = msg.from()?;
+        let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
+        if !from_local || self.is_spiral(flow) || msg.method() == Some(Method::Register) {
+            return Some(Decision::Reply(403, "Relaying Denied"));
+        }
+        let user = match self.authenticate_caller(now, msg, key, flow) {
+            Ok(user) => user,
+            Err(d) => return d,
+        };
+        if !self.plan.may_call_outside(&user) {
+            return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"));
+        }
+        let hunt = Box::new(Hunt::new(msg.uri_str(), Some(user), None));
+        Some(Decision::Hunt {
+            target: Dialed::Remote(uri.raw.to_string()),
+            hunt,
+            pop,
+            hash,
+        })
+    }
+
+    /// Digest authentication of a local caller (407 in its From domain's realm), who must
+    /// send as themselves. Err carries the decision when it is not an authenticated user
+    /// (None: a challenge went out).
+    pub(crate) fn authenticate_caller(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+    ) -> Result<String, Option<Decision>> {
+        let Some(from) = msg.from() else {
+            return Err(Some(Decision::Reply(400, "Bad From")));
+        };
+        let domain = self
+            .served_domain(&from.uri.host)
+            .unwrap_or(&self.cfg.domain)
+            .to_string();
+        match self.authenticate(now, msg, true, flow) {
+            AuthOutcome::User(user) => {
+                let claimed = from.uri.user_unescaped().and_then(|u| {
+                    let key = self.qualify(&u, &domain);
+                    let found = if domain == self.cfg.domain {
+                        self.users.find(&key)
+                    } else {
+                        self.users.by_name(&key)
+                    };
+                    found.map(|u| u.name.clone())
+                });
+                if claimed.as_deref() != Some(user.as_str()) {
+                    tracing::info!(%user, from = %from.uri, "request with someone else's From refused");
+                    return Err(Some(Decision::Reply(403, "Forbidden: From Is Not You")));
+                }
+                Ok(user)
+            }
+            AuthOutcome::Challenge { stale } => {
+                let h = self.challenges(now, true, stale, &domain);
+                self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
+                Err(None)
+            }
+            AuthOutcome::Reject(code, reason) => Err(Some(Decision::Reply(code, reason))),
+        }
+    }
+
+    /// The inbound policy for a request from another domain: None when it may come in.
+    pub(crate) fn inbound_refused(&self, flow: Flow) -> Option<Decision> {
+        use crate::InboundPolicy;
+        match self.cfg.inbound {
+            InboundPolicy::Open => None,
+            InboundPolicy::Closed => Some(Decision::Reply(403, "Calls From Other Domains Refused")),
+            InboundPolicy::TlsOnly if flow.transport == Transport::Tls => None,
+            InboundPolicy::TlsOnly => Some(Decision::Reply(
+                403,
+                "Calls From Other Domains Over TLS Only",
+            )),
+        }
+    }
+}
+
+/// An in-dialog request goes to one hop with its Request-URI unchanged, or gets 500 (the next
+/// hop cannot be found: no overload of ours, so no 503, RFC 3261 §16.7).
+pub(crate) fn along_dialog(
+    msg: &Message,
+    hop: Option<Flow>,
+    pop: usize,
+    hash: &str,
+    unresolved: &'static str,
+) -> Decision {
+    match hop {
+        Some(flow) => Decision::Forward {
+            hops: vec![Hop {
+                uri: msg.uri_str().to_string(),
+                flow,
+                route: vec![],
+                alternates: vec![],
+            }],
+            pop,
+            hash: hash.to_string(),
+        },
+        None => Decision::Reply(500, unresolved),
+    }
+}
