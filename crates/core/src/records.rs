@@ -1,6 +1,9 @@
 //! What the store keeps and the core works from: user accounts (passwords only as digest HA1
 //! hashes over their realm) and registrations as stored (expiry as Unix seconds, so they
-//! survive a restart). Plain data: the store and the core agree on it, neither owns the other.
+//! survive a restart), and the core's table of users by name and extension. Plain data: the
+//! store and the core agree on it, neither owns the other.
+
+use std::collections::HashMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -51,4 +54,39 @@ pub struct StoredBinding {
     /// RFC 5626 outbound: the phone's `+sip.instance` and `reg-id` ('' and 0 for none).
     pub instance: String,
     pub reg_id: u32,
+}
+
+/// Users by name, with an index by extension.
+#[derive(Default)]
+pub(crate) struct Users {
+    by_name: HashMap<String, User>,
+    by_ext: HashMap<String, String>,
+}
+
+impl Users {
+    pub(crate) fn new(list: Vec<User>) -> Users {
+        let mut u = Users::default();
+        for user in list {
+            if let Some(e) = &user.extension {
+                u.by_ext.insert(e.clone(), user.name.clone());
+            }
+            u.by_name.insert(user.name.clone(), user);
+        }
+        u
+    }
+
+    /// Finds a user by name or extension.
+    pub fn find(&self, key: &str) -> Option<&User> {
+        self.by_name
+            .get(key)
+            .or_else(|| self.by_ext.get(key).and_then(|n| self.by_name.get(n)))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&User> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
 }

@@ -1,0 +1,102 @@
+//! What the core shows of itself: counters, a status snapshot and the registered contacts, for
+//! the control channel (`hedgewitch status`, `hedgewitch registrations`).
+
+use super::*;
+
+/// Counters shown by `hedgewitch status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Counters {
+    pub requests_in: u64,
+    pub responses_in: u64,
+    pub malformed_in: u64,
+    pub calls_forwarded: u64,
+    pub messages_forwarded: u64,
+    pub registrations_accepted: u64,
+    pub auth_failures: u64,
+    /// Requests refused with 503 because the transaction table was full.
+    pub overloaded: u64,
+    /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
+    pub notifications_delivered: u64,
+    /// STUN Binding requests answered (keep-alives on SIP ports, and the STUN port).
+    pub stun_answered: u64,
+    /// Keep-alive OPTIONS sent to phones behind NAT.
+    pub nat_pings_sent: u64,
+    /// Relayed calls ended because no media flowed.
+    pub relay_timeouts: u64,
+    /// Calls refused because the relay's port range was used up.
+    pub relay_full: u64,
+}
+
+/// Snapshot for the control channel.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    pub domain: String,
+    pub uptime_secs: u64,
+    pub users: usize,
+    pub registered_users: usize,
+    pub contacts: usize,
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    pub proxy_contexts: usize,
+    pub calls: usize,
+    pub counters: Counters,
+}
+
+/// One registered contact, for `hedgewitch registrations`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegistrationView {
+    pub user: String,
+    pub extension: Option<String>,
+    pub contact: String,
+    pub expires_in_secs: u64,
+    pub q: f32,
+    pub transport: String,
+    pub source: String,
+    pub user_agent: String,
+    /// RFC 5626 outbound: the phone's instance and reg-id, when it registered a flow.
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// RFC 3327 Path: the proxies between us and the phone.
+    pub path: Vec<String>,
+}
+
+impl Core {
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            domain: self.cfg.domain.clone(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            users: self.users.len(),
+            registered_users: self.location.aors(),
+            contacts: self.location.contacts(),
+            server_transactions: self.servers.len(),
+            client_transactions: self.clients.len(),
+            proxy_contexts: self.contexts.len(),
+            calls: self.calls.len(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    pub fn registrations(&self, now: Instant) -> Vec<RegistrationView> {
+        let mut out = vec![];
+        for (aor, bindings) in self.location.iter() {
+            let ext = self.users.find(aor).and_then(|u| u.extension.clone());
+            for b in bindings {
+                out.push(RegistrationView {
+                    user: aor.clone(),
+                    extension: ext.clone(),
+                    contact: b.contact.clone(),
+                    expires_in_secs: b.expires.saturating_duration_since(now).as_secs(),
+                    q: b.q,
+                    transport: b.flow.transport.as_str().into(),
+                    source: b.flow.remote.to_string(),
+                    user_agent: b.user_agent.clone(),
+                    instance: b.outbound.as_ref().map(|(i, _)| i.clone()),
+                    reg_id: b.outbound.as_ref().map(|(_, r)| *r),
+                    path: b.path.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.user, &a.contact).cmp(&(&b.user, &b.contact)));
+        out
+    }
+}
