@@ -35,6 +35,14 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
     }
 }
 
+/// Who may log in, and what authentication remembers: the users (with their HA1 hashes), the
+/// nonces handed out, the failures seen lately.
+pub(crate) struct Authenticator {
+    pub(crate) users: super::Users,
+    pub(crate) nonces: sip::digest::NonceManager,
+    pub(crate) failures: RecentFailures,
+}
+
 /// Failed requests seen lately, so that a retransmission (same source, Call-ID, CSeq and
 /// branch) is neither counted nor logged again. Challenges keep no transaction, so this is
 /// the only memory of them; bounded whatever senders do.
@@ -136,7 +144,7 @@ impl Core {
             Some((u, d)) if d.eq_ignore_ascii_case(&creds.realm) => self.qualify(u, &creds.realm),
             _ => self.qualify(&creds.username, &creds.realm),
         };
-        let Some(user) = self.users.by_name(&key) else {
+        let Some(user) = self.auth.users.by_name(&key) else {
             self.auth_failed(
                 now,
                 msg,
@@ -155,7 +163,7 @@ impl Core {
         // A hash made for another realm can never match: say so rather than blame the password.
         let realm_mismatch = (user.realm != creds.realm).then(|| user.realm.clone());
         let good = verify(&creds, msg.method_str(), &ha1);
-        let checked = match self.nonces.check_token(&creds.nonce, creds.nc, secs) {
+        let checked = match self.auth.nonces.check_token(&creds.nonce, creds.nc, secs) {
             Ok(c) => Some(c),
             // An old or unknown nonce: only a correct digest earns stale=true (a wrong one
             // must not skip the prompt); a wrong digest is a failed attempt all the same.
@@ -181,7 +189,7 @@ impl Core {
         let Some(checked) = checked else {
             return AuthOutcome::Challenge { stale: false };
         };
-        match self.nonces.commit_checked(checked, secs) {
+        match self.auth.nonces.commit_checked(checked, secs) {
             NonceCheck::Valid => AuthOutcome::User(user_name),
             _ => AuthOutcome::Challenge { stale: true },
         }
@@ -198,7 +206,7 @@ impl Core {
         realm: &str,
         why: &str,
     ) {
-        if !self.failures.first(now, msg, flow) {
+        if !self.auth.failures.first(now, msg, flow) {
             return;
         }
         self.counters.auth_failures += 1;
@@ -232,7 +240,7 @@ impl Core {
         let algs = self.cfg.algorithms.clone();
         algs.into_iter()
             .map(|alg| {
-                let nonce = self.nonces.issue(secs);
+                let nonce = self.auth.nonces.issue(secs);
                 (name, challenge(realm, &nonce, alg, stale, None))
             })
             .collect()

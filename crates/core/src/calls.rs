@@ -32,6 +32,13 @@ const CALL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// whatever callers do).
 const MAX_CALLS: usize = 100_000;
 
+/// Calls in progress by Call-ID, and the media relay they use (when the daemon gave one).
+#[derive(Default)]
+pub(crate) struct CallTable {
+    pub(crate) table: std::collections::HashMap<String, Call>,
+    pub(crate) relay: Option<Box<dyn MediaRelay>>,
+}
+
 /// When calls get the media relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -258,7 +265,7 @@ impl Core {
         if hops.is_empty() {
             return;
         }
-        let relayed = self.relay.is_some()
+        let relayed = self.calls.relay.is_some()
             && match self.cfg.relay_mode {
                 RelayMode::Never => false,
                 RelayMode::Always => true,
@@ -270,7 +277,7 @@ impl Core {
                             .any(|h| h.flow.remote.is_ipv4() != inbound.remote.is_ipv4())
                 }
             };
-        if let Some(call) = self.calls.get_mut(call_id) {
+        if let Some(call) = self.calls.table.get_mut(call_id) {
             // A later stage of a hunt rings a phone behind NAT: from now on the offer goes
             // through the relay (phones rung earlier keep the direct one).
             if !call.answered && relayed {
@@ -278,7 +285,7 @@ impl Core {
             }
             return;
         }
-        if self.calls.len() >= MAX_CALLS {
+        if self.calls.table.len() >= MAX_CALLS {
             tracing::warn!(
                 call_id,
                 "call table full ({MAX_CALLS}); call not tracked or relayed"
@@ -291,7 +298,7 @@ impl Core {
             .map(|f| f.uri.raw.to_string())
             .unwrap_or_default();
         let to = msg.to().map(|t| t.uri.raw.to_string()).unwrap_or_default();
-        self.calls.insert(
+        self.calls.table.insert(
             call_id.to_string(),
             Call {
                 caller_tag: tag,
@@ -351,10 +358,10 @@ impl Core {
         from: Flow,
         toward: Flow,
     ) -> Result<Option<Vec<u8>>, RelayFull> {
-        let Some(call) = self.calls.get(msg.call_id()) else {
+        let Some(call) = self.calls.table.get(msg.call_id()) else {
             return Ok(None);
         };
-        if !call.relayed || !is_sdp(msg) || self.relay.is_none() {
+        if !call.relayed || !is_sdp(msg) || self.calls.relay.is_none() {
             return Ok(None);
         }
         let Some(desc) = Sdp::parse(msg.body()) else {
@@ -382,8 +389,10 @@ impl Core {
             Side::Callee => from,
         };
         let callee_local = self.local_ip(phone);
-        let (Some(call), Some(relay)) = (self.calls.get_mut(msg.call_id()), self.relay.as_mut())
-        else {
+        let (Some(call), Some(relay)) = (
+            self.calls.table.get_mut(msg.call_id()),
+            self.calls.relay.as_mut(),
+        ) else {
             return Ok(None);
         };
         let li = call.leg(callee_local);
@@ -430,7 +439,7 @@ impl Core {
     /// call's dialog, and its phone's relay leg is kept while the other family's is closed.
     pub(crate) fn call_answered(&mut self, resp: &Message, from: Flow) {
         let local = self.local_ip(from);
-        let Some(c) = self.calls.get_mut(resp.call_id()) else {
+        let Some(c) = self.calls.table.get_mut(resp.call_id()) else {
             return;
         };
         if c.callee_tag.is_some() {
@@ -442,7 +451,7 @@ impl Core {
             .into_iter()
             .partition(|l| l.local.is_ipv4() == local.is_ipv4());
         c.legs = kept;
-        if let Some(relay) = self.relay.as_mut() {
+        if let Some(relay) = self.calls.relay.as_mut() {
             for leg in &closed {
                 for (s, _) in leg.streams.iter().flatten() {
                     relay.close(s.id);
@@ -453,13 +462,16 @@ impl Core {
 
     /// Whether `tag` is the From tag of the INVITE that began call `call_id`.
     pub(crate) fn is_caller(&self, call_id: &str, tag: &str) -> bool {
-        self.calls.get(call_id).is_some_and(|c| c.caller_tag == tag)
+        self.calls
+            .table
+            .get(call_id)
+            .is_some_and(|c| c.caller_tag == tag)
     }
 
     /// Whether `msg` (a BYE) belongs to the call it names:
     /// the caller's tag, and once answered the answering dialog's tag, must match.
     pub(crate) fn is_the_call(&self, msg: &Message) -> bool {
-        let Some(c) = self.calls.get(msg.call_id()) else {
+        let Some(c) = self.calls.table.get(msg.call_id()) else {
             return false;
         };
         let from = msg.from().and_then(|f| f.tag()).unwrap_or("");
@@ -471,12 +483,12 @@ impl Core {
 
     /// The call is over (BYE, failure, cancel, no media): its relay ports are freed.
     pub(crate) fn call_end(&mut self, call_id: &str, why: &str) {
-        let Some(call) = self.calls.remove(call_id) else {
+        let Some(call) = self.calls.table.remove(call_id) else {
             return;
         };
         let mut packets = [0u64; 2];
         for (s, _) in call.streams() {
-            if let Some(relay) = self.relay.as_mut() {
+            if let Some(relay) = self.calls.relay.as_mut() {
                 let c = relay.counters(s.id);
                 packets[0] += c.packets[0];
                 packets[1] += c.packets[1];
@@ -497,13 +509,13 @@ impl Core {
     /// The no-media timeout: an answered, relayed call whose streams carried nothing for
     /// `relay.timeout` (`relay.hold_timeout` while on hold) is ended.
     pub(crate) fn media_check(&mut self, now: Instant, call_id: &str) {
-        let Some(call) = self.calls.get(call_id) else {
+        let Some(call) = self.calls.table.get(call_id) else {
             return;
         };
         if now.saturating_duration_since(call.started) >= CALL_MAX_AGE {
             return self.call_end(call_id, "too old");
         }
-        let total: u64 = match self.relay.as_ref() {
+        let total: u64 = match self.calls.relay.as_ref() {
             Some(relay) => call
                 .streams()
                 .map(|(s, _)| {
@@ -519,7 +531,7 @@ impl Core {
             self.cfg.relay_timeout
         };
         let (answered, relayed) = (call.answered, call.relayed);
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Some(call) = self.calls.table.get_mut(call_id) else {
             return;
         };
         if total != call.packets_seen || !answered {
@@ -542,12 +554,14 @@ impl Core {
     pub fn calls(&self, now: Instant) -> Vec<CallView> {
         let mut out: Vec<(Instant, CallView)> = self
             .calls
+            .table
             .iter()
             .map(|(id, c)| {
                 let streams = c
                     .streams()
                     .map(|(s, kind)| {
                         let n = self
+                            .calls
                             .relay
                             .as_ref()
                             .map(|r| r.counters(s.id))

@@ -2,6 +2,7 @@
 //! only records what it is asked.
 
 use super::*;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// What the fake relay was asked, shared with the test.

@@ -11,6 +11,12 @@ use crate::Transport;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// Keep-alive pings in flight: client transaction -> (user, contact).
+#[derive(Default)]
+pub(crate) struct KeepAlive {
+    pub(crate) pings: std::collections::HashMap<crate::ClientTxId, (String, String)>,
+}
+
 impl Core {
     /// Plans the next ping of a contact just registered, if it is a UDP phone behind NAT:
     /// its Contact (`contact_addr`, None for a host name) is not where it registered from.
@@ -78,8 +84,9 @@ impl Core {
         let id = self.send_request(now, flow, &branch, "OPTIONS", data);
         // Its id exists once the transaction does; a new transaction's first actions only
         // send, so nothing about the ping can have been reported before this.
-        if self.clients.contains(id) {
-            self.pings
+        if self.tx.clients.contains(id) {
+            self.keepalive
+                .pings
                 .insert(id, (aor.to_string(), contact.to_string()));
         }
         self.next_ping(now, aor, contact, true);
@@ -99,7 +106,7 @@ impl Core {
 
     /// The answer to a ping (any final response shows the phone is there).
     pub(crate) fn ping_answered(&mut self, key: ClientTxId) -> bool {
-        let Some((aor, contact)) = self.pings.remove(&key) else {
+        let Some((aor, contact)) = self.keepalive.pings.remove(&key) else {
             return false;
         };
         if let Some(b) = self
@@ -116,7 +123,7 @@ impl Core {
 
     /// A ping got no answer: after too many in a row the contact is removed.
     pub(crate) fn ping_failed(&mut self, key: ClientTxId) {
-        let Some((aor, contact)) = self.pings.remove(&key) else {
+        let Some((aor, contact)) = self.keepalive.pings.remove(&key) else {
             return;
         };
         let limit = self.cfg.nat_ping_failures;

@@ -40,7 +40,6 @@ use sip::header::HeaderName;
 use sip::message::{Message, Method};
 use sip::transaction::{self as tx, Timers};
 use sip::Bytes;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use timers::{TimerQueue, TimerRef};
@@ -138,37 +137,38 @@ pub enum InboundPolicy {
 
 pub struct Core {
     pub(crate) cfg: CoreConfig,
-    pub(crate) users: Users,
+    /// Who may log in: users, nonces, recent failures.
+    pub(crate) auth: auth::Authenticator,
+    /// Who is registered where.
     pub(crate) location: Location,
-    pub(crate) nonces: NonceManager,
-    /// Transactions by id, each table with its index from match key to id.
-    pub(crate) servers: Table<ServerTxId, ServerTx>,
-    pub(crate) clients: Table<ClientTxId, ClientTx>,
-    pub(crate) contexts: HashMap<CtxId, proxy::ProxyCtx>,
+    /// Server and client transactions under their ids.
+    pub(crate) tx: transactions::Transactions,
+    /// Response contexts of forwarded requests, and what forking needs across calls.
+    pub(crate) proxy: proxy::Proxy,
+    /// Calls in progress and the media relay.
+    pub(crate) calls: calls::CallTable,
+    /// Keep-alive pings in flight.
+    pub(crate) keepalive: keepalive::KeepAlive,
+    /// Every deadline of every part, one queue.
     pub(crate) timers: TimerQueue,
-    pub(crate) next_id: u64,
+    /// Extensions, groups, forwarding, speed dials, rules.
+    pub(crate) plan: Directory,
+    /// When the core started, and the randomness of its ids.
+    pub(crate) origin: Origin,
+    pub(crate) counters: Counters,
+    /// Actions for the edge, drained by `take_actions`.
+    pub(crate) out: Vec<Action>,
+}
+
+/// What the core was started with: its time origin, and what makes its ids unguessable.
+pub(crate) struct Origin {
     pub(crate) started: Instant,
     /// Unix time at `started`, to persist absolute expiry times.
     pub(crate) unix_at_start: u64,
-    pub(crate) counters: Counters,
-    pub(crate) out: Vec<Action>,
+    /// The last id handed out (response contexts, DNS lookups, relay streams).
+    pub(crate) next_id: u64,
     /// Random per process, mixed into branches and tags so they are unguessable.
     pub(crate) salt: u64,
-    /// Extensions, groups, forwarding, speed dials, rules.
-    pub(crate) plan: Directory,
-    /// Where each rotating group starts its next call.
-    pub(crate) rotation: HashMap<String, usize>,
-    /// Keep-alive pings in flight: client transaction -> (user, contact).
-    pub(crate) pings: HashMap<ClientTxId, (String, String)>,
-    /// Calls in progress by Call-ID.
-    pub(crate) calls: HashMap<String, calls::Call>,
-    /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
-    pub(crate) dns_cache: HashMap<DnsQuery, (Vec<(Transport, SocketAddr)>, Instant)>,
-    /// Lookups in flight: id -> the hunt waiting for them.
-    pub(crate) resolving: HashMap<u64, forking::Resolving>,
-    pub(crate) relay: Option<Box<dyn MediaRelay>>,
-    /// Failed authentications lately, so retransmissions are not logged twice.
-    pub(crate) failures: auth::RecentFailures,
 }
 
 impl Core {
@@ -198,27 +198,26 @@ impl Core {
     ) -> Core {
         let mut core = Core {
             plan,
-            rotation: HashMap::new(),
-            pings: HashMap::new(),
-            calls: HashMap::new(),
-            dns_cache: HashMap::new(),
-            resolving: HashMap::new(),
-            relay: None,
-            failures: auth::RecentFailures::default(),
-            nonces: NonceManager::new(secret, cfg.nonce_lifetime),
+            auth: auth::Authenticator {
+                users: Users::new(users),
+                nonces: NonceManager::new(secret, cfg.nonce_lifetime),
+                failures: auth::RecentFailures::default(),
+            },
             cfg,
-            users: Users::new(users),
             location: Location::default(),
-            servers: Table::default(),
-            clients: Table::default(),
-            contexts: HashMap::new(),
+            tx: transactions::Transactions::default(),
+            proxy: proxy::Proxy::default(),
+            calls: calls::CallTable::default(),
+            keepalive: keepalive::KeepAlive::default(),
             timers: TimerQueue::default(),
-            next_id: 1,
-            started: now,
-            unix_at_start: unix_now,
+            origin: Origin {
+                started: now,
+                unix_at_start: unix_now,
+                next_id: 1,
+                salt: u64::from_le_bytes(secret[..8].try_into().unwrap_or([7; 8])),
+            },
             counters: Counters::default(),
             out: Vec::new(),
-            salt: u64::from_le_bytes(secret[..8].try_into().unwrap_or([7; 8])),
         };
         core.restore_bindings(now, bindings);
         core
@@ -264,12 +263,12 @@ impl Core {
 
     /// Gives the core a media relay (the daemon's; tests use their own).
     pub fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
-        self.relay = Some(relay);
+        self.calls.relay = Some(relay);
     }
 
     /// Whether the daemon gave the core a media relay.
     pub fn has_relay(&self) -> bool {
-        self.relay.is_some()
+        self.calls.relay.is_some()
     }
 
     /// Takes the settings that can change while running (a reload): registrar limits and
@@ -290,17 +289,17 @@ impl Core {
         c.relay_timeout = new.relay_timeout;
         c.relay_hold_timeout = new.relay_hold_timeout;
         c.inbound = new.inbound;
-        self.nonces.set_lifetime(new.nonce_lifetime);
+        self.auth.nonces.set_lifetime(new.nonce_lifetime);
     }
 
     /// Forgets DNS answers (the DNS servers changed).
     pub fn clear_dns_cache(&mut self) {
-        self.dns_cache.clear();
+        self.proxy.dns_cache.clear();
     }
 
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
     pub fn set_users(&mut self, users: Vec<User>) {
-        self.users = Users::new(users);
+        self.auth.users = Users::new(users);
     }
 
     /// Replaces the dial plan (start, reload). Calls in progress keep the stages they have.
@@ -314,21 +313,21 @@ impl Core {
     }
 
     pub(crate) fn unix(&self, now: Instant) -> u64 {
-        self.unix_at_start + now.saturating_duration_since(self.started).as_secs()
+        self.origin.unix_at_start + now.saturating_duration_since(self.origin.started).as_secs()
     }
 
     pub(crate) fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        self.origin.next_id += 1;
+        self.origin.next_id
     }
 
     /// A fresh token for tags and branches: unique in this process, not guessable outside it.
     pub(crate) fn token(&mut self) -> String {
         let id = self.id();
-        let mixed = (id ^ self.salt)
+        let mixed = (id ^ self.origin.salt)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .rotate_left(29)
-            ^ self.salt;
+            ^ self.origin.salt;
         let mut out = String::with_capacity(24);
         push_hex(&mut out, mixed, 16);
         push_hex(&mut out, id, 0);
@@ -417,7 +416,7 @@ impl Core {
 
     /// The edge could not send a request of client transaction `key` (connection refused...).
     pub fn handle_send_failure(&mut self, now: Instant, key: ClientTxId) {
-        let Some(ct) = self.clients.get_mut(key) else {
+        let Some(ct) = self.tx.clients.get_mut(key) else {
             return;
         };
         if let Some((flow, data)) = ct.udp_fallback.take() {
@@ -449,6 +448,7 @@ impl Core {
     /// domain's next server is tried at once (RFC 3263 §4.3) and a dead phone stops ringing.
     pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
         let keys: Vec<ClientTxId> = self
+            .tx
             .clients
             .iter()
             .filter(|(_, c)| c.flow.transport == Transport::Udp && c.flow.remote == remote)
@@ -458,7 +458,7 @@ impl Core {
             tracing::info!(%remote, "unreachable (ICMP); its requests fail now");
         }
         for key in keys {
-            let Some(ct) = self.clients.get_mut(key) else {
+            let Some(ct) = self.tx.clients.get_mut(key) else {
                 continue;
             };
             let actions = ct.machine.on_transport_error();

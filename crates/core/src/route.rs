@@ -123,7 +123,7 @@ impl Core {
     /// Route, Proxy-Require); it goes into our branch so the same request coming back is
     /// recognised as a loop while a spiral (changed R-URI) is not.
     pub(crate) fn loop_hash(&self, msg: &Message) -> String {
-        let mut h = Fnv::new(self.salt);
+        let mut h = Fnv::new(self.origin.salt);
         h.write(msg.uri_str());
         h.write(msg.from().and_then(|f| f.tag()).unwrap_or(""));
         h.write(msg.to().and_then(|t| t.tag()).unwrap_or(""));

@@ -1272,7 +1272,7 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: tcp1\r\
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, flow);
     // Reliable transport: the transaction ends without waiting for Timer J.
-    assert!(t.core.servers.is_empty());
+    assert!(t.core.tx.servers.is_empty());
 }
 
 // ---------------------------------------------------------------- torture corpus through the core
@@ -1403,13 +1403,13 @@ fn a_ringing_branch_that_never_answers_is_cancelled_then_given_up() {
         .filter(|(f, _)| f.remote == addr(ALICE))
         .collect();
     assert_eq!(up.first().and_then(|u| u.1.status()), Some(408));
-    assert!(t.core.contexts.is_empty());
+    assert!(t.core.proxy.contexts.is_empty());
     t.advance(Duration::from_secs(64));
     assert!(
-        t.core.servers.is_empty(),
+        t.core.tx.servers.is_empty(),
         "server transaction ends after Timer H"
     );
-    assert!(t.core.clients.is_empty());
+    assert!(t.core.tx.clients.is_empty());
 }
 
 #[test]
@@ -1447,12 +1447,12 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i
         }
     }
     assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
-    assert_eq!(core.servers.len(), 5);
+    assert_eq!(core.tx.servers.len(), 5);
     assert_eq!(core.counters.overloaded, 3);
     // Transactions end (Timer J) and room is made again.
     let later = now + Duration::from_secs(33);
     core.handle_timeout(later);
-    assert!(core.servers.is_empty());
+    assert!(core.tx.servers.is_empty());
 }
 
 #[test]
@@ -1524,7 +1524,12 @@ fn a_big_request_falls_back_to_udp_when_tcp_is_refused() {
     assert_eq!(tcp.0.transport, Transport::Tcp);
     let branch = tcp.1.top_via().unwrap().branch().unwrap().to_string();
     // The edge reports that bob refused the connection.
-    let key = t.core.clients.find(&format!("c|{branch}|INVITE")).unwrap();
+    let key = t
+        .core
+        .tx
+        .clients
+        .find(&format!("c|{branch}|INVITE"))
+        .unwrap();
     t.core.handle_send_failure(t.now, key);
     let out = t.sent();
     assert_eq!(out.len(), 1);
@@ -1555,7 +1560,7 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     t.recv(ALICE, &r.text());
     assert_eq!(t.sent()[0].1.status(), Some(401));
     assert!(
-        t.core.servers.is_empty(),
+        t.core.tx.servers.is_empty(),
         "a challenge leaves no transaction behind"
     );
     // The same request again (a retransmission) just gets another challenge.
@@ -1564,8 +1569,8 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     let ok = t.register("alice", ALICE, &[]);
     assert_eq!(ok.status(), Some(200));
     // The 200's transaction stays (Timer J) to answer retransmissions, without the request.
-    assert_eq!(t.core.servers.len(), 1);
-    assert!(t.core.servers.values().all(|st| st.request.is_none()));
+    assert_eq!(t.core.tx.servers.len(), 1);
+    assert!(t.core.tx.servers.values().all(|st| st.request.is_none()));
 }
 
 #[path = "calls_tests.rs"]

@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// Every transaction in progress, by id; each table keeps its index from the RFC 3261 match
+/// key to the id.
+#[derive(Default)]
+pub(crate) struct Transactions {
+    pub(crate) servers: Table<ServerTxId, ServerTx>,
+    pub(crate) clients: Table<ClientTxId, ClientTx>,
+}
+
 pub(crate) enum ServerMachine {
     Invite(tx::ServerInvite),
     NonInvite(tx::ServerNonInvite),
@@ -130,7 +138,7 @@ impl Core {
             &self.cfg.timers,
             data.clone(),
         );
-        let id = self.clients.insert(
+        let id = self.tx.clients.insert(
             proxy::client_key(branch, method),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
@@ -150,7 +158,7 @@ impl Core {
     /// its responses carry the same one and nothing is stored or computed for the transactions
     /// we only forward.
     pub(crate) fn to_tag(&self, key: &str) -> String {
-        let mut h = route::Fnv::new(self.salt);
+        let mut h = route::Fnv::new(self.origin.salt);
         h.write(key);
         let mut out = String::with_capacity(16);
         push_hex(&mut out, h.finish(), 16);
@@ -184,7 +192,7 @@ impl Core {
         extra: &[(&str, String)],
         body: Option<(&str, &[u8])>,
     ) {
-        let Some((match_key, st)) = self.servers.get_keyed(key) else {
+        let Some((match_key, st)) = self.tx.servers.get_keyed(key) else {
             return;
         };
         let tag = (code > 100).then(|| self.to_tag(match_key));
@@ -206,7 +214,7 @@ impl Core {
         // challenge (RFC 3261 §8.2.7 allows a UAS to answer statelessly).
         if matches!(code, 401 | 407) && matches!(st.machine, ServerMachine::NonInvite(_)) {
             let flow = st.flow;
-            self.servers.remove(key);
+            self.tx.servers.remove(key);
             self.out.push(Action::Send {
                 flow,
                 data,
@@ -225,7 +233,7 @@ impl Core {
         code: u16,
         data: Bytes,
     ) {
-        let Some(st) = self.servers.get_mut(key) else {
+        let Some(st) = self.tx.servers.get_mut(key) else {
             return;
         };
         if code >= 200 {
@@ -235,7 +243,7 @@ impl Core {
             }
         }
         // A call that fails (or is cancelled) ends here, whichever path refused it.
-        let failed_call = (code >= 300 && !self.calls.is_empty())
+        let failed_call = (code >= 300 && !self.calls.table.is_empty())
             .then_some(st.request.as_ref())
             .flatten()
             .filter(|r| {
@@ -245,7 +253,7 @@ impl Core {
                 let tag = r.from().and_then(|f| f.tag()).unwrap_or("").to_string();
                 (r.call_id().to_string(), tag)
             });
-        let Some(st) = self.servers.get_mut(key) else {
+        let Some(st) = self.tx.servers.get_mut(key) else {
             return;
         };
         let actions = st.machine.send_response(now, code, data);
@@ -266,7 +274,7 @@ impl Core {
         actions: Vec<tx::Action>,
     ) {
         let mut terminated = false;
-        if let Some(st) = self.servers.get(key) {
+        if let Some(st) = self.tx.servers.get(key) {
             for a in actions {
                 match a {
                     tx::Action::Transmit(data) => self.out.push(Action::Send {
@@ -282,8 +290,9 @@ impl Core {
             }
         }
         if terminated {
-            self.servers.remove(key);
+            self.tx.servers.remove(key);
         } else if let Some(at) = self
+            .tx
             .servers
             .get(key)
             .and_then(|st| st.machine.poll_timeout())
@@ -293,7 +302,7 @@ impl Core {
     }
 
     pub(crate) fn server_timer(&mut self, now: Instant, key: ServerTxId) {
-        let Some(st) = self.servers.get_mut(key) else {
+        let Some(st) = self.tx.servers.get_mut(key) else {
             return;
         };
         let due = st.machine.poll_timeout();
@@ -305,7 +314,7 @@ impl Core {
     }
 
     pub(crate) fn client_timer(&mut self, now: Instant, key: ClientTxId) {
-        let Some(ct) = self.clients.get_mut(key) else {
+        let Some(ct) = self.tx.clients.get_mut(key) else {
             return;
         };
         let due = ct.machine.poll_timeout();
@@ -325,7 +334,7 @@ impl Core {
     ) {
         let mut terminated = false;
         let mut failed = None;
-        if let Some(ct) = self.clients.get(key) {
+        if let Some(ct) = self.tx.clients.get(key) {
             for a in actions {
                 match a {
                     tx::Action::Transmit(data) => self.out.push(Action::Send {
@@ -339,10 +348,11 @@ impl Core {
                 }
             }
         }
-        let ctx = self.clients.get(key).and_then(|c| c.ctx);
+        let ctx = self.tx.clients.get(key).and_then(|c| c.ctx);
         if terminated {
-            self.clients.remove(key);
+            self.tx.clients.remove(key);
         } else if let Some(at) = self
+            .tx
             .clients
             .get(key)
             .and_then(|ct| ct.machine.poll_timeout())

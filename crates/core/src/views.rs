@@ -64,14 +64,14 @@ impl Core {
     pub fn status(&self, now: Instant) -> Status {
         Status {
             domain: self.cfg.domain.clone(),
-            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
-            users: self.users.len(),
+            uptime_secs: now.saturating_duration_since(self.origin.started).as_secs(),
+            users: self.auth.users.len(),
             registered_users: self.location.aors(),
             contacts: self.location.contacts(),
-            server_transactions: self.servers.len(),
-            client_transactions: self.clients.len(),
-            proxy_contexts: self.contexts.len(),
-            calls: self.calls.len(),
+            server_transactions: self.tx.servers.len(),
+            client_transactions: self.tx.clients.len(),
+            proxy_contexts: self.proxy.contexts.len(),
+            calls: self.calls.table.len(),
             counters: self.counters.clone(),
         }
     }
@@ -79,7 +79,7 @@ impl Core {
     pub fn registrations(&self, now: Instant) -> Vec<RegistrationView> {
         let mut out = vec![];
         for (aor, bindings) in self.location.iter() {
-            let ext = self.users.find(aor).and_then(|u| u.extension.clone());
+            let ext = self.auth.users.find(aor).and_then(|u| u.extension.clone());
             for b in bindings {
                 out.push(RegistrationView {
                     user: aor.clone(),

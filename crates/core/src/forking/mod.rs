@@ -281,6 +281,7 @@ impl Core {
                 };
                 let parallel = !invite || g.strategy == Strategy::Parallel;
                 let caller = self
+                    .proxy
                     .contexts
                     .get(&ctx_id)
                     .and_then(|c| c.hunt.as_ref())
@@ -300,7 +301,7 @@ impl Core {
                 } else {
                     let n = g.members.len().max(1);
                     let start = if g.strategy == Strategy::Rotate {
-                        let c = self.rotation.entry(g.name.clone()).or_default();
+                        let c = self.proxy.rotation.entry(g.name.clone()).or_default();
                         let s = *c % n;
                         *c = c.wrapping_add(1);
                         s
@@ -366,7 +367,7 @@ impl Core {
     }
 
     fn hunt_mut(&mut self, ctx_id: CtxId) -> Option<&mut Hunt> {
-        self.contexts.get_mut(&ctx_id)?.hunt.as_deref_mut()
+        self.proxy.contexts.get_mut(&ctx_id)?.hunt.as_deref_mut()
     }
 
     /// Starts ringing `target` for the request of context `ctx_id`; answers the request
@@ -381,7 +382,7 @@ impl Core {
     }
 
     fn hunt_enter(&mut self, now: Instant, ctx_id: CtxId, target: Dialed) {
-        let invite = self.contexts.get(&ctx_id).is_some_and(|c| c.invite);
+        let invite = self.proxy.contexts.get(&ctx_id).is_some_and(|c| c.invite);
         match self.expand(now, ctx_id, &target, invite) {
             Expanded::Stages => {
                 if !self.hunt_advance(now, ctx_id) {
@@ -400,7 +401,7 @@ impl Core {
     /// Forks the next stage that has anyone to ring. False when none is left.
     pub(crate) fn hunt_advance(&mut self, now: Instant, ctx_id: CtxId) -> bool {
         loop {
-            let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
                 return false;
             };
             let start = ctx.branches.len();
@@ -422,7 +423,7 @@ impl Core {
                     continue;
                 };
                 let id = self.id();
-                self.resolving.insert(
+                self.proxy.resolving.insert(
                     id,
                     Resolving {
                         ctx_id,
@@ -511,7 +512,7 @@ impl Core {
         };
         h.forwards += 1;
         h.divert(&from_uri, &to_uri, r.why);
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return false;
         };
         // The new target's own answers decide what happens to it.
@@ -526,7 +527,7 @@ impl Core {
 
     /// A stage's ring time or the group's overall time ran out.
     pub(crate) fn hunt_timer(&mut self, now: Instant, ctx_id: CtxId, generation: Option<u32>) {
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return;
         };
         if ctx.final_sent || ctx.cancelled {
@@ -563,6 +564,7 @@ impl Core {
     /// Cancels a branch the hunt gave up on; its final response will not count.
     fn abandon_branch(&mut self, now: Instant, ctx_id: CtxId, idx: usize) {
         let send = self
+            .proxy
             .contexts
             .get_mut(&ctx_id)
             .and_then(|c| c.branches.get_mut(idx))
@@ -574,7 +576,11 @@ impl Core {
 
     /// The current stage has no branch left ringing: go on, or finish.
     pub(crate) fn hunt_stage_over(&mut self, now: Instant, ctx_id: CtxId, best: Option<u16>) {
-        let cancelled = self.contexts.get(&ctx_id).is_some_and(|c| c.cancelled);
+        let cancelled = self
+            .proxy
+            .contexts
+            .get(&ctx_id)
+            .is_some_and(|c| c.cancelled);
         if cancelled {
             return self.finish_with_best(now, ctx_id);
         }
@@ -589,7 +595,7 @@ impl Core {
     }
 
     fn hunt_final_owned(&mut self, now: Instant, ctx_id: CtxId, code: u16, reason: String) {
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         if ctx.final_sent {
@@ -693,7 +699,7 @@ impl Core {
     /// allows and they lead anywhere. True if any branch was added.
     pub(crate) fn recurse(&mut self, now: Instant, ctx_id: CtxId, resp: &Message) -> bool {
         let limit = self.plan.calls.redirect_limit;
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return false;
         };
         if ctx.redirects >= limit || ctx.cancelled || ctx.final_sent {
@@ -725,7 +731,7 @@ impl Core {
         if hops.is_empty() {
             return false;
         }
-        let headers = match self.contexts.get_mut(&ctx_id) {
+        let headers = match self.proxy.contexts.get_mut(&ctx_id) {
             Some(ctx) => {
                 ctx.redirects += 1;
                 ctx.hunt.as_ref().map(|h| h.headers()).unwrap_or_default()
@@ -737,11 +743,15 @@ impl Core {
     }
 
     pub(crate) fn drop_context_if_done(&mut self, ctx_id: CtxId) {
-        let done = self.contexts.get(&ctx_id).is_some_and(|c: &ProxyCtx| {
-            c.final_sent && c.branches.iter().all(|b| b.state.is_done())
-        });
+        let done = self
+            .proxy
+            .contexts
+            .get(&ctx_id)
+            .is_some_and(|c: &ProxyCtx| {
+                c.final_sent && c.branches.iter().all(|b| b.state.is_done())
+            });
         if done {
-            self.contexts.remove(&ctx_id);
+            self.proxy.contexts.remove(&ctx_id);
         }
     }
 }

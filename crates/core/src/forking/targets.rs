@@ -132,7 +132,7 @@ impl Core {
                 alternates: vec![],
             });
         }
-        let (targets, until) = self.dns_cache.get(&dns_query(uri)?)?;
+        let (targets, until) = self.proxy.dns_cache.get(&dns_query(uri)?)?;
         if *until <= now {
             return None;
         }
@@ -172,24 +172,24 @@ impl Core {
         targets: Vec<(Transport, SocketAddr)>,
         ttl: Duration,
     ) {
-        let Some(p) = self.resolving.remove(&id) else {
+        let Some(p) = self.proxy.resolving.remove(&id) else {
             return;
         };
         if let Some(q) = dns_query(&p.uri) {
             if !targets.is_empty() {
                 // Kept at least a few seconds (ACKs and retries follow), at most an hour.
                 let ttl = ttl.clamp(Duration::from_secs(5), Duration::from_secs(3600));
-                if self.dns_cache.len() >= DNS_CACHE_MAX {
+                if self.proxy.dns_cache.len() >= DNS_CACHE_MAX {
                     // Bounded whatever users dial: old answers go first, then all.
-                    self.dns_cache.retain(|_, (_, until)| *until > now);
-                    if self.dns_cache.len() >= DNS_CACHE_MAX {
-                        self.dns_cache.clear();
+                    self.proxy.dns_cache.retain(|_, (_, until)| *until > now);
+                    if self.proxy.dns_cache.len() >= DNS_CACHE_MAX {
+                        self.proxy.dns_cache.clear();
                     }
                 }
-                self.dns_cache.insert(q, (targets.clone(), now + ttl));
+                self.proxy.dns_cache.insert(q, (targets.clone(), now + ttl));
             }
         }
-        let Some(ctx) = self.contexts.get(&p.ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&p.ctx_id) else {
             return;
         };
         let current = ctx
@@ -208,7 +208,7 @@ impl Core {
                 tracing::info!(uri = %p.uri, "DNS found no server for the target");
                 // Not our overload, so not 503 (RFC 3261 §16.7 step 6: a proxy passes no 503
                 // upstream): the target cannot be reached.
-                if let Some(ctx) = self.contexts.get_mut(&p.ctx_id) {
+                if let Some(ctx) = self.proxy.contexts.get_mut(&p.ctx_id) {
                     if ctx
                         .best
                         .as_ref()

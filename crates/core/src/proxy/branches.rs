@@ -16,7 +16,7 @@ impl Core {
     ) -> Option<CtxId> {
         let invite = msg.method() == Some(Method::Invite);
         let ctx_id = CtxId(self.id());
-        let in_flow = match self.servers.get_mut(key) {
+        let in_flow = match self.tx.servers.get_mut(key) {
             Some(st) => {
                 st.ctx = Some(ctx_id);
                 st.flow
@@ -28,7 +28,7 @@ impl Core {
                 msg.method(),
                 Some(Method::Invite | Method::Subscribe | Method::Refer)
             );
-        self.contexts.insert(
+        self.proxy.contexts.insert(
             ctx_id,
             ProxyCtx {
                 server: key,
@@ -62,11 +62,12 @@ impl Core {
         if let Some(ctx_id) = self.new_context(key, msg, pop, hash, None) {
             self.add_branches(now, ctx_id, hops, &[]);
             if self
+                .proxy
                 .contexts
                 .get(&ctx_id)
                 .is_some_and(|c| c.branches.is_empty())
             {
-                self.contexts.remove(&ctx_id);
+                self.proxy.contexts.remove(&ctx_id);
                 self.respond(now, key, 500, "Server Internal Error", &[], None);
             }
         }
@@ -94,7 +95,7 @@ impl Core {
         extra: &[(&'static str, String)],
         replace: Option<usize>,
     ) {
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return;
         };
         let key = ctx.server;
@@ -102,7 +103,7 @@ impl Core {
             (ctx.pop, ctx.in_flow, ctx.dialog_creating, ctx.invite);
         let hash = ctx.hash.clone();
         let hunting = ctx.hunt.is_some();
-        let Some(msg) = self.servers.get(key).and_then(|st| st.request.clone()) else {
+        let Some(msg) = self.tx.servers.get(key).and_then(|st| st.request.clone()) else {
             return;
         };
         // RFC 3261 §26.2: a sips: request only ever travels over TLS.
@@ -120,7 +121,7 @@ impl Core {
                     uri = msg.uri_str(),
                     "sips: request with no TLS route; not sent"
                 );
-                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                if let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) {
                     if ctx
                         .best
                         .as_ref()
@@ -138,7 +139,7 @@ impl Core {
         } else {
             hops
         };
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return;
         };
         if ctx.branches.is_empty() && !hops.is_empty() {
@@ -159,7 +160,7 @@ impl Core {
                 } else {
                     (488, "Not Acceptable Here (Media Relay Full)")
                 };
-                if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+                if let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) {
                     ctx.hunt = None;
                     ctx.best = Some(Candidate::Local(code, reason));
                 }
@@ -178,8 +179,12 @@ impl Core {
         for (i, hop) in hops.into_iter().enumerate() {
             // Each branch's SDP names the relay in its phone's address family.
             shape.body = bodies.get(i).and_then(|b| b.as_deref());
-            let idx = replace
-                .unwrap_or_else(|| self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len()));
+            let idx = replace.unwrap_or_else(|| {
+                self.proxy
+                    .contexts
+                    .get(&ctx_id)
+                    .map_or(0, |c| c.branches.len())
+            });
             let retry = (!hop.alternates.is_empty()).then(|| {
                 Box::new(Retry {
                     uri: hop.uri.clone(),
@@ -232,7 +237,7 @@ impl Core {
                 let (m, a) = tx::ClientNonInvite::new(now, reliable, &self.cfg.timers, data);
                 (ClientMachine::NonInvite(m), a)
             };
-            let ckey = self.clients.insert(
+            let ckey = self.tx.clients.insert(
                 client_key(&branch, msg.method_str()),
                 ClientTx {
                     machine,
@@ -243,7 +248,7 @@ impl Core {
                     udp_fallback,
                 },
             );
-            if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+            if let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) {
                 let branch = Branch {
                     client: ckey,
                     state: BranchState::Trying,
@@ -461,7 +466,7 @@ impl Core {
             }
             _ => {}
         }
-        if self.calls.is_empty() {
+        if self.calls.table.is_empty() {
             return Ok(vec![]);
         }
         self.media_bodies(msg, inbound, hops)
@@ -474,7 +479,7 @@ impl Core {
         from: Flow,
         toward: Flow,
     ) -> Option<Vec<u8>> {
-        if self.calls.is_empty() || self.is_spiral(toward) {
+        if self.calls.table.is_empty() || self.is_spiral(toward) {
             return None;
         }
         match self.media_body(resp, true, from, toward) {

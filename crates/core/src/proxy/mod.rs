@@ -74,6 +74,22 @@ pub(crate) struct Retry {
     extra: Vec<(&'static str, String)>,
 }
 
+/// What the proxy keeps across requests: the response context of each forwarded request, where
+/// each rotating group starts next, DNS answers and the lookups in flight.
+#[derive(Default)]
+pub(crate) struct Proxy {
+    pub(crate) contexts: std::collections::HashMap<CtxId, ProxyCtx>,
+    /// Where each rotating group starts its next call.
+    pub(crate) rotation: std::collections::HashMap<String, usize>,
+    /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
+    pub(crate) dns_cache: std::collections::HashMap<
+        crate::DnsQuery,
+        (Vec<(Transport, std::net::SocketAddr)>, Instant),
+    >,
+    /// Lookups in flight: id -> the hunt waiting for them.
+    pub(crate) resolving: std::collections::HashMap<u64, crate::forking::Resolving>,
+}
+
 /// The response context of one forwarded request.
 pub(crate) struct ProxyCtx {
     /// The server transaction of the request, which the best response answers.
@@ -146,8 +162,9 @@ impl Core {
         if method == Some(Method::Ack) {
             return self.on_ack(now, flow, msg, &key);
         }
-        if let Some(id) = self.servers.find(&key) {
+        if let Some(id) = self.tx.servers.find(&key) {
             let actions = self
+                .tx
                 .servers
                 .get(id)
                 .map(|st| st.machine.on_request_retransmission())
@@ -157,7 +174,7 @@ impl Core {
         if method == Some(Method::Cancel) {
             return self.on_cancel(now, flow, msg, key);
         }
-        if self.servers.len() >= self.cfg.max_transactions {
+        if self.tx.servers.len() >= self.cfg.max_transactions {
             self.counters.overloaded += 1;
             return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
         }
@@ -167,7 +184,7 @@ impl Core {
         } else {
             ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
         };
-        let key = self.servers.insert(
+        let key = self.tx.servers.insert(
             key,
             ServerTx {
                 machine,
@@ -302,6 +319,7 @@ impl Core {
                 return Some(refused);
             }
             let name = self
+                .auth
                 .users
                 .by_name(&self.qualify(&callee, callee_domain))
                 .map(|u| u.name.clone());
@@ -318,7 +336,11 @@ impl Core {
         let dialed = if main_domain {
             self.plan.dial(&callee, caller.as_deref())
         } else {
-            match self.users.by_name(&self.qualify(&callee, callee_domain)) {
+            match self
+                .auth
+                .users
+                .by_name(&self.qualify(&callee, callee_domain))
+            {
                 Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
                 None => Dialed::NotFound,
             }
@@ -407,9 +429,9 @@ impl Core {
                 let claimed = from.uri.user_unescaped().and_then(|u| {
                     let key = self.qualify(&u, &domain);
                     let found = if domain == self.cfg.domain {
-                        self.users.find(&key)
+                        self.auth.users.find(&key)
                     } else {
-                        self.users.by_name(&key)
+                        self.auth.users.by_name(&key)
                     };
                     found.map(|u| u.name.clone())
                 });

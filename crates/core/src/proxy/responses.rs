@@ -7,8 +7,8 @@ impl Core {
     /// ACK: absorbed by the INVITE server transaction for a non-2xx, otherwise (ACK for a
     /// 2xx, new branch) forwarded statelessly along the dialog's route.
     pub(crate) fn on_ack(&mut self, now: Instant, flow: Flow, msg: Message, key: &str) {
-        let invite = self.servers.find(key);
-        if let Some((id, st)) = invite.and_then(|id| Some((id, self.servers.get_mut(id)?))) {
+        let invite = self.tx.servers.find(key);
+        if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.servers.get_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
                 let (disp, actions) = m.on_ack(now);
                 self.server_actions(now, id, actions);
@@ -32,7 +32,7 @@ impl Core {
                     // ACK to a local user's AOR (2xx from a UA that ignores Record-Route):
                     // route like the INVITE did.
                     let user = u.user_unescaped()?;
-                    let name = self.users.find(&user)?.name.clone();
+                    let name = self.auth.users.find(&user)?.name.clone();
                     let b = self.location.lookup(&name, now).into_iter().next()?;
                     Uri::parse(&b.contact).ok().and_then(|c| self.resolve(&c))
                 }
@@ -43,12 +43,12 @@ impl Core {
             return;
         };
         // Stateless forwarding needs a branch that is the same for retransmissions (§16.11).
-        let mut h = Fnv::new(self.salt);
+        let mut h = Fnv::new(self.origin.salt);
         h.write(msg.top_via().and_then(|v| v.branch()).unwrap_or(""));
         h.write(msg.call_id());
         let branch = format!("z9hG4bKack{:016x}", h.finish());
         // An ACK may carry the answer to an offer made in a 2xx (RFC 3261 §13.2.1).
-        let body = if self.calls.is_empty() || self.is_spiral(flow) {
+        let body = if self.calls.table.is_empty() || self.is_spiral(flow) {
             None
         } else {
             self.media_body(&msg, false, flow, out).ok().flatten()
@@ -74,10 +74,10 @@ impl Core {
     /// cancelled; the INVITE gets its 487 from the branches.
     pub(crate) fn on_cancel(&mut self, now: Instant, flow: Flow, msg: Message, key: String) {
         let invite_key = server_key(&msg, Some("INVITE"));
-        let Some(invite_key) = invite_key.and_then(|k| self.servers.find(&k)) else {
+        let Some(invite_key) = invite_key.and_then(|k| self.tx.servers.find(&k)) else {
             return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
         };
-        let key = self.servers.insert(
+        let key = self.tx.servers.insert(
             key,
             ServerTx {
                 machine: crate::ServerMachine::NonInvite(tx::ServerNonInvite::new(
@@ -91,7 +91,7 @@ impl Core {
             },
         );
         self.respond(now, key, 200, "OK", &[], None);
-        let (ctx, final_sent) = match self.servers.get(invite_key) {
+        let (ctx, final_sent) = match self.tx.servers.get(invite_key) {
             Some(st) => (st.ctx, st.final_sent),
             None => return,
         };
@@ -100,18 +100,22 @@ impl Core {
         }
         match ctx {
             Some(ctx) => {
-                if let Some(c) = self.contexts.get_mut(&ctx) {
+                if let Some(c) = self.proxy.contexts.get_mut(&ctx) {
                     c.cancelled = true;
                 }
-                let n = self.contexts.get(&ctx).map_or(0, |c| c.branches.len());
+                let n = self
+                    .proxy
+                    .contexts
+                    .get(&ctx)
+                    .map_or(0, |c| c.branches.len());
                 for i in 0..n {
                     self.cancel_branch(now, ctx, i);
                 }
                 // Nothing was ringing (DNS still looking, or between stages): done now.
-                let idle = self
-                    .contexts
-                    .get(&ctx)
-                    .is_some_and(|c| !c.final_sent && c.branches.iter().all(|b| b.state.is_done()));
+                let idle =
+                    self.proxy.contexts.get(&ctx).is_some_and(|c| {
+                        !c.final_sent && c.branches.iter().all(|b| b.state.is_done())
+                    });
                 if idle {
                     self.finish_with_best(now, ctx);
                 }
@@ -123,6 +127,7 @@ impl Core {
     /// Sends CANCEL on a branch that has answered provisionally; otherwise remembers to.
     pub(crate) fn cancel_branch(&mut self, now: Instant, ctx: CtxId, idx: usize) {
         let send = self
+            .proxy
             .contexts
             .get_mut(&ctx)
             .and_then(|c| c.branches.get_mut(idx))
@@ -135,6 +140,7 @@ impl Core {
     /// Sends the CANCEL of a branch whose state just became `Cancelling`.
     pub(crate) fn send_cancel(&mut self, now: Instant, ctx: CtxId, idx: usize) {
         let Some(b) = self
+            .proxy
             .contexts
             .get_mut(&ctx)
             .and_then(|c| c.branches.get_mut(idx))
@@ -145,7 +151,7 @@ impl Core {
         let give_up = now + self.cfg.timers.t1 * 64;
         b.timer_c = Some(give_up);
         self.timers.push(give_up, TimerRef::TimerC(ctx, idx));
-        let Some(ct) = self.clients.get(b.client) else {
+        let Some(ct) = self.tx.clients.get(b.client) else {
             return;
         };
         let Ok(invite) = Message::parse(ct.request.clone(), false) else {
@@ -162,7 +168,7 @@ impl Core {
         let data_for_tx = data.clone();
         let (m, actions) =
             tx::ClientNonInvite::new(now, flow.transport.is_reliable(), &self.cfg.timers, data);
-        let key = self.clients.insert(
+        let key = self.tx.clients.insert(
             client_key(&branch, "CANCEL"),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
@@ -187,9 +193,10 @@ impl Core {
         };
         let status = msg.status().unwrap_or(500);
         let found = self
+            .tx
             .clients
             .find(&client_key(via.branch().unwrap_or(""), method));
-        let Some((key, ct)) = found.and_then(|id| Some((id, self.clients.get_mut(id)?))) else {
+        let Some((key, ct)) = found.and_then(|id| Some((id, self.tx.clients.get_mut(id)?))) else {
             // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
             // forwarded to whatever its next Via names.
             tracing::debug!(status, "response matches no transaction; dropped");
@@ -226,11 +233,11 @@ impl Core {
         }
         if disp == Disposition::PassUp {
             match (ctx, server) {
-                (Some((ctx, idx)), _) if self.contexts.contains_key(&ctx) => {
+                (Some((ctx, idx)), _) if self.proxy.contexts.contains_key(&ctx) => {
                     self.branch_response(now, ctx, idx, msg, flow)
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
-                    let toward = self.servers.get(server).map(|st| st.flow);
+                    let toward = self.tx.servers.get(server).map(|st| st.flow);
                     let body = toward.and_then(|f| self.media_for_response(&msg, flow, f));
                     let data = upstream_bytes(&msg, None, body.as_deref(), None);
                     self.send_server_response(now, server, status, data);
@@ -249,7 +256,7 @@ impl Core {
         from: Flow,
     ) {
         let status = resp.status().unwrap_or(500);
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         // A phone behind NAT answering a call names its private address in Contact; the
@@ -287,7 +294,7 @@ impl Core {
         if status == 503 && self.try_alternate(now, ctx_id, idx) {
             return;
         }
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         let abandoned = ctx
@@ -301,7 +308,7 @@ impl Core {
             // §16.7 step 4 (recursion): the Contacts are being tried instead.
             return self.maybe_finish(now, ctx_id);
         }
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         if abandoned && status >= 300 {
@@ -354,7 +361,7 @@ impl Core {
         } else {
             (code, reason)
         };
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         let Some(b) = ctx.branches.get_mut(idx) else {
@@ -380,7 +387,7 @@ impl Core {
     /// RFC 3263 §4.3: a branch to another domain whose server timed out, could not be
     /// reached or answered 503 goes to the domain's next server. False when none is left.
     pub(crate) fn try_alternate(&mut self, now: Instant, ctx_id: CtxId, idx: usize) -> bool {
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return false;
         };
         if ctx.cancelled || ctx.answered {
@@ -398,10 +405,11 @@ impl Core {
         let flow = r.alternates.remove(0);
         // The failed server's transaction no longer speaks for this branch slot (a late
         // error on it must not fail the new one over again).
-        if let Some(old) = self.clients.get_mut(b.client) {
+        if let Some(old) = self.tx.clients.get_mut(b.client) {
             old.ctx = None;
         }
         let Some(r) = self
+            .proxy
             .contexts
             .get_mut(&ctx_id)
             .and_then(|c| c.branches.get_mut(idx))
@@ -423,7 +431,11 @@ impl Core {
     }
 
     pub(crate) fn cancel_all(&mut self, now: Instant, ctx_id: CtxId) {
-        let n = self.contexts.get(&ctx_id).map_or(0, |c| c.branches.len());
+        let n = self
+            .proxy
+            .contexts
+            .get(&ctx_id)
+            .map_or(0, |c| c.branches.len());
         for i in 0..n {
             self.cancel_branch(now, ctx_id, i);
         }
@@ -433,7 +445,7 @@ impl Core {
     /// hunt goes on (next stage, forwarding); otherwise the best response goes up. The
     /// context is dropped once every branch has its final response.
     pub(crate) fn maybe_finish(&mut self, now: Instant, ctx_id: CtxId) {
-        let Some(ctx) = self.contexts.get(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return;
         };
         if ctx.final_sent {
@@ -450,6 +462,7 @@ impl Core {
         // came in.
         let generation = ctx.hunt.as_ref().map(|h| h.generation);
         if self
+            .proxy
             .resolving
             .values()
             .any(|r| r.ctx_id == ctx_id && Some(r.generation) == generation)
@@ -466,7 +479,7 @@ impl Core {
     /// Sends the best final response collected (§16.7 step 6), or 480 when every branch was
     /// given up by us.
     pub(crate) fn finish_with_best(&mut self, now: Instant, ctx_id: CtxId) {
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
         if ctx.final_sent {
@@ -508,7 +521,12 @@ impl Core {
     /// Timer C fired for a branch (§16.8): cancel it if it rang, else (or if even the CANCEL
     /// brought no final response) give it up as 408.
     pub(crate) fn timer_c(&mut self, now: Instant, ctx_id: CtxId, idx: usize) {
-        let Some(b) = self.contexts.get(&ctx_id).and_then(|c| c.branches.get(idx)) else {
+        let Some(b) = self
+            .proxy
+            .contexts
+            .get(&ctx_id)
+            .and_then(|c| c.branches.get(idx))
+        else {
             return;
         };
         if b.state.is_done() || b.timer_c.is_none_or(|t| t > now) {
@@ -518,7 +536,7 @@ impl Core {
             self.cancel_branch(now, ctx_id, idx);
         } else {
             let key = b.client;
-            self.clients.remove(key);
+            self.tx.clients.remove(key);
             self.branch_failed(now, ctx_id, idx, 408, "Request Timeout");
         }
     }
