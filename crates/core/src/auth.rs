@@ -131,7 +131,7 @@ impl Core {
         let Some(creds) = found else {
             return AuthOutcome::Challenge { stale: false };
         };
-        if !self.cfg.algorithms.contains(&creds.algorithm.base()) {
+        if !self.cfg.auth.algorithms.contains(&creds.algorithm.base()) {
             return AuthOutcome::Challenge { stale: false };
         }
         if !same_target(&creds.uri, msg.uri_str()) {
@@ -237,7 +237,7 @@ impl Core {
             "WWW-Authenticate"
         };
         let secs = self.unix(now);
-        let algs = self.cfg.algorithms.clone();
+        let algs = self.cfg.auth.algorithms.clone();
         algs.into_iter()
             .map(|alg| {
                 let nonce = self.auth.nonces.issue(secs);

@@ -266,7 +266,7 @@ impl Core {
             return;
         }
         let relayed = self.calls.relay.is_some()
-            && match self.cfg.relay_mode {
+            && match self.cfg.relay.mode {
                 RelayMode::Never => false,
                 RelayMode::Always => true,
                 RelayMode::Auto => {
@@ -526,9 +526,9 @@ impl Core {
             None => 0,
         };
         let limit = if call.held {
-            self.cfg.relay_hold_timeout
+            self.cfg.relay.hold_timeout
         } else {
-            self.cfg.relay_timeout
+            self.cfg.relay.timeout
         };
         let (answered, relayed) = (call.answered, call.relayed);
         let Some(call) = self.calls.table.get_mut(call_id) else {

@@ -88,8 +88,8 @@ fn with_sdp(msg: &str, sdp: &str) -> String {
 impl T {
     fn with_relay(room: usize, mode: RelayMode) -> (T, Arc<Mutex<Asked>>) {
         let mut t = T::new();
-        t.core.cfg.relay_mode = mode;
-        t.core.cfg.relay_timeout = Duration::from_secs(20);
+        t.core.cfg.relay.mode = mode;
+        t.core.cfg.relay.timeout = Duration::from_secs(20);
         let asked = Arc::new(Mutex::new(Asked {
             room,
             ..Default::default()

@@ -40,7 +40,7 @@ impl Core {
 
     /// Sets (or clears) a contact's next ping and its timer.
     fn next_ping(&mut self, now: Instant, aor: &str, contact: &str, due: bool) {
-        let interval = self.cfg.nat_ping_interval.filter(|_| due);
+        let interval = self.cfg.keepalive.interval.filter(|_| due);
         let Some(b) = self
             .location
             .bindings_mut(aor)
@@ -70,7 +70,7 @@ impl Core {
         if b.next_ping.is_none_or(|t| t > now) {
             return;
         }
-        let interval = self.cfg.nat_ping_interval.unwrap_or_default();
+        let interval = self.cfg.keepalive.interval.unwrap_or_default();
         if b.keepalive_at
             .is_some_and(|k| now.saturating_duration_since(k) < interval)
         {
@@ -126,7 +126,7 @@ impl Core {
         let Some((aor, contact)) = self.keepalive.pings.remove(&key) else {
             return;
         };
-        let limit = self.cfg.nat_ping_failures;
+        let limit = self.cfg.keepalive.failures;
         let list = self.location.bindings_mut(&aor);
         if let Some(i) = list.iter().position(|b| b.contact == contact) {
             list[i].missed_pings = list[i].missed_pings.saturating_add(1);

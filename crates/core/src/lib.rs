@@ -95,31 +95,60 @@ pub struct CoreConfig {
     /// Further domains served; their users are stored as `name@domain`.
     pub domains: Vec<String>,
     pub listeners: Vec<Listener>,
-    pub default_expires: u32,
-    pub min_expires: u32,
-    pub max_expires: u32,
-    pub max_contacts: usize,
-    pub algorithms: Vec<Algorithm>,
-    pub nonce_lifetime: u64,
+    pub registrar: RegistrarSettings,
+    pub auth: AuthSettings,
     pub timers: Timers,
     /// Server transactions kept at most; past it new requests get 503 (memory stays bounded
     /// under a flood; each transaction lives 32 s at most over UDP).
     pub max_transactions: usize,
-    /// Keep-alive OPTIONS to UDP phones behind NAT that do not re-register this often.
-    pub nat_ping_interval: Option<Duration>,
-    /// Unanswered pings in a row after which such a contact is removed.
-    pub nat_ping_failures: u8,
-    /// When calls go through the media relay (if the daemon gave the core one).
-    pub relay_mode: RelayMode,
-    /// An answered relayed call with no media this long is ended.
-    pub relay_timeout: Duration,
-    /// The same while the call is on hold (held phones may send nothing at all).
-    pub relay_hold_timeout: Duration,
+    pub keepalive: KeepAliveSettings,
+    pub relay: RelaySettings,
     /// Who may reach local users from other domains.
     pub inbound: InboundPolicy,
     /// Signs our Record-Route entries, so that only dialogs we set up use us as a route
     /// (kept in the data folder: dialogs outlive a restart).
     pub route_key: [u8; 32],
+}
+
+/// How long registrations last, and how many a user keeps.
+#[derive(Clone, Debug)]
+pub struct RegistrarSettings {
+    /// Expiry used when a REGISTER asks for none (seconds).
+    pub default_expires: u32,
+    /// Shorter requests get 423 Interval Too Brief (RFC 3261 §10.3 step 7).
+    pub min_expires: u32,
+    /// Longer requests are shortened to this.
+    pub max_expires: u32,
+    /// Contacts kept per user; the oldest goes when a new one would exceed it.
+    pub max_contacts: usize,
+}
+
+/// Which digest algorithms are offered, and how long a nonce lives.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    pub algorithms: Vec<Algorithm>,
+    /// Seconds a nonce stays valid before the client is asked again with stale=true.
+    pub nonce_lifetime: u64,
+}
+
+/// Keep-alive OPTIONS to UDP phones behind NAT.
+#[derive(Clone, Debug)]
+pub struct KeepAliveSettings {
+    /// Sent to phones that do not re-register this often; None turns them off.
+    pub interval: Option<Duration>,
+    /// Unanswered pings in a row after which such a contact is removed.
+    pub failures: u8,
+}
+
+/// When calls go through the media relay, and how long a silent one keeps it.
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// When calls go through the media relay (if the daemon gave the core one).
+    pub mode: RelayMode,
+    /// An answered relayed call with no media this long is ended.
+    pub timeout: Duration,
+    /// The same while the call is on hold (held phones may send nothing at all).
+    pub hold_timeout: Duration,
 }
 
 /// Who may reach local users from other domains.
@@ -200,7 +229,7 @@ impl Core {
             plan,
             auth: auth::Authenticator {
                 users: Users::new(users),
-                nonces: NonceManager::new(secret, cfg.nonce_lifetime),
+                nonces: NonceManager::new(secret, cfg.auth.nonce_lifetime),
                 failures: auth::RecentFailures::default(),
             },
             cfg,
@@ -277,19 +306,12 @@ impl Core {
     /// progress keep what they have.
     pub fn reconfigure(&mut self, new: &CoreConfig) {
         let c = &mut self.cfg;
-        c.default_expires = new.default_expires;
-        c.min_expires = new.min_expires;
-        c.max_expires = new.max_expires;
-        c.max_contacts = new.max_contacts;
-        c.nat_ping_interval = new.nat_ping_interval;
-        c.nat_ping_failures = new.nat_ping_failures;
-        c.algorithms = new.algorithms.clone();
-        c.nonce_lifetime = new.nonce_lifetime;
-        c.relay_mode = new.relay_mode;
-        c.relay_timeout = new.relay_timeout;
-        c.relay_hold_timeout = new.relay_hold_timeout;
+        c.registrar = new.registrar.clone();
+        c.keepalive = new.keepalive.clone();
+        c.auth = new.auth.clone();
+        c.relay = new.relay.clone();
         c.inbound = new.inbound;
-        self.auth.nonces.set_lifetime(new.nonce_lifetime);
+        self.auth.nonces.set_lifetime(new.auth.nonce_lifetime);
     }
 
     /// Forgets DNS answers (the DNS servers changed).

@@ -103,8 +103,9 @@ impl Core {
                 .last()
                 .is_some_and(|p| sip::uri::Uri::parse(p).is_ok_and(|u| u.param("ob").is_some()));
         let header_expires = msg.value(HeaderName::Expires).map(|v| {
-            parse_bounded(v, u64::MAX)
-                .map_or(self.cfg.default_expires, |n| n.min(u32::MAX as u64) as u32)
+            parse_bounded(v, u64::MAX).map_or(self.cfg.registrar.default_expires, |n| {
+                n.min(u32::MAX as u64) as u32
+            })
         });
         let star = msg.values(HeaderName::Contact).any(|v| v.trim() == "*");
         if star {
@@ -130,14 +131,15 @@ impl Core {
                     .param("expires")
                     .flatten()
                     .map(|e| {
-                        parse_bounded(e, u64::MAX)
-                            .map_or(self.cfg.default_expires, |n| n.min(u32::MAX as u64) as u32)
+                        parse_bounded(e, u64::MAX).map_or(self.cfg.registrar.default_expires, |n| {
+                            n.min(u32::MAX as u64) as u32
+                        })
                     })
                     .or(header_expires)
-                    .unwrap_or(self.cfg.default_expires)
-                    .min(self.cfg.max_expires);
-                if expires > 0 && expires < self.cfg.min_expires {
-                    let h = [("Min-Expires", self.cfg.min_expires.to_string())];
+                    .unwrap_or(self.cfg.registrar.default_expires)
+                    .min(self.cfg.registrar.max_expires);
+                if expires > 0 && expires < self.cfg.registrar.min_expires {
+                    let h = [("Min-Expires", self.cfg.registrar.min_expires.to_string())];
                     return self.respond(now, key, 423, "Interval Too Brief", &h, None);
                 }
                 let q = c
@@ -239,7 +241,7 @@ impl Core {
                     None => list.push(binding),
                 }
             }
-            while list.len() > self.cfg.max_contacts {
+            while list.len() > self.cfg.registrar.max_contacts {
                 // The one closest to expiry goes first.
                 let oldest = list
                     .iter()

@@ -54,19 +54,27 @@ fn config() -> CoreConfig {
                 host: addr(SERVER).ip(),
             },
         ],
-        default_expires: 3600,
-        min_expires: 60,
-        max_expires: 86400,
-        max_contacts: 10,
-        algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
-        nonce_lifetime: 300,
+        registrar: super::RegistrarSettings {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 86400,
+            max_contacts: 10,
+        },
+        auth: super::AuthSettings {
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            nonce_lifetime: 300,
+        },
         timers: Timers::default(),
         max_transactions: 1000,
-        nat_ping_interval: Some(Duration::from_secs(25)),
-        nat_ping_failures: 3,
-        relay_mode: super::RelayMode::Auto,
-        relay_timeout: Duration::from_secs(60),
-        relay_hold_timeout: Duration::from_secs(3600),
+        keepalive: super::KeepAliveSettings {
+            interval: Some(Duration::from_secs(25)),
+            failures: 3,
+        },
+        relay: super::RelaySettings {
+            mode: super::RelayMode::Auto,
+            timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(3600),
+        },
         inbound: crate::InboundPolicy::Open,
         route_key: [7; 32],
     }
@@ -1724,7 +1732,7 @@ fn a_retransmitted_failure_is_counted_and_logged_once_and_an_old_nonce_too() {
 fn reconfigured_registrar_limits_apply_at_once() {
     let mut t = T::new();
     let mut tighter = config();
-    tighter.min_expires = 7200;
+    tighter.registrar.min_expires = 7200;
     t.core.reconfigure(&tighter);
     let mut r = t.req(
         "REGISTER",

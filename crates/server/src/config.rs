@@ -482,25 +482,33 @@ impl Config {
             domain: cfg.domain.clone(),
             domains: cfg.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             listeners,
-            default_expires: cfg.registrar.default_expires,
-            min_expires: cfg.registrar.min_expires,
-            max_expires: cfg.registrar.max_expires,
-            max_contacts: cfg.registrar.max_contacts,
-            algorithms: cfg
-                .auth
-                .algorithms
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-            nonce_lifetime: cfg.auth.nonce_lifetime,
+            registrar: crate::core::RegistrarSettings {
+                default_expires: cfg.registrar.default_expires,
+                min_expires: cfg.registrar.min_expires,
+                max_expires: cfg.registrar.max_expires,
+                max_contacts: cfg.registrar.max_contacts,
+            },
+            auth: crate::core::AuthSettings {
+                algorithms: cfg
+                    .auth
+                    .algorithms
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect(),
+                nonce_lifetime: cfg.auth.nonce_lifetime,
+            },
             timers: sip::transaction::Timers::default(),
             max_transactions: 1_000_000,
-            nat_ping_interval: (cfg.registrar.nat_ping_interval > 0)
-                .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
-            nat_ping_failures: cfg.registrar.nat_ping_failures.max(1),
-            relay_mode: cfg.relay.mode,
-            relay_timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
-            relay_hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
+            keepalive: crate::core::KeepAliveSettings {
+                interval: (cfg.registrar.nat_ping_interval > 0)
+                    .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),
+                failures: cfg.registrar.nat_ping_failures.max(1),
+            },
+            relay: crate::core::RelaySettings {
+                mode: cfg.relay.mode,
+                timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
+                hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
+            },
             inbound: cfg.federation.inbound,
             route_key: [0; 32],
         }
