@@ -209,7 +209,7 @@ impl Core {
         if !self.auth.failures.first(now, msg, flow) {
             return;
         }
-        self.counters.auth_failures += 1;
+        self.counters.registrar.auth_failures += 1;
         let agent = msg.value(HeaderName::UserAgent).unwrap_or("-");
         tracing::warn!(
             user,

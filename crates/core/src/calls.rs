@@ -543,7 +543,7 @@ impl Core {
                 secs = limit.as_secs(),
                 "no media on a relayed call; the relay is released"
             );
-            self.counters.relay_timeouts += 1;
+            self.counters.relay.relay_timeouts += 1;
             return self.call_end(call_id, "no media");
         }
         self.timers

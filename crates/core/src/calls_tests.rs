@@ -278,7 +278,7 @@ fn no_relay_ports_left_refuses_the_call_with_503() {
     assert!(inv.is_none(), "bob is not rung");
     let statuses: Vec<_> = out.iter().filter_map(|(_, m)| m.status()).collect();
     assert!(statuses.contains(&503), "{statuses:?}");
-    assert_eq!(t.core.counters.relay_full, 1);
+    assert_eq!(t.core.counters.relay.relay_full, 1);
     assert!(t.core.calls(t.now).is_empty(), "the failed call is gone");
 }
 
@@ -319,7 +319,7 @@ fn a_silent_answered_call_loses_its_relay_after_the_timeout_and_media_keeps_it()
     t.advance(Duration::from_secs(30));
     assert!(t.core.calls(t.now).is_empty());
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
-    assert_eq!(t.core.counters.relay_timeouts, 1);
+    assert_eq!(t.core.counters.relay.relay_timeouts, 1);
 }
 
 #[test]

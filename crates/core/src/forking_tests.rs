@@ -701,7 +701,7 @@ fn phones_behind_nat_are_pinged_and_dropped_when_they_stop_answering() {
         .iter()
         .any(|a| matches!(a, Action::DeleteBinding { aor, .. } if aor == "bob")));
     assert_eq!(t.core.location.lookup("alice", t.now).len(), 1);
-    assert!(t.core.counters.nat_pings_sent >= 5);
+    assert!(t.core.counters.registrar.nat_pings_sent >= 5);
 }
 
 #[test]
@@ -766,7 +766,7 @@ fn a_phone_that_keeps_its_mapping_alive_itself_is_not_pinged() {
         "no ping while the phone keeps itself alive"
     );
     assert_eq!(
-        t.core.counters.stun_answered, 5,
+        t.core.counters.traffic.stun_answered, 5,
         "every STUN request answered"
     );
     // Silence from the phone: pings start again.

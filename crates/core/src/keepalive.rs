@@ -80,7 +80,7 @@ impl Core {
         let flow = b.flow;
         let (branch, w) = self.own_request("OPTIONS", contact, contact, flow);
         let data = w.finish(None, b"");
-        self.counters.nat_pings_sent += 1;
+        self.counters.registrar.nat_pings_sent += 1;
         let id = self.send_request(now, flow, &branch, "OPTIONS", data);
         // Its id exists once the transaction does; a new transaction's first actions only
         // send, so nothing about the ping can have been reported before this.

@@ -375,7 +375,7 @@ impl Core {
         let msg = match Message::parse(data.clone(), datagram) {
             Ok(m) => m,
             Err(e) => {
-                self.counters.malformed_in += 1;
+                self.counters.traffic.malformed_in += 1;
                 tracing::debug!(remote = %flow.remote, "malformed message: {e}");
                 if !data.starts_with(b"SIP/") {
                     if let Ok(head) = Message::parse_head(data) {
@@ -392,10 +392,10 @@ impl Core {
                 "recv {}", first_line(&msg));
         }
         if msg.is_request() {
-            self.counters.requests_in += 1;
+            self.counters.traffic.requests_in += 1;
             self.on_request(now, flow, msg);
         } else {
-            self.counters.responses_in += 1;
+            self.counters.traffic.responses_in += 1;
             self.on_response(now, flow, msg);
         }
     }
@@ -409,7 +409,7 @@ impl Core {
             concat!("hedgewitch/", env!("CARGO_PKG_VERSION")),
         ) {
             Some(resp) => {
-                self.counters.stun_answered += 1;
+                self.counters.traffic.stun_answered += 1;
                 self.out.push(Action::Send {
                     flow,
                     data: Bytes::from(resp),

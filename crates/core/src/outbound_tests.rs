@@ -82,7 +82,7 @@ fn an_outbound_flow_is_its_own_binding_and_is_used_whatever_the_contact() {
     );
     // The phone keeps its flow alive itself: no OPTIONS pings.
     t.advance(Duration::from_secs(120));
-    assert_eq!(t.core.counters.nat_pings_sent, 0);
+    assert_eq!(t.core.counters.registrar.nat_pings_sent, 0);
     assert!(t.sent().is_empty());
 
     // The phone comes back with another Contact (new local port) for the same flow: the

@@ -274,7 +274,7 @@ impl Core {
         if let Some(first) = self.location.get(&owner).iter().map(|b| b.expires).min() {
             self.timers.push(first, TimerRef::Expiry(owner.clone()));
         }
-        self.counters.registrations_accepted += 1;
+        self.counters.registrar.registrations_accepted += 1;
         let mut extra = vec![];
         if any_outbound {
             extra.push(("Require", "outbound".to_string()));

@@ -703,7 +703,7 @@ fn wrong_password_and_replayed_nonce_count_are_refused() {
         .value(HeaderName::WwwAuthenticate)
         .unwrap()
         .contains("stale=true"));
-    assert_eq!(t.core.counters.auth_failures, 1);
+    assert_eq!(t.core.counters.registrar.auth_failures, 1);
 
     let good = authorization(
         Algorithm::Md5,
@@ -1384,7 +1384,7 @@ fn rfc4475_answers_from_the_server() {
         udp(ALICE),
         Bytes::from(torture("dblreq.sip")),
     );
-    assert_eq!(core.counters.requests_in, 1);
+    assert_eq!(core.counters.traffic.requests_in, 1);
 }
 
 #[test]
@@ -1456,7 +1456,7 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i
     }
     assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
     assert_eq!(core.tx.servers.len(), 5);
-    assert_eq!(core.counters.overloaded, 3);
+    assert_eq!(core.counters.traffic.overloaded, 3);
     // Transactions end (Timer J) and room is made again.
     let later = now + Duration::from_secs(33);
     core.handle_timeout(later);
@@ -1705,7 +1705,7 @@ fn a_retransmitted_failure_is_counted_and_logged_once_and_an_old_nonce_too() {
             assert_eq!(t.sent()[0].1.status(), Some(401));
         }
     });
-    assert_eq!(t.core.counters.auth_failures, 1);
+    assert_eq!(t.core.counters.registrar.auth_failures, 1);
     assert_eq!(text.matches("authentication failed").count(), 1, "{text}");
 
     // A wrong digest over a nonce the server never issued is a failed attempt too.
@@ -1725,7 +1725,7 @@ fn a_retransmitted_failure_is_counted_and_logged_once_and_an_old_nonce_too() {
     r.branch = t.branch();
     t.recv(ALICE, &r.text());
     assert_eq!(t.sent()[0].1.status(), Some(401));
-    assert_eq!(t.core.counters.auth_failures, 2);
+    assert_eq!(t.core.counters.registrar.auth_failures, 2);
 }
 
 #[test]

@@ -3,24 +3,53 @@
 
 use super::*;
 
-/// Counters shown by `hedgewitch status`.
+/// Counters shown by `hedgewitch status`, by the part that counts them; they show as one flat
+/// object (`counters.auth_failures`), as before the grouping.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Counters {
+    #[serde(flatten)]
+    pub traffic: TrafficCounters,
+    #[serde(flatten)]
+    pub registrar: RegistrarCounters,
+    #[serde(flatten)]
+    pub forwarded: ForwardedCounters,
+    #[serde(flatten)]
+    pub relay: RelayCounters,
+}
+
+/// What arrived, and what was refused before any decision.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TrafficCounters {
     pub requests_in: u64,
     pub responses_in: u64,
     pub malformed_in: u64,
-    pub calls_forwarded: u64,
-    pub messages_forwarded: u64,
-    pub registrations_accepted: u64,
-    pub auth_failures: u64,
     /// Requests refused with 503 because the transaction table was full.
     pub overloaded: u64,
-    /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
-    pub notifications_delivered: u64,
     /// STUN Binding requests answered (keep-alives on SIP ports, and the STUN port).
     pub stun_answered: u64,
+}
+
+/// Registrations, logins, keep-alives.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RegistrarCounters {
+    pub registrations_accepted: u64,
+    pub auth_failures: u64,
     /// Keep-alive OPTIONS sent to phones behind NAT.
     pub nat_pings_sent: u64,
+}
+
+/// What the proxy passed on.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ForwardedCounters {
+    pub calls_forwarded: u64,
+    pub messages_forwarded: u64,
+    /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
+    pub notifications_delivered: u64,
+}
+
+/// The media relay's refusals and timeouts.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RelayCounters {
     /// Relayed calls ended because no media flowed.
     pub relay_timeouts: u64,
     /// Calls refused because the relay's port range was used up.

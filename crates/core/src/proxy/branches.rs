@@ -145,8 +145,8 @@ impl Core {
         if ctx.branches.is_empty() && !hops.is_empty() {
             // Counted once per request, when something is tried at all.
             match msg.method() {
-                Some(Method::Invite) => self.counters.calls_forwarded += 1,
-                Some(Method::Message) => self.counters.messages_forwarded += 1,
+                Some(Method::Invite) => self.counters.forwarded.calls_forwarded += 1,
+                Some(Method::Message) => self.counters.forwarded.messages_forwarded += 1,
                 _ => {}
             }
         }
@@ -154,7 +154,7 @@ impl Core {
             Ok(bodies) => bodies,
             Err(_) => {
                 // No relay ports: refuse now rather than ring a phone that could not be heard.
-                self.counters.relay_full += 1;
+                self.counters.relay.relay_full += 1;
                 let (code, reason) = if dialog_creating {
                     (503, "Media Relay Full")
                 } else {

@@ -149,7 +149,7 @@ pub(crate) use branches::*;
 impl Core {
     pub(crate) fn on_request(&mut self, now: Instant, flow: Flow, msg: Message) {
         if let Err(e) = msg.validate_request() {
-            self.counters.malformed_in += 1;
+            self.counters.traffic.malformed_in += 1;
             if msg.method() != Some(Method::Ack) {
                 self.reply_stateless(&msg, flow, e.status, e.reason);
             }
@@ -175,7 +175,7 @@ impl Core {
             return self.on_cancel(now, flow, msg, key);
         }
         if self.tx.servers.len() >= self.cfg.max_transactions {
-            self.counters.overloaded += 1;
+            self.counters.traffic.overloaded += 1;
             return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
         }
         let reliable = flow.transport.is_reliable();

@@ -185,7 +185,7 @@ impl Core {
     /// Responses: matched to a client transaction by branch and CSeq method (§17.1.3).
     pub(crate) fn on_response(&mut self, now: Instant, flow: Flow, msg: Message) {
         if msg.validate_response().is_err() {
-            self.counters.malformed_in += 1;
+            self.counters.traffic.malformed_in += 1;
             return;
         }
         let (Some(via), Some((_, method))) = (msg.top_via(), msg.cseq()) else {
@@ -225,7 +225,7 @@ impl Core {
                 return;
             }
             if status < 300 {
-                self.counters.notifications_delivered += 1;
+                self.counters.forwarded.notifications_delivered += 1;
             } else {
                 tracing::info!(status, to = %msg.to().map(|t| t.uri.raw).unwrap_or(""), "our MESSAGE was refused");
             }
