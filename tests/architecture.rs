@@ -157,13 +157,18 @@ fn no_two_top_level_modules_import_each_other() {
                 .filter(|l| !l.trim_start().starts_with("//"))
                 .collect::<Vec<_>>()
                 .join("\n");
+            // In a top-level module's own file, `super::` is the crate root.
+            let top_file = f.parent() == Some(src.as_path())
+                || (f.file_name().is_some_and(|n| n == "mod.rs")
+                    && f.parent().and_then(|p| p.parent()) == Some(src.as_path()));
             for m in &modules {
-                if m != &from
-                    && (code.contains(&format!("crate::{m}::"))
-                        || code.contains(&format!("crate::{m};"))
-                        || code.contains(&format!("crate::{m}}}"))
-                        || code.contains(&format!("crate::{{{m}")))
-                {
+                let names = |root: &str| {
+                    code.contains(&format!("{root}::{m}::"))
+                        || code.contains(&format!("{root}::{m};"))
+                        || code.contains(&format!("{root}::{m}}}"))
+                        || code.contains(&format!("{root}::{{{m}"))
+                };
+                if m != &from && (names("crate") || (top_file && names("super"))) {
                     uses.entry(from.clone()).or_default().insert(m.clone());
                 }
             }
@@ -180,4 +185,74 @@ fn no_two_top_level_modules_import_each_other() {
         cycles.is_empty(),
         "modules that import each other: {cycles:#?}"
     );
+}
+
+/// The source of a file without its `#[cfg(test)]` part (tests are not measured).
+fn code_of(f: &Path) -> String {
+    let text = fs::read_to_string(f).unwrap();
+    text.split("#[cfg(test)]")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn is_test_file(f: &Path) -> bool {
+    f.file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("tests"))
+}
+
+#[test]
+fn the_core_is_small_and_owned() {
+    let src = root().join("crates/core/src");
+    let mut over = vec![];
+    for f in rust_files(&src).iter().filter(|f| !is_test_file(f)) {
+        let code = code_of(f);
+        let lines = code.lines().count();
+        if lines > 900 {
+            over.push(format!("{}: {lines} lines (900 at most)", f.display()));
+        }
+        // Fields of each struct with named fields: `NAME: TYPE` lines one level in.
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("struct ") {
+            rest = &rest[at + 7..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let Some(open) = rest.find(['{', ';', '(']) else {
+                break;
+            };
+            if !rest[open..].starts_with('{') {
+                continue;
+            }
+            let body = &rest[open + 1..];
+            let Some(close) = body.find("\n}") else {
+                continue;
+            };
+            let fields = body[..close]
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    let indent = l.len() - t.len();
+                    indent == 4
+                        && !t.starts_with("//")
+                        && !t.starts_with('#')
+                        && t.split_once(':').is_some_and(|(n, _)| {
+                            n.trim_start_matches("pub(crate) ")
+                                .trim_start_matches("pub(super) ")
+                                .trim_start_matches("pub ")
+                                .chars()
+                                .all(|c| c.is_alphanumeric() || c == '_')
+                        })
+                })
+                .count();
+            if fields > 12 {
+                over.push(format!(
+                    "{}: struct {name} has {fields} fields (12 at most)",
+                    f.display()
+                ));
+            }
+        }
+    }
+    assert!(over.is_empty(), "the core outgrew its shape: {over:#?}");
 }

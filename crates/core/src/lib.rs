@@ -7,7 +7,6 @@ mod auth;
 mod branch;
 mod calls;
 mod flow;
-mod forking;
 mod handles;
 mod keepalive;
 mod location;

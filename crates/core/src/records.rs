@@ -51,9 +51,8 @@ pub struct StoredBinding {
     pub user_agent: String,
     /// RFC 3327 Path URIs, first the one nearest us, one per line ('' for none).
     pub path: String,
-    /// RFC 5626 outbound: the phone's `+sip.instance` and `reg-id` ('' and 0 for none).
-    pub instance: String,
-    pub reg_id: u32,
+    /// RFC 5626 outbound: the phone's `+sip.instance` and `reg-id`, when it registered a flow.
+    pub outbound: Option<(String, u32)>,
 }
 
 /// Users by name, with an index by extension.

@@ -366,7 +366,7 @@ impl Core {
                     .filter(|l| !l.is_empty())
                     .map(str::to_string)
                     .collect(),
-                outbound: (!s.instance.is_empty()).then(|| (s.instance.clone(), s.reg_id)),
+                outbound: s.outbound.clone(),
             };
             let addr = self.location.remember(&binding.contact, &s.aor);
             let contact = binding.contact.clone();
@@ -390,11 +390,7 @@ fn stored(aor: &str, b: &Binding, expires_at: u64) -> StoredBinding {
         local: b.flow.local.to_string(),
         user_agent: b.user_agent.clone(),
         path: b.path.join("\n"),
-        instance: b
-            .outbound
-            .as_ref()
-            .map_or(String::new(), |(i, _)| i.clone()),
-        reg_id: b.outbound.as_ref().map_or(0, |(_, r)| *r),
+        outbound: b.outbound.clone(),
     }
 }
 

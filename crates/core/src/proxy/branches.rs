@@ -39,10 +39,12 @@ impl Core {
                 final_sent: false,
                 cancelled: false,
                 redirects: 0,
-                pop,
-                hash: hash.to_string(),
-                in_flow,
-                dialog_creating,
+                template: BranchTemplate {
+                    pop,
+                    hash: hash.to_string(),
+                    in_flow,
+                    dialog_creating,
+                },
                 hunt,
             },
         );
@@ -99,9 +101,13 @@ impl Core {
             return;
         };
         let key = ctx.server;
-        let (pop, in_flow, dialog_creating, invite) =
-            (ctx.pop, ctx.in_flow, ctx.dialog_creating, ctx.invite);
-        let hash = ctx.hash.clone();
+        let (pop, in_flow, dialog_creating, invite) = (
+            ctx.template.pop,
+            ctx.template.in_flow,
+            ctx.template.dialog_creating,
+            ctx.invite,
+        );
+        let hash = ctx.template.hash.clone();
         let hunting = ctx.hunt.is_some();
         let Some(msg) = self.tx.servers.get(key).and_then(|st| st.request.clone()) else {
             return;

@@ -4,7 +4,6 @@
 
 use super::auth::AuthOutcome;
 use super::branch::BranchState;
-use super::forking::Hunt;
 use super::handles::{ClientTxId, CtxId, ServerTxId};
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
@@ -14,6 +13,7 @@ use super::{
 };
 use crate::plan::{Dialed, FeatureRequest};
 use crate::Transport;
+use forking::Hunt;
 use sip::build::{via_with_received, Writer};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
@@ -87,7 +87,7 @@ pub(crate) struct Proxy {
         (Vec<(Transport, std::net::SocketAddr)>, Instant),
     >,
     /// Lookups in flight: id -> the hunt waiting for them.
-    pub(crate) resolving: std::collections::HashMap<u64, crate::forking::Resolving>,
+    pub(crate) resolving: std::collections::HashMap<u64, forking::Resolving>,
 }
 
 /// The response context of one forwarded request.
@@ -103,14 +103,22 @@ pub(crate) struct ProxyCtx {
     /// The caller sent CANCEL: nothing new is tried.
     pub cancelled: bool,
     pub redirects: u8,
-    /// How branches are built: our Route entries to pop, the loop hash, the inbound flow,
-    /// whether to record-route.
-    pub pop: usize,
-    pub hash: String,
-    pub in_flow: Flow,
-    pub dialog_creating: bool,
+    /// How its branches are built.
+    pub template: BranchTemplate,
     /// Calls to local targets: stages, forwarding, history.
     pub hunt: Option<Box<Hunt>>,
+}
+
+/// How a context's branches are built, whichever target they go to.
+pub(crate) struct BranchTemplate {
+    /// Our Route entries to pop.
+    pub pop: usize,
+    /// The request's loop-detection hash, in each branch's Via.
+    pub hash: String,
+    /// Where the request came from.
+    pub in_flow: Flow,
+    /// Whether to record-route (a dialog-creating request).
+    pub dialog_creating: bool,
 }
 
 /// What the pipeline decided for a new request.
@@ -140,6 +148,7 @@ pub(crate) enum Decision {
 }
 
 mod branches;
+pub(crate) mod forking;
 mod responses;
 
 // The parts share their helpers (and `client_key` is the crate's way to name a client

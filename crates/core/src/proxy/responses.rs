@@ -269,7 +269,7 @@ impl Core {
             .then_some(from);
         let server = ctx.server;
         let invite = ctx.invite;
-        let (in_flow, dialog_creating) = (ctx.in_flow, ctx.dialog_creating);
+        let (in_flow, dialog_creating) = (ctx.template.in_flow, ctx.template.dialog_creating);
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {

@@ -59,8 +59,9 @@ fn put_binding(conn: &Connection, b: &StoredBinding) -> rusqlite::Result<usize> 
         b.local,
         b.user_agent,
         b.path,
-        b.instance,
-        b.reg_id as i64
+        // Columns of their own: '' and 0 when the phone registered no flow.
+        b.outbound.as_ref().map_or("", |(i, _)| i.as_str()),
+        b.outbound.as_ref().map_or(0, |(_, r)| i64::from(*r))
     ])
 }
 
@@ -433,8 +434,11 @@ impl Store for SqliteStore {
                     local: r.get(8)?,
                     user_agent: r.get(9)?,
                     path: r.get(10)?,
-                    instance: r.get(11)?,
-                    reg_id: r.get::<_, i64>(12)?.clamp(0, u32::MAX as i64) as u32,
+                    outbound: {
+                        let instance: String = r.get(11)?;
+                        let reg_id = r.get::<_, i64>(12)?.clamp(0, u32::MAX as i64) as u32;
+                        (!instance.is_empty()).then_some((instance, reg_id))
+                    },
                 })
             })
             .map_err(err)?;
@@ -619,7 +623,7 @@ mod tests {
         migrate(&conn).unwrap();
         let s = SqliteStore { conn };
         let b = s.bindings().unwrap();
-        assert_eq!((b[0].path.as_str(), b[0].reg_id), ("", 0));
+        assert_eq!((b[0].path.as_str(), &b[0].outbound), ("", &None));
         assert!(s.user("old").unwrap().unwrap().outside);
         assert!(s.set_outside("old", false).unwrap());
         assert!(!s.user("old").unwrap().unwrap().outside);
@@ -644,8 +648,7 @@ mod tests {
             local: "127.0.0.1:5060".into(),
             user_agent: "test".into(),
             path: "sip:edge.example.test;lr".into(),
-            instance: "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>".into(),
-            reg_id: 1,
+            outbound: Some(("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>".into(), 1)),
         };
         s.put_binding(&b).unwrap();
         s.put_binding(&StoredBinding {

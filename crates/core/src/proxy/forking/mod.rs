@@ -5,14 +5,14 @@
 //! next one starts, and when none is left the target's forwarding decides. Forwarded calls
 //! carry Diversion (RFC 5806) and History-Info (RFC 7044), and the caller gets 181.
 
-use super::handles::{CtxId, ServerTxId};
-use super::proxy::ProxyCtx;
-use super::route::Hop;
-use super::timers::TimerRef;
-use super::{Action, Core, DnsQuery, Flow};
+use crate::handles::{CtxId, ServerTxId};
 use crate::plan::settings::Strategy;
 use crate::plan::{Dialed, FeatureRequest, Target};
+use crate::proxy::ProxyCtx;
+use crate::route::Hop;
+use crate::timers::TimerRef;
 use crate::Transport;
+use crate::{Action, Core, DnsQuery, Flow};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
 use sip::message::Message;
@@ -100,14 +100,20 @@ pub(crate) struct Hunt {
     pub on_busy: Option<Retarget>,
     pub on_no_answer: Option<Retarget>,
     visited: Vec<Target>,
-    history: Vec<HistoryEntry>,
-    /// Newest first: (the URI the call was diverted from, why).
-    diversions: Vec<(String, Divert)>,
+    /// What the call went through, for its History-Info and Diversion headers.
+    record: Record,
     pub forwards: u8,
     /// P-Asserted-Identity for the branches, when the caller is authenticated.
     pub asserted: Option<String>,
     /// The current target is outside the domain.
     remote: bool,
+}
+
+/// What a call went through: RFC 7044 History-Info entries and RFC 5806 diversions.
+struct Record {
+    history: Vec<HistoryEntry>,
+    /// Newest first: (the URI the call was diverted from, why).
+    diversions: Vec<(String, Divert)>,
 }
 
 /// What expanding a target gave.
@@ -128,13 +134,15 @@ impl Hunt {
             on_busy: None,
             on_no_answer: None,
             visited: vec![],
-            history: vec![HistoryEntry {
-                uri: original_uri.to_string(),
-                index: "1".into(),
-                left: None,
-                from: None,
-            }],
-            diversions: vec![],
+            record: Record {
+                history: vec![HistoryEntry {
+                    uri: original_uri.to_string(),
+                    index: "1".into(),
+                    left: None,
+                    from: None,
+                }],
+                diversions: vec![],
+            },
             forwards: 0,
             asserted,
             remote: false,
@@ -144,15 +152,16 @@ impl Hunt {
     /// The headers each branch of the current stage carries.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![];
-        if !self.diversions.is_empty() {
-            let n = self.diversions.len();
-            for (i, (uri, why)) in self.diversions.iter().enumerate() {
+        if !self.record.diversions.is_empty() {
+            let n = self.record.diversions.len();
+            for (i, (uri, why)) in self.record.diversions.iter().enumerate() {
                 h.push((
                     "Diversion",
                     format!("<{uri}>;reason={};counter={}", why.reason(), n - i),
                 ));
             }
             let entries: Vec<String> = self
+                .record
                 .history
                 .iter()
                 .map(|e| {
@@ -185,12 +194,14 @@ impl Hunt {
     }
 
     fn divert(&mut self, from_uri: &str, to_uri: &str, why: Divert) {
-        self.diversions.insert(0, (from_uri.to_string(), why));
-        let parent = self.history.len() - 1;
-        self.history[parent].left = Some(why.cause());
-        let index = format!("{}.1", self.history[parent].index);
-        let mp = self.history[parent].index.clone();
-        self.history.push(HistoryEntry {
+        self.record
+            .diversions
+            .insert(0, (from_uri.to_string(), why));
+        let parent = self.record.history.len() - 1;
+        self.record.history[parent].left = Some(why.cause());
+        let index = format!("{}.1", self.record.history[parent].index);
+        let mp = self.record.history[parent].index.clone();
+        self.record.history.push(HistoryEntry {
             uri: to_uri.to_string(),
             index,
             left: None,
@@ -508,7 +519,12 @@ impl Core {
         };
         let from_uri = match r.owner.as_deref() {
             Some(o) => format!("sip:{o}@{domain}"),
-            None => h.history.last().map(|e| e.uri.clone()).unwrap_or_default(),
+            None => h
+                .record
+                .history
+                .last()
+                .map(|e| e.uri.clone())
+                .unwrap_or_default(),
         };
         h.forwards += 1;
         h.divert(&from_uri, &to_uri, r.why);
