@@ -121,6 +121,21 @@ pub(crate) struct BranchTemplate {
     pub dialog_creating: bool,
 }
 
+/// A stage's outcome: `Ok` passes the request on with what the stage learned; `Err` ends it
+/// with a decision (`None`: a response was already sent).
+type Stage<T> = Result<T, Option<Decision>>;
+
+/// What admission learned of a request that goes on.
+pub(crate) struct Admitted<'m> {
+    uri: Uri<'m>,
+    /// The loop-detection hash (§16.3 step 4), for the branches' Via.
+    hash: String,
+    /// Our own Route entries on top, to pop.
+    pop: usize,
+    /// Inside a dialog we record-routed (our signed Route on top).
+    dialog_route: bool,
+}
+
 /// What the pipeline decided for a new request.
 pub(crate) enum Decision {
     Reply(u16, &'static str),
@@ -235,7 +250,12 @@ impl Core {
         }
     }
 
-    /// The routing pipeline (§16.3–16.5). `None` means a response was already sent.
+    /// The pipeline a new request goes through (§16.3–16.5), one named stage after the other:
+    /// admit (checks of the request itself), leave (what is not for our users: along a route
+    /// set, inside a dialog, to another domain), identify (who calls: authentication, the
+    /// inbound policy for other domains), route (the dial plan names the target). A later
+    /// concern (rate limits, bans, trunks, presence) is one more stage here. `None` means a
+    /// response was already sent.
     pub(crate) fn decide(
         &mut self,
         now: Instant,
@@ -243,112 +263,180 @@ impl Core {
         key: ServerTxId,
         flow: Flow,
     ) -> Option<Decision> {
+        let admitted = match self.admit(now, msg, key) {
+            Ok(a) => a,
+            Err(d) => return d,
+        };
+        if let Err(d) = self.leave(now, msg, key, flow, &admitted) {
+            return d;
+        }
+        let caller = match self.identify(now, msg, key, flow, &admitted) {
+            Ok(c) => c,
+            Err(d) => return d,
+        };
+        Some(self.route(msg, &admitted, caller))
+    }
+
+    /// Stage 1, admit: a usable Request-URI, hops left, extensions we support, no loop
+    /// (§16.3). Learns the loop hash and our own Route entries.
+    fn admit<'m>(
+        &mut self,
+        now: Instant,
+        msg: &'m Message,
+        key: ServerTxId,
+    ) -> Stage<Admitted<'m>> {
         let method = msg.method();
         let uri = match msg.uri() {
             Ok(u) => u,
-            Err(_) => return Some(Decision::Reply(400, "Bad Request-URI")),
+            Err(_) => return Err(Some(Decision::Reply(400, "Bad Request-URI"))),
         };
         let for_us = uri.user.is_none() && self.is_local_domain(&uri);
         if msg.max_forwards() == Some(0) {
             // RFC 4475 zeromf: the proxy may answer an OPTIONS to itself.
             if for_us && method == Some(Method::Options) {
-                return Some(Decision::OptionsHere);
+                return Err(Some(Decision::OptionsHere));
             }
-            return Some(Decision::Reply(483, "Too Many Hops"));
+            return Err(Some(Decision::Reply(483, "Too Many Hops")));
         }
         let unsupported = self.unsupported_proxy_require(msg);
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];
             self.respond(now, key, 420, "Bad Extension", &h, None);
-            return None;
+            return Err(None);
         }
         let hash = self.loop_hash(msg);
         if self.is_loop(msg, &hash) {
-            return Some(Decision::Reply(482, "Loop Detected"));
+            return Err(Some(Decision::Reply(482, "Loop Detected")));
         }
         let pop = self.our_routes(msg);
         // Only requests inside a dialog we record-routed may use our route to reach targets
         // that are not ours; anything else would make us an open relay.
         let in_dialog = msg.to().is_some_and(|t| t.tag().is_some());
         let dialog_route = pop > 0 && in_dialog && self.route_is_signed(msg);
+        Ok(Admitted {
+            uri,
+            hash,
+            pop,
+            dialog_route,
+        })
+    }
+
+    /// Stage 2, leave: requests that are not for our users go along their route set, inside
+    /// the dialog we record-routed, or (for our own users only) to another domain; REGISTER
+    /// and requests to the server itself end here too.
+    fn leave(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+        a: &Admitted<'_>,
+    ) -> Stage<()> {
+        let (pop, hash) = (a.pop, &a.hash);
         if let Some(next) = self.next_route(msg, pop) {
-            if !dialog_route {
-                // Someone else's route set: not a dialog we record-routed. Relaying for
-                // other domains is issue #6's policy; until then, no open relay.
-                return Some(Decision::Reply(403, "Relaying Denied"));
+            if !a.dialog_route {
+                // Someone else's route set, not a dialog we record-routed: no open relay.
+                return Err(Some(Decision::Reply(403, "Relaying Denied")));
             }
             let hop = Uri::parse(next).ok().and_then(|u| self.resolve(&u));
-            return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Route"));
+            return Err(Some(along_dialog(
+                msg,
+                hop,
+                pop,
+                hash,
+                "Cannot Resolve Route",
+            )));
         }
-        if !self.is_local_domain(&uri) {
-            if dialog_route {
+        if !self.is_local_domain(&a.uri) {
+            if a.dialog_route {
                 // In-dialog request through our Record-Route: the R-URI is the peer's contact.
-                let hop = self.dialog_hop(&uri, now);
-                return Some(along_dialog(msg, hop, pop, &hash, "Cannot Resolve Target"));
+                let hop = self.dialog_hop(&a.uri, now);
+                return Err(Some(along_dialog(
+                    msg,
+                    hop,
+                    pop,
+                    hash,
+                    "Cannot Resolve Target",
+                )));
             }
             // Another domain: only our own users may go there through us (no open relay).
-            return self.decide_outgoing(now, msg, key, flow, &uri, pop, hash);
+            return Err(self.decide_outgoing(now, msg, key, flow, &a.uri, pop, hash.clone()));
         }
-        if method == Some(Method::Register) {
-            return Some(Decision::Register);
+        if msg.method() == Some(Method::Register) {
+            return Err(Some(Decision::Register));
         }
-        let Some(callee) = uri.user_unescaped() else {
-            return Some(match method {
+        if a.uri.user.is_none() {
+            return Err(Some(match msg.method() {
                 Some(Method::Options) => Decision::OptionsHere,
                 _ => Decision::Reply(404, "Not Found"),
-            });
+            }));
+        }
+        Ok(())
+    }
+
+    /// Stage 3, identify: requests from local users are authenticated (§22.3, 407) and must be
+    /// sent as themselves; requests from other domains meet the inbound policy and reach
+    /// users by name only, and only those who accept calls from outside (that ends here).
+    fn identify(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+        a: &Admitted<'_>,
+    ) -> Stage<Option<String>> {
+        let Some(from) = msg.from() else {
+            return Err(None);
         };
-        // Requests from local users are authenticated (§22.3, 407) and must be sent as
-        // themselves; requests from elsewhere reach local users unauthenticated.
-        let from = msg.from()?;
         let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
         // A request we sent to ourselves (a spiral) was authenticated on its first pass.
         let spiral = self.is_spiral(flow);
         let mut caller = None;
         // Only a request inside a dialog we record-routed (our Route on top) skips this: a To
         // tag alone proves nothing.
-        if from_local && !dialog_route && !spiral {
-            match self.authenticate_caller(now, msg, key, flow) {
-                Ok(user) => caller = Some(user),
-                Err(d) => return d,
-            }
+        if from_local && !a.dialog_route && !spiral {
+            caller = Some(self.authenticate_caller(now, msg, key, flow)?);
         }
-        // The main domain has the phone system (extensions, groups, rules); the others
-        // have their users by name.
-        let other_domain = self
-            .served_domain(&uri.host)
-            .filter(|d| *d != self.cfg.domain)
-            .map(str::to_string);
-        let main_domain = other_domain.is_none();
-        let callee_domain = other_domain.as_deref().unwrap_or(&self.cfg.domain);
         if caller.is_none() && !from_local && !spiral {
             // From another domain (RFC 3263 federation): the policy, then users by name only,
             // and only those who accept calls from outside.
             if let Some(refused) = self.inbound_refused(flow) {
-                return Some(refused);
+                return Err(Some(refused));
             }
+            let callee = a.uri.user_unescaped().unwrap_or_default();
             let name = self
                 .auth
                 .users
-                .by_name(&self.qualify(&callee, callee_domain))
+                .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
                 .map(|u| u.name.clone());
-            return Some(match name.filter(|n| self.plan.accepts_external(n)) {
+            return Err(Some(match name.filter(|n| self.plan.accepts_external(n)) {
                 Some(name) => Decision::Hunt {
                     target: Dialed::Local(crate::plan::Target::User(name)),
                     hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
-                    pop,
-                    hash,
+                    pop: a.pop,
+                    hash: a.hash.clone(),
                 },
                 None => Decision::Reply(404, "Not Found"),
-            });
+            }));
         }
+        Ok(caller)
+    }
+
+    /// Stage 4, route: the dial plan (main domain) or the user table (other served domains)
+    /// names the target; feature codes, rejections and permissions end the request here.
+    fn route(&mut self, msg: &Message, a: &Admitted<'_>, caller: Option<String>) -> Decision {
+        let method = msg.method();
+        let callee = a.uri.user_unescaped().unwrap_or_default();
+        // The main domain has the phone system (extensions, groups, rules); the others
+        // have their users by name.
+        let main_domain = self.callee_domain(&a.uri) == self.cfg.domain;
         let dialed = if main_domain {
             self.plan.dial(&callee, caller.as_deref())
         } else {
             match self
                 .auth
                 .users
-                .by_name(&self.qualify(&callee, callee_domain))
+                .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
             {
                 Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
                 None => Dialed::NotFound,
@@ -356,30 +444,35 @@ impl Core {
         };
         let target = match dialed {
             Dialed::Feature(req) => {
-                return Some(match (caller, method) {
+                return match (caller, method) {
                     (Some(user), Some(Method::Invite)) => Decision::Feature { user, req },
                     _ => Decision::Reply(404, "Not Found"),
-                })
+                }
             }
-            Dialed::Reject(code, reason) => return Some(Decision::ReplyOwned(code, reason)),
-            Dialed::NotFound => return Some(Decision::Reply(404, "Not Found")),
+            Dialed::Reject(code, reason) => return Decision::ReplyOwned(code, reason),
+            Dialed::NotFound => return Decision::Reply(404, "Not Found"),
             Dialed::Remote(_)
                 if !caller
                     .as_deref()
                     .is_some_and(|c| self.plan.may_call_outside(c)) =>
             {
-                return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"))
+                return Decision::Reply(403, "Calls Outside The Domain Not Allowed")
             }
             t => t,
         };
         let asserted = caller.as_ref().map(|c| format!("<{}>", self.aor_uri(c)));
         let hunt = Box::new(Hunt::new(msg.uri_str(), caller, asserted));
-        Some(Decision::Hunt {
+        Decision::Hunt {
             target,
             hunt,
-            pop,
-            hash,
-        })
+            pop: a.pop,
+            hash: a.hash.clone(),
+        }
+    }
+
+    /// The served domain a Request-URI names (the main one for our addresses).
+    fn callee_domain(&self, uri: &Uri<'_>) -> &str {
+        self.served_domain(&uri.host).unwrap_or(&self.cfg.domain)
     }
 
     /// A request for another domain, out of any dialog of ours: a local user (authenticated)
