@@ -38,9 +38,35 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
 /// Who may log in, and what authentication remembers: the users (with their HA1 hashes), the
 /// nonces handed out, the failures seen lately.
 pub(crate) struct Authenticator {
-    pub(crate) users: super::Users,
-    pub(crate) nonces: sip::digest::NonceManager,
-    pub(crate) failures: RecentFailures,
+    users: super::Users,
+    nonces: sip::digest::NonceManager,
+    failures: RecentFailures,
+}
+
+impl Authenticator {
+    /// `secret` keys the nonces; they live `nonce_lifetime` seconds.
+    pub(crate) fn new(users: super::Users, secret: [u8; 32], nonce_lifetime: u64) -> Self {
+        Authenticator {
+            users,
+            nonces: sip::digest::NonceManager::new(secret, nonce_lifetime),
+            failures: RecentFailures::default(),
+        }
+    }
+
+    /// The accounts, by name and extension.
+    pub(crate) fn users(&self) -> &super::Users {
+        &self.users
+    }
+
+    /// Replaces the accounts (after the store changed).
+    pub(crate) fn set_users(&mut self, users: super::Users) {
+        self.users = users;
+    }
+
+    /// Changes how long nonces stay valid (a reload).
+    pub(crate) fn set_nonce_lifetime(&mut self, secs: u64) {
+        self.nonces.set_lifetime(secs);
+    }
 }
 
 /// Failed requests seen lately, so that a retransmission (same source, Call-ID, CSeq and

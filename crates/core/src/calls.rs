@@ -36,7 +36,18 @@ const MAX_CALLS: usize = 100_000;
 #[derive(Default)]
 pub(crate) struct CallTable {
     pub(crate) table: std::collections::HashMap<String, Call>,
-    pub(crate) relay: Option<Box<dyn MediaRelay>>,
+    relay: Option<Box<dyn MediaRelay>>,
+}
+
+impl CallTable {
+    /// Gives the table the daemon's relay (tests give their own).
+    pub(crate) fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
+        self.relay = Some(relay);
+    }
+
+    pub(crate) fn has_relay(&self) -> bool {
+        self.relay.is_some()
+    }
 }
 
 /// When calls get the media relay.

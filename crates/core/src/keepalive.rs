@@ -14,7 +14,7 @@ use std::time::Instant;
 /// Keep-alive pings in flight: client transaction -> (user, contact).
 #[derive(Default)]
 pub(crate) struct KeepAlive {
-    pub(crate) pings: std::collections::HashMap<crate::ClientTxId, (String, String)>,
+    pings: std::collections::HashMap<crate::ClientTxId, (String, String)>,
 }
 
 impl Core {

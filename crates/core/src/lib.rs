@@ -34,7 +34,7 @@ use crate::plan::settings::{CallSettings, FeatureCodes, ForwardSpec, Numbering, 
 use crate::plan::Directory;
 use handles::{CtxId, ServerTxId, Table};
 use sip::build::{response_to, Writer};
-use sip::digest::{Algorithm, NonceManager};
+use sip::digest::Algorithm;
 use sip::header::HeaderName;
 use sip::message::{Message, Method};
 use sip::transaction::{self as tx, Timers};
@@ -226,11 +226,7 @@ impl Core {
     ) -> Core {
         let mut core = Core {
             plan,
-            auth: auth::Authenticator {
-                users: Users::new(users),
-                nonces: NonceManager::new(secret, cfg.auth.nonce_lifetime),
-                failures: auth::RecentFailures::default(),
-            },
+            auth: auth::Authenticator::new(Users::new(users), secret, cfg.auth.nonce_lifetime),
             cfg,
             location: Location::default(),
             tx: transactions::Transactions::default(),
@@ -291,12 +287,12 @@ impl Core {
 
     /// Gives the core a media relay (the daemon's; tests use their own).
     pub fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
-        self.calls.relay = Some(relay);
+        self.calls.set_relay(relay);
     }
 
     /// Whether the daemon gave the core a media relay.
     pub fn has_relay(&self) -> bool {
-        self.calls.relay.is_some()
+        self.calls.has_relay()
     }
 
     /// Takes the settings that can change while running (a reload): registrar limits and
@@ -310,7 +306,7 @@ impl Core {
         c.auth = new.auth.clone();
         c.relay = new.relay.clone();
         c.inbound = new.inbound;
-        self.auth.nonces.set_lifetime(new.auth.nonce_lifetime);
+        self.auth.set_nonce_lifetime(new.auth.nonce_lifetime);
     }
 
     /// Forgets DNS answers (the DNS servers changed).
@@ -320,7 +316,7 @@ impl Core {
 
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
     pub fn set_users(&mut self, users: Vec<User>) {
-        self.auth.users = Users::new(users);
+        self.auth.set_users(Users::new(users));
     }
 
     /// Replaces the dial plan (start, reload). Calls in progress keep the stages they have.

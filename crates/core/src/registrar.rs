@@ -62,9 +62,9 @@ impl Core {
             .unwrap_or_default();
         let key_name = self.qualify(&aor, &domain);
         let found = if domain == self.cfg.domain {
-            self.auth.users.find(&key_name)
+            self.auth.users().find(&key_name)
         } else {
-            self.auth.users.by_name(&key_name)
+            self.auth.users().by_name(&key_name)
         };
         let Some(owner) = found.map(|u| u.name.clone()) else {
             return self.respond(now, key, 404, "Not Found", &[], None);

@@ -94,7 +94,7 @@ impl Core {
         Status {
             domain: self.cfg.domain.clone(),
             uptime_secs: now.saturating_duration_since(self.origin.started).as_secs(),
-            users: self.auth.users.len(),
+            users: self.auth.users().len(),
             registered_users: self.location.aors(),
             contacts: self.location.contacts(),
             server_transactions: self.tx.servers.len(),
@@ -108,7 +108,11 @@ impl Core {
     pub fn registrations(&self, now: Instant) -> Vec<RegistrationView> {
         let mut out = vec![];
         for (aor, bindings) in self.location.iter() {
-            let ext = self.auth.users.find(aor).and_then(|u| u.extension.clone());
+            let ext = self
+                .auth
+                .users()
+                .find(aor)
+                .and_then(|u| u.extension.clone());
             for b in bindings {
                 out.push(RegistrationView {
                     user: aor.clone(),

@@ -406,7 +406,7 @@ impl Core {
             let callee = a.uri.user_unescaped().unwrap_or_default();
             let name = self
                 .auth
-                .users
+                .users()
                 .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
                 .map(|u| u.name.clone());
             return Err(Some(match name.filter(|n| self.plan.accepts_external(n)) {
@@ -435,7 +435,7 @@ impl Core {
         } else {
             match self
                 .auth
-                .users
+                .users()
                 .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
             {
                 Some(u) => Dialed::Local(crate::plan::Target::User(u.name.clone())),
@@ -531,9 +531,9 @@ impl Core {
                 let claimed = from.uri.user_unescaped().and_then(|u| {
                     let key = self.qualify(&u, &domain);
                     let found = if domain == self.cfg.domain {
-                        self.auth.users.find(&key)
+                        self.auth.users().find(&key)
                     } else {
-                        self.auth.users.by_name(&key)
+                        self.auth.users().by_name(&key)
                     };
                     found.map(|u| u.name.clone())
                 });

@@ -32,7 +32,7 @@ impl Core {
                     // ACK to a local user's AOR (2xx from a UA that ignores Record-Route):
                     // route like the INVITE did.
                     let user = u.user_unescaped()?;
-                    let name = self.auth.users.find(&user)?.name.clone();
+                    let name = self.auth.users().find(&user)?.name.clone();
                     let b = self.location.lookup(&name, now).into_iter().next()?;
                     Uri::parse(&b.contact).ok().and_then(|c| self.resolve(&c))
                 }
