@@ -24,8 +24,12 @@ pub struct Counters {
 /// What arrived, and what was refused before any decision.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TrafficCounters {
+    /// Requests received and parsed, retransmissions included.
     pub requests_in: u64,
+    /// Responses received and parsed, retransmissions included.
     pub responses_in: u64,
+    /// Messages that did not parse, and parsed ones that failed the checks of a request or a
+    /// response (those count in `requests_in` or `responses_in` too).
     pub malformed_in: u64,
     /// Requests refused with 503 because the transaction table was full.
     pub overloaded: u64,
@@ -36,7 +40,11 @@ pub struct TrafficCounters {
 /// Registrations, logins, keep-alives.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RegistrarCounters {
+    /// REGISTER requests answered 200 after their contacts were applied (a query without
+    /// Contact included, a `Contact: *` removal not).
     pub registrations_accepted: u64,
+    /// Failed logins (no such user, wrong password), once per request: its retransmissions
+    /// are not counted again.
     pub auth_failures: u64,
     /// Keep-alive OPTIONS sent to phones behind NAT.
     pub nat_pings_sent: u64,
@@ -45,7 +53,9 @@ pub struct RegistrarCounters {
 /// What the proxy passed on.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ForwardedCounters {
+    /// INVITEs the proxy tried to reach someone with, once per request.
     pub calls_forwarded: u64,
+    /// MESSAGEs the proxy tried to deliver, once per request.
     pub messages_forwarded: u64,
     /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
     pub notifications_delivered: u64,
