@@ -54,17 +54,21 @@ impl CallTable {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayMode {
+    /// Calls never go through the relay.
     Never,
     /// When a party is behind NAT or the two cannot reach each other directly.
     #[default]
     Auto,
+    /// Every call goes through the relay.
     Always,
 }
 
 /// The two parties of a call: the caller (who sent the first INVITE) and the callee.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
+    /// The party that sent the first INVITE.
     Caller = 0,
+    /// The party called.
     Callee = 1,
 }
 
@@ -80,6 +84,7 @@ impl Side {
 /// One relayed stream: a port pair (RTP, RTCP) facing each side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayStream {
+    /// The relay's id for the stream, given back to `set_peer`, `close` and `counters`.
     pub id: u64,
     /// `ports[Side::Caller]` is where the caller sends; `ports[Side::Callee]` the callee.
     pub ports: [u16; 2],
@@ -88,8 +93,12 @@ pub struct RelayStream {
 /// What a stream has carried; index 0 is what came from the caller, 1 from the callee.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamCounters {
+    /// Packets from each side that the relay accepted.
     pub packets: [u64; 2],
+    /// The bytes of those packets.
     pub bytes: [u64; 2],
+    /// Packets not forwarded (from an address other than the one latched, or with nowhere
+    /// to go yet).
     pub dropped: u64,
     /// Each side's media source as learned from its packets.
     pub latched: [Option<SocketAddr>; 2],
@@ -111,7 +120,9 @@ pub trait MediaRelay: Send {
         rtcp: SocketAddr,
         signalling: IpAddr,
     );
+    /// Ends stream `id`: the relay stops forwarding it and its ports may serve another.
     fn close(&mut self, id: u64);
+    /// What stream `id` has carried so far.
     fn counters(&self, id: u64) -> StreamCounters;
 }
 
@@ -176,27 +187,44 @@ impl Call {
 /// A call as `hedgewitch calls` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CallView {
+    /// The call's Call-ID.
     pub call_id: String,
+    /// The URI of the INVITE's From header (the caller).
     pub from: String,
+    /// The URI of the INVITE's To header (who was called).
     pub to: String,
+    /// `ringing`, `answered` or `on hold`.
     pub state: &'static str,
+    /// Seconds since the call's first INVITE passed.
     pub age_secs: u64,
     /// "relayed" or "direct".
     pub media: &'static str,
+    /// The call's relay streams (none when its media goes direct).
     pub streams: Vec<StreamView>,
 }
 
+/// One relayed stream of a call, as `hedgewitch calls` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StreamView {
+    /// The media kind of its `m=` line (`audio`, `video`...).
     pub kind: String,
+    /// The relay port facing the caller: where the caller sends its media.
     pub caller_port: u16,
+    /// The relay port facing the callee: where the callee sends its media.
     pub callee_port: u16,
+    /// The caller's media source as the relay learned it from its packets.
     pub caller_source: Option<SocketAddr>,
+    /// The callee's media source as the relay learned it from its packets.
     pub callee_source: Option<SocketAddr>,
+    /// Packets the relay accepted from the caller.
     pub packets_from_caller: u64,
+    /// Packets the relay accepted from the callee.
     pub packets_from_callee: u64,
+    /// Bytes of the packets accepted from the caller.
     pub bytes_from_caller: u64,
+    /// Bytes of the packets accepted from the callee.
     pub bytes_from_callee: u64,
+    /// Packets the relay did not forward (see `StreamCounters::dropped`).
     pub dropped: u64,
 }
 

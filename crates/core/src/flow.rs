@@ -3,14 +3,19 @@
 
 use std::net::SocketAddr;
 
+/// A SIP transport (RFC 3261 §18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
+    /// UDP datagrams: the transaction layer retransmits over it (RFC 3261 §17).
     Udp,
+    /// A TCP stream.
     Tcp,
+    /// TLS over TCP.
     Tls,
 }
 
 impl Transport {
+    /// The lowercase name (`udp`, `tcp`, `tls`), as logs and the store write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
@@ -28,10 +33,12 @@ impl Transport {
         }
     }
 
+    /// Whether the transport is reliable (TCP, TLS): RFC 3261 §17 retransmits only over UDP.
     pub fn is_reliable(self) -> bool {
         !matches!(self, Transport::Udp)
     }
 
+    /// A transport by name, in any case; None for names other than `udp`, `tcp` and `tls`.
     pub fn parse(s: &str) -> Option<Transport> {
         if s.eq_ignore_ascii_case("udp") {
             Some(Transport::Udp)
@@ -52,8 +59,13 @@ pub type ConnId = u64;
 /// connection (if it is gone, the edge connects to `remote` anew).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
+    /// The transport the message travels on.
     pub transport: Transport,
+    /// Our address: the socket the message arrived on or leaves from.
     pub local: SocketAddr,
+    /// The peer's address.
     pub remote: SocketAddr,
+    /// The edge's connection, for TCP and TLS; None over UDP, or when none is known (the edge
+    /// then uses an open connection to `remote`, or opens one).
     pub conn: Option<ConnId>,
 }

@@ -24,13 +24,13 @@ pub(crate) trait Handle: Copy {
 
 /// The inside of an id, opaque outside this module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RawHandle(Raw);
+pub(crate) struct RawHandle(Raw);
 
 macro_rules! handle {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $vis:vis $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(RawHandle);
+        $vis struct $name(RawHandle);
 
         impl Handle for $name {
             fn from_raw(raw: RawHandle) -> Self {
@@ -45,12 +45,12 @@ macro_rules! handle {
 
 handle!(
     /// A server transaction (a request we received).
-    ServerTxId
+    pub(crate) ServerTxId
 );
 handle!(
     /// A client transaction (a request we sent). The edge gets it with a request to send and
     /// gives it back if the request could not be sent (`Core::handle_send_failure`).
-    ClientTxId
+    pub ClientTxId
 );
 
 /// A proxy's response context (one forwarded request and its branches). Its number also
@@ -87,7 +87,7 @@ impl<H, T> Default for Table<H, T> {
 impl<H: Handle, T> Table<H, T> {
     /// Stores `value` under its match key; a transaction already under that key is replaced
     /// (and its id no longer finds anything).
-    pub fn insert(&mut self, key: String, value: T) -> H {
+    pub(crate) fn insert(&mut self, key: String, value: T) -> H {
         if let Some(old) = self.index.get(&key).copied() {
             self.remove(old);
         }
@@ -113,7 +113,7 @@ impl<H: Handle, T> Table<H, T> {
     }
 
     /// The id of the transaction with this match key.
-    pub fn find(&self, key: &str) -> Option<H> {
+    pub(crate) fn find(&self, key: &str) -> Option<H> {
         self.index.get(key).copied()
     }
 
@@ -126,16 +126,16 @@ impl<H: Handle, T> Table<H, T> {
         s.entry.as_ref()
     }
 
-    pub fn get(&self, id: H) -> Option<&T> {
+    pub(crate) fn get(&self, id: H) -> Option<&T> {
         self.slot(id).map(|(_, v)| v)
     }
 
     /// The transaction and its match key.
-    pub fn get_keyed(&self, id: H) -> Option<(&str, &T)> {
+    pub(crate) fn get_keyed(&self, id: H) -> Option<(&str, &T)> {
         self.slot(id).map(|(k, v)| (k.as_str(), v))
     }
 
-    pub fn get_mut(&mut self, id: H) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, id: H) -> Option<&mut T> {
         let RawHandle(raw) = id.raw();
         let s = self.slots.get_mut(raw.slot as usize)?;
         if s.generation != raw.generation {
@@ -144,11 +144,11 @@ impl<H: Handle, T> Table<H, T> {
         s.entry.as_mut().map(|(_, v)| v)
     }
 
-    pub fn contains(&self, id: H) -> bool {
+    pub(crate) fn contains(&self, id: H) -> bool {
         self.slot(id).is_some()
     }
 
-    pub fn remove(&mut self, id: H) -> Option<T> {
+    pub(crate) fn remove(&mut self, id: H) -> Option<T> {
         let RawHandle(raw) = id.raw();
         let s = self.slots.get_mut(raw.slot as usize)?;
         if s.generation != raw.generation {
@@ -161,17 +161,17 @@ impl<H: Handle, T> Table<H, T> {
         Some(value)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
     /// Every transaction with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (H, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (H, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             let (_, v) = s.entry.as_ref()?;
             let raw = Raw {
@@ -183,7 +183,7 @@ impl<H: Handle, T> Table<H, T> {
     }
 
     #[cfg(test)]
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.iter().map(|(_, v)| v)
     }
 }

@@ -49,14 +49,21 @@ pub enum Action {
     /// Send on a flow. If it cannot be sent (no connection possible), the edge reports
     /// `handle_send_failure(key)` when `key` (the request's client transaction) is set.
     Send {
+        /// Where to send.
         flow: Flow,
+        /// The bytes to send: one whole message.
         data: Bytes,
+        /// The client transaction of the request being sent, to name in `handle_send_failure`;
+        /// None when a failure needs no report.
         key: Option<ClientTxId>,
     },
     /// Write a registration through to the store.
     PutBinding(StoredBinding),
+    /// Remove a registration from the store (it expired, was removed or was replaced).
     DeleteBinding {
+        /// The user's key in the user table (`name`, or `name@domain` in a further domain).
         aor: String,
+        /// The contact URI as registered.
         contact: String,
     },
     /// A user changed their forwarding from the phone (feature code): keep it.
@@ -64,7 +71,9 @@ pub enum Action {
     /// Find another domain's servers (RFC 3263); the answer comes back through
     /// `handle_resolved(id, ...)`, empty when there is none.
     Resolve {
+        /// Names the lookup in `handle_resolved`.
         id: u64,
+        /// What to look up.
         query: DnsQuery,
     },
 }
@@ -73,15 +82,20 @@ pub enum Action {
 /// when the URI names them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DnsQuery {
+    /// The domain name to look up, lowercased.
     pub host: String,
+    /// The port, when the URI names one (RFC 3263 §4.2: then no SRV lookup).
     pub port: Option<u16>,
+    /// The transport, when the URI fixes one: its `transport` parameter, or TLS for `sips:`.
     pub transport: Option<Transport>,
 }
 
 /// A listening socket as the core sees it: what to write in Via and Record-Route.
 #[derive(Clone, Debug)]
 pub struct Listener {
+    /// The transport it serves.
     pub transport: Transport,
+    /// The address it is bound to.
     pub addr: SocketAddr,
     /// Address written in our headers (the bound one, or the advertised one for wildcards).
     pub host: IpAddr,
@@ -90,17 +104,25 @@ pub struct Listener {
 /// The settings the core needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
+    /// The main domain: its users are stored under their bare name, and an address of ours
+    /// stands for it.
     pub domain: String,
     /// Further domains served; their users are stored as `name@domain`.
     pub domains: Vec<String>,
+    /// The listening sockets: where requests are sent from, and what Via and Record-Route name.
     pub listeners: Vec<Listener>,
+    /// How long registrations last, and how many a user keeps.
     pub registrar: RegistrarSettings,
+    /// Digest algorithms offered, and how long a nonce lives.
     pub auth: AuthSettings,
+    /// The RFC 3261 §17 transaction timers (T1, T2, T4).
     pub timers: Timers,
     /// Server transactions kept at most; past it new requests get 503 (memory stays bounded
     /// under a flood; each transaction lives 32 s at most over UDP).
     pub max_transactions: usize,
+    /// Keep-alive OPTIONS to UDP phones behind NAT.
     pub keepalive: KeepAliveSettings,
+    /// When calls go through the media relay, and its no-media timeouts.
     pub relay: RelaySettings,
     /// Who may reach local users from other domains.
     pub inbound: InboundPolicy,
@@ -125,6 +147,8 @@ pub struct RegistrarSettings {
 /// Which digest algorithms are offered, and how long a nonce lives.
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
+    /// The algorithms challenged with, one header each, in this order; credentials made with
+    /// another are challenged again.
     pub algorithms: Vec<Algorithm>,
     /// Seconds a nonce stays valid before the client is asked again with stale=true.
     pub nonce_lifetime: u64,
@@ -163,6 +187,48 @@ pub enum InboundPolicy {
     Closed,
 }
 
+/// The protocol core: registrar, proxy, calls, keep-alives and dial plan in one state
+/// machine that does no I/O.
+///
+/// # Calling contract
+///
+/// As with quinn-proto's `Connection`, one owner (the daemon's event loop, or a test) holds
+/// the core and drives it in three steps, over and over:
+///
+/// 1. **Feed an input**, one call per event:
+///    [`handle_message`](Core::handle_message) for bytes received on a SIP socket,
+///    [`handle_stun`](Core::handle_stun) for a datagram on a STUN port,
+///    [`handle_send_failure`](Core::handle_send_failure) when an [`Action::Send`] with a `key`
+///    could not be sent, [`handle_unreachable`](Core::handle_unreachable) when a UDP peer
+///    answered with an ICMP error, [`handle_resolved`](Core::handle_resolved) with the answer
+///    to an [`Action::Resolve`], and [`handle_timeout`](Core::handle_timeout) once the
+///    deadline from `poll_timeout` has come.
+/// 2. **Drain the actions**: [`take_actions`](Core::take_actions) returns what the inputs
+///    produced, in order (messages to send, registrations to store or delete, forwarding to
+///    save, DNS lookups to make), and the owner carries out each one. What comes of them
+///    comes back as inputs: a failed send, a DNS answer, the peer's reply.
+/// 3. **Ask for the next deadline**: [`poll_timeout`](Core::poll_timeout) gives the
+///    earliest time a timer is due. The owner waits until then or until the next input,
+///    whichever comes first. Any input may set an earlier timer, so the deadline is asked
+///    again after each round.
+///
+/// Every input but `handle_stun` (which needs none) carries the current time as `now`: the
+/// core never reads a clock, never blocks, spawns nothing and does no I/O of its own. (The
+/// media relay given with [`set_relay`](Core::set_relay) is called in place, behind the
+/// [`MediaRelay`] trait.) `handle_timeout` runs only the timers due at its `now`: called
+/// early it does nothing, called late it runs them late.
+///
+/// Actions that are not drained are not lost: they accumulate in the core, in order, until
+/// the next `take_actions`, and meanwhile nothing is sent or stored. Feeding several inputs
+/// before one drain is therefore allowed (the daemon feeds a batch of datagrams at once),
+/// but the queue grows with every input until it is drained.
+///
+/// Construction may already produce work: [`new`](Core::new) and
+/// [`with_plan`](Core::with_plan) restore stored registrations, deleting expired ones
+/// (actions) and arming their timers, so the owner drains and polls once before the first
+/// input. Settings and views ([`reconfigure`](Core::reconfigure),
+/// [`set_users`](Core::set_users), [`set_plan`](Core::set_plan), [`status`](Core::status)...)
+/// may be called between inputs.
 pub struct Core {
     pub(crate) cfg: CoreConfig,
     /// Who may log in: users, nonces, recent failures.
@@ -351,6 +417,9 @@ impl Core {
         out
     }
 
+    /// The earliest time a timer is due, None when no timer is set: the owner calls
+    /// `handle_timeout` at that time (or later), and asks again after every input, which
+    /// may have set an earlier timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }

@@ -6,20 +6,28 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// One registered contact of a user (RFC 3261 §10), in memory.
 #[derive(Clone, Debug)]
 pub struct Binding {
     /// The contact URI as registered (without `<>` and header parameters).
     pub contact: String,
+    /// When the registration runs out.
     pub expires: Instant,
+    /// The contact's preference (`q`, RFC 3261 §20.10): higher ones are tried first.
     pub q: f32,
+    /// The Call-ID of the REGISTER that set it: with `cseq`, a reordered older REGISTER is
+    /// told apart (RFC 3261 §10.3 step 7).
     pub call_id: String,
+    /// The CSeq number of that REGISTER.
     pub cseq: u32,
     /// The flow the REGISTER arrived on: responses and requests for this contact reuse it.
     pub flow: Flow,
+    /// The phone's User-Agent header, for `hedgewitch registrations`.
     pub user_agent: String,
     /// When a keep-alive OPTIONS is next due (phones behind NAT over UDP), and how many in a
     /// row went unanswered.
     pub next_ping: Option<Instant>,
+    /// Keep-alive OPTIONS in a row that went unanswered.
     pub missed_pings: u8,
     /// The last keep-alive the phone sent itself on its flow (a STUN Binding request or a
     /// CRLF on the SIP port): a phone that keeps its NAT mapping alive is not pinged.
@@ -32,6 +40,8 @@ pub struct Binding {
     pub outbound: Option<(String, u32)>,
 }
 
+/// The location table: each user's registered contacts, with indexes by the address a
+/// contact names and by the address a phone sends from.
 #[derive(Default)]
 pub struct Location {
     map: HashMap<String, Vec<Binding>>,
@@ -101,6 +111,8 @@ impl Location {
             .find(|b| b.contact == *contact && b.flow.remote == source)
     }
 
+    /// Drops `contact`'s entry from the index by address, if the entry is that contact's; the
+    /// binding itself is the caller's to remove.
     pub fn forget(&mut self, contact: &str) {
         if let Some(k) = address_key(contact) {
             // Only if it is this contact's entry (another user's phone may share the address).
@@ -119,10 +131,12 @@ impl Location {
             .find(|b| b.expires > now && b.contact == *contact)
     }
 
+    /// A user's contacts, created empty if the user has none.
     pub fn bindings_mut(&mut self, aor: &str) -> &mut Vec<Binding> {
         self.map.entry(aor.to_string()).or_default()
     }
 
+    /// A user's contacts, expired ones included until purged.
     pub fn get(&self, aor: &str) -> &[Binding] {
         self.map.get(aor).map_or(&[], Vec::as_slice)
     }
@@ -143,20 +157,24 @@ impl Location {
         gone
     }
 
+    /// Forgets a user left with no contacts.
     pub fn remove_empty(&mut self, aor: &str) {
         if self.map.get(aor).is_some_and(Vec::is_empty) {
             self.map.remove(aor);
         }
     }
 
+    /// How many users have contacts.
     pub fn aors(&self) -> usize {
         self.map.len()
     }
 
+    /// How many contacts there are, across users.
     pub fn contacts(&self) -> usize {
         self.map.values().map(Vec::len).sum()
     }
 
+    /// Every user with their contacts.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<Binding>)> {
         self.map.iter()
     }

@@ -163,25 +163,25 @@ impl Core {
 pub(crate) struct Fnv(u64);
 
 impl Fnv {
-    pub fn new(seed: u64) -> Fnv {
+    pub(crate) fn new(seed: u64) -> Fnv {
         Fnv(0xcbf2_9ce4_8422_2325 ^ seed)
     }
 
-    pub fn write(&mut self, s: &str) {
+    pub(crate) fn write(&mut self, s: &str) {
         for b in s.bytes().chain(std::iter::once(0)) {
             self.0 ^= b as u64;
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 
-    pub fn write_u64(&mut self, v: u64) {
+    pub(crate) fn write_u64(&mut self, v: u64) {
         for b in v.to_le_bytes() {
             self.0 ^= b as u64;
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 
-    pub fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         self.0
     }
 }

@@ -31,16 +31,16 @@ pub(crate) struct TimerQueue {
 }
 
 impl TimerQueue {
-    pub fn push(&mut self, at: Instant, what: TimerRef) {
+    pub(crate) fn push(&mut self, at: Instant, what: TimerRef) {
         self.seq += 1;
         self.heap.push(Reverse((at, self.seq, what)));
     }
 
-    pub fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    pub fn pop_due(&mut self, now: Instant) -> Option<TimerRef> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerRef> {
         if self.next()? > now {
             return None;
         }

@@ -28,19 +28,24 @@ macro_rules! either {
 }
 
 impl ServerMachine {
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         either!(self, m => m.poll_timeout())
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
         either!(self, m => m.handle_timeout(now))
     }
 
-    pub fn send_response(&mut self, now: Instant, code: u16, data: Bytes) -> Vec<tx::Action> {
+    pub(crate) fn send_response(
+        &mut self,
+        now: Instant,
+        code: u16,
+        data: Bytes,
+    ) -> Vec<tx::Action> {
         either!(self, m => m.send_response(now, code, data))
     }
 
-    pub fn on_request_retransmission(&self) -> Vec<tx::Action> {
+    pub(crate) fn on_request_retransmission(&self) -> Vec<tx::Action> {
         either!(self, m => m.on_request_retransmission())
     }
 }
@@ -63,15 +68,15 @@ pub(crate) enum ClientMachine {
 }
 
 impl ClientMachine {
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         either!(self, m => m.poll_timeout())
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<tx::Action> {
         either!(self, m => m.handle_timeout(now))
     }
 
-    pub fn on_transport_error(&mut self) -> Vec<tx::Action> {
+    pub(crate) fn on_transport_error(&mut self) -> Vec<tx::Action> {
         either!(self, m => m.on_transport_error())
     }
 }

@@ -7,12 +7,16 @@ use super::*;
 /// object (`counters.auth_failures`), as before the grouping.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Counters {
+    /// What arrived, and what was refused before any decision.
     #[serde(flatten)]
     pub traffic: TrafficCounters,
+    /// Registrations, logins, keep-alives.
     #[serde(flatten)]
     pub registrar: RegistrarCounters,
+    /// What the proxy passed on.
     #[serde(flatten)]
     pub forwarded: ForwardedCounters,
+    /// The media relay's refusals and timeouts.
     #[serde(flatten)]
     pub relay: RelayCounters,
 }
@@ -20,8 +24,12 @@ pub struct Counters {
 /// What arrived, and what was refused before any decision.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TrafficCounters {
+    /// Requests received and parsed, retransmissions included.
     pub requests_in: u64,
+    /// Responses received and parsed, retransmissions included.
     pub responses_in: u64,
+    /// Messages that did not parse, and parsed ones that failed the checks of a request or a
+    /// response (those count in `requests_in` or `responses_in` too).
     pub malformed_in: u64,
     /// Requests refused with 503 because the transaction table was full.
     pub overloaded: u64,
@@ -32,7 +40,11 @@ pub struct TrafficCounters {
 /// Registrations, logins, keep-alives.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RegistrarCounters {
+    /// REGISTER requests answered 200 after their contacts were applied (a query without
+    /// Contact included, a `Contact: *` removal not).
     pub registrations_accepted: u64,
+    /// Failed logins (no such user, wrong password), once per request: its retransmissions
+    /// are not counted again.
     pub auth_failures: u64,
     /// Keep-alive OPTIONS sent to phones behind NAT.
     pub nat_pings_sent: u64,
@@ -41,7 +53,9 @@ pub struct RegistrarCounters {
 /// What the proxy passed on.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ForwardedCounters {
+    /// INVITEs the proxy tried to reach someone with, once per request.
     pub calls_forwarded: u64,
+    /// MESSAGEs the proxy tried to deliver, once per request.
     pub messages_forwarded: u64,
     /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
     pub notifications_delivered: u64,
@@ -59,37 +73,57 @@ pub struct RelayCounters {
 /// Snapshot for the control channel.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Status {
+    /// The main domain.
     pub domain: String,
+    /// Seconds since the core started.
     pub uptime_secs: u64,
+    /// Users in the user table.
     pub users: usize,
+    /// Users with registered contacts.
     pub registered_users: usize,
+    /// Registered contacts, across users.
     pub contacts: usize,
+    /// Server transactions in the table (requests we received).
     pub server_transactions: usize,
+    /// Client transactions in the table (requests we sent).
     pub client_transactions: usize,
+    /// Response contexts of forwarded requests.
     pub proxy_contexts: usize,
+    /// Calls in the call table.
     pub calls: usize,
+    /// The counters since start.
     pub counters: Counters,
 }
 
 /// One registered contact, for `hedgewitch registrations`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RegistrationView {
+    /// The user's key (`name`, or `name@domain` in a further domain).
     pub user: String,
+    /// The user's extension, if any.
     pub extension: Option<String>,
+    /// The contact URI as registered.
     pub contact: String,
+    /// Seconds until the registration runs out.
     pub expires_in_secs: u64,
+    /// The contact's preference (`q`).
     pub q: f32,
+    /// The transport it registered over (`udp`, `tcp`, `tls`).
     pub transport: String,
+    /// The peer address of its flow (`ip:port`): where its REGISTER came from.
     pub source: String,
+    /// The phone's User-Agent header.
     pub user_agent: String,
     /// RFC 5626 outbound: the phone's instance and reg-id, when it registered a flow.
     pub instance: Option<String>,
+    /// RFC 5626 outbound: the flow's reg-id, when it registered one.
     pub reg_id: Option<u32>,
     /// RFC 3327 Path: the proxies between us and the phone.
     pub path: Vec<String>,
 }
 
 impl Core {
+    /// A snapshot of the core, for `hedgewitch status`.
     pub fn status(&self, now: Instant) -> Status {
         Status {
             domain: self.cfg.domain.clone(),
@@ -105,6 +139,7 @@ impl Core {
         }
     }
 
+    /// Every registered contact, sorted by user and contact, for `hedgewitch registrations`.
     pub fn registrations(&self, now: Instant) -> Vec<RegistrationView> {
         let mut out = vec![];
         for (aor, bindings) in self.location.iter() {

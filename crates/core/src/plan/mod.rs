@@ -19,11 +19,14 @@ use std::time::Duration;
 /// Something local that can be called.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
+    /// A user, by name.
     User(String),
+    /// A ring group, by name.
     Group(String),
 }
 
 impl Target {
+    /// The user's or group's name.
     pub fn name(&self) -> &str {
         match self {
             Target::User(n) | Target::Group(n) => n,
@@ -34,23 +37,34 @@ impl Target {
 /// What a dialled string (or a configured target) means.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dialed {
+    /// A local user or group.
     Local(Target),
     /// A SIP URI outside the domain.
     Remote(String),
+    /// Refuse with this status and reason (a `reject` rule, or a feature code without the
+    /// number it needs).
     Reject(u16, String),
+    /// A feature code: the caller changes their own settings.
     Feature(FeatureRequest),
+    /// Nothing in the plan matches.
     NotFound,
 }
 
+/// The kinds of call forwarding, one per target of a `ForwardSpec`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForwardKind {
+    /// Every call.
     Always,
+    /// Calls when the phones answer busy, or the user is in do-not-disturb.
     Busy,
+    /// Calls nobody answers in time.
     NoAnswer,
+    /// Calls when the user has no registered phone.
     Unavailable,
 }
 
 impl ForwardKind {
+    /// How the kind reads in a sentence (`all calls`, `calls when busy`...).
     pub fn describe(self) -> &'static str {
         match self {
             ForwardKind::Always => "all calls",
@@ -60,6 +74,7 @@ impl ForwardKind {
         }
     }
 
+    /// The field of `f` that holds this kind's target.
     pub fn slot(self, f: &mut ForwardSpec) -> &mut Option<String> {
         match self {
             ForwardKind::Always => &mut f.always,
@@ -75,6 +90,7 @@ impl ForwardKind {
 pub enum FeatureRequest {
     /// Set (with a target) or clear (None) one kind of forwarding.
     Forward(ForwardKind, Option<String>),
+    /// Turn do-not-disturb on (true) or off (false).
     Dnd(bool),
 }
 
@@ -87,19 +103,30 @@ struct UserEntry {
     forward: Option<Box<ForwardSpec>>,
 }
 
+/// A ring group's member as the plan keeps it.
 #[derive(Clone, Debug)]
 pub struct Member {
+    /// What it rings: a user, extension, group, number or SIP URI.
     pub target: String,
+    /// How long it rings in a sequential or rotating group: its own ring time, else the
+    /// group's, else `calls.ring_time`; at least a second.
     pub ring_time: Duration,
 }
 
+/// A ring group as the plan keeps it.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// The group's name.
     pub name: String,
+    /// The extension that reaches it, if any.
     pub extension: Option<String>,
+    /// How it rings its members.
     pub strategy: Strategy,
+    /// Its members, in order.
     pub members: Vec<Member>,
+    /// How long the whole group rings (at least a second); None: until every member was tried.
     pub timeout: Option<Duration>,
+    /// Where a call goes when no member answers or they are busy.
     pub fallback: Option<String>,
 }
 
@@ -109,6 +136,8 @@ struct Rule {
     spec: RuleSpec,
 }
 
+/// The dial plan, built and checked as a whole: users, groups, extensions, speed dials,
+/// rules and feature codes.
 #[derive(Debug)]
 pub struct Directory {
     domain: String,
@@ -119,6 +148,8 @@ pub struct Directory {
     speed: HashMap<(Option<String>, String), String>,
     rules: Vec<Rule>,
     features: FeatureCodes,
+    /// The call-handling settings it was built with (ring times, redirect and forward limits,
+    /// local-only users).
     pub calls: CallSettings,
 }
 
@@ -321,6 +352,7 @@ impl Directory {
         }
     }
 
+    /// Whether `name` is a user of the plan.
     pub fn has_user(&self, name: &str) -> bool {
         self.users.contains_key(name)
     }
@@ -336,6 +368,7 @@ impl Directory {
         }
     }
 
+    /// Whether the user is in do-not-disturb.
     pub fn is_dnd(&self, user: &str) -> bool {
         self.users
             .get(user)
@@ -343,10 +376,13 @@ impl Directory {
             .is_some_and(|f| f.dnd)
     }
 
+    /// A ring group by name.
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.get(name)
     }
 
+    /// Whether the user may call outside the domain: their account allows it and
+    /// `calls.local_only` does not list them.
     pub fn may_call_outside(&self, user: &str) -> bool {
         self.users.get(user).is_some_and(|u| u.outside)
     }
@@ -518,6 +554,7 @@ impl Directory {
         }
     }
 
+    /// The feature codes phones dial.
     pub fn features(&self) -> &FeatureCodes {
         &self.features
     }

@@ -18,6 +18,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The name as the config writes it (`parallel`, `sequential`, `rotate`).
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Parallel => "parallel",
@@ -45,20 +46,26 @@ impl std::str::FromStr for Strategy {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum MemberSpec {
+    /// Just the target: a user, extension, group, number or SIP URI.
     Target(String),
+    /// A target with its own ring time.
     Detailed {
+        /// What the member rings.
         target: String,
+        /// Seconds it rings in a sequential or rotating group; the group's when absent.
         ring_time: Option<u32>,
     },
 }
 
 impl MemberSpec {
+    /// What the member rings.
     pub fn target(&self) -> &str {
         match self {
             MemberSpec::Target(t) | MemberSpec::Detailed { target: t, .. } => t,
         }
     }
 
+    /// The member's own ring time in seconds, if it has one.
     pub fn ring_time(&self) -> Option<u32> {
         match self {
             MemberSpec::Target(_) => None,
@@ -67,12 +74,16 @@ impl MemberSpec {
     }
 }
 
+/// A ring group as configured.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
+    /// The group's name (it can be dialled like a user's).
     pub name: String,
+    /// The extension that reaches the group, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<String>,
+    /// How members are rung; parallel when absent.
     #[serde(default)]
     pub strategy: Strategy,
     /// Users, extensions, other groups or SIP URIs.
@@ -93,6 +104,7 @@ pub struct GroupSpec {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardSpec {
+    /// The user whose forwarding this is.
     pub user: String,
     /// Every call, without ringing the user's phones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +115,7 @@ pub struct ForwardSpec {
     /// When nobody answers within `no_answer_after` seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_answer: Option<String>,
+    /// Seconds before `no_answer` applies; `calls.no_answer_after` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_answer_after: Option<u32>,
     /// When the user has no registered phone.
@@ -114,6 +127,7 @@ pub struct ForwardSpec {
 }
 
 impl ForwardSpec {
+    /// Whether nothing is set: no target and no do-not-disturb.
     pub fn is_empty(&self) -> bool {
         self.always.is_none()
             && self.busy.is_none()
@@ -123,16 +137,20 @@ impl ForwardSpec {
     }
 }
 
+/// A speed dial: a short code that reaches a target.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedDialSpec {
+    /// What is dialled.
     pub code: String,
+    /// What it reaches: a user, extension, group, number or SIP URI.
     pub target: String,
     /// Only for this user's calls; system-wide when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
 
+/// What a dial-plan rule does with a number it matches.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleAction {
@@ -166,20 +184,27 @@ impl std::str::FromStr for RuleAction {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
+    /// A digit mask (`match` in the file); give exactly one of it and `regex`.
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+    /// A regular expression, instead of a mask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// What to do with a number that matches.
     pub action: RuleAction,
     /// Leading characters removed before `prefix` is added.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub strip: usize,
+    /// Added in front of the number once `strip` characters are removed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// For `remote`: the SIP URI to send to (`${number}` is replaced by the rewritten number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// For `reject`: the status code, 400 to 699.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// For `reject`: the reason phrase (`Forbidden` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -195,14 +220,23 @@ fn is_zero(n: &usize) -> bool {
 pub struct FeatureCodes {
     /// Followed by the target: forward every call.
     pub forward_all: String,
+    /// Turns forwarding of every call off.
     pub forward_all_off: String,
+    /// Followed by the target: forward calls when busy.
     pub forward_busy: String,
+    /// Turns forwarding when busy off.
     pub forward_busy_off: String,
+    /// Followed by the target: forward unanswered calls.
     pub forward_no_answer: String,
+    /// Turns forwarding of unanswered calls off.
     pub forward_no_answer_off: String,
+    /// Followed by the target: forward calls when no phone is registered.
     pub forward_unavailable: String,
+    /// Turns forwarding when no phone is registered off.
     pub forward_unavailable_off: String,
+    /// Turns do-not-disturb on.
     pub dnd_on: String,
+    /// Turns do-not-disturb off.
     pub dnd_off: String,
 }
 
@@ -264,9 +298,13 @@ impl Default for CallSettings {
 /// Everything that makes the phone system, from one source (the config file or the store).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanSettings {
+    /// Ring groups.
     pub groups: Vec<GroupSpec>,
+    /// Users' call forwarding, one entry per user.
     pub forwards: Vec<ForwardSpec>,
+    /// Speed dials, system-wide or per user.
     pub speed_dials: Vec<SpeedDialSpec>,
+    /// Dial-plan rules, tried in order.
     pub rules: Vec<RuleSpec>,
 }
 

@@ -124,7 +124,11 @@ enum Expanded {
 }
 
 impl Hunt {
-    pub fn new(original_uri: &str, caller: Option<String>, asserted: Option<String>) -> Hunt {
+    pub(crate) fn new(
+        original_uri: &str,
+        caller: Option<String>,
+        asserted: Option<String>,
+    ) -> Hunt {
         Hunt {
             caller,
             stages: VecDeque::new(),
@@ -150,7 +154,7 @@ impl Hunt {
     }
 
     /// The headers each branch of the current stage carries.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![];
         if !self.record.diversions.is_empty() {
             let n = self.record.diversions.len();
