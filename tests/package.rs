@@ -204,7 +204,7 @@ fn the_debian_package_installs_serves_and_purges() {
     .expect("copy the test binary");
     let out = dir.join("deb");
     let mut c = Command::new(root.join("scripts/package"));
-    c.args(["--no-build", "--strip", "--fast", "--no-dbgsym", "--output"])
+    c.args(["--no-build", "--fast", "--no-dbgsym", "--output"])
         .arg(&out)
         .env("CARGO_TARGET_DIR", &stage)
         .current_dir(root);
