@@ -296,6 +296,23 @@ fn phone_system_settings_are_checked_and_stored() {
         None,
     );
     assert!(o.status.success(), "{}", text(&o));
+    // An import is checked against the plan too: an extension outside the numbering, or one
+    // the group has, refuses the whole file.
+    let file = dir.join("import.csv");
+    for (lines, why) in [
+        ("carol,203,pw\ndave,302,pw\n", "outside 200-299"),
+        ("carol,203,pw\ndave,250,pw\n", "group `sales`"),
+    ] {
+        std::fs::write(&file, lines).unwrap();
+        let o = hw(&cfg, &["user", "import", file.to_str().unwrap()], None);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(why), "{}", text(&o));
+        let list = hw(&cfg, &["user", "list"], None);
+        assert!(
+            !text(&list).contains("carol"),
+            "nothing of a refused import is written"
+        );
+    }
     // A group may not contain itself.
     let o = hw(&cfg, &["group", "member-add", "sales", "250"], None);
     assert!(

@@ -26,7 +26,8 @@ pub use location::{Binding, Location};
 pub(crate) use records::Users;
 pub use records::{StoredBinding, User};
 pub(crate) use transactions::{
-    first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine, ServerTx,
+    client_key, first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine,
+    ServerTx,
 };
 pub use views::{Counters, RegistrationView, Status};
 

@@ -960,6 +960,10 @@ From: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>\r\nCall
         .unwrap();
     assert_eq!(c.0.remote, addr(BOB));
     t.recv(BOB, &answer(&c.1, 200, "OK", "b"));
+    assert_eq!(
+        t.core.counters.forwarded.notifications_delivered, 0,
+        "the 200 to our own CANCEL is no delivered notification"
+    );
     t.recv(BOB, &answer(&inv, 487, "Request Terminated", "b"));
     let out = t.sent();
     let up = out.iter().find(|(f, _)| f.remote == addr(ALICE)).unwrap();

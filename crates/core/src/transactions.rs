@@ -144,7 +144,7 @@ impl Core {
             data.clone(),
         );
         let id = self.tx.clients.insert(
-            proxy::client_key(branch, method),
+            client_key(branch, method),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
                 request: data,
@@ -446,4 +446,16 @@ pub(crate) fn request_like(orig: &Message, method: &str, to: Option<&str>) -> Wr
     w.header_fmt("CSeq", format_args!("{num} {method}"));
     w.header("Max-Forwards", "70");
     w
+}
+
+/// Key of a client transaction (RFC 3261 §17.1.3): our branch and the method, with ACK
+/// matching its INVITE.
+pub(crate) fn client_key(branch: &str, method: &str) -> String {
+    let method = if method == "ACK" { "INVITE" } else { method };
+    let mut k = String::with_capacity(4 + branch.len() + method.len());
+    k.push_str("c|");
+    k.push_str(branch);
+    k.push('|');
+    k.push_str(method);
+    k
 }

@@ -77,7 +77,7 @@ fn plan_holds(cfg: &Config, store: &SqliteStore, users: &[User]) -> Result<(), S
         .map_err(|e| format!("refused: {e}"))
 }
 
-/// Creates (or, for an existing name, replaces) an account.
+/// Creates an account (a name that exists is refused by the store).
 pub fn add(
     cfg: &Config,
     store: &SqliteStore,
@@ -126,8 +126,18 @@ pub fn parse_import(cfg: &Config, source: &str, text: &str) -> Result<Vec<User>,
     Ok(users)
 }
 
-/// Writes an import, all or nothing.
+/// Writes an import, all or nothing, if the plan still holds with the new users (their
+/// extensions fit the numbering and clash with no group or speed dial).
 pub fn import(cfg: &Config, store: &mut SqliteStore, users: &[User]) -> Result<(), String> {
+    for u in users {
+        if let Some(e) = &u.extension {
+            check_extension(cfg, e)?;
+        }
+    }
+    let mut all = store.users()?;
+    all.retain(|x| !users.iter().any(|u| u.name == x.name));
+    all.extend(users.iter().cloned());
+    plan_holds(cfg, store, &all)?;
     store.import_users(users)?;
     cfg.record_domain()
 }

@@ -23,7 +23,8 @@ pub enum Command {
     Calls,
     /// Read the config file and the store again (`hedgewitch reload`, like SIGHUP).
     Reload,
-    /// The same, after a management command changed the store (`user add`...).
+    /// After a management command changed the store (`user add`...): the users and the
+    /// phone-system settings are read again, the config file is not.
     ReloadUsers,
 }
 

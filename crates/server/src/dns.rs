@@ -4,7 +4,7 @@
 //! for their TTL. The resolver reads the system configuration unless `[dns] servers` names
 //! servers to ask.
 
-use crate::config::Transport;
+use crate::core::Transport;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};

@@ -29,16 +29,20 @@ impl<'a> PhoneAdmin<'a> {
         PlanSettings::merged(&self.cfg.plan(), &self.stored)
     }
 
-    /// Checks the stored settings as changed, as a whole, then writes them with `write`.
+    /// Checks `changed` (the stored settings with one change) as a whole, then writes the
+    /// change with `write` and takes it; a refused change leaves everything as it was.
     fn commit(
         &mut self,
+        changed: PlanSettings,
         write: impl FnOnce(&mut SqliteStore) -> Result<(), String>,
     ) -> Result<(), String> {
         let users = self.store.users()?;
         self.cfg
-            .build_plan(&users, &self.merged())
+            .build_plan(&users, &PlanSettings::merged(&self.cfg.plan(), &changed))
             .map_err(|e| format!("refused: {e}"))?;
-        write(&mut self.store)
+        write(&mut self.store)?;
+        self.stored = changed;
+        Ok(())
     }
 
     /// A group by name, stored or from the config file.
@@ -59,9 +63,10 @@ impl<'a> PhoneAdmin<'a> {
 
     /// Stores a group (new, or replacing the one of its name).
     pub fn put_group(&mut self, g: GroupSpec) -> Result<(), String> {
-        self.stored.groups.retain(|x| x.name != g.name);
-        self.stored.groups.push(g.clone());
-        self.commit(|s| s.put_group(&g))
+        let mut changed = self.stored.clone();
+        changed.groups.retain(|x| x.name != g.name);
+        changed.groups.push(g.clone());
+        self.commit(changed, |s| s.put_group(&g))
     }
 
     pub fn remove_group(&mut self, name: &str) -> Result<(), String> {
@@ -72,8 +77,9 @@ impl<'a> PhoneAdmin<'a> {
                 format!("no group `{name}`")
             });
         }
-        self.stored.groups.retain(|g| g.name != name);
-        self.commit(|s| s.remove_group(name).map(|_| ()))
+        let mut changed = self.stored.clone();
+        changed.groups.retain(|g| g.name != name);
+        self.commit(changed, |s| s.remove_group(name).map(|_| ()))
     }
 
     /// A user's forwarding as in force (stored, else the config file's, else none).
@@ -95,9 +101,10 @@ impl<'a> PhoneAdmin<'a> {
         if self.store.user(&f.user)?.is_none() {
             return Err(format!("no user `{}`", f.user));
         }
-        self.stored.forwards.retain(|x| x.user != f.user);
-        self.stored.forwards.push(f.clone());
-        self.commit(|s| s.put_forward(&f))
+        let mut changed = self.stored.clone();
+        changed.forwards.retain(|x| x.user != f.user);
+        changed.forwards.push(f.clone());
+        self.commit(changed, |s| s.put_forward(&f))
     }
 
     /// Stores a speed dial (replacing one of the same code and user).
@@ -113,11 +120,12 @@ impl<'a> PhoneAdmin<'a> {
                 d.code
             ));
         }
-        self.stored
+        let mut changed = self.stored.clone();
+        changed
             .speed_dials
             .retain(|x| !(x.code == d.code && x.user == d.user));
-        self.stored.speed_dials.push(d.clone());
-        self.commit(|s| s.put_speed_dial(&d))
+        changed.speed_dials.push(d.clone());
+        self.commit(changed, |s| s.put_speed_dial(&d))
     }
 
     pub fn remove_speed_dial(&mut self, user: Option<&str>, code: &str) -> Result<(), String> {
@@ -134,12 +142,13 @@ impl<'a> PhoneAdmin<'a> {
 
     /// Inserts a rule at `position` (from 1; the end when None or past it); returns where.
     pub fn add_rule(&mut self, r: RuleSpec, position: Option<usize>) -> Result<usize, String> {
+        let mut changed = self.stored.clone();
         let at = position
-            .map(|p| p.saturating_sub(1).min(self.stored.rules.len()))
-            .unwrap_or(self.stored.rules.len());
-        self.stored.rules.insert(at, r);
-        let rules = self.stored.rules.clone();
-        self.commit(|s| s.set_rules(&rules))?;
+            .map(|p| p.saturating_sub(1).min(changed.rules.len()))
+            .unwrap_or(changed.rules.len());
+        changed.rules.insert(at, r);
+        let rules = changed.rules.clone();
+        self.commit(changed, |s| s.set_rules(&rules))?;
         Ok(at + 1)
     }
 
@@ -151,9 +160,11 @@ impl<'a> PhoneAdmin<'a> {
                 self.stored.rules.len()
             ));
         }
-        self.stored.rules.remove(number - 1);
-        let rules = self.stored.rules.clone();
-        self.store.set_rules(&rules)
+        let mut changed = self.stored.clone();
+        changed.rules.remove(number - 1);
+        let rules = changed.rules.clone();
+        // Fewer rules never break the plan; checked all the same, like every change.
+        self.commit(changed, |s| s.set_rules(&rules))
     }
 }
 

@@ -2,7 +2,7 @@
 //! RFC 3261 §18.3 framing and RFC 5626 §4.4.1 CRLF keep-alives, whose messages reach the event
 //! loop as `Event::Message`. Nothing here interprets SIP beyond finding message boundaries.
 
-use crate::config::Transport;
+use crate::core::Transport;
 use crate::core::{ClientTxId, ConnId, Flow};
 use crate::event::Event;
 use crate::mmsg::RecvBatch;

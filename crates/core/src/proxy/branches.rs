@@ -560,16 +560,6 @@ pub(crate) fn natted_contact_for(value: &str, flow: Flow) -> Option<String> {
     natted_contact(value, flow.remote)
 }
 
-pub(crate) fn client_key(branch: &str, method: &str) -> String {
-    let method = if method == "ACK" { "INVITE" } else { method };
-    let mut k = String::with_capacity(4 + branch.len() + method.len());
-    k.push_str("c|");
-    k.push_str(branch);
-    k.push('|');
-    k.push_str(method);
-    k
-}
-
 pub(crate) fn bracket(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(a) => a.to_string(),

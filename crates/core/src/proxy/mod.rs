@@ -8,8 +8,8 @@ use super::handles::{ClientTxId, CtxId, ServerTxId};
 use super::route::{Fnv, Hop};
 use super::timers::TimerRef;
 use super::{
-    request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow, ServerMachine, ServerTx,
-    TIMER_C,
+    client_key, request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow,
+    ServerMachine, ServerTx, TIMER_C,
 };
 use crate::plan::{Dialed, FeatureRequest};
 use crate::Transport;
@@ -166,8 +166,7 @@ mod branches;
 pub(crate) mod forking;
 mod responses;
 
-// The parts share their helpers (and `client_key` is the crate's way to name a client
-// transaction's match key).
+// The parts share their helpers.
 pub(crate) use branches::*;
 
 impl Core {

@@ -224,6 +224,10 @@ impl Core {
             if self.ping_answered(key) {
                 return;
             }
+            // Our CANCELs are ours too: only a MESSAGE is a notification.
+            if method != "MESSAGE" {
+                return;
+            }
             if status < 300 {
                 self.counters.forwarded.notifications_delivered += 1;
             } else {
