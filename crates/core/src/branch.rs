@@ -7,7 +7,7 @@
 /// Where a branch is in its life. `abandoned` marks a branch the hunt gave up on (its ring
 /// time ran out): it is being cancelled, and its final response does not count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BranchState {
+enum Life {
     /// Sent; nothing but (at most) a 100 has come back.
     Trying,
     /// A CANCEL was asked for before the branch answered provisionally: it goes out with the
@@ -22,21 +22,34 @@ pub(crate) enum BranchState {
     Done { status: u16, abandoned: bool },
 }
 
+/// A branch's life, opaque outside this module: it changes only through the transitions
+/// below, so no code can put a branch into a state its messages did not lead to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BranchState(Life);
+
 impl BranchState {
+    /// A new branch: sent, nothing back yet.
+    pub(crate) fn new() -> BranchState {
+        BranchState(Life::Trying)
+    }
+
+    /// Ringing: answered provisionally, no CANCEL asked for.
+    pub(crate) fn is_ringing(&self) -> bool {
+        self.0 == Life::Ringing
+    }
+
     /// A provisional response. True when a CANCEL owed must be sent now.
     pub(crate) fn provisional(&mut self) -> bool {
-        match *self {
-            BranchState::Trying => {
-                *self = BranchState::Ringing;
+        match self.0 {
+            Life::Trying => {
+                self.0 = Life::Ringing;
                 false
             }
-            BranchState::CancelOwed { abandoned } => {
-                *self = BranchState::Cancelling { abandoned };
+            Life::CancelOwed { abandoned } => {
+                self.0 = Life::Cancelling { abandoned };
                 true
             }
-            BranchState::Ringing | BranchState::Cancelling { .. } | BranchState::Done { .. } => {
-                false
-            }
+            Life::Ringing | Life::Cancelling { .. } | Life::Done { .. } => false,
         }
     }
 
@@ -53,49 +66,49 @@ impl BranchState {
     }
 
     fn cancel_as(&mut self, abandon: bool) -> bool {
-        match *self {
-            BranchState::Trying => {
-                *self = BranchState::CancelOwed { abandoned: abandon };
+        match self.0 {
+            Life::Trying => {
+                self.0 = Life::CancelOwed { abandoned: abandon };
                 false
             }
-            BranchState::CancelOwed { abandoned } => {
-                *self = BranchState::CancelOwed {
+            Life::CancelOwed { abandoned } => {
+                self.0 = Life::CancelOwed {
                     abandoned: abandoned || abandon,
                 };
                 false
             }
-            BranchState::Ringing => {
-                *self = BranchState::Cancelling { abandoned: abandon };
+            Life::Ringing => {
+                self.0 = Life::Cancelling { abandoned: abandon };
                 true
             }
-            BranchState::Cancelling { abandoned } => {
-                *self = BranchState::Cancelling {
+            Life::Cancelling { abandoned } => {
+                self.0 = Life::Cancelling {
                     abandoned: abandoned || abandon,
                 };
                 false
             }
-            BranchState::Done { .. } => false,
+            Life::Done { .. } => false,
         }
     }
 
     /// A final response (a later one, such as a second 2xx, replaces the status).
     pub(crate) fn finish(&mut self, status: u16) {
-        *self = BranchState::Done {
+        self.0 = Life::Done {
             status,
             abandoned: self.is_abandoned(),
         };
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        matches!(self, BranchState::Done { .. })
+        matches!(self.0, Life::Done { .. })
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
         matches!(
-            self,
-            BranchState::CancelOwed { abandoned: true }
-                | BranchState::Cancelling { abandoned: true }
-                | BranchState::Done {
+            self.0,
+            Life::CancelOwed { abandoned: true }
+                | Life::Cancelling { abandoned: true }
+                | Life::Done {
                     abandoned: true,
                     ..
                 }
@@ -107,37 +120,42 @@ impl BranchState {
     /// a branch being cancelled must not ring anywhere new (RFC 3261 §16.7 step 5: no new
     /// branch after a 6xx).
     pub(crate) fn may_retry(&self) -> bool {
-        matches!(self, BranchState::Trying | BranchState::Ringing)
+        matches!(self.0, Life::Trying | Life::Ringing)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::BranchState::{self, *};
+    use super::Life::*;
+    use super::{BranchState, Life};
+
+    fn st(l: Life) -> BranchState {
+        BranchState(l)
+    }
 
     #[test]
     fn a_cancel_before_ringing_waits_for_the_first_provisional() {
-        let mut s = BranchState::Trying;
+        let mut s = BranchState::new();
         assert!(!s.cancel());
-        assert_eq!(s, CancelOwed { abandoned: false });
+        assert_eq!(s, st(CancelOwed { abandoned: false }));
         assert!(s.provisional(), "the owed CANCEL goes out now");
-        assert_eq!(s, Cancelling { abandoned: false });
+        assert_eq!(s, st(Cancelling { abandoned: false }));
         assert!(!s.provisional(), "and only once");
         s.finish(487);
         assert_eq!(
             s,
-            Done {
+            st(Done {
                 status: 487,
                 abandoned: false
-            }
+            })
         );
     }
 
     #[test]
     fn a_ringing_branch_is_cancelled_at_once_and_only_once() {
-        let mut s = BranchState::Trying;
+        let mut s = BranchState::new();
         assert!(!s.provisional());
-        assert_eq!(s, Ringing);
+        assert_eq!(s, st(Ringing));
         assert!(s.cancel());
         assert!(!s.cancel());
         assert!(!s.abandon(), "already cancelled: no second CANCEL");
@@ -145,16 +163,16 @@ mod tests {
         s.finish(487);
         assert_eq!(
             s,
-            Done {
+            st(Done {
                 status: 487,
                 abandoned: true
-            }
+            })
         );
     }
 
     #[test]
     fn a_finished_branch_stays_finished() {
-        let mut s = BranchState::Trying;
+        let mut s = BranchState::new();
         s.finish(200);
         assert!(!s.cancel());
         assert!(!s.abandon());
@@ -165,19 +183,19 @@ mod tests {
         s.finish(204);
         assert_eq!(
             s,
-            Done {
+            st(Done {
                 status: 204,
                 abandoned: false
-            }
+            })
         );
     }
 
     #[test]
     fn retry_only_while_not_cancelled_or_abandoned() {
-        assert!(Trying.may_retry());
-        assert!(Ringing.may_retry());
-        assert!(!CancelOwed { abandoned: false }.may_retry());
-        assert!(!CancelOwed { abandoned: true }.may_retry());
-        assert!(!Cancelling { abandoned: false }.may_retry());
+        assert!(st(Trying).may_retry());
+        assert!(st(Ringing).may_retry());
+        assert!(!st(CancelOwed { abandoned: false }).may_retry());
+        assert!(!st(CancelOwed { abandoned: true }).may_retry());
+        assert!(!st(Cancelling { abandoned: false }).may_retry());
     }
 }

@@ -257,7 +257,7 @@ impl Core {
             if let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) {
                 let branch = Branch {
                     client: ckey,
-                    state: BranchState::Trying,
+                    state: BranchState::new(),
                     timer_c: invite.then(|| now + TIMER_C),
                     to_phone,
                     retry,

@@ -58,7 +58,8 @@ pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
 /// when Timer C (or the give-up after a CANCEL) is due.
 pub(crate) struct Branch {
     pub client: ClientTxId,
-    pub state: BranchState,
+    /// Private to the proxy: changed only through `BranchState`'s transitions.
+    state: BranchState,
     pub timer_c: Option<Instant>,
     /// An INVITE sent to a phone itself (not to another proxy): a Contact in its answer
     /// that names another address than the answer's source is behind NAT.

@@ -536,7 +536,7 @@ impl Core {
         if b.state.is_done() || b.timer_c.is_none_or(|t| t > now) {
             return;
         }
-        if b.state == BranchState::Ringing {
+        if b.state.is_ringing() {
             self.cancel_branch(now, ctx_id, idx);
         } else {
             let key = b.client;
