@@ -126,6 +126,25 @@ pub(crate) struct BranchTemplate {
 /// with a decision (`None`: a response was already sent).
 type Stage<T> = Result<T, Option<Decision>>;
 
+/// Where a request that goes on is bound (stage `leave`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A user (or extension, group, number) of a domain we serve.
+    Ours,
+    /// Another domain, out of any dialog of ours.
+    OtherDomain,
+}
+
+/// Who calls (stage `identify`).
+pub(crate) enum Caller {
+    /// A local user who proved it.
+    User(String),
+    /// Another domain's caller, admitted by the inbound policy.
+    OtherDomain,
+    /// Not checked here: inside a dialog we record-routed, or our own spiral.
+    Unchecked,
+}
+
 /// What admission learned of a request that goes on.
 pub(crate) struct Admitted<'m> {
     uri: Uri<'m>,
@@ -250,12 +269,13 @@ impl Core {
         }
     }
 
-    /// The pipeline a new request goes through (§16.3–16.5), one named stage after the other:
-    /// admit (checks of the request itself), leave (what is not for our users: along a route
-    /// set, inside a dialog, to another domain), identify (who calls: authentication, the
-    /// inbound policy for other domains), route (the dial plan names the target). A later
-    /// concern (rate limits, bans, trunks, presence) is one more stage here. `None` means a
-    /// response was already sent.
+    /// The pipeline a new request goes through (§16.3–16.5), one named stage after the other,
+    /// each with one concern: admit (checks of the request itself), leave (where it is bound:
+    /// along a route set or a dialog of ours, to another domain, or to our users), identify
+    /// (who calls: a local user proves it, another domain meets the inbound policy), route
+    /// (the target: the dial plan, a user by name, another domain's URI). A later concern
+    /// (rate limits, bans, trunks, presence) is one more stage here. `None` means a response
+    /// was already sent.
     pub(crate) fn decide(
         &mut self,
         now: Instant,
@@ -267,14 +287,15 @@ impl Core {
             Ok(a) => a,
             Err(d) => return d,
         };
-        if let Err(d) = self.leave(now, msg, key, flow, &admitted) {
-            return d;
-        }
-        let caller = match self.identify(now, msg, key, flow, &admitted) {
+        let bound = match self.leave(now, msg, &admitted) {
+            Ok(b) => b,
+            Err(d) => return d,
+        };
+        let caller = match self.identify(now, msg, key, flow, &admitted, bound) {
             Ok(c) => c,
             Err(d) => return d,
         };
-        Some(self.route(msg, &admitted, caller))
+        Some(self.route(msg, &admitted, bound, caller))
     }
 
     /// Stage 1, admit: a usable Request-URI, hops left, extensions we support, no loop
@@ -321,17 +342,10 @@ impl Core {
         })
     }
 
-    /// Stage 2, leave: requests that are not for our users go along their route set, inside
-    /// the dialog we record-routed, or (for our own users only) to another domain; REGISTER
-    /// and requests to the server itself end here too.
-    fn leave(
-        &mut self,
-        now: Instant,
-        msg: &Message,
-        key: ServerTxId,
-        flow: Flow,
-        a: &Admitted<'_>,
-    ) -> Stage<()> {
+    /// Stage 2, leave: where the request is bound. Along a route set or inside a dialog we
+    /// record-routed it goes on as it is; REGISTER and requests to the server itself end
+    /// here; what remains is for another domain or for our users.
+    fn leave(&mut self, now: Instant, msg: &Message, a: &Admitted<'_>) -> Stage<Bound> {
         let (pop, hash) = (a.pop, &a.hash);
         if let Some(next) = self.next_route(msg, pop) {
             if !a.dialog_route {
@@ -359,8 +373,7 @@ impl Core {
                     "Cannot Resolve Target",
                 )));
             }
-            // Another domain: only our own users may go there through us (no open relay).
-            return Err(self.decide_outgoing(now, msg, key, flow, &a.uri, pop, hash.clone()));
+            return Ok(Bound::OtherDomain);
         }
         if msg.method() == Some(Method::Register) {
             return Err(Some(Decision::Register));
@@ -371,12 +384,13 @@ impl Core {
                 _ => Decision::Reply(404, "Not Found"),
             }));
         }
-        Ok(())
+        Ok(Bound::Ours)
     }
 
-    /// Stage 3, identify: requests from local users are authenticated (§22.3, 407) and must be
-    /// sent as themselves; requests from other domains meet the inbound policy and reach
-    /// users by name only, and only those who accept calls from outside (that ends here).
+    /// Stage 3, identify: who calls. Local users are authenticated (§22.3, 407) and must send
+    /// as themselves, except inside a dialog we record-routed and on a spiral (both were on
+    /// their first pass); only they may go to another domain through us (no open relay).
+    /// Callers from other domains meet the inbound policy.
     fn identify(
         &mut self,
         now: Instant,
@@ -384,48 +398,75 @@ impl Core {
         key: ServerTxId,
         flow: Flow,
         a: &Admitted<'_>,
-    ) -> Stage<Option<String>> {
+        bound: Bound,
+    ) -> Stage<Caller> {
         let Some(from) = msg.from() else {
             return Err(None);
         };
         let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
         // A request we sent to ourselves (a spiral) was authenticated on its first pass.
         let spiral = self.is_spiral(flow);
-        let mut caller = None;
+        if bound == Bound::OtherDomain {
+            if !from_local || spiral || msg.method() == Some(Method::Register) {
+                return Err(Some(Decision::Reply(403, "Relaying Denied")));
+            }
+            return Ok(Caller::User(self.authenticate_caller(now, msg, key, flow)?));
+        }
         // Only a request inside a dialog we record-routed (our Route on top) skips this: a To
         // tag alone proves nothing.
         if from_local && !a.dialog_route && !spiral {
-            caller = Some(self.authenticate_caller(now, msg, key, flow)?);
+            return Ok(Caller::User(self.authenticate_caller(now, msg, key, flow)?));
         }
-        if caller.is_none() && !from_local && !spiral {
-            // From another domain (RFC 3263 federation): the policy, then users by name only,
-            // and only those who accept calls from outside.
+        if !from_local && !spiral {
+            // From another domain (RFC 3263 federation): the policy first.
             if let Some(refused) = self.inbound_refused(flow) {
                 return Err(Some(refused));
             }
-            let callee = a.uri.user_unescaped().unwrap_or_default();
-            let name = self
-                .auth
-                .users()
-                .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
-                .map(|u| u.name.clone());
-            return Err(Some(match name.filter(|n| self.plan.accepts_external(n)) {
-                Some(name) => Decision::Hunt {
-                    target: Dialed::Local(crate::plan::Target::User(name)),
-                    hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
-                    pop: a.pop,
-                    hash: a.hash.clone(),
-                },
-                None => Decision::Reply(404, "Not Found"),
-            }));
+            return Ok(Caller::OtherDomain);
         }
-        Ok(caller)
+        Ok(Caller::Unchecked)
     }
 
-    /// Stage 4, route: the dial plan (main domain) or the user table (other served domains)
-    /// names the target; feature codes, rejections and permissions end the request here.
-    fn route(&mut self, msg: &Message, a: &Admitted<'_>, caller: Option<String>) -> Decision {
+    /// Stage 4, route: the target. Another domain's URI for a local user allowed outside;
+    /// for a caller from another domain, a user by name who accepts calls from outside; else
+    /// the dial plan (main domain) or the user table (other served domains). Feature codes,
+    /// rejections and permissions end the request here.
+    fn route(&mut self, msg: &Message, a: &Admitted<'_>, bound: Bound, caller: Caller) -> Decision {
         let method = msg.method();
+        let (pop, hash) = (a.pop, a.hash.clone());
+        let caller = match caller {
+            Caller::User(user) if bound == Bound::OtherDomain => {
+                if !self.plan.may_call_outside(&user) {
+                    return Decision::Reply(403, "Calls Outside The Domain Not Allowed");
+                }
+                return Decision::Hunt {
+                    target: Dialed::Remote(a.uri.raw.to_string()),
+                    hunt: Box::new(Hunt::new(msg.uri_str(), Some(user), None)),
+                    pop,
+                    hash,
+                };
+            }
+            Caller::OtherDomain => {
+                // Users by name only, and only those who accept calls from outside.
+                let callee = a.uri.user_unescaped().unwrap_or_default();
+                let name = self
+                    .auth
+                    .users()
+                    .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
+                    .map(|u| u.name.clone());
+                return match name.filter(|n| self.plan.accepts_external(n)) {
+                    Some(name) => Decision::Hunt {
+                        target: Dialed::Local(crate::plan::Target::User(name)),
+                        hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
+                        pop,
+                        hash,
+                    },
+                    None => Decision::Reply(404, "Not Found"),
+                };
+            }
+            Caller::User(user) => Some(user),
+            Caller::Unchecked => None,
+        };
         let callee = a.uri.user_unescaped().unwrap_or_default();
         // The main domain has the phone system (extensions, groups, rules); the others
         // have their users by name.
@@ -465,48 +506,14 @@ impl Core {
         Decision::Hunt {
             target,
             hunt,
-            pop: a.pop,
-            hash: a.hash.clone(),
+            pop,
+            hash,
         }
     }
 
     /// The served domain a Request-URI names (the main one for our addresses).
     fn callee_domain(&self, uri: &Uri<'_>) -> &str {
         self.served_domain(&uri.host).unwrap_or(&self.cfg.domain)
-    }
-
-    /// A request for another domain, out of any dialog of ours: a local user (authenticated)
-    /// with permission calls or messages it directly; anyone else gets 403.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn decide_outgoing(
-        &mut self,
-        now: Instant,
-        msg: &Message,
-        key: ServerTxId,
-        flow: Flow,
-        uri: &Uri<'_>,
-        pop: usize,
-        hash: String,
-    ) -> Option<Decision> {
-        let from = msg.from()?;
-        let from_local = from.uri.is_sip() && self.is_local_domain(&from.uri);
-        if !from_local || self.is_spiral(flow) || msg.method() == Some(Method::Register) {
-            return Some(Decision::Reply(403, "Relaying Denied"));
-        }
-        let user = match self.authenticate_caller(now, msg, key, flow) {
-            Ok(user) => user,
-            Err(d) => return d,
-        };
-        if !self.plan.may_call_outside(&user) {
-            return Some(Decision::Reply(403, "Calls Outside The Domain Not Allowed"));
-        }
-        let hunt = Box::new(Hunt::new(msg.uri_str(), Some(user), None));
-        Some(Decision::Hunt {
-            target: Dialed::Remote(uri.raw.to_string()),
-            hunt,
-            pop,
-            hash,
-        })
     }
 
     /// Digest authentication of a local caller (407 in its From domain's realm), who must
