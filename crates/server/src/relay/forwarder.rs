@@ -22,7 +22,7 @@ const WAKE: u64 = u64::MAX;
 
 /// What one relayed stream has seen, shared with the core (index 0: caller side, 1: callee).
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub packets: [AtomicU64; 2],
     pub bytes: [AtomicU64; 2],
     /// From an address other than the one latched, or with nowhere to go yet.
@@ -31,7 +31,7 @@ pub struct Shared {
     pub latched: Mutex<[Option<SocketAddr>; 2]>,
 }
 
-pub enum Command {
+pub(crate) enum Command {
     /// Sockets in the order caller RTP, caller RTCP, callee RTP, callee RTCP.
     Add {
         id: u64,
@@ -66,7 +66,7 @@ struct Leg {
     shared: Arc<Shared>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     epoll: OwnedFd,
     wake: Arc<OwnedFd>,
     commands: Receiver<Command>,
@@ -85,7 +85,7 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Makes the epoll set and the eventfd that wakes it for commands.
-pub fn handles() -> io::Result<(OwnedFd, Arc<OwnedFd>)> {
+pub(crate) fn handles() -> io::Result<(OwnedFd, Arc<OwnedFd>)> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain system calls; the descriptors are owned from here on.
     let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
@@ -106,14 +106,14 @@ fn watch(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
 }
 
 /// Wakes the thread after a command was queued.
-pub fn wake(fd: &OwnedFd) {
+pub(crate) fn wake(fd: &OwnedFd) {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to an eventfd.
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
 impl Engine {
-    pub fn new(epoll: OwnedFd, wake: Arc<OwnedFd>, commands: Receiver<Command>) -> Engine {
+    pub(crate) fn new(epoll: OwnedFd, wake: Arc<OwnedFd>, commands: Receiver<Command>) -> Engine {
         Engine {
             epoll,
             wake,
@@ -126,7 +126,7 @@ impl Engine {
     }
 
     /// Runs until the handle is dropped.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         // SAFETY: plain old data; all-zero is valid.
         let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; 128];
         loop {

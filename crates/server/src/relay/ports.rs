@@ -3,13 +3,13 @@
 
 use std::collections::VecDeque;
 
-pub struct PortPool {
+pub(crate) struct PortPool {
     free: VecDeque<u16>,
 }
 
 impl PortPool {
     /// Every even port of `lo..=hi` whose odd neighbour is in range too.
-    pub fn new(lo: u16, hi: u16) -> PortPool {
+    pub(crate) fn new(lo: u16, hi: u16) -> PortPool {
         let first = lo + (lo & 1);
         let free = (u32::from(first)..u32::from(hi))
             .step_by(2)
@@ -18,15 +18,15 @@ impl PortPool {
         PortPool { free }
     }
 
-    pub fn take(&mut self) -> Option<u16> {
+    pub(crate) fn take(&mut self) -> Option<u16> {
         self.free.pop_front()
     }
 
-    pub fn give_back(&mut self, port: u16) {
+    pub(crate) fn give_back(&mut self, port: u16) {
         self.free.push_back(port);
     }
 
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.free.len()
     }
 }
