@@ -165,7 +165,9 @@ pub fn set_password(
 pub struct Changes {
     /// `Some(None)` removes the extension.
     pub extension: Option<Option<String>>,
+    /// Whether the user may call outside the domain (numbers and other domains' URIs).
     pub outside: Option<bool>,
+    /// Whether the user accepts calls and messages from other domains (by name).
     pub external: Option<bool>,
 }
 

@@ -17,7 +17,9 @@ pub use hedgewitch_core::{InboundPolicy, Transport};
 /// One `listen` entry: `"udp:127.0.0.1:5060"`, `"tcp:[::1]:5060"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listen {
+    /// The transport before the first colon: `udp`, `tcp` or `tls`.
     pub transport: Transport,
+    /// The address and port to bind (IPv6 in brackets in the text).
     pub addr: SocketAddr,
 }
 
@@ -59,6 +61,7 @@ pub enum DomainOrigin {
 }
 
 impl DomainOrigin {
+    /// A phrase naming the source, for log lines and error messages.
     pub fn describe(self) -> &'static str {
         match self {
             DomainOrigin::HostName => "this machine's host name (nothing else named one)",
@@ -69,6 +72,8 @@ impl DomainOrigin {
     }
 }
 
+/// The whole configuration file (docs/configuration.md), with the defaults for keys it leaves
+/// out, plus where the file and the domain came from.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -88,6 +93,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// More domains served besides `domain`, each with its own users (`alice@other.example`).
     pub domains: Vec<String>,
+    /// SIP sockets to listen on, `TRANSPORT:ADDRESS:PORT` each. Default: UDP and TCP port 5060
+    /// on every IPv4 and IPv6 address.
     pub listen: Vec<Listen>,
     /// STUN server sockets (RFC 5389 Binding, UDP only), so phones learn their public address.
     /// SIP ports answer STUN keep-alives too. Default: UDP port 3478 on every address.
@@ -96,7 +103,9 @@ pub struct Config {
     pub advertise: Option<std::net::IpAddr>,
     /// Log filter (tracing-subscriber syntax): `info`, `debug`, `hedgewitch_server=trace`.
     pub log: String,
+    /// Registration lifetimes, contacts per user and NAT keep-alives (`[registrar]`).
     pub registrar: RegistrarConfig,
+    /// Digest authentication: algorithms offered and nonce lifetime (`[auth]`).
     pub auth: AuthConfig,
     /// The media relay (`[relay]`).
     pub relay: RelayConfig,
@@ -110,6 +119,7 @@ pub struct Config {
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
     pub features: FeatureCodes,
+    /// Ring times, redirect limit and other per-call settings (`[calls]`).
     pub calls: CallSettings,
     /// Ring groups (`[[group]]`).
     pub group: Vec<GroupSpec>,
@@ -121,6 +131,7 @@ pub struct Config {
     pub dialplan: Vec<RuleSpec>,
 }
 
+/// The `[registrar]` table: how long registrations last and how many are kept.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrarConfig {
@@ -139,12 +150,16 @@ pub struct RegistrarConfig {
     pub nat_ping_failures: u8,
 }
 
+/// The `[federation]` table: requests from other domains.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
+    /// `inbound`: `"open"` (any server), `"tls-only"` (only over TLS) or `"closed"` (403).
+    /// Default: open.
     pub inbound: InboundPolicy,
 }
 
+/// The `[dns]` table: which resolvers find other domains' servers.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
@@ -152,6 +167,8 @@ pub struct DnsConfig {
     pub servers: Vec<SocketAddr>,
 }
 
+/// The `[relay]` table: when media goes through the server, on which ports, and when an idle
+/// relayed call is ended.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
@@ -195,6 +212,7 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+/// The `[auth]` table: digest authentication (RFC 7616, RFC 8760).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -290,6 +308,7 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Parses and checks a config file's text; records whether it named `domain`.
     pub fn parse(text: &str) -> Result<Config, String> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         // A file that leaves `domain` out keeps the default; tell the two apart.
@@ -465,10 +484,12 @@ impl Config {
         crate::store::SqliteStore::open(&self.db_path())?.record_domain(&self.domain, true)
     }
 
+    /// The SQLite store: `hedgewitch.db` in the data folder.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("hedgewitch.db")
     }
 
+    /// The control channel's Unix socket: `control.sock` in the data folder.
     pub fn control_path(&self) -> PathBuf {
         self.data_dir.join("control.sock")
     }

@@ -48,6 +48,7 @@ impl Command {
         }
     }
 
+    /// The command a word on the wire names, if any (the inverse of `as_str`).
     pub fn parse(word: &str) -> Option<Command> {
         Command::ALL.into_iter().find(|c| c.as_str() == word)
     }
@@ -55,7 +56,9 @@ impl Command {
 
 /// A command that came in on the socket, with where its answer goes.
 pub struct Request {
+    /// What was asked.
     pub command: Command,
+    /// Takes the JSON answer written back to the client.
     pub reply: oneshot::Sender<serde_json::Value>,
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 /// Where a request for a domain may go, in the order to try.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
+    /// Transport and address of each server to try, best first.
     pub targets: Vec<(Transport, SocketAddr)>,
     /// How long the answer may be reused (the shortest TTL met).
     pub ttl: Duration,
@@ -36,19 +37,28 @@ pub struct Published {
 /// A NAPTR record as RFC 3263 reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Naptr {
+    /// Lower first; only the lowest order among usable records is considered.
     pub order: u16,
+    /// Lower first, within one order.
     pub preference: u16,
+    /// Only `"s"` (the replacement is an SRV name) is used.
     pub flags: String,
+    /// The service field, e.g. `SIP+D2U`, `SIP+D2T`, `SIPS+D2T`.
     pub service: String,
+    /// The SRV name to look up next.
     pub replacement: String,
 }
 
 /// An SRV record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Srv {
+    /// Lower first (RFC 2782).
     pub priority: u16,
+    /// Relative chance of being tried first among records of one priority.
     pub weight: u16,
+    /// The port the server listens on.
     pub port: u16,
+    /// The server's host name; `"."` means no service here.
     pub target: String,
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// Checked and fine.
     Ok,
     /// Works, but something a user would trip over later.
     Warning,
@@ -21,8 +22,11 @@ pub enum Level {
 /// One thing found, with the fix when there is one.
 #[derive(Clone, Debug)]
 pub struct Finding {
+    /// How bad it is.
     pub level: Level,
+    /// What was found, in a sentence.
     pub what: String,
+    /// What to do about it, if anything can be done.
     pub fix: Option<String>,
 }
 

@@ -9,36 +9,56 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// One thing for the event loop to handle, sent to it over a channel.
 pub enum Event {
+    /// A message framed on a stream connection (TCP or TLS); UDP is read by the loop itself.
     Message {
+        /// The connection it came in on.
         flow: Flow,
+        /// One whole message; when the framing is lost, the unframed rest of the stream, so
+        /// the core can answer it before the connection closes.
         data: Bytes,
     },
+    /// A stream connection was accepted or opened by us.
     ConnOpened {
+        /// Its number, used in `Flow::conn`.
         id: ConnId,
+        /// The peer's address.
         remote: SocketAddr,
+        /// Queues bytes for the connection's writer task.
         sender: mpsc::Sender<Bytes>,
     },
+    /// A stream connection ended (peer closed, read error, idle timeout or broken framing).
     ConnClosed {
+        /// Its number.
         id: ConnId,
+        /// The peer's address.
         remote: SocketAddr,
     },
+    /// A connection we opened to send a message failed (connect or TLS handshake refused or
+    /// timed out), so the message never left.
     SendFailed {
+        /// The client transaction that sent it, if any: it fails at once instead of timing out.
         key: Option<ClientTxId>,
+        /// Where it was going.
         remote: SocketAddr,
     },
     /// A command from the control socket, with where its answer goes.
     Control(Request),
     /// DNS answered a lookup of the core's (RFC 3263 targets, in order).
     Resolved {
+        /// The core's number for the lookup (from its resolve action).
         id: u64,
         /// The domain asked for: TLS targets must show a certificate for it (RFC 5922).
         host: String,
+        /// Where to send, best first; empty when nothing was found.
         targets: Vec<(Transport, SocketAddr)>,
+        /// How long the answer may be reused.
         ttl: Duration,
     },
     /// SIGHUP: re-read the config file and the store.
     Reload,
+    /// SIGTERM or SIGINT: stop the server.
     Shutdown,
 }
 

@@ -30,6 +30,7 @@ pub struct RecvBatch {
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
+    /// `n` datagrams per call, each up to the largest UDP payload.
     pub fn new(n: usize) -> RecvBatch {
         RecvBatch::with_slot(n, SLOT)
     }

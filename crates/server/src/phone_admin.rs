@@ -18,6 +18,7 @@ pub struct PhoneAdmin<'a> {
 }
 
 impl<'a> PhoneAdmin<'a> {
+    /// Opens the store and reads its phone-system settings.
     pub fn open(cfg: &'a Config) -> Result<PhoneAdmin<'a>, String> {
         let store = SqliteStore::open(&cfg.db_path())?;
         let stored = store.plan()?;
@@ -57,6 +58,7 @@ impl<'a> PhoneAdmin<'a> {
     }
 
     /// Whether the store holds a group of this name.
+    /// Whether the store holds a group of this name (config-file groups do not count).
     pub fn has_stored_group(&self, name: &str) -> bool {
         self.stored.groups.iter().any(|g| g.name == name)
     }
@@ -69,6 +71,8 @@ impl<'a> PhoneAdmin<'a> {
         self.commit(changed, |s| s.put_group(&g))
     }
 
+    /// Removes a stored group if the plan still holds without it; a group from the config
+    /// file is refused with a hint to remove it there.
     pub fn remove_group(&mut self, name: &str) -> Result<(), String> {
         if !self.has_stored_group(name) {
             return Err(if self.cfg.group.iter().any(|g| g.name == name) {
@@ -128,6 +132,8 @@ impl<'a> PhoneAdmin<'a> {
         self.commit(changed, |s| s.put_speed_dial(&d))
     }
 
+    /// Removes a stored speed dial: the user's own, or the system-wide one when `user` is
+    /// None. An error if there is no such stored speed dial.
     pub fn remove_speed_dial(&mut self, user: Option<&str>, code: &str) -> Result<(), String> {
         if !self.store.remove_speed_dial(user, code)? {
             return Err(format!("no stored speed dial `{code}`"));

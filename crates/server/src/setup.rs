@@ -8,9 +8,13 @@ use std::net::IpAddr;
 /// A listening socket as started: its transport, port and the address written in headers.
 #[derive(Clone, Copy, Debug)]
 pub struct Served {
+    /// UDP, TCP or TLS.
     pub transport: Transport,
+    /// The port it listens on.
     pub port: u16,
+    /// The address it is bound to (possibly a wildcard).
     pub bound: std::net::SocketAddr,
+    /// The address written in Via and Record-Route for it.
     pub advertised: IpAddr,
 }
 

@@ -27,7 +27,9 @@ pub struct TlsConfig {
 /// What the transports need.
 #[derive(Clone)]
 pub struct Tls {
+    /// Accepts TLS connections with our certificate; None without `certificate` and `key`.
     pub acceptor: Option<TlsAcceptor>,
+    /// Opens TLS connections to other servers, trusting the system's CAs and `ca_files`.
     pub connector: TlsConnector,
     /// The certificate the acceptor presents; a reload swaps what it holds, so a renewed
     /// certificate reaches the next handshake with no restart and no listener touched.
@@ -72,6 +74,8 @@ pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 }
 
 impl Tls {
+    /// Reads the certificate, key and CA files that `[tls]` names (TLS 1.2 and 1.3). A
+    /// certificate without a key, or a key without one, is an error.
     pub fn new(cfg: &TlsConfig) -> Result<Tls, String> {
         let served = match (&cfg.certificate, &cfg.key) {
             (Some(c), Some(k)) => Some(Arc::new(ServedCert(std::sync::RwLock::new(

@@ -30,6 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// Open stream connections, capped at `MAX_CONNECTIONS`.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Stream connections open at once; further incoming ones are refused with a warning.
 pub const MAX_CONNECTIONS: usize = 8192;
 /// Messages queued for one connection's writer; a peer that reads nothing is cut off.
 const WRITE_QUEUE: usize = 512;
@@ -54,6 +55,8 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// Binds a TCP listening socket (IPv6 only for an IPv6 address, so both wildcards can be
+/// bound; SO_REUSEADDR so a restart can bind at once).
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
@@ -79,6 +82,7 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// the socket (`sendmmsg`); the rare one that would block waits on a duplicate descriptor
 /// registered for writability only while it waits (`send_later`).
 pub struct UdpListener {
+    /// The address the socket is bound to.
     pub local: SocketAddr,
     socket: Arc<AsyncFd<std::net::UdpSocket>>,
     batch: RecvBatch,

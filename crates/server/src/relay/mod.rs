@@ -25,6 +25,8 @@ struct Open {
     shared: Arc<Shared>,
 }
 
+/// The media relay: a pool of UDP ports and the forwarding thread that moves packets
+/// between them; it implements the core's `MediaRelay`.
 pub struct Relay {
     pool: PortPool,
     commands: Sender<Command>,

@@ -10,32 +10,51 @@ pub mod writer;
 
 pub use hedgewitch_core::records::{StoredBinding, User};
 
+/// A store operation's outcome; the error is a message for the operator.
 pub type StoreResult<T> = Result<T, String>;
 
 /// One change to the stored registrations.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BindingWrite {
+    /// Insert or replace the binding of this user and contact.
     Put(StoredBinding),
-    Delete { aor: String, contact: String },
+    /// Remove one binding.
+    Delete {
+        /// The user's key (`name`, or `name@domain` in a further domain).
+        aor: String,
+        /// The contact URI as registered.
+        contact: String,
+    },
 }
 
+/// User accounts and registrations, as the daemon and the CLI read and write them.
 pub trait Store: Send {
+    /// Every account, in name order.
     fn users(&self) -> StoreResult<Vec<User>>;
+    /// One account by its key in the user table; None if there is none.
     fn user(&self, name: &str) -> StoreResult<Option<User>>;
     /// Fails with a clear message if the name or extension is taken.
     fn add_user(&self, user: &User) -> StoreResult<()>;
     /// Adds many users in one transaction: all or none.
     fn import_users(&mut self, users: &[User]) -> StoreResult<()>;
+    /// Overwrites the account of `user.name`; false if there is none.
     fn update_user(&self, user: &User) -> StoreResult<bool>;
+    /// Deletes an account and the bindings stored under its name; false if there was none.
     fn remove_user(&self, name: &str) -> StoreResult<bool>;
+    /// Every stored registration, in user then contact order.
     fn bindings(&self) -> StoreResult<Vec<StoredBinding>>;
+    /// Inserts or replaces the binding of this user and contact.
     fn put_binding(&self, b: &StoredBinding) -> StoreResult<()>;
+    /// Deletes one binding (no error if there is none).
     fn delete_binding(&self, aor: &str, contact: &str) -> StoreResult<()>;
+    /// Deletes all of a user's bindings.
     fn delete_bindings(&self, aor: &str) -> StoreResult<()>;
     /// Applies the changes in order, in one transaction: all or none.
     fn write_bindings(&mut self, batch: &[BindingWrite]) -> StoreResult<()>;
 }
 
+/// The `Store` in one SQLite file (`hedgewitch.db`), which also holds the phone-system
+/// settings made from the CLI or a phone and the domain the data folder was set up for.
 pub struct SqliteStore {
     conn: Connection,
 }
@@ -111,6 +130,8 @@ fn err(e: rusqlite::Error) -> String {
 }
 
 impl SqliteStore {
+    /// Opens the database at `path`, creating it and its folder if needed, and brings its
+    /// schema up to date. WAL mode, so the CLI can write while the daemon reads.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -132,6 +153,7 @@ impl SqliteStore {
         Ok(SqliteStore { conn })
     }
 
+    /// A fresh database in memory, for tests.
     pub fn in_memory() -> StoreResult<SqliteStore> {
         let conn = Connection::open_in_memory().map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
@@ -215,10 +237,12 @@ impl SqliteStore {
         Ok(n > 0)
     }
 
+    /// Stores a ring group (new, or replacing the one of its name).
     pub fn put_group(&self, g: &GroupSpec) -> StoreResult<()> {
         self.put_plan("group", &g.name, g)
     }
 
+    /// Deletes a stored ring group; false if there was none.
     pub fn remove_group(&self, name: &str) -> StoreResult<bool> {
         self.delete_plan("group", name)
     }
@@ -232,10 +256,13 @@ impl SqliteStore {
         }
     }
 
+    /// Stores a speed dial (new, or replacing the one of its code and user).
     pub fn put_speed_dial(&self, d: &SpeedDialSpec) -> StoreResult<()> {
         self.put_plan("speeddial", &speed_key(d.user.as_deref(), &d.code), d)
     }
 
+    /// Deletes a stored speed dial (the user's own, or the system-wide one when `user` is
+    /// None); false if there was none.
     pub fn remove_speed_dial(&self, user: Option<&str>, code: &str) -> StoreResult<bool> {
         self.delete_plan("speeddial", &speed_key(user, code))
     }

@@ -9,13 +9,19 @@ use crate::plan::settings::{ForwardSpec, PlanSettings};
 /// Writes from the core to the store, done on their own thread so a slow disk never stalls
 /// signalling.
 pub enum StoreOp {
+    /// Store a registration (new or refreshed); batched.
     Put(StoredBinding),
+    /// Remove one registration; batched.
     Delete {
+        /// The user's key (`name`, or `name@domain` in a further domain).
         aor: String,
+        /// The contact URI as registered.
         contact: String,
     },
     /// Read the users and the stored phone-system settings (after the writes before it).
     Load(std::sync::mpsc::Sender<Result<(Vec<User>, PlanSettings), String>>),
+    /// Store a user's forwarding as set from a phone (after the writes before it); a failure
+    /// is logged, and the forwarding then lasts until the next restart or reload.
     Forward(ForwardSpec),
 }
 
@@ -25,6 +31,8 @@ const STORE_BATCH: usize = 1024;
 /// interval instead of one per REGISTER (a crash loses at most this much; phones re-register).
 const STORE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Starts the writer thread, which owns `store`, and returns the sender for its work. The
+/// thread ends, after a last commit, when every sender is gone.
 pub fn spawn_store(mut store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
     use std::sync::mpsc::TryRecvError;
     let (tx, rx) = std::sync::mpsc::channel::<StoreOp>();
