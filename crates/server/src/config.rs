@@ -141,7 +141,7 @@ pub struct RegistrarConfig {
     pub min_expires: u32,
     /// Longer requests are shortened to this.
     pub max_expires: u32,
-    /// Contacts kept per user; the oldest goes when a new one would exceed it.
+    /// Contacts kept per user; beyond it the one closest to expiry is dropped.
     pub max_contacts: usize,
     /// Seconds between keep-alive OPTIONS to UDP phones behind NAT that do not re-register
     /// more often; 0 turns them off.

@@ -74,8 +74,8 @@ pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 }
 
 impl Tls {
-    /// Reads the certificate, key and CA files that `[tls]` names (TLS 1.2 and 1.3). A
-    /// certificate without a key, or a key without one, is an error.
+    /// Reads the certificate, key and CA files that `[tls]` names (TLS 1.2 and 1.3).
+    /// `certificate` without `key`, or `key` without `certificate`, is an error.
     pub fn new(cfg: &TlsConfig) -> Result<Tls, String> {
         let served = match (&cfg.certificate, &cfg.key) {
             (Some(c), Some(k)) => Some(Arc::new(ServedCert(std::sync::RwLock::new(
