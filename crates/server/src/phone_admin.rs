@@ -138,6 +138,10 @@ impl<'a> PhoneAdmin<'a> {
         if !self.store.remove_speed_dial(user, code)? {
             return Err(format!("no stored speed dial `{code}`"));
         }
+        // The admin's view follows the store, as after every other change.
+        self.stored
+            .speed_dials
+            .retain(|d| !(d.code == code && d.user.as_deref() == user));
         Ok(())
     }
 
