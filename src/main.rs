@@ -295,29 +295,12 @@ pub(crate) fn notify_daemon(cfg: &Config) {
     }
 }
 
-/// Passwords are hashed for the domain's realm: a running server that serves another domain
-/// (started on a host name, or before the folder recorded one) could never check them.
-fn same_domain_as_the_server(cfg: &Config) -> Result<(), String> {
-    let Ok(status) = control::request(&cfg.control_path(), control::Command::Status) else {
-        return Ok(());
-    };
-    match status.get("domain").and_then(|d| d.as_str()) {
-        Some(running) if running != cfg.domain => Err(format!(
-            "the running server serves `{running}`, but this command would hash the password \
-             for `{}`: the phone could never log in. Restart the server with --domain {}, or \
-             run this command with --domain {running}",
-            cfg.domain, cfg.domain
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
     if matches!(
         cmd,
         UserCommand::Add { .. } | UserCommand::Import { .. } | UserCommand::Passwd { .. }
     ) {
-        same_domain_as_the_server(cfg)?;
+        accounts::check_running_domain(cfg)?;
     }
     let mut store = SqliteStore::open(&cfg.db_path())?;
     match cmd {

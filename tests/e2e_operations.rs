@@ -260,11 +260,16 @@ fn json_logs_carry_the_same_fields() {
 /// `hedgewitch doctor` run where the server runs (its namespace: DNS and addresses as it sees
 /// them).
 fn doctor(srv: &Server, ns: &str) -> Ran {
+    doctor_with(srv, ns, &srv.config)
+}
+
+/// The same with another config file.
+fn doctor_with(srv: &Server, ns: &str, config: &std::path::Path) -> Ran {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_hedgewitch"))
         .arg("-c")
-        .arg(&srv.config)
+        .arg(config)
         .arg("doctor");
     run_bounded(
         &mut c,
@@ -349,18 +354,7 @@ fn doctor_finds_missing_users_and_checks_the_published_records() {
             ),
     )
     .expect("config");
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &ns])
-        .arg(env!("CARGO_BIN_EXE_hedgewitch"))
-        .arg("-c")
-        .arg(&other)
-        .arg("doctor");
-    let r = run_bounded(
-        &mut c,
-        None,
-        &srv.dir.join("doctor"),
-        Duration::from_secs(40),
-    );
+    let r = doctor_with(&srv, &ns, &other);
     assert!(
         r.stdout.contains(&format!(
             "PROBLEM  DNS sends requests for loop.test to udp:127.0.0.1:{port}: a loopback"

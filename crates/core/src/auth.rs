@@ -71,10 +71,13 @@ impl Authenticator {
 
 /// Failed requests seen lately, so that a retransmission (same source, Call-ID, CSeq and
 /// branch) is neither counted nor logged again. Challenges keep no transaction, so this is
-/// the only memory of them; bounded whatever senders do.
+/// the only memory of them; bounded whatever senders do, in entries and in bytes: a request is
+/// remembered by a keyed hash of its identifiers, never by the sender's strings.
 #[derive(Default)]
 pub(crate) struct RecentFailures {
-    seen: std::collections::HashMap<String, Instant>,
+    seen: std::collections::HashMap<u64, Instant>,
+    /// Keys the hashes per process, so a sender cannot aim at another request's entry.
+    keys: std::collections::hash_map::RandomState,
 }
 
 /// How long a failed request is remembered: a UDP request is retransmitted for 32 s at most
@@ -86,17 +89,11 @@ const MAX_REMEMBERED: usize = 4096;
 impl RecentFailures {
     /// True the first time this request fails (within the window).
     fn first(&mut self, now: Instant, msg: &Message, flow: Flow) -> bool {
-        let branch = msg
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
-        let key = format!(
-            "{}|{}|{}|{}",
-            flow.remote,
-            msg.call_id(),
-            msg.cseq().map_or(0, |c| c.0),
-            branch
-        );
+        use std::hash::BuildHasher;
+        let branch = msg.top_via().and_then(|v| v.branch().map(str::to_string));
+        let key = self
+            .keys
+            .hash_one((flow.remote, msg.call_id(), msg.cseq().map(|c| c.0), branch));
         if self
             .seen
             .get(&key)

@@ -60,6 +60,25 @@ pub fn new_user(cfg: &Config, name: &str, extension: Option<&str>, password: &st
     }
 }
 
+/// Passwords are hashed for the domain's realm: a running server that serves another domain
+/// (started on a host name, or before the folder recorded one) could never check them. Asked
+/// before a password is read; fine when no server runs.
+pub fn check_running_domain(cfg: &Config) -> Result<(), String> {
+    let Ok(status) = crate::control::request(&cfg.control_path(), crate::control::Command::Status)
+    else {
+        return Ok(());
+    };
+    match status.get("domain").and_then(|d| d.as_str()) {
+        Some(running) if running != cfg.domain => Err(format!(
+            "the running server serves `{running}`, but this command would hash the password \
+             for `{}`: the phone could never log in. Restart the server with --domain {}, or \
+             run this command with --domain {running}",
+            cfg.domain, cfg.domain
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The address a user is reached at: `sip:alice@example.org`.
 pub fn address(cfg: &Config, name: &str) -> String {
     if name.contains('@') {
