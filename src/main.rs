@@ -450,6 +450,9 @@ fn print_status(v: &serde_json::Value) {
         g("client_transactions"),
         g("proxy_contexts")
     );
+    if let Some(n) = v["relay_ports_ready"].as_u64() {
+        println!("relay          {n} port pairs ready");
+    }
     println!(
         "since start    {} requests, {} responses, {} malformed, {} calls, {} messages, {} auth failures",
         c("requests_in"),

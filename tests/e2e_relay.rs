@@ -238,7 +238,7 @@ fn an_abandoned_relay_is_released_after_the_no_media_timeout() {
 }
 
 /// A port range with room for one stream: the first call holds it, the second is refused
-/// with 503 before any phone rings; once the first call ends, its ports serve again.
+/// with 503 before any phone rings; once the first call ends, its ports serve a third.
 #[test]
 fn a_used_up_port_range_refuses_calls_with_503() {
     if !peers_available(&["sipp"]) {
@@ -265,6 +265,21 @@ fn a_used_up_port_range_refuses_calls_with_503() {
     assert_eq!(srv.counter("relay_full"), 1, "{:#}", srv.status());
     assert_both_ok(&first.wait(), &callee.wait());
     assert!(poll_until(Duration::from_secs(10), || calls(&srv).is_empty()));
+    // The freed ports are bound again for the next call, and it goes through the relay.
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            srv.status()["relay_ports_ready"].as_u64() == Some(2)
+        }),
+        "the ports did not come back: {:#}",
+        srv.status()
+    );
+    let (callee, third) = held_call(&srv, 2000);
+    let call = wait_call(&srv, "the third call answered", |c| {
+        c["state"] == "answered"
+    });
+    assert_eq!(call["media"], "relayed", "{call:#}");
+    assert_both_ok(&third.wait(), &callee.wait());
+    assert_eq!(srv.counter("relay_full"), 1, "{:#}", srv.status());
 }
 
 /// The call `caller` just dialled, answered by `callee` (their `n`-th established calls):

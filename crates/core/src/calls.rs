@@ -10,12 +10,14 @@
 //! line), so a call has at most one leg per family; when a branch answers, its leg is kept
 //! and the other closed.
 //!
-//! The relay itself (sockets, a forwarding thread) is behind `MediaRelay`, so this file stays
-//! free of I/O and its timeouts run on the core's clock.
+//! The relay itself (sockets, a forwarding thread) is the edge's: this file asks for streams,
+//! peers, counters and closes through actions (see `relay_ports`), so it stays free of I/O
+//! and its timeouts run on the core's clock.
 
+use super::relay_ports::{RelayPorts, RelayStream, RETRY};
 use super::route::Hop;
 use super::timers::TimerRef;
-use super::{Core, Flow};
+use super::{Action, Core, Flow};
 use sip::grammar::name_addr_list;
 use sip::header::HeaderName;
 use sip::message::Message;
@@ -32,21 +34,20 @@ const CALL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// whatever callers do).
 const MAX_CALLS: usize = 100_000;
 
-/// Calls in progress by Call-ID, and the media relay they use (when the daemon gave one).
+/// Calls in progress by Call-ID, and the relay ports they draw on (when the daemon has a
+/// relay).
 #[derive(Default)]
 pub(crate) struct CallTable {
     pub(crate) table: std::collections::HashMap<String, Call>,
-    relay: Option<Box<dyn MediaRelay>>,
+    ports: RelayPorts,
+    /// A retry of a short reserve is armed.
+    retry_armed: bool,
 }
 
 impl CallTable {
-    /// Gives the table the daemon's relay (tests give their own).
-    pub(crate) fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
-        self.relay = Some(relay);
-    }
-
-    pub(crate) fn has_relay(&self) -> bool {
-        self.relay.is_some()
+    /// Relay port pairs ready for new streams; None when the daemon has no relay.
+    pub(crate) fn relay_ports_ready(&self) -> Option<usize> {
+        self.ports.is_on().then(|| self.ports.ready())
     }
 }
 
@@ -81,15 +82,6 @@ impl Side {
     }
 }
 
-/// One relayed stream: a port pair (RTP, RTCP) facing each side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RelayStream {
-    /// The relay's id for the stream, given back to `set_peer`, `close` and `counters`.
-    pub id: u64,
-    /// `ports[Side::Caller]` is where the caller sends; `ports[Side::Callee]` the callee.
-    pub ports: [u16; 2],
-}
-
 /// What a stream has carried; index 0 is what came from the caller, 1 from the callee.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamCounters {
@@ -102,28 +94,6 @@ pub struct StreamCounters {
     pub dropped: u64,
     /// Each side's media source as learned from its packets.
     pub latched: [Option<SocketAddr>; 2],
-}
-
-/// The media relay as the core uses it.
-pub trait MediaRelay: Send {
-    /// A new stream whose caller-facing and callee-facing ports serve the address families of
-    /// `local`; None when the port range is used up.
-    fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream>;
-    /// Where `side` said it receives (SDP); used until its own packets say otherwise. Only
-    /// packets from that address's IP or from `signalling` (where the side's SIP comes from,
-    /// its NAT) may teach the relay a new address: nobody else can take the stream over.
-    fn set_peer(
-        &mut self,
-        id: u64,
-        side: Side,
-        rtp: SocketAddr,
-        rtcp: SocketAddr,
-        signalling: IpAddr,
-    );
-    /// Ends stream `id`: the relay stops forwarding it and its ports may serve another.
-    fn close(&mut self, id: u64);
-    /// What stream `id` has carried so far.
-    fn counters(&self, id: u64) -> StreamCounters;
 }
 
 /// One call in progress.
@@ -304,7 +274,7 @@ impl Core {
         if hops.is_empty() {
             return;
         }
-        let relayed = self.calls.relay.is_some()
+        let relayed = self.calls.ports.is_on()
             && match self.cfg.relay.mode {
                 RelayMode::Never => false,
                 RelayMode::Always => true,
@@ -400,7 +370,7 @@ impl Core {
         let Some(call) = self.calls.table.get(msg.call_id()) else {
             return Ok(None);
         };
-        if !call.relayed || !is_sdp(msg) || self.calls.relay.is_none() {
+        if !call.relayed || !is_sdp(msg) || !self.calls.ports.is_on() {
             return Ok(None);
         }
         let Some(desc) = Sdp::parse(msg.body()) else {
@@ -428,29 +398,27 @@ impl Core {
             Side::Callee => from,
         };
         let callee_local = self.local_ip(phone);
-        let (Some(call), Some(relay)) = (
-            self.calls.table.get_mut(msg.call_id()),
-            self.calls.relay.as_mut(),
-        ) else {
+        let (ports, out) = (&mut self.calls.ports, &mut self.out);
+        let Some(call) = self.calls.table.get_mut(msg.call_id()) else {
             return Ok(None);
         };
         let li = call.leg(callee_local);
         let caller_local = call.caller_local;
         let leg = &mut call.legs[li];
         let local = [caller_local, leg.local];
-        let mut ports = Vec::with_capacity(desc.media.len());
+        let mut offered = Vec::with_capacity(desc.media.len());
         for (i, m) in desc.media.iter().enumerate() {
             if leg.streams.len() <= i {
                 leg.streams.push(None);
             }
             if m.port == 0 {
-                ports.push(0);
+                offered.push(0);
                 continue;
             }
             let stream = match &leg.streams[i] {
                 Some((s, _)) => *s,
                 None => {
-                    let s = relay.open(local).ok_or(RelayFull)?;
+                    let s = ports.open(local, out).ok_or(RelayFull)?;
                     leg.streams[i] = Some((s, m.kind.to_string()));
                     s
                 }
@@ -462,15 +430,21 @@ impl Core {
                 } else {
                     SocketAddr::new(addr, m.rtcp_port.unwrap_or(m.port.saturating_add(1)))
                 };
-                relay.set_peer(stream.id, sender, rtp, rtcp, from.remote.ip());
+                out.push(Action::SetRelayPeer {
+                    stream: stream.id,
+                    side: sender,
+                    rtp,
+                    rtcp,
+                    signalling: from.remote.ip(),
+                });
             }
-            ports.push(stream.ports[toward_side as usize]);
+            offered.push(stream.ports[toward_side as usize]);
         }
         call.held = desc.on_hold();
         Ok(Some(sdp::rewrite(
             msg.body(),
             local[toward_side as usize],
-            &ports,
+            &offered,
         )))
     }
 
@@ -490,13 +464,11 @@ impl Core {
             .into_iter()
             .partition(|l| l.local.is_ipv4() == local.is_ipv4());
         c.legs = kept;
-        if let Some(relay) = self.calls.relay.as_mut() {
-            for leg in &closed {
-                for (s, _) in leg.streams.iter().flatten() {
-                    relay.close(s.id);
-                }
-            }
-        }
+        let streams = closed
+            .iter()
+            .flat_map(|l| l.streams.iter().flatten().map(|(s, _)| s.id))
+            .collect();
+        self.calls.ports.close(streams, None, &mut self.out);
     }
 
     /// Whether `tag` is the From tag of the INVITE that began call `call_id`.
@@ -520,33 +492,19 @@ impl Core {
             && c.callee_tag.as_deref().is_none_or(|t| tags.contains(&t))
     }
 
-    /// The call is over (BYE, failure, cancel, no media): its relay ports are freed.
-    pub(crate) fn call_end(&mut self, call_id: &str, why: &str) {
+    /// The call is over (BYE, failure, cancel, no media): its relay ports are freed, and
+    /// the edge logs what a relayed call's streams carried.
+    pub(crate) fn call_end(&mut self, call_id: &str, why: &'static str) {
         let Some(call) = self.calls.table.remove(call_id) else {
             return;
         };
-        let mut packets = [0u64; 2];
-        for (s, _) in call.streams() {
-            if let Some(relay) = self.calls.relay.as_mut() {
-                let c = relay.counters(s.id);
-                packets[0] += c.packets[0];
-                packets[1] += c.packets[1];
-                relay.close(s.id);
-            }
-        }
-        if call.relayed {
-            tracing::info!(
-                call_id,
-                why,
-                from_caller = packets[0],
-                from_callee = packets[1],
-                "relayed call ended; media ports freed"
-            );
-        }
+        let streams = call.streams().map(|(s, _)| s.id).collect();
+        let ended = call.relayed.then(|| (call_id.to_string(), why));
+        self.calls.ports.close(streams, ended, &mut self.out);
     }
 
-    /// The no-media timeout: an answered, relayed call whose streams carried nothing for
-    /// `relay.timeout` (`relay.hold_timeout` while on hold) is ended.
+    /// A call's media check is due (every `MEDIA_CHECK`): a call too old is forgotten, and
+    /// a relayed one's packet counters are asked of the edge (`handle_relay_counters`).
     pub(crate) fn media_check(&mut self, now: Instant, call_id: &str) {
         let Some(call) = self.calls.table.get(call_id) else {
             return;
@@ -554,43 +512,86 @@ impl Core {
         if now.saturating_duration_since(call.started) >= CALL_MAX_AGE {
             return self.call_end(call_id, "too old");
         }
-        let total: u64 = match self.calls.relay.as_ref() {
-            Some(relay) => call
-                .streams()
-                .map(|(s, _)| {
-                    let c = relay.counters(s.id);
-                    c.packets[0] + c.packets[1]
-                })
-                .sum(),
-            None => 0,
-        };
-        let limit = if call.held {
+        let streams: Vec<u64> = call.streams().map(|(s, _)| s.id).collect();
+        self.timers
+            .push(now + MEDIA_CHECK, TimerRef::Media(call_id.to_string()));
+        if streams.is_empty() {
+            self.media_seen(now, call_id, 0);
+        } else {
+            self.out.push(Action::QueryRelay {
+                call_id: call_id.to_string(),
+                streams,
+            });
+        }
+    }
+
+    /// The answer to `Action::QueryRelay`: the packets the call's streams have carried, both
+    /// ways, since they opened.
+    pub fn handle_relay_counters(&mut self, now: Instant, call_id: &str, packets: u64) {
+        self.media_seen(now, call_id, packets);
+    }
+
+    /// The no-media timeout: an answered, relayed call whose streams carried nothing for
+    /// `relay.timeout` (`relay.hold_timeout` while on hold) is ended.
+    fn media_seen(&mut self, now: Instant, call_id: &str, total: u64) {
+        let limit = if self.calls.table.get(call_id).is_some_and(|c| c.held) {
             self.cfg.relay.hold_timeout
         } else {
             self.cfg.relay.timeout
         };
-        let (answered, relayed) = (call.answered, call.relayed);
         let Some(call) = self.calls.table.get_mut(call_id) else {
             return;
         };
-        if total != call.packets_seen || !answered {
+        if total != call.packets_seen || !call.answered {
             call.packets_seen = total;
             call.quiet_since = now;
-        } else if relayed && now.saturating_duration_since(call.quiet_since) >= limit {
+        } else if call.relayed && now.saturating_duration_since(call.quiet_since) >= limit {
             tracing::warn!(
                 call_id,
                 secs = limit.as_secs(),
                 "no media on a relayed call; the relay is released"
             );
             self.counters.relay.relay_timeouts += 1;
-            return self.call_end(call_id, "no media");
+            self.call_end(call_id, "no media");
         }
-        self.timers
-            .push(now + MEDIA_CHECK, TimerRef::Media(call_id.to_string()));
     }
 
-    /// Calls in progress, oldest first, for `hedgewitch calls`.
-    pub fn calls(&self, now: Instant) -> Vec<CallView> {
+    /// The daemon has a media relay: from now on calls may use it, and the core keeps a
+    /// reserve of its ports bound (see `relay_ports`).
+    pub fn enable_relay(&mut self) {
+        let has = |v6: bool| self.cfg.listeners.iter().any(|l| l.host.is_ipv6() == v6);
+        let families = [has(false), has(true)];
+        self.calls.ports.enable(families);
+    }
+
+    /// Whether the daemon has a media relay.
+    pub fn has_relay(&self) -> bool {
+        self.calls.ports.is_on()
+    }
+
+    /// The answer to `Action::ReserveRelayPorts`: the RTP ports of the pairs the edge bound
+    /// (fewer than asked when the range is used up).
+    pub fn handle_relay_reserved(&mut self, now: Instant, ipv6: bool, ports: Vec<u16>) {
+        if self.calls.ports.reserved(ipv6, ports) && !self.calls.retry_armed {
+            self.calls.retry_armed = true;
+            self.timers.push(now + RETRY, TimerRef::RelayRetry);
+        }
+    }
+
+    /// A short reserve's retry is due.
+    pub(crate) fn relay_retry(&mut self) {
+        self.calls.retry_armed = false;
+        self.calls.ports.retry();
+    }
+
+    /// Tops up the relay's port reserve (before the actions are handed out).
+    pub(crate) fn relay_refill(&mut self) {
+        self.calls.ports.refill(&mut self.out);
+    }
+
+    /// Calls in progress, oldest first, for `hedgewitch calls`; `counters` gives what a
+    /// relay stream (by id) has carried, as the edge's relay knows it.
+    pub fn calls(&self, now: Instant, counters: impl Fn(u64) -> StreamCounters) -> Vec<CallView> {
         let mut out: Vec<(Instant, CallView)> = self
             .calls
             .table
@@ -599,12 +600,7 @@ impl Core {
                 let streams = c
                     .streams()
                     .map(|(s, kind)| {
-                        let n = self
-                            .calls
-                            .relay
-                            .as_ref()
-                            .map(|r| r.counters(s.id))
-                            .unwrap_or_default();
+                        let n = counters(s.id);
                         StreamView {
                             kind: kind.clone(),
                             caller_port: s.ports[0],

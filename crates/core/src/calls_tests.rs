@@ -1,5 +1,5 @@
-//! The call table and SDP rewriting for the media relay, in virtual time, with a relay that
-//! only records what it is asked.
+//! The call table and SDP rewriting for the media relay, in virtual time, with a relay edge
+//! that only records what it is asked and answers at once, as the daemon's does.
 
 use super::*;
 use std::collections::HashMap;
@@ -7,59 +7,81 @@ use std::sync::{Arc, Mutex};
 
 /// What the fake relay was asked, shared with the test.
 #[derive(Default)]
-struct Asked {
+pub(super) struct Asked {
     opened: Vec<RelayStream>,
-    /// The addresses each opened stream serves (caller-facing, callee-facing).
-    locals: Vec<[IpAddr; 2]>,
+    /// The addresses families each opened stream's pairs serve (caller-facing, callee-facing).
+    families: Vec<[bool; 2]>,
     peers: Vec<(u64, Side, SocketAddr, SocketAddr)>,
     closed: Vec<u64>,
     counters: HashMap<u64, StreamCounters>,
-    /// Streams it can still open.
+    /// Port pairs it can still bind.
     room: usize,
+    /// The next pair's RTP port.
+    next_port: u16,
 }
 
-struct FakeRelay(Arc<Mutex<Asked>>);
+/// The relay's side of the edge: it binds nothing, but hands out ports while it has room.
+pub(super) struct FakeRelay(Arc<Mutex<Asked>>);
 
-impl MediaRelay for FakeRelay {
-    fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream> {
-        let mut a = self.0.lock().unwrap();
-        if a.room == 0 {
-            return None;
-        }
-        a.room -= 1;
-        let n = a.opened.len() as u16;
-        let s = RelayStream {
-            id: u64::from(n) + 1,
-            ports: [30000 + 4 * n, 30002 + 4 * n],
+impl T {
+    /// Carries out the relay's actions (answering reserves and queries at once) and holds
+    /// the others for `sent()`, until the core asks nothing more of the relay.
+    pub(super) fn serve_relay(&mut self) {
+        let Some(FakeRelay(asked)) = &self.relay else {
+            return;
         };
-        a.opened.push(s);
-        a.locals.push(local);
-        Some(s)
-    }
-
-    fn set_peer(
-        &mut self,
-        id: u64,
-        side: Side,
-        rtp: SocketAddr,
-        rtcp: SocketAddr,
-        _signalling: IpAddr,
-    ) {
-        self.0.lock().unwrap().peers.push((id, side, rtp, rtcp));
-    }
-
-    fn close(&mut self, id: u64) {
-        self.0.lock().unwrap().closed.push(id);
-    }
-
-    fn counters(&self, id: u64) -> StreamCounters {
-        self.0
-            .lock()
-            .unwrap()
-            .counters
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
+        let asked = asked.clone();
+        loop {
+            let mut answered = false;
+            for a in self.core.take_actions() {
+                let mut k = asked.lock().unwrap();
+                match a {
+                    Action::ReserveRelayPorts { ipv6, count } => {
+                        let n = count.min(k.room);
+                        k.room -= n;
+                        let first = k.next_port;
+                        k.next_port += 2 * n as u16;
+                        let ports = (0..n as u16).map(|i| first + 2 * i).collect();
+                        drop(k);
+                        self.core.handle_relay_reserved(self.now, ipv6, ports);
+                        answered = true;
+                    }
+                    Action::OpenRelayStream { stream, ipv6 } => {
+                        k.opened.push(stream);
+                        k.families.push(ipv6);
+                    }
+                    Action::SetRelayPeer {
+                        stream,
+                        side,
+                        rtp,
+                        rtcp,
+                        ..
+                    } => k.peers.push((stream, side, rtp, rtcp)),
+                    Action::CloseRelayStreams { streams, .. } => {
+                        for s in &streams {
+                            k.counters.remove(s);
+                        }
+                        // The ports come back: 2 per stream.
+                        k.room += 2 * streams.len();
+                        k.closed.extend(streams);
+                    }
+                    Action::QueryRelay { call_id, streams } => {
+                        let packets = streams
+                            .iter()
+                            .filter_map(|s| k.counters.get(s))
+                            .map(|c| c.packets[0] + c.packets[1])
+                            .sum();
+                        drop(k);
+                        self.core.handle_relay_counters(self.now, &call_id, packets);
+                        answered = true;
+                    }
+                    other => self.held.push(other),
+                }
+            }
+            if !answered {
+                break;
+            }
+        }
     }
 }
 
@@ -90,11 +112,15 @@ impl T {
         let mut t = T::new();
         t.core.cfg.relay.mode = mode;
         t.core.cfg.relay.timeout = Duration::from_secs(20);
+        // Room for `room` streams (two pairs each).
         let asked = Arc::new(Mutex::new(Asked {
-            room,
+            room: 2 * room,
+            next_port: 30000,
             ..Default::default()
         }));
-        t.core.set_relay(Box::new(FakeRelay(asked.clone())));
+        t.relay = Some(FakeRelay(asked.clone()));
+        t.core.enable_relay();
+        t.serve_relay();
         t.register("bob", BOB, &[]);
         (t, asked)
     }
@@ -166,7 +192,7 @@ fn a_caller_behind_nat_is_relayed_and_only_addresses_and_ports_change() {
             )]
         );
     }
-    let views = t.core.calls(t.now);
+    let views = t.core.calls(t.now, |_| StreamCounters::default());
     assert_eq!(views.len(), 1);
     assert_eq!((views[0].media, views[0].state), ("relayed", "ringing"));
 
@@ -189,7 +215,10 @@ fn a_caller_behind_nat_is_relayed_and_only_addresses_and_ports_change() {
         addr("127.0.0.1:5000"),
         addr("127.0.0.1:5001")
     )));
-    assert_eq!(t.core.calls(t.now)[0].state, "answered");
+    assert_eq!(
+        t.core.calls(t.now, |_| StreamCounters::default())[0].state,
+        "answered"
+    );
 
     // alice hangs up: the relay's stream is closed and the call forgotten.
     let bye = format!(
@@ -203,7 +232,10 @@ Call-ID: relay-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
         .iter()
         .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Bye)));
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
-    assert!(t.core.calls(t.now).is_empty());
+    assert!(t
+        .core
+        .calls(t.now, |_| StreamCounters::default())
+        .is_empty());
 }
 
 #[test]
@@ -213,7 +245,10 @@ fn phones_that_reach_each_other_are_not_relayed_in_auto_mode() {
     let (inv, _) = t.call_bob(ALICE, ALICE, &offer, "direct-1");
     assert_eq!(body(&inv.unwrap()), offer, "SDP passed as it is");
     assert!(asked.lock().unwrap().opened.is_empty());
-    assert_eq!(t.core.calls(t.now)[0].media, "direct");
+    assert_eq!(
+        t.core.calls(t.now, |_| StreamCounters::default())[0].media,
+        "direct"
+    );
 
     // `always` relays the same call.
     let (mut t, asked) = T::with_relay(10, RelayMode::Always);
@@ -279,7 +314,12 @@ fn no_relay_ports_left_refuses_the_call_with_503() {
     let statuses: Vec<_> = out.iter().filter_map(|(_, m)| m.status()).collect();
     assert!(statuses.contains(&503), "{statuses:?}");
     assert_eq!(t.core.counters.relay.relay_full, 1);
-    assert!(t.core.calls(t.now).is_empty(), "the failed call is gone");
+    assert!(
+        t.core
+            .calls(t.now, |_| StreamCounters::default())
+            .is_empty(),
+        "the failed call is gone"
+    );
 }
 
 #[test]
@@ -289,7 +329,10 @@ fn a_failed_call_frees_its_relay_ports() {
     t.recv(BOB, &answer(&inv.unwrap(), 486, "Busy Here", "b"));
     assert!(t.sent_to_alice().iter().any(|m| m.status() == Some(486)));
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
-    assert!(t.core.calls(t.now).is_empty());
+    assert!(t
+        .core
+        .calls(t.now, |_| StreamCounters::default())
+        .is_empty());
 }
 
 #[test]
@@ -300,7 +343,7 @@ fn a_silent_answered_call_loses_its_relay_after_the_timeout_and_media_keeps_it()
     // Ringing for a long time is not "no media".
     t.recv(BOB, &answer(&inv, 180, "Ringing", "b"));
     t.advance(Duration::from_secs(60));
-    assert_eq!(t.core.calls(t.now).len(), 1);
+    assert_eq!(t.core.calls(t.now, |_| StreamCounters::default()).len(), 1);
     t.recv(BOB, &with_sdp(&answer(&inv, 200, "OK", "b"), ANSWER));
     let _ = t.sent();
     // Media flows: each check sees the counters move.
@@ -314,10 +357,17 @@ fn a_silent_answered_call_loses_its_relay_after_the_timeout_and_media_keeps_it()
         );
         t.advance(Duration::from_secs(5));
     }
-    assert_eq!(t.core.calls(t.now).len(), 1, "media keeps the call");
+    assert_eq!(
+        t.core.calls(t.now, |_| StreamCounters::default()).len(),
+        1,
+        "media keeps the call"
+    );
     // Then nothing for the timeout (20 s here): the relay is released.
     t.advance(Duration::from_secs(30));
-    assert!(t.core.calls(t.now).is_empty());
+    assert!(t
+        .core
+        .calls(t.now, |_| StreamCounters::default())
+        .is_empty());
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
     assert_eq!(t.core.counters.relay.relay_timeouts, 1);
 }
@@ -376,7 +426,10 @@ Call-ID: late-1\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@{BOB}>\r\nContent-Length:
         .expect("the re-INVITE reaches alice through her NAT");
     assert!(body(reinv).contains("m=audio 30000"));
     assert!(body(reinv).contains("a=sendonly"));
-    assert_eq!(t.core.calls(t.now)[0].state, "on hold");
+    assert_eq!(
+        t.core.calls(t.now, |_| StreamCounters::default())[0].state,
+        "on hold"
+    );
     assert_eq!(asked.lock().unwrap().opened.len(), 1, "no new ports");
 }
 
@@ -409,7 +462,10 @@ From: <sip:alice@example.test>;tag=ftalice\r\nTo: <sip:bob@example.test>\r\nCall
     t.recv(BOB, &answer(&inv, 487, "Request Terminated", "b"));
     assert!(t.sent_to_alice().iter().any(|m| m.status() == Some(487)));
     assert_eq!(asked.lock().unwrap().closed, vec![1]);
-    assert!(t.core.calls(t.now).is_empty());
+    assert!(t
+        .core
+        .calls(t.now, |_| StreamCounters::default())
+        .is_empty());
 }
 
 #[test]
@@ -421,7 +477,10 @@ fn an_ipv6_caller_and_an_ipv4_callee_are_relayed() {
     let inv = inv.expect("bob is rung");
     assert!(body(&inv).contains("c=IN IP4 127.0.0.1"), "{}", body(&inv));
     assert_eq!(asked.lock().unwrap().opened.len(), 1);
-    assert_eq!(t.core.calls(t.now)[0].media, "relayed");
+    assert_eq!(
+        t.core.calls(t.now, |_| StreamCounters::default())[0].media,
+        "relayed"
+    );
 }
 
 #[test]
@@ -451,7 +510,7 @@ Call-ID: full-2\r\nCSeq: 5 INVITE\r\nContact: <sip:alice@{ALICE_PRIVATE}>\r\nCon
         out.iter().map(|m| m.status()).collect::<Vec<_>>()
     );
     // The call and its audio stream go on.
-    assert_eq!(t.core.calls(t.now).len(), 1);
+    assert_eq!(t.core.calls(t.now, |_| StreamCounters::default()).len(), 1);
     assert!(asked.lock().unwrap().closed.is_empty());
 }
 
@@ -475,7 +534,7 @@ Call-ID: fork-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
     t.recv(ALICE_NAT, &bye("other", "z9hG4bKbyeo"));
     let _ = t.sent();
     assert!(asked.lock().unwrap().closed.is_empty(), "the call goes on");
-    assert_eq!(t.core.calls(t.now).len(), 1);
+    assert_eq!(t.core.calls(t.now, |_| StreamCounters::default()).len(), 1);
     // The answered dialog's BYE ends it.
     t.recv(ALICE_NAT, &bye("b", "z9hG4bKbyeb"));
     let _ = t.sent();
@@ -498,6 +557,9 @@ fn fork_to_both_families(
         addr: addr("[::1]:5060"),
         host: "::1".parse().unwrap(),
     });
+    // The relay serves the new listener's family too.
+    t.core.enable_relay();
+    t.serve_relay();
     t.register("bob", BOB6, &[]);
     let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
     let (_, out) = t.call_bob(ALICE, ALICE, &offer, call_id);
@@ -509,18 +571,16 @@ fn fork_to_both_families(
     };
     let (inv4, inv6) = (invite_to(BOB), invite_to(BOB6));
     let a = asked.lock().unwrap();
-    assert_eq!(a.opened.len(), 2, "one stream per family: {:?}", a.locals);
-    let lo4: IpAddr = "127.0.0.1".parse().unwrap();
-    let lo6: IpAddr = "::1".parse().unwrap();
-    let family = |callee: IpAddr| {
+    assert_eq!(a.opened.len(), 2, "one stream per family: {:?}", a.families);
+    let family = |callee_v6: bool| {
         let i = a
-            .locals
+            .families
             .iter()
-            .position(|l| *l == [lo4, callee])
-            .unwrap_or_else(|| panic!("no stream facing {callee}: {:?}", a.locals));
+            .position(|f| *f == [false, callee_v6])
+            .unwrap_or_else(|| panic!("no stream facing IPv6={callee_v6}: {:?}", a.families));
         a.opened[i]
     };
-    let (s4, s6) = (family(lo4), family(lo6));
+    let (s4, s6) = (family(false), family(true));
     // alice's media address is given to both streams: whichever phone answers, the relay
     // knows where she listens.
     for s in [s4, s6] {
@@ -543,7 +603,7 @@ fn fork_to_both_families(
 /// IPv6 too. Crypto stays end to end in both.
 #[test]
 fn a_forked_call_offers_each_phone_the_relay_in_its_own_family() {
-    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (mut t, asked) = T::with_relay(100, RelayMode::Auto);
     let (inv4, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-1");
     let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
     assert_eq!(
@@ -557,7 +617,7 @@ fn a_forked_call_offers_each_phone_the_relay_in_its_own_family() {
             .replace("m=audio 4000", &format!("m=audio {}", s6.ports[1]))
     );
     assert_ne!(s4.ports[1], s6.ports[1]);
-    let views = t.core.calls(t.now);
+    let views = t.core.calls(t.now, |_| StreamCounters::default());
     assert_eq!((views[0].media, views[0].state), ("relayed", "ringing"));
     assert_eq!(views[0].streams.len(), 2, "both legs listed while ringing");
 }
@@ -567,7 +627,7 @@ fn a_forked_call_offers_each_phone_the_relay_in_its_own_family() {
 /// stream, and the IPv4 leg's stream is closed. The BYE closes the one left.
 #[test]
 fn when_the_ipv6_phone_answers_the_relay_pairs_alice_with_it() {
-    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (mut t, asked) = T::with_relay(100, RelayMode::Auto);
     let (_, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-2");
     let answer6 = ANSWER.replace("IN IP4 127.0.0.1", "IN IP6 ::1");
     t.recv(BOB6, &with_sdp(&answer(&inv6, 200, "OK", "b6"), &answer6));
@@ -593,7 +653,7 @@ fn when_the_ipv6_phone_answers_the_relay_pairs_alice_with_it() {
         );
         assert_eq!(a.closed, vec![s4.id], "the IPv4 leg is closed");
     }
-    let views = t.core.calls(t.now);
+    let views = t.core.calls(t.now, |_| StreamCounters::default());
     assert_eq!(views[0].state, "answered");
     assert_eq!(views[0].streams.len(), 1);
     assert_eq!(
@@ -633,14 +693,17 @@ Call-ID: dual-2\r\nCSeq: 6 BYE\r\nContent-Length: 0\r\n\r\n"
     t.recv(ALICE, &bye);
     let _ = t.sent();
     assert_eq!(asked.lock().unwrap().closed, vec![s4.id, s6.id]);
-    assert!(t.core.calls(t.now).is_empty());
+    assert!(t
+        .core
+        .calls(t.now, |_| StreamCounters::default())
+        .is_empty());
 }
 
 /// The IPv4 phone answers instead: the IPv4 leg is kept, the IPv6 one closed; a late 2xx
 /// from the IPv6 phone (it answered too) does not steer the relay away from the call.
 #[test]
 fn when_the_ipv4_phone_answers_the_relay_pairs_alice_with_it() {
-    let (mut t, asked) = T::with_relay(10, RelayMode::Auto);
+    let (mut t, asked) = T::with_relay(100, RelayMode::Auto);
     let (inv4, inv6, s4, s6) = fork_to_both_families(&mut t, &asked, "dual-3");
     t.recv(BOB, &with_sdp(&answer(&inv4, 200, "OK", "b4"), ANSWER));
     let ok = t
@@ -676,7 +739,7 @@ fn when_the_ipv4_phone_answers_the_relay_pairs_alice_with_it() {
     );
     assert_eq!(a.opened.len(), 2, "no stream opened for the second answer");
     drop(a);
-    let views = t.core.calls(t.now);
+    let views = t.core.calls(t.now, |_| StreamCounters::default());
     assert_eq!(views[0].streams.len(), 1);
     assert_eq!(views[0].streams[0].callee_port, s4.ports[1]);
 }

@@ -14,17 +14,19 @@ pub mod plan;
 mod proxy;
 pub mod records;
 mod registrar;
+mod relay_ports;
 mod route;
 mod timers;
 mod transactions;
 mod views;
 
-pub use calls::{CallView, MediaRelay, RelayMode, RelayStream, Side, StreamCounters, StreamView};
+pub use calls::{CallView, RelayMode, Side, StreamCounters, StreamView};
 pub use flow::{ConnId, Flow, Transport};
 pub use handles::ClientTxId;
 pub use location::{Binding, Location};
 pub(crate) use records::Users;
 pub use records::{StoredBinding, User};
+pub use relay_ports::RelayStream;
 pub(crate) use transactions::{
     client_key, first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine,
     ServerTx,
@@ -76,6 +78,55 @@ pub enum Action {
         id: u64,
         /// What to look up.
         query: DnsQuery,
+    },
+    /// Bind up to `count` more RTP/RTCP port pairs (an even port and the one above) of an
+    /// address family for the media relay, and report the RTP ports bound through
+    /// `handle_relay_reserved` (fewer than asked when the range is used up).
+    ReserveRelayPorts {
+        /// The family: IPv6 when set, else IPv4.
+        ipv6: bool,
+        /// How many pairs are wanted.
+        count: usize,
+    },
+    /// Start relaying a stream between two reserved pairs: `stream.ports[0]` faces the caller,
+    /// `stream.ports[1]` the callee; `ipv6` gives each pair's family.
+    OpenRelayStream {
+        /// The stream's id and ports.
+        stream: RelayStream,
+        /// Whether each pair (caller-facing, callee-facing) is IPv6.
+        ipv6: [bool; 2],
+    },
+    /// Where `side` of a stream said it receives (its SDP); used until its own packets say
+    /// otherwise. Only packets from that address's IP or from `signalling` (where the side's
+    /// SIP comes from, its NAT) may teach the relay a new address: nobody else can take the
+    /// stream over.
+    SetRelayPeer {
+        /// The stream's id.
+        stream: u64,
+        /// Which side sent the SDP.
+        side: Side,
+        /// Its RTP address.
+        rtp: SocketAddr,
+        /// Its RTCP address (the RTP one with rtcp-mux).
+        rtcp: SocketAddr,
+        /// The IP its signalling comes from.
+        signalling: IpAddr,
+    },
+    /// Stop relaying `streams` and free their ports. When `ended` is set, a relayed call
+    /// ended (its Call-ID, and why): the edge logs what its streams carried.
+    CloseRelayStreams {
+        /// The streams' ids.
+        streams: Vec<u64>,
+        /// The Call-ID and the reason of a relayed call that ended.
+        ended: Option<(String, &'static str)>,
+    },
+    /// Report the packets `streams` have carried (both ways, summed) through
+    /// `handle_relay_counters(call_id, ...)`: the no-media timeout needs them.
+    QueryRelay {
+        /// The call they belong to.
+        call_id: String,
+        /// Its streams' ids.
+        streams: Vec<u64>,
     },
 }
 
@@ -202,21 +253,27 @@ pub enum InboundPolicy {
 ///    [`handle_send_failure`](Core::handle_send_failure) when an [`Action::Send`] with a `key`
 ///    could not be sent, [`handle_unreachable`](Core::handle_unreachable) when a UDP peer
 ///    answered with an ICMP error, [`handle_resolved`](Core::handle_resolved) with the answer
-///    to an [`Action::Resolve`], and [`handle_timeout`](Core::handle_timeout) once the
-///    deadline from `poll_timeout` has come.
+///    to an [`Action::Resolve`], [`handle_relay_reserved`](Core::handle_relay_reserved) and
+///    [`handle_relay_counters`](Core::handle_relay_counters) with the media relay's answers
+///    to [`Action::ReserveRelayPorts`] and [`Action::QueryRelay`], and
+///    [`handle_timeout`](Core::handle_timeout) once the deadline from `poll_timeout` has come.
 /// 2. **Drain the actions**: [`take_actions`](Core::take_actions) returns what the inputs
 ///    produced, in order (messages to send, registrations to store or delete, forwarding to
-///    save, DNS lookups to make), and the owner carries out each one. What comes of them
-///    comes back as inputs: a failed send, a DNS answer, the peer's reply.
+///    save, DNS lookups to make, relay streams to open, steer, query or close), and the owner
+///    carries out each one. What comes of them comes back as inputs: a failed send, a DNS
+///    answer, the relay's ports and counters, the peer's reply. The relay's answers are
+///    expected before the next input (the daemon gives them at once): a message that needs
+///    relay ports takes them from the reserve those answers fill.
 /// 3. **Ask for the next deadline**: [`poll_timeout`](Core::poll_timeout) gives the
 ///    earliest time a timer is due. The owner waits until then or until the next input,
 ///    whichever comes first. Any input may set an earlier timer, so the deadline is asked
 ///    again after each round.
 ///
 /// Every input but `handle_stun` (which needs none) carries the current time as `now`: the
-/// core never reads a clock, never blocks, spawns nothing and does no I/O of its own. (The
-/// media relay given with [`set_relay`](Core::set_relay) is called in place, behind the
-/// [`MediaRelay`] trait.) `handle_timeout` runs only the timers due at its `now`: called
+/// core never reads a clock, never blocks, spawns nothing and does no I/O of its own (the
+/// media relay's sockets are the owner's, driven by actions once
+/// [`enable_relay`](Core::enable_relay) says there is one). `handle_timeout` runs only the
+/// timers due at its `now`: called
 /// early it does nothing, called late it runs them late.
 ///
 /// Actions that are not drained are not lost: they accumulate in the core, in order, until
@@ -352,16 +409,6 @@ impl Core {
         }
     }
 
-    /// Gives the core a media relay (the daemon's; tests use their own).
-    pub fn set_relay(&mut self, relay: Box<dyn MediaRelay>) {
-        self.calls.set_relay(relay);
-    }
-
-    /// Whether the daemon gave the core a media relay.
-    pub fn has_relay(&self) -> bool {
-        self.calls.has_relay()
-    }
-
     /// Takes the settings that can change while running (a reload): registrar limits and
     /// keep-alives, authentication, the relay's mode and timeouts, the inbound policy. The
     /// domain, listeners and route key stay: they need a restart. Calls and registrations in
@@ -393,6 +440,7 @@ impl Core {
 
     /// The actions produced since the last call.
     pub fn take_actions(&mut self) -> Vec<Action> {
+        self.relay_refill();
         std::mem::take(&mut self.out)
     }
 
@@ -497,6 +545,7 @@ impl Core {
                 TimerRef::HuntOverall(ctx) => self.hunt_timer(now, ctx, None),
                 TimerRef::NatPing(aor, contact) => self.nat_ping(now, &aor, &contact),
                 TimerRef::Media(call_id) => self.media_check(now, &call_id),
+                TimerRef::RelayRetry => self.relay_retry(),
             }
         }
     }

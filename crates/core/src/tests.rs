@@ -15,6 +15,11 @@ struct T {
     seq: u32,
     /// Actions other than sends, kept by `sent()`.
     stash: Vec<Action>,
+    /// The media relay's part of the edge, when a test gives the core one: it answers the
+    /// relay's actions as soon as they come (see `calls_tests`).
+    relay: Option<calls_tests::FakeRelay>,
+    /// Actions taken while serving the relay, for `sent()`.
+    held: Vec<Action>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -141,6 +146,8 @@ impl T {
             now,
             seq: 0,
             stash: vec![],
+            relay: None,
+            held: vec![],
         }
     }
 
@@ -177,12 +184,14 @@ impl T {
         let text = self.signed(text);
         self.core
             .handle_message(self.now, udp(from), Bytes::copy_from_slice(text.as_bytes()));
+        self.serve_relay();
     }
 
     fn recv_flow(&mut self, flow: Flow, text: &str) {
         let text = self.signed(text);
         self.core
             .handle_message(self.now, flow, Bytes::copy_from_slice(text.as_bytes()));
+        self.serve_relay();
     }
 
     /// In-dialog requests written by the tests name our Record-Route as `<sip:SERVER;lr>`:
@@ -206,7 +215,10 @@ impl T {
     /// Everything sent since the last call, parsed.
     fn sent(&mut self) -> Vec<(Flow, Message)> {
         let mut out = vec![];
-        for a in self.core.take_actions() {
+        self.serve_relay();
+        let mut actions = std::mem::take(&mut self.held);
+        actions.extend(self.core.take_actions());
+        for a in actions {
             match a {
                 // STUN answers are not SIP: tests look at them through the counters.
                 Action::Send { data, .. } if sip::stun::is_stun(&data) => {}
@@ -224,6 +236,7 @@ impl T {
         while let Some(t) = self.core.poll_timeout().filter(|t| *t <= end) {
             self.now = self.now.max(t);
             self.core.handle_timeout(self.now);
+            self.serve_relay();
         }
         self.now = end;
     }

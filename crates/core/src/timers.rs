@@ -22,6 +22,8 @@ pub(crate) enum TimerRef {
     NatPing(String, String),
     /// A call's media counters are due a look (no-media timeout), by Call-ID.
     Media(String),
+    /// The relay's port reserve could not be filled: ask again.
+    RelayRetry,
 }
 
 #[derive(Default)]

@@ -91,6 +91,8 @@ pub struct Status {
     pub proxy_contexts: usize,
     /// Calls in the call table.
     pub calls: usize,
+    /// Relay port pairs bound and ready for new calls' streams (None: no media relay).
+    pub relay_ports_ready: Option<usize>,
     /// The counters since start.
     pub counters: Counters,
 }
@@ -135,6 +137,7 @@ impl Core {
             client_transactions: self.tx.clients.len(),
             proxy_contexts: self.proxy.contexts.len(),
             calls: self.calls.table.len(),
+            relay_ports_ready: self.calls.relay_ports_ready(),
             counters: self.counters.clone(),
         }
     }

@@ -5,7 +5,7 @@
 mod forwarder;
 mod ports;
 
-use crate::core::{MediaRelay, RelayStream, Side, StreamCounters};
+use crate::core::{RelayStream, Side, StreamCounters};
 use forwarder::{Command, Engine, Shared};
 use ports::PortPool;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -25,31 +25,46 @@ struct Open {
     shared: Arc<Shared>,
 }
 
-/// The media relay: a pool of UDP ports and the forwarding thread that moves packets
-/// between them; it implements the core's `MediaRelay`.
+/// A bound RTP/RTCP pair waiting in the core's reserve, by family (IPv6?) and RTP port.
+type Reserved = HashMap<(bool, u16), [UdpSocket; 2]>;
+
+/// The media relay: a pool of UDP ports, the pairs bound ahead for the core's reserve, and
+/// the forwarding thread that moves packets between the pairs of each open stream. The core
+/// drives it through its relay actions (`core::Action::ReserveRelayPorts` and the others).
 pub struct Relay {
     pool: PortPool,
     commands: Sender<Command>,
     wake: Arc<OwnedFd>,
+    reserved: Reserved,
     streams: HashMap<u64, Open>,
-    next_id: u64,
+    /// The last reserve of each family (IPv4, IPv6) came back short: said once in the log.
+    short: [bool; 2],
 }
 
-/// A UDP socket on the wildcard address of `family`'s kind, port `port`, non-blocking.
-fn bind(family: IpAddr, port: u16) -> io::Result<UdpSocket> {
-    let (domain, any) = match family {
-        IpAddr::V4(_) => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        IpAddr::V6(_) => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+/// A UDP socket on the wildcard address of one family, port `port`, non-blocking.
+fn bind(ipv6: bool, port: u16) -> io::Result<UdpSocket> {
+    let (domain, any) = if ipv6 {
+        (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    if family.is_ipv6() {
+    if ipv6 {
         s.set_only_v6(true)?;
     }
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::new(any, port).into())?;
     Ok(s.into())
+}
+
+/// Makes a reserved socket ready to carry a stream: big buffers, and nothing that arrived
+/// while it waited (a stranger's packets must not be the first the stream sees).
+fn ready(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let mut buf = [0u8; 64];
+    while sock.recv_from(&mut buf).is_ok() {}
 }
 
 impl Relay {
@@ -65,8 +80,9 @@ impl Relay {
             pool: PortPool::new(lo, hi),
             commands: tx,
             wake,
+            reserved: HashMap::new(),
             streams: HashMap::new(),
-            next_id: 1,
+            short: [false; 2],
         })
     }
 
@@ -76,14 +92,22 @@ impl Relay {
         }
     }
 
-    /// An RTP/RTCP socket pair for one side, from the pool. A port that cannot be bound
-    /// (another program holds it, or the forwarding thread has not closed it yet) goes to
-    /// the back of the pool; None when every free port was tried.
-    fn pair(&mut self, family: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
-        for _ in 0..self.pool.available() {
-            let port = self.pool.take()?;
-            match (bind(family, port), bind(family, port + 1)) {
-                (Ok(rtp), Ok(rtcp)) => return Some((port, rtp, rtcp)),
+    /// Binds up to `count` RTP/RTCP pairs of one family from the pool and keeps them for
+    /// `open`; returns their RTP ports. A port that cannot be bound (another program holds
+    /// it, or the forwarding thread has not closed it yet) goes to the back of the pool;
+    /// fewer pairs come back when the free ports tried (a few per pair wanted, so a range
+    /// held by another program costs little) could not all be bound.
+    pub fn reserve(&mut self, ipv6: bool, count: usize) -> Vec<u16> {
+        let mut got = Vec::with_capacity(count);
+        let mut tries = self.pool.available().min(4 * count + 8);
+        while got.len() < count && tries > 0 {
+            tries -= 1;
+            let Some(port) = self.pool.take() else { break };
+            match (bind(ipv6, port), bind(ipv6, port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    self.reserved.insert((ipv6, port), [rtp, rtcp]);
+                    got.push(port);
+                }
                 (r, c) => {
                     let e = r.err().or(c.err());
                     tracing::debug!(port, "relay port busy, tried later: {e:?}");
@@ -91,40 +115,46 @@ impl Relay {
                 }
             }
         }
-        None
+        let short = got.len() < count;
+        if short && !self.short[usize::from(ipv6)] {
+            tracing::warn!(
+                ipv6,
+                wanted = count,
+                bound = got.len(),
+                "media relay ports used up"
+            );
+        }
+        self.short[usize::from(ipv6)] = short;
+        got
     }
 
-    /// Even ports still free (for status and tests).
-    pub fn available(&self) -> usize {
-        self.pool.available()
-    }
-}
-
-impl MediaRelay for Relay {
-    fn open(&mut self, local: [IpAddr; 2]) -> Option<RelayStream> {
-        let Some((caller_port, a_rtp, a_rtcp)) = self.pair(local[0]) else {
-            tracing::warn!("media relay ports used up");
-            return None;
+    /// Starts relaying `stream` between two reserved pairs (`ipv6` gives each one's family).
+    pub fn open(&mut self, stream: RelayStream, ipv6: [bool; 2]) {
+        let [a, b] = [0, 1].map(|i| self.reserved.remove(&(ipv6[i], stream.ports[i])));
+        let (Some([a_rtp, a_rtcp]), Some([b_rtp, b_rtcp])) = (a, b) else {
+            tracing::error!(id = stream.id, ports = ?stream.ports, "relay stream on ports not reserved");
+            return;
         };
-        let Some((callee_port, b_rtp, b_rtcp)) = self.pair(local[1]) else {
-            self.pool.give_back(caller_port);
-            tracing::warn!("media relay ports used up");
-            return None;
-        };
-        let id = self.next_id;
-        self.next_id += 1;
+        for s in [&a_rtp, &a_rtcp, &b_rtp, &b_rtcp] {
+            ready(s);
+        }
         let shared = Arc::new(Shared::default());
         self.send(Command::Add {
-            id,
+            id: stream.id,
             socks: [a_rtp, a_rtcp, b_rtp, b_rtcp],
             shared: shared.clone(),
         });
-        let ports = [caller_port, callee_port];
-        self.streams.insert(id, Open { ports, shared });
-        Some(RelayStream { id, ports })
+        self.streams.insert(
+            stream.id,
+            Open {
+                ports: stream.ports,
+                shared,
+            },
+        );
     }
 
-    fn set_peer(
+    /// Where `side` of stream `id` said it receives (see `core::Action::SetRelayPeer`).
+    pub fn set_peer(
         &mut self,
         id: u64,
         side: Side,
@@ -141,7 +171,8 @@ impl MediaRelay for Relay {
         });
     }
 
-    fn close(&mut self, id: u64) {
+    /// Ends stream `id`: the forwarding thread drops it and its ports go back to the pool.
+    pub fn close(&mut self, id: u64) {
         if let Some(open) = self.streams.remove(&id) {
             self.send(Command::Remove { id });
             for p in open.ports {
@@ -150,7 +181,8 @@ impl MediaRelay for Relay {
         }
     }
 
-    fn counters(&self, id: u64) -> StreamCounters {
+    /// What stream `id` has carried so far.
+    pub fn counters(&self, id: u64) -> StreamCounters {
         let Some(open) = self.streams.get(&id) else {
             return StreamCounters::default();
         };
@@ -162,12 +194,43 @@ impl MediaRelay for Relay {
             latched: s.latched.lock().map(|l| *l).unwrap_or_default(),
         }
     }
+
+    /// Packets from the caller and from the callee over `streams`, summed.
+    pub fn packets(&self, streams: &[u64]) -> [u64; 2] {
+        streams.iter().fold([0, 0], |acc, id| {
+            let c = self.counters(*id);
+            [acc[0] + c.packets[0], acc[1] + c.packets[1]]
+        })
+    }
+
+    /// Even ports still free (for status and tests).
+    pub fn available(&self) -> usize {
+        self.pool.available()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A stream the way the core makes one: two IPv4 pairs reserved, then joined.
+    fn open(relay: &mut Relay, id: u64) -> Option<RelayStream> {
+        let ports = relay.reserve(false, 2);
+        if ports.len() < 2 {
+            for p in ports {
+                relay.reserved.remove(&(false, p));
+                relay.pool.give_back(p);
+            }
+            return None;
+        }
+        let s = RelayStream {
+            id,
+            ports: [ports[0], ports[1]],
+        };
+        relay.open(s, [false, false]);
+        Some(s)
+    }
 
     fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -183,7 +246,7 @@ mod tests {
     fn forwards_both_ways_and_latches() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut relay = Relay::start(42000, 42099).unwrap();
-        let s = relay.open([lo, lo]).unwrap();
+        let s = open(&mut relay, 1).unwrap();
         let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
         // The callee's SDP is right; the caller's names a private address (behind NAT).
@@ -224,7 +287,7 @@ mod tests {
     fn a_new_address_in_sdp_is_learned_again() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut relay = Relay::start(42400, 42499).unwrap();
-        let s = relay.open([lo, lo]).unwrap();
+        let s = open(&mut relay, 1).unwrap();
         let old = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (o, c) = (old.local_addr().unwrap(), callee.local_addr().unwrap());
@@ -250,7 +313,7 @@ mod tests {
     fn a_stranger_cannot_take_an_unlearned_side() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut relay = Relay::start(42600, 42699).unwrap();
-        let s = relay.open([lo, lo]).unwrap();
+        let s = open(&mut relay, 1).unwrap();
         let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
         let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
@@ -276,16 +339,15 @@ mod tests {
 
     #[test]
     fn runs_dry_and_recovers() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
         // Room for two sides of one stream: 42200/1 and 42202/3.
         let mut relay = Relay::start(42200, 42203).unwrap();
-        let s = relay.open([lo, lo]).unwrap();
-        assert!(relay.open([lo, lo]).is_none(), "no ports left");
+        let s = open(&mut relay, 1).unwrap();
+        assert!(open(&mut relay, 2).is_none(), "no ports left");
         relay.close(s.id);
         // The forwarding thread closes the sockets when it gets to the command.
         let back = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            relay.open([lo, lo]).is_some()
+            open(&mut relay, 3).is_some()
         });
         assert!(back, "ports are back");
     }

@@ -1,6 +1,6 @@
 //! The edge: the sockets and queues the core's actions go out through (UDP in batches, stream
-//! connections, new connections for TLS with the name to verify), DNS lookups, and store
-//! writes handed to the store's thread.
+//! connections, new connections for TLS with the name to verify), DNS lookups, store
+//! writes handed to the store's thread, and the media relay's streams.
 
 use crate::core::{Action, ClientTxId, ConnId, Core, Flow, Transport};
 use crate::event::Event;
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdUdp};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -32,6 +32,8 @@ pub(super) struct Edge {
     pub(super) tls_names: HashMap<SocketAddr, String>,
     /// Destinations that answered with ICMP errors, for the core.
     pub(super) unreachable: Vec<SocketAddr>,
+    /// The media relay, when it runs (`relay.mode` is not "never" and its thread started).
+    pub(super) relay: Option<crate::relay::Relay>,
 }
 
 impl Edge {
@@ -54,8 +56,23 @@ impl Edge {
         transport::udp_drops(&sockets)
     }
 
+    /// Carries out the core's actions, until the answers they feed back (the relay's) leave
+    /// none.
     pub(super) fn execute(&mut self, core: &mut Core) {
-        for action in core.take_actions() {
+        loop {
+            let actions = core.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                self.carry_out(core, action);
+            }
+        }
+        self.flush_udp();
+    }
+
+    fn carry_out(&mut self, core: &mut Core, action: Action) {
+        {
             match action {
                 Action::Send { flow, data, key } => {
                     if tracing::enabled!(tracing::Level::DEBUG) {
@@ -111,9 +128,51 @@ impl Edge {
                         );
                     }
                 }
+                relay => self.carry_out_relay(core, relay),
             }
         }
-        self.flush_udp();
+    }
+
+    /// The media relay's actions; reserves and queries are answered at once.
+    fn carry_out_relay(&mut self, core: &mut Core, action: Action) {
+        let Some(relay) = self.relay.as_mut() else {
+            tracing::error!("a relay action with no relay running: {action:?}");
+            return;
+        };
+        match action {
+            Action::ReserveRelayPorts { ipv6, count } => {
+                let ports = relay.reserve(ipv6, count);
+                core.handle_relay_reserved(Instant::now(), ipv6, ports);
+            }
+            Action::OpenRelayStream { stream, ipv6 } => relay.open(stream, ipv6),
+            Action::SetRelayPeer {
+                stream,
+                side,
+                rtp,
+                rtcp,
+                signalling,
+            } => relay.set_peer(stream, side, rtp, rtcp, signalling),
+            Action::CloseRelayStreams { streams, ended } => {
+                if let Some((call_id, why)) = ended {
+                    let [from_caller, from_callee] = relay.packets(&streams);
+                    tracing::info!(
+                        call_id,
+                        why,
+                        from_caller,
+                        from_callee,
+                        "relayed call ended; media ports freed"
+                    );
+                }
+                for id in streams {
+                    relay.close(id);
+                }
+            }
+            Action::QueryRelay { call_id, streams } => {
+                let [a, b] = relay.packets(&streams);
+                core.handle_relay_counters(Instant::now(), &call_id, a + b);
+            }
+            other => tracing::error!("not a relay action: {other:?}"),
+        }
     }
 
     /// Sends the queued datagrams, one sendmmsg per socket; what would block goes out

@@ -234,21 +234,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     let mut core_cfg = cfg.core_config(listeners);
     core_cfg.route_key = route_key(&cfg.data_dir)?;
     let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
-    if cfg.relay.mode != crate::core::RelayMode::Never {
-        start_relay(&mut core, &cfg);
-    }
     let mut reloader = Reloader {
         running: cfg.clone(),
         started: cfg.clone(),
     };
-    // The summary goes to standard output, apart from the log (which may be JSON).
-    let relay = core
-        .has_relay()
-        .then_some((cfg.relay.ports.0, cfg.relay.ports.1));
-    print!("{}", crate::setup::banner(&cfg, &served, user_count, relay));
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
-
     let mut edge = Edge {
         udp,
         udp_out: Vec::new(),
@@ -266,7 +255,19 @@ async fn run(cfg: Config) -> Result<(), String> {
         tls,
         tls_names: HashMap::new(),
         unreachable: vec![],
+        relay: None,
     };
+    if cfg.relay.mode != crate::core::RelayMode::Never {
+        start_relay(&mut core, &mut edge, &cfg);
+    }
+    // The summary goes to standard output, apart from the log (which may be JSON).
+    let relay = core
+        .has_relay()
+        .then_some((cfg.relay.ports.0, cfg.relay.ports.1));
+    print!("{}", crate::setup::banner(&cfg, &served, user_count, relay));
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    tracing::info!(domain = %cfg.domain, data_dir = %cfg.data_dir.display(), "hedgewitch ready");
+
     let started = Instant::now();
     let mut armed: Option<Instant> = None;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -413,7 +414,11 @@ fn answer(
             v
         }
         Command::Registrations => serde_json::to_value(core.registrations(now)).unwrap_or_default(),
-        Command::Calls => serde_json::to_value(core.calls(now)).unwrap_or_default(),
+        Command::Calls => {
+            let relay = edge.relay.as_ref();
+            let calls = core.calls(now, |id| relay.map(|r| r.counters(id)).unwrap_or_default());
+            serde_json::to_value(calls).unwrap_or_default()
+        }
         // `reload-users` is what `hedgewitch user ...` sends: the store only.
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {
             reloader.reload(core, edge)

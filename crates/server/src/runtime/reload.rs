@@ -162,7 +162,7 @@ impl Reloader {
         // A relay turned on in the file starts now (it may have been off since the start),
         // on the ports the file names: those are then the ones in force.
         if new.relay.mode != crate::core::RelayMode::Never && !core.has_relay() {
-            start_relay(core, &new);
+            start_relay(core, edge, &new);
             self.started.relay.ports = new.relay.ports;
         }
         core.reconfigure(&live.core_config(vec![]));
@@ -201,13 +201,15 @@ fn load(
     rx.recv().map_err(|_| "store thread is gone".to_string())?
 }
 
-/// Starts the media relay on the configured ports and hands it to the core.
-pub(super) fn start_relay(core: &mut Core, cfg: &Config) {
+/// Starts the media relay on the configured ports: the edge holds it, and the core may use
+/// it from now on.
+pub(super) fn start_relay(core: &mut Core, edge: &mut Edge, cfg: &Config) {
     let crate::config::PortRange(lo, hi) = cfg.relay.ports;
     match crate::relay::Relay::start(lo, hi) {
         Ok(relay) => {
             tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
-            core.set_relay(Box::new(relay));
+            edge.relay = Some(relay);
+            core.enable_relay();
         }
         Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
     }
