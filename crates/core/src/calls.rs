@@ -38,7 +38,7 @@ const MAX_CALLS: usize = 100_000;
 /// relay).
 #[derive(Default)]
 pub(crate) struct CallTable {
-    pub(crate) table: std::collections::HashMap<String, Call>,
+    table: std::collections::HashMap<String, Call>,
     ports: RelayPorts,
     /// A retry of a short reserve is armed.
     retry_armed: bool,
@@ -46,6 +46,16 @@ pub(crate) struct CallTable {
 
 impl CallTable {
     /// Relay port pairs ready for new streams; None when the daemon has no relay.
+    /// Calls in progress.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// No call in progress (media needs no look at all).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     pub(crate) fn relay_ports_ready(&self) -> Option<usize> {
         self.ports.is_on().then(|| self.ports.ready())
     }

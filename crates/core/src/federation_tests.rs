@@ -131,8 +131,7 @@ fn an_unreachable_server_is_skipped_and_a_domain_without_servers_gets_500() {
     let key = t
         .core
         .tx
-        .clients
-        .iter()
+        .clients_iter()
         .find(|(_, c)| c.flow.remote == addr(BETA1))
         .map(|(k, _)| k)
         .unwrap();
@@ -350,7 +349,7 @@ fn after_a_6xx_a_failed_branch_is_not_sent_to_the_domains_next_server() {
         .expect("bob's phone rings");
     // A second branch of the same call, to another domain with two servers (as a hunt to
     // a forwarding target there adds one).
-    let ctx = *t.core.proxy.contexts.keys().next().expect("one context");
+    let ctx = t.core.proxy.context_ids().next().expect("one context");
     let hop = crate::route::Hop {
         uri: "sip:carol@beta.test".into(),
         flow: udp(BETA1),

@@ -84,7 +84,7 @@ impl Core {
         let id = self.send_request(now, flow, &branch, "OPTIONS", data);
         // Its id exists once the transaction does; a new transaction's first actions only
         // send, so nothing about the ping can have been reported before this.
-        if self.tx.clients.contains(id) {
+        if self.tx.has_client(id) {
             self.keepalive
                 .pings
                 .insert(id, (aor.to_string(), contact.to_string()));

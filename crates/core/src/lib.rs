@@ -425,7 +425,7 @@ impl Core {
 
     /// Forgets DNS answers (the DNS servers changed).
     pub fn clear_dns_cache(&mut self) {
-        self.proxy.dns_cache.clear();
+        self.proxy.clear_dns_cache();
     }
 
     /// Replaces the user table (after `hedgewitch user ...` changed the store).
@@ -552,7 +552,7 @@ impl Core {
 
     /// The edge could not send a request of client transaction `key` (connection refused...).
     pub fn handle_send_failure(&mut self, now: Instant, key: ClientTxId) {
-        let Some(ct) = self.tx.clients.get_mut(key) else {
+        let Some(ct) = self.tx.client_mut(key) else {
             return;
         };
         if let Some((flow, data)) = ct.udp_fallback.take() {
@@ -585,8 +585,7 @@ impl Core {
     pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
         let keys: Vec<ClientTxId> = self
             .tx
-            .clients
-            .iter()
+            .clients_iter()
             .filter(|(_, c)| c.flow.transport == Transport::Udp && c.flow.remote == remote)
             .map(|(k, _)| k)
             .collect();
@@ -594,7 +593,7 @@ impl Core {
             tracing::info!(%remote, "unreachable (ICMP); its requests fail now");
         }
         for key in keys {
-            let Some(ct) = self.tx.clients.get_mut(key) else {
+            let Some(ct) = self.tx.client_mut(key) else {
                 continue;
             };
             let actions = ct.machine.on_transport_error();

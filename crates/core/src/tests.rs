@@ -1297,7 +1297,7 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: tcp1\r\
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, flow);
     // Reliable transport: the transaction ends without waiting for Timer J.
-    assert!(t.core.tx.servers.is_empty());
+    assert!(t.core.tx.no_servers());
 }
 
 // ---------------------------------------------------------------- torture corpus through the core
@@ -1428,13 +1428,13 @@ fn a_ringing_branch_that_never_answers_is_cancelled_then_given_up() {
         .filter(|(f, _)| f.remote == addr(ALICE))
         .collect();
     assert_eq!(up.first().and_then(|u| u.1.status()), Some(408));
-    assert!(t.core.proxy.contexts.is_empty());
+    assert_eq!(t.core.proxy.context_count(), 0);
     t.advance(Duration::from_secs(64));
     assert!(
-        t.core.tx.servers.is_empty(),
+        t.core.tx.no_servers(),
         "server transaction ends after Timer H"
     );
-    assert!(t.core.tx.clients.is_empty());
+    assert!(t.core.tx.no_clients());
 }
 
 #[test]
@@ -1472,12 +1472,12 @@ From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i
         }
     }
     assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
-    assert_eq!(core.tx.servers.len(), 5);
+    assert_eq!(core.tx.server_count(), 5);
     assert_eq!(core.counters.traffic.overloaded, 3);
     // Transactions end (Timer J) and room is made again.
     let later = now + Duration::from_secs(33);
     core.handle_timeout(later);
-    assert!(core.tx.servers.is_empty());
+    assert!(core.tx.no_servers());
 }
 
 #[test]
@@ -1552,8 +1552,7 @@ fn a_big_request_falls_back_to_udp_when_tcp_is_refused() {
     let key = t
         .core
         .tx
-        .clients
-        .find(&format!("c|{branch}|INVITE"))
+        .find_client(&format!("c|{branch}|INVITE"))
         .unwrap();
     t.core.handle_send_failure(t.now, key);
     let out = t.sent();
@@ -1585,7 +1584,7 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     t.recv(ALICE, &r.text());
     assert_eq!(t.sent()[0].1.status(), Some(401));
     assert!(
-        t.core.tx.servers.is_empty(),
+        t.core.tx.no_servers(),
         "a challenge leaves no transaction behind"
     );
     // The same request again (a retransmission) just gets another challenge.
@@ -1594,8 +1593,8 @@ fn challenges_keep_no_state_and_answered_transactions_keep_only_the_answer() {
     let ok = t.register("alice", ALICE, &[]);
     assert_eq!(ok.status(), Some(200));
     // The 200's transaction stays (Timer J) to answer retransmissions, without the request.
-    assert_eq!(t.core.tx.servers.len(), 1);
-    assert!(t.core.tx.servers.values().all(|st| st.request.is_none()));
+    assert_eq!(t.core.tx.server_count(), 1);
+    assert!(t.core.tx.server_values().all(|st| st.request.is_none()));
 }
 
 #[path = "calls_tests.rs"]

@@ -8,8 +8,84 @@ use super::*;
 /// key to the id.
 #[derive(Default)]
 pub(crate) struct Transactions {
-    pub(crate) servers: Table<ServerTxId, ServerTx>,
-    pub(crate) clients: Table<ClientTxId, ClientTx>,
+    servers: Table<ServerTxId, ServerTx>,
+    clients: Table<ClientTxId, ClientTx>,
+}
+
+/// The transaction layer's interface: transactions are found by match key, then reached by
+/// their ids.
+impl Transactions {
+    /// Stores a server transaction under its match key (see `server_key`).
+    pub(crate) fn insert_server(&mut self, key: String, tx: ServerTx) -> ServerTxId {
+        self.servers.insert(key, tx)
+    }
+
+    /// The server transaction a request matches (RFC 3261 §17.2.3), by its key.
+    pub(crate) fn find_server(&self, key: &str) -> Option<ServerTxId> {
+        self.servers.find(key)
+    }
+
+    pub(crate) fn server(&self, id: ServerTxId) -> Option<&ServerTx> {
+        self.servers.get(id)
+    }
+
+    pub(crate) fn server_mut(&mut self, id: ServerTxId) -> Option<&mut ServerTx> {
+        self.servers.get_mut(id)
+    }
+
+    pub(crate) fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn no_servers(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn server_values(&self) -> impl Iterator<Item = &ServerTx> {
+        self.servers.values()
+    }
+
+    /// Stores a client transaction under its match key (see `client_key`).
+    pub(crate) fn insert_client(&mut self, key: String, tx: ClientTx) -> ClientTxId {
+        self.clients.insert(key, tx)
+    }
+
+    /// The client transaction a response matches (RFC 3261 §17.1.3), by its key.
+    pub(crate) fn find_client(&self, key: &str) -> Option<ClientTxId> {
+        self.clients.find(key)
+    }
+
+    pub(crate) fn client(&self, id: ClientTxId) -> Option<&ClientTx> {
+        self.clients.get(id)
+    }
+
+    pub(crate) fn client_mut(&mut self, id: ClientTxId) -> Option<&mut ClientTx> {
+        self.clients.get_mut(id)
+    }
+
+    pub(crate) fn has_client(&self, id: ClientTxId) -> bool {
+        self.clients.contains(id)
+    }
+
+    pub(crate) fn remove_client(&mut self, id: ClientTxId) -> Option<ClientTx> {
+        self.clients.remove(id)
+    }
+
+    pub(crate) fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Every client transaction with its id.
+    pub(crate) fn clients_iter(&self) -> impl Iterator<Item = (ClientTxId, &ClientTx)> {
+        self.clients.iter()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn no_clients(&self) -> bool {
+        self.clients.is_empty()
+    }
 }
 
 pub(crate) enum ServerMachine {
@@ -248,7 +324,7 @@ impl Core {
             }
         }
         // A call that fails (or is cancelled) ends here, whichever path refused it.
-        let failed_call = (code >= 300 && !self.calls.table.is_empty())
+        let failed_call = (code >= 300 && !self.calls.is_empty())
             .then_some(st.request.as_ref())
             .flatten()
             .filter(|r| {

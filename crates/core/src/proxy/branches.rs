@@ -16,7 +16,7 @@ impl Core {
     ) -> Option<CtxId> {
         let invite = msg.method() == Some(Method::Invite);
         let ctx_id = CtxId(self.id());
-        let in_flow = match self.tx.servers.get_mut(key) {
+        let in_flow = match self.tx.server_mut(key) {
             Some(st) => {
                 st.ctx = Some(ctx_id);
                 st.flow
@@ -109,7 +109,8 @@ impl Core {
         );
         let hash = ctx.template.hash.clone();
         let hunting = ctx.hunt.is_some();
-        let Some(msg) = self.tx.servers.get(key).and_then(|st| st.request.clone()) else {
+        let tried = ctx.branches.len();
+        let Some(msg) = self.tx.server(key).and_then(|st| st.request.clone()) else {
             return;
         };
         // RFC 3261 §26.2: a sips: request only ever travels over TLS.
@@ -145,10 +146,7 @@ impl Core {
         } else {
             hops
         };
-        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
-            return;
-        };
-        if ctx.branches.is_empty() && !hops.is_empty() {
+        if tried == 0 && !hops.is_empty() {
             // Counted once per request, when something is tried at all.
             match msg.method() {
                 Some(Method::Invite) => self.counters.forwarded.calls_forwarded += 1,
@@ -182,15 +180,14 @@ impl Core {
             strip_identity: hunting,
             body: None,
         };
+        // The branches are made first and entered into the context together: making one
+        // needs the whole core (tokens, listeners, the transaction table), the context only
+        // their list.
+        let mut made = Vec::with_capacity(hops.len());
         for (i, hop) in hops.into_iter().enumerate() {
             // Each branch's SDP names the relay in its phone's address family.
             shape.body = bodies.get(i).and_then(|b| b.as_deref());
-            let idx = replace.unwrap_or_else(|| {
-                self.proxy
-                    .contexts
-                    .get(&ctx_id)
-                    .map_or(0, |c| c.branches.len())
-            });
+            let idx = replace.unwrap_or(tried + i);
             let retry = (!hop.alternates.is_empty()).then(|| {
                 Box::new(Retry {
                     uri: hop.uri.clone(),
@@ -243,7 +240,7 @@ impl Core {
                 let (m, a) = tx::ClientNonInvite::new(now, reliable, &self.cfg.timers, data);
                 (ClientMachine::NonInvite(m), a)
             };
-            let ckey = self.tx.clients.insert(
+            let ckey = self.tx.insert_client(
                 client_key(&branch, msg.method_str()),
                 ClientTx {
                     machine,
@@ -254,19 +251,27 @@ impl Core {
                     udp_fallback,
                 },
             );
-            if let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) {
-                let branch = Branch {
-                    client: ckey,
-                    state: BranchState::new(),
-                    timer_c: invite.then(|| now + TIMER_C),
-                    to_phone,
-                    retry,
-                };
-                match ctx.branches.get_mut(idx) {
-                    Some(slot) if replace.is_some() => *slot = branch,
-                    _ => ctx.branches.push(branch),
-                }
+            let branch = Branch {
+                client: ckey,
+                state: BranchState::new(),
+                timer_c: invite.then(|| now + TIMER_C),
+                to_phone,
+                retry,
+            };
+            made.push((idx, branch, actions));
+        }
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let mut started = Vec::with_capacity(made.len());
+        for (idx, branch, actions) in made {
+            started.push((idx, branch.client, actions));
+            match ctx.branches.get_mut(idx) {
+                Some(slot) if replace.is_some() => *slot = branch,
+                _ => ctx.branches.push(branch),
             }
+        }
+        for (idx, ckey, actions) in started {
             if invite {
                 self.timers
                     .push(now + TIMER_C, TimerRef::TimerC(ctx_id, idx));
@@ -472,7 +477,7 @@ impl Core {
             }
             _ => {}
         }
-        if self.calls.table.is_empty() {
+        if self.calls.is_empty() {
             return Ok(vec![]);
         }
         self.media_bodies(msg, inbound, hops)
@@ -485,7 +490,7 @@ impl Core {
         from: Flow,
         toward: Flow,
     ) -> Option<Vec<u8>> {
-        if self.calls.table.is_empty() || self.is_spiral(toward) {
+        if self.calls.is_empty() || self.is_spiral(toward) {
             return None;
         }
         match self.media_body(resp, true, from, toward) {

@@ -79,16 +79,34 @@ pub(crate) struct Retry {
 /// each rotating group starts next, DNS answers and the lookups in flight.
 #[derive(Default)]
 pub(crate) struct Proxy {
-    pub(crate) contexts: std::collections::HashMap<CtxId, ProxyCtx>,
+    contexts: std::collections::HashMap<CtxId, ProxyCtx>,
     /// Where each rotating group starts its next call.
-    pub(crate) rotation: std::collections::HashMap<String, usize>,
+    rotation: std::collections::HashMap<String, usize>,
     /// Answers of DNS (RFC 3263 targets) until their TTL runs out.
-    pub(crate) dns_cache: std::collections::HashMap<
+    dns_cache: std::collections::HashMap<
         crate::DnsQuery,
         (Vec<(Transport, std::net::SocketAddr)>, Instant),
     >,
     /// Lookups in flight: id -> the hunt waiting for them.
-    pub(crate) resolving: std::collections::HashMap<u64, forking::Resolving>,
+    resolving: std::collections::HashMap<u64, forking::Resolving>,
+}
+
+impl Proxy {
+    /// Response contexts in progress.
+    pub(crate) fn context_count(&self) -> usize {
+        self.contexts.len()
+    }
+
+    /// The ids of the contexts in progress.
+    #[cfg(test)]
+    pub(crate) fn context_ids(&self) -> impl Iterator<Item = CtxId> + '_ {
+        self.contexts.keys().copied()
+    }
+
+    /// Forgets DNS answers (the DNS servers changed).
+    pub(crate) fn clear_dns_cache(&mut self) {
+        self.dns_cache.clear();
+    }
 }
 
 /// The response context of one forwarded request.
@@ -205,11 +223,10 @@ impl Core {
         if method == Some(Method::Ack) {
             return self.on_ack(now, flow, msg, &key);
         }
-        if let Some(id) = self.tx.servers.find(&key) {
+        if let Some(id) = self.tx.find_server(&key) {
             let actions = self
                 .tx
-                .servers
-                .get(id)
+                .server(id)
                 .map(|st| st.machine.on_request_retransmission())
                 .unwrap_or_default();
             return self.server_actions(now, id, actions);
@@ -217,7 +234,7 @@ impl Core {
         if method == Some(Method::Cancel) {
             return self.on_cancel(now, flow, msg, key);
         }
-        if self.tx.servers.len() >= self.cfg.max_transactions {
+        if self.tx.server_count() >= self.cfg.max_transactions {
             self.counters.traffic.overloaded += 1;
             return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
         }
@@ -227,7 +244,7 @@ impl Core {
         } else {
             ServerMachine::NonInvite(tx::ServerNonInvite::new(reliable, &self.cfg.timers))
         };
-        let key = self.tx.servers.insert(
+        let key = self.tx.insert_server(
             key,
             ServerTx {
                 machine,

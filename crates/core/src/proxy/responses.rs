@@ -7,8 +7,8 @@ impl Core {
     /// ACK: absorbed by the INVITE server transaction for a non-2xx, otherwise (ACK for a
     /// 2xx, new branch) forwarded statelessly along the dialog's route.
     pub(crate) fn on_ack(&mut self, now: Instant, flow: Flow, msg: Message, key: &str) {
-        let invite = self.tx.servers.find(key);
-        if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.servers.get_mut(id)?))) {
+        let invite = self.tx.find_server(key);
+        if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.server_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
                 let (disp, actions) = m.on_ack(now);
                 self.server_actions(now, id, actions);
@@ -48,7 +48,7 @@ impl Core {
         h.write(msg.call_id());
         let branch = format!("z9hG4bKack{:016x}", h.finish());
         // An ACK may carry the answer to an offer made in a 2xx (RFC 3261 §13.2.1).
-        let body = if self.calls.table.is_empty() || self.is_spiral(flow) {
+        let body = if self.calls.is_empty() || self.is_spiral(flow) {
             None
         } else {
             self.media_body(&msg, false, flow, out).ok().flatten()
@@ -74,10 +74,10 @@ impl Core {
     /// cancelled; the INVITE gets its 487 from the branches.
     pub(crate) fn on_cancel(&mut self, now: Instant, flow: Flow, msg: Message, key: String) {
         let invite_key = server_key(&msg, Some("INVITE"));
-        let Some(invite_key) = invite_key.and_then(|k| self.tx.servers.find(&k)) else {
+        let Some(invite_key) = invite_key.and_then(|k| self.tx.find_server(&k)) else {
             return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
         };
-        let key = self.tx.servers.insert(
+        let key = self.tx.insert_server(
             key,
             ServerTx {
                 machine: crate::ServerMachine::NonInvite(tx::ServerNonInvite::new(
@@ -91,7 +91,7 @@ impl Core {
             },
         );
         self.respond(now, key, 200, "OK", &[], None);
-        let (ctx, final_sent) = match self.tx.servers.get(invite_key) {
+        let (ctx, final_sent) = match self.tx.server(invite_key) {
             Some(st) => (st.ctx, st.final_sent),
             None => return,
         };
@@ -151,7 +151,7 @@ impl Core {
         let give_up = now + self.cfg.timers.t1 * 64;
         b.timer_c = Some(give_up);
         self.timers.push(give_up, TimerRef::TimerC(ctx, idx));
-        let Some(ct) = self.tx.clients.get(b.client) else {
+        let Some(ct) = self.tx.client(b.client) else {
             return;
         };
         let Ok(invite) = Message::parse(ct.request.clone(), false) else {
@@ -168,7 +168,7 @@ impl Core {
         let data_for_tx = data.clone();
         let (m, actions) =
             tx::ClientNonInvite::new(now, flow.transport.is_reliable(), &self.cfg.timers, data);
-        let key = self.tx.clients.insert(
+        let key = self.tx.insert_client(
             client_key(&branch, "CANCEL"),
             ClientTx {
                 machine: ClientMachine::NonInvite(m),
@@ -194,9 +194,8 @@ impl Core {
         let status = msg.status().unwrap_or(500);
         let found = self
             .tx
-            .clients
-            .find(&client_key(via.branch().unwrap_or(""), method));
-        let Some((key, ct)) = found.and_then(|id| Some((id, self.tx.clients.get_mut(id)?))) else {
+            .find_client(&client_key(via.branch().unwrap_or(""), method));
+        let Some((key, ct)) = found.and_then(|id| Some((id, self.tx.client_mut(id)?))) else {
             // RFC 4475 bcast and strays: a response we did not ask for is dropped, never
             // forwarded to whatever its next Via names.
             tracing::debug!(status, "response matches no transaction; dropped");
@@ -241,7 +240,7 @@ impl Core {
                     self.branch_response(now, ctx, idx, msg, flow)
                 }
                 (_, Some(server)) if (200..300).contains(&status) => {
-                    let toward = self.tx.servers.get(server).map(|st| st.flow);
+                    let toward = self.tx.server(server).map(|st| st.flow);
                     let body = toward.and_then(|f| self.media_for_response(&msg, flow, f));
                     let data = upstream_bytes(&msg, None, body.as_deref(), None);
                     self.send_server_response(now, server, status, data);
@@ -409,7 +408,7 @@ impl Core {
         let flow = r.alternates.remove(0);
         // The failed server's transaction no longer speaks for this branch slot (a late
         // error on it must not fail the new one over again).
-        if let Some(old) = self.tx.clients.get_mut(b.client) {
+        if let Some(old) = self.tx.client_mut(b.client) {
             old.ctx = None;
         }
         let Some(r) = self
@@ -540,7 +539,7 @@ impl Core {
             self.cancel_branch(now, ctx_id, idx);
         } else {
             let key = b.client;
-            self.tx.clients.remove(key);
+            self.tx.remove_client(key);
             self.branch_failed(now, ctx_id, idx, 408, "Request Timeout");
         }
     }
