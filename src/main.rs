@@ -81,6 +81,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the addresses banned for failed logins, or lift a ban.
+    Bans {
+        #[command(subcommand)]
+        lift: Option<BansCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// Lift the ban on an address (for IPv6, on its /64).
+    Lift { address: std::net::IpAddr },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -237,6 +250,46 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Bans {
+            lift: Some(BansCommand::Lift { address }),
+            ..
+        } => {
+            let v = control::request(&cfg.control_path(), control::Command::LiftBan(address))?;
+            if v["lifted"].as_bool() == Some(true) {
+                println!("ban on {address} lifted");
+                Ok(())
+            } else {
+                Err(format!("{address} is not banned"))
+            }
+        }
+        Command::Bans { lift: None, json } => {
+            let v = control::request(&cfg.control_path(), control::Command::Bans)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_bans(&v);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_bans(v: &serde_json::Value) {
+    let bans = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    if bans.is_empty() {
+        println!("no address is banned");
+        return;
+    }
+    println!("{:<28} {:>10} {:>8}", "SOURCE", "REMAINING", "OFFENCE");
+    for b in bans {
+        let secs = b["remaining_secs"].as_u64().unwrap_or(0);
+        println!(
+            "{:<28} {:>7}m{:02}s {:>8}",
+            b["source"].as_str().unwrap_or("?"),
+            secs / 60,
+            secs % 60,
+            b["offence"]
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! fresh nonce per offered algorithm, and verification against the stored HA1 hashes with
 //! nonce expiry and nonce-count replay protection.
 
-use super::{Core, Flow};
+use super::guard::{BanView, Guard, GuardSettings};
+use super::{Action, Core, Flow};
 use sip::digest::{challenge, verify, Algorithm, Credentials, NonceCheck};
 use sip::header::HeaderName;
 use sip::message::Message;
@@ -36,11 +37,12 @@ fn same_target(digest_uri: &str, request_uri: &str) -> bool {
 }
 
 /// Who may log in, and what authentication remembers: the users (with their HA1 hashes), the
-/// nonces handed out, the failures seen lately.
+/// nonces handed out, the failures seen lately, and the sources banned for them.
 pub(crate) struct Authenticator {
     users: super::Users,
     nonces: sip::digest::NonceManager,
     failures: RecentFailures,
+    guard: Guard,
 }
 
 impl Authenticator {
@@ -50,7 +52,33 @@ impl Authenticator {
             users,
             nonces: sip::digest::NonceManager::new(secret, nonce_lifetime),
             failures: RecentFailures::default(),
+            guard: Guard::default(),
         }
+    }
+
+    /// Whether messages from `ip` are dropped unanswered (a ban for failed logins).
+    pub(crate) fn is_banned(&self, now: Instant, ip: std::net::IpAddr) -> bool {
+        self.guard.is_banned(now, ip)
+    }
+
+    /// Takes new ban settings (start, reload).
+    pub(crate) fn set_guard(&mut self, settings: GuardSettings) {
+        self.guard.set_settings(settings);
+    }
+
+    /// The bans in force.
+    pub(crate) fn bans(&self, now: Instant) -> Vec<BanView> {
+        self.guard.bans(now)
+    }
+
+    /// Lifts the ban on `ip`'s source; false when there was none.
+    pub(crate) fn lift_ban(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
+        self.guard.lift(now, ip)
+    }
+
+    /// Forgets failures and bans that no longer matter.
+    pub(crate) fn forget_idle(&mut self, now: Instant) {
+        self.guard.forget_idle(now);
     }
 
     /// The accounts, by name and extension.
@@ -172,7 +200,7 @@ impl Core {
                 now,
                 msg,
                 flow,
-                &creds.username,
+                (&creds.username, None),
                 &creds.realm,
                 "no such user",
             );
@@ -185,6 +213,21 @@ impl Core {
         let user_name = user.name.clone();
         // A hash made for another realm can never match: say so rather than blame the password.
         let realm_mismatch = (user.realm != creds.realm).then(|| user.realm.clone());
+        // Guessed at from many addresses: only those its phones registered from may try it
+        // now. The answer is the same challenge a wrong password gets.
+        if self.auth.guard.account_under_attack(now, &user_name)
+            && !self.location.has_source(&user_name, flow.remote.ip(), now)
+        {
+            self.auth_failed(
+                now,
+                msg,
+                flow,
+                (&creds.username, Some(&user_name)),
+                &creds.realm,
+                "account under a guessing attack: logins from new addresses are refused for now",
+            );
+            return AuthOutcome::Challenge { stale: false };
+        }
         let good = verify(&creds, msg.method_str(), &ha1);
         let checked = match self.auth.nonces.check_token(&creds.nonce, creds.nc, secs) {
             Ok(c) => Some(c),
@@ -206,7 +249,18 @@ impl Core {
                 ),
                 None => "wrong password".to_string(),
             };
-            self.auth_failed(now, msg, flow, &creds.username, &creds.realm, &why);
+            // A wrong answer spends its nonce: every guess needs a new challenge.
+            if let Some(c) = checked {
+                self.auth.nonces.spend(c, secs);
+            }
+            self.auth_failed(
+                now,
+                msg,
+                flow,
+                (&creds.username, Some(&user_name)),
+                &creds.realm,
+                &why,
+            );
             return AuthOutcome::Challenge { stale: false };
         }
         let Some(checked) = checked else {
@@ -219,19 +273,21 @@ impl Core {
     }
 
     /// A failed attempt: counted, and one log line of who tried, from where, with what; a
-    /// retransmission of it neither.
+    /// retransmission of it neither. `user` is the name given, and the account it names when
+    /// there is one. Too many failures from one source ban it.
     fn auth_failed(
         &mut self,
         now: Instant,
         msg: &Message,
         flow: Flow,
-        user: &str,
+        (user, account): (&str, Option<&str>),
         realm: &str,
         why: &str,
     ) {
         if !self.auth.failures.first(now, msg, flow) {
             return;
         }
+        let ban = self.auth.guard.failed(now, flow.remote.ip(), account);
         self.counters.registrar.auth_failures += 1;
         let agent = msg.value(HeaderName::UserAgent).unwrap_or("-");
         tracing::warn!(
@@ -243,6 +299,25 @@ impl Core {
             method = msg.method_str(),
             "authentication failed: {why}"
         );
+        if let Some(ban) = ban {
+            self.counters.registrar.bans += 1;
+            tracing::warn!(
+                user,
+                realm,
+                source = %flow.remote,
+                banned = %ban.source,
+                transport = flow.transport.as_str(),
+                user_agent = agent,
+                secs = ban.length.as_secs(),
+                offence = ban.offence,
+                "source banned for failed logins"
+            );
+            // The edge closes its stream connections and refuses new ones.
+            self.out.push(Action::Ban {
+                source: ban.source,
+                secs: ban.length.as_secs(),
+            });
+        }
     }
 
     /// One WWW-Authenticate (or Proxy-Authenticate) header per offered algorithm, preferred

@@ -7,6 +7,7 @@ mod auth;
 mod branch;
 mod calls;
 mod flow;
+mod guard;
 mod handles;
 mod keepalive;
 mod location;
@@ -22,6 +23,7 @@ mod views;
 
 pub use calls::{CallView, RelayMode, Side, StreamCounters, StreamView};
 pub use flow::{ConnId, Flow, Transport};
+pub use guard::{source_key, BanView, GuardSettings};
 pub use handles::ClientTxId;
 pub use location::{Binding, Location};
 pub(crate) use records::Users;
@@ -120,6 +122,19 @@ pub enum Action {
         /// The Call-ID and the reason of a relayed call that ended.
         ended: Option<(String, &'static str)>,
     },
+    /// A source was banned for failed logins: close its stream connections and refuse new
+    /// ones for `secs` (its datagrams the core drops itself).
+    Ban {
+        /// The source: an IPv4 address, or the first address of an IPv6 /64.
+        source: IpAddr,
+        /// How long the ban lasts.
+        secs: u64,
+    },
+    /// A ban was lifted before its time (`hedgewitch bans lift`).
+    LiftBan {
+        /// The source, as in `Ban`.
+        source: IpAddr,
+    },
     /// Report the packets `streams` have carried (both ways, summed) through
     /// `handle_relay_counters(call_id, ...)`: the no-media timeout needs them.
     QueryRelay {
@@ -178,6 +193,8 @@ pub struct CoreConfig {
     pub relay: RelaySettings,
     /// Who may reach local users from other domains.
     pub inbound: InboundPolicy,
+    /// When failed logins ban a source, and who is never banned.
+    pub guard: GuardSettings,
     /// Signs our Record-Route entries, so that only dialogs we set up use us as a route
     /// (kept in the data folder: dialogs outlive a restart).
     pub route_key: [u8; 32],
@@ -367,6 +384,7 @@ impl Core {
             counters: Counters::default(),
             out: Vec::new(),
         };
+        core.auth.set_guard(core.cfg.guard.clone());
         core.restore_bindings(now, bindings);
         core
     }
@@ -420,7 +438,9 @@ impl Core {
         c.auth = new.auth.clone();
         c.relay = new.relay.clone();
         c.inbound = new.inbound;
+        c.guard = new.guard.clone();
         self.auth.set_nonce_lifetime(new.auth.nonce_lifetime);
+        self.auth.set_guard(new.guard.clone());
     }
 
     /// Forgets DNS answers (the DNS servers changed).
@@ -473,8 +493,32 @@ impl Core {
         self.timers.next()
     }
 
+    /// The bans in force (failed logins), for `hedgewitch bans`; sources no longer banned
+    /// or failing are forgotten on the way.
+    pub fn bans(&mut self, now: Instant) -> Vec<BanView> {
+        self.auth.forget_idle(now);
+        self.auth.bans(now)
+    }
+
+    /// Lifts the ban on the source `ip` is in; false when it was not banned.
+    pub fn lift_ban(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let lifted = self.auth.lift_ban(now, ip);
+        if lifted {
+            tracing::warn!(source = %ip, "ban lifted by the operator");
+            self.out.push(Action::LiftBan {
+                source: guard::source_key(ip),
+            });
+        }
+        lifted
+    }
+
     /// Entry point for every received message.
     pub fn handle_message(&mut self, now: Instant, flow: Flow, data: Bytes) {
+        // A banned source gets nothing back, whatever it sends.
+        if self.auth.is_banned(now, flow.remote.ip()) {
+            self.counters.traffic.dropped_banned += 1;
+            return;
+        }
         let datagram = flow.transport == Transport::Udp;
         // RFC 5626 §4.4.2: STUN keep-alives share the SIP port; they never start with a letter.
         if datagram && sip::stun::is_stun(&data) {

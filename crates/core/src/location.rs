@@ -57,6 +57,13 @@ pub struct Location {
 }
 
 impl Location {
+    /// Whether one of `aor`'s live registrations came from `ip`.
+    pub fn has_source(&self, aor: &str, ip: std::net::IpAddr, now: Instant) -> bool {
+        self.get(aor)
+            .iter()
+            .any(|b| b.expires > now && b.flow.remote.ip() == ip)
+    }
+
     /// Live contacts of a user, highest q first.
     pub fn lookup(&self, aor: &str, now: Instant) -> Vec<&Binding> {
         let mut v: Vec<&Binding> = self

@@ -81,6 +81,7 @@ fn config() -> CoreConfig {
             hold_timeout: Duration::from_secs(3600),
         },
         inbound: crate::InboundPolicy::Open,
+        guard: crate::GuardSettings::default(),
         route_key: [7; 32],
     }
 }
@@ -718,17 +719,30 @@ fn wrong_password_and_replayed_nonce_count_are_refused() {
         .contains("stale=true"));
     assert_eq!(t.core.counters.registrar.auth_failures, 1);
 
-    let good = authorization(
-        Algorithm::Md5,
-        "alice",
-        "example.test",
-        "secret",
-        "REGISTER",
-        "sip:example.test",
-        &nonce,
-        "x",
-        1,
-    );
+    // The wrong answer spent its nonce: even the right password needs a new challenge.
+    let answer = |nonce: &str, nc| {
+        authorization(
+            Algorithm::Md5,
+            "alice",
+            "example.test",
+            "secret",
+            "REGISTER",
+            "sip:example.test",
+            nonce,
+            "x",
+            nc,
+        )
+    };
+    r.extra = vec![format!("Authorization: {}", answer(&nonce, 1))];
+    r.cseq = 3;
+    r.branch = t.branch();
+    t.recv(ALICE, &r.text());
+    let out = t.sent();
+    assert_eq!(out[0].1.status(), Some(401));
+    let stale = out[0].1.value(HeaderName::WwwAuthenticate).unwrap();
+    assert!(stale.contains("stale=true"), "{stale}");
+    let nonce = self::nonce(&out[0].1, HeaderName::WwwAuthenticate);
+    let good = answer(&nonce, 1);
     r.extra = vec![format!("Authorization: {good}")];
     r.cseq = 3;
     r.branch = t.branch();
@@ -1603,6 +1617,8 @@ mod calls_tests;
 mod federation_tests;
 #[path = "forking_tests.rs"]
 mod forking_tests;
+#[path = "guard_tests.rs"]
+mod guard_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
 

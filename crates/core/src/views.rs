@@ -35,6 +35,8 @@ pub struct TrafficCounters {
     pub overloaded: u64,
     /// STUN Binding requests answered (keep-alives on SIP ports, and the STUN port).
     pub stun_answered: u64,
+    /// Messages dropped unanswered because their source is banned.
+    pub dropped_banned: u64,
 }
 
 /// Registrations, logins, keep-alives.
@@ -46,6 +48,8 @@ pub struct RegistrarCounters {
     /// Failed logins (no such user, wrong password), once per request: its retransmissions
     /// are not counted again.
     pub auth_failures: u64,
+    /// Sources banned for failed logins.
+    pub bans: u64,
     /// Keep-alive OPTIONS sent to phones behind NAT.
     pub nat_pings_sent: u64,
 }

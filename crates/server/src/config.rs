@@ -109,6 +109,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The media relay (`[relay]`).
     pub relay: RelayConfig,
+    /// Bans for failed logins (`[security]`).
+    pub security: SecurityConfig,
     /// Calls and messages from other domains (`[federation]`).
     pub federation: FederationConfig,
     /// How other domains are found (`[dns]`).
@@ -237,6 +239,55 @@ impl Default for RegistrarConfig {
     }
 }
 
+/// The `[security]` table: bans for failed logins.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Failed logins from one address within `failure_window` that ban it (0: no bans).
+    pub max_auth_failures: u32,
+    /// Seconds failures are counted over.
+    pub failure_window: u64,
+    /// Seconds a first ban lasts; each repeat offence doubles it.
+    pub ban_time: u64,
+    /// The longest ban, in seconds.
+    pub max_ban_time: u64,
+    /// Failed logins on one account within `failure_window`, from any addresses, after which
+    /// only the addresses its phones are registered from may try it (0: no such limit).
+    pub account_failures: u32,
+    /// Networks never banned (`"192.168.1.0/24"`, `"2001:db8::/32"`, or one address).
+    pub trusted: Vec<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        let d = crate::core::GuardSettings::default();
+        SecurityConfig {
+            max_auth_failures: d.max_failures,
+            failure_window: d.window.as_secs(),
+            ban_time: d.ban_time.as_secs(),
+            max_ban_time: d.max_ban_time.as_secs(),
+            account_failures: d.account_failures,
+            trusted: vec![],
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The trusted networks, each checked: a network or a single address.
+    fn trusted_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted
+            .iter()
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("key `security.trusted`: `{t}` is not an address or a network")
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
@@ -292,6 +343,7 @@ impl Default for Config {
             log: "info".into(),
             registrar: RegistrarConfig::default(),
             auth: AuthConfig::default(),
+            security: SecurityConfig::default(),
             relay: RelayConfig::default(),
             federation: FederationConfig::default(),
             dns: DnsConfig::default(),
@@ -367,6 +419,7 @@ impl Config {
                 ));
             }
         }
+        self.security.trusted_networks()?;
         if self.auth.algorithms.is_empty() {
             return Err("key `auth.algorithms`: at least one algorithm is needed".into());
         }
@@ -531,6 +584,22 @@ impl Config {
                 hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
             },
             inbound: cfg.federation.inbound,
+            guard: crate::core::GuardSettings {
+                max_failures: cfg.security.max_auth_failures,
+                window: Duration::from_secs(cfg.security.failure_window.max(1)),
+                ban_time: Duration::from_secs(cfg.security.ban_time.max(1)),
+                max_ban_time: Duration::from_secs(
+                    cfg.security.max_ban_time.max(cfg.security.ban_time).max(1),
+                ),
+                account_failures: cfg.security.account_failures,
+                trusted: cfg
+                    .security
+                    .trusted_networks()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| (n.network(), n.prefix_len()))
+                    .collect(),
+            },
             route_key: [0; 32],
         }
     }

@@ -26,18 +26,23 @@ pub enum Command {
     /// After a management command changed the store (`user add`...): the users and the
     /// phone-system settings are read again, the config file is not.
     ReloadUsers,
+    /// Sources banned for failed logins.
+    Bans,
+    /// Lift the ban on this address's source (`lift-ban ADDRESS` on the wire).
+    LiftBan(std::net::IpAddr),
 }
 
 impl Command {
-    const ALL: [Command; 5] = [
+    const WORDS: [Command; 6] = [
         Command::Status,
         Command::Registrations,
         Command::Calls,
         Command::Reload,
         Command::ReloadUsers,
+        Command::Bans,
     ];
 
-    /// The word on the wire.
+    /// The command's word on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Status => "status",
@@ -45,12 +50,26 @@ impl Command {
             Command::Calls => "calls",
             Command::Reload => "reload",
             Command::ReloadUsers => "reload-users",
+            Command::Bans => "bans",
+            Command::LiftBan(_) => "lift-ban",
         }
     }
 
-    /// The command a word on the wire names, if any (the inverse of `as_str`).
-    pub fn parse(word: &str) -> Option<Command> {
-        Command::ALL.into_iter().find(|c| c.as_str() == word)
+    /// The whole line on the wire: the word, and its argument if it takes one.
+    pub fn to_line(self) -> String {
+        match self {
+            Command::LiftBan(ip) => format!("lift-ban {ip}"),
+            other => other.as_str().to_string(),
+        }
+    }
+
+    /// The command a line on the wire names, if any (the inverse of `to_line`).
+    pub fn parse(line: &str) -> Option<Command> {
+        match line.split_once(' ') {
+            Some(("lift-ban", ip)) => ip.trim().parse().ok().map(Command::LiftBan),
+            Some(_) => None,
+            None => Command::WORDS.into_iter().find(|c| c.as_str() == line),
+        }
     }
 }
 
@@ -130,7 +149,7 @@ pub fn request(path: &Path, command: Command) -> Result<serde_json::Value, Strin
         )
     })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    s.write_all(format!("{}\n", command.as_str()).as_bytes())
+    s.write_all(format!("{}\n", command.to_line()).as_bytes())
         .map_err(|e| format!("control socket: {e}"))?;
     let mut line = String::new();
     BufReader::new(s)

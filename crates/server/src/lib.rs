@@ -2,6 +2,7 @@
 //! runtime that connects them to sockets and the control channel.
 
 pub mod accounts;
+pub mod banlist;
 pub mod config;
 pub mod control;
 pub mod dns;

@@ -248,6 +248,10 @@ pub async fn tcp_accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                if crate::banlist::is_banned(remote.ip()) {
+                    tracing::debug!(%remote, "connection from a banned source refused");
+                    continue;
+                }
                 if OPEN.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
                     tracing::warn!(%remote, "too many connections ({MAX_CONNECTIONS}); refused");
                     continue;
@@ -395,6 +399,10 @@ async fn run_connection<S>(
         match tokio::time::timeout(IDLE, rd.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(_)) => {}
+        }
+        if crate::banlist::is_banned(remote.ip()) {
+            tracing::debug!(%remote, "stream from a banned source closed");
+            break;
         }
         loop {
             match frame(&buf) {

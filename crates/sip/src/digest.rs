@@ -661,6 +661,13 @@ impl NonceManager {
         }
     }
 
+    /// Spends a nonce that came with a wrong answer: it serves no further request, so each
+    /// guess at a password needs a new challenge (a round trip, and a failure counted).
+    pub fn spend(&mut self, checked: CheckedNonce, now_secs: u64) {
+        self.used.insert(checked.key, Some(u32::MAX));
+        self.prune(now_secs);
+    }
+
     fn record(&mut self, key: (u64, u64), nc: Option<u32>, now_secs: u64) -> NonceCheck {
         self.used.insert(key, nc);
         self.prune(now_secs);

@@ -128,6 +128,8 @@ impl Edge {
                         );
                     }
                 }
+                Action::Ban { source, secs } => crate::banlist::ban(source, secs),
+                Action::LiftBan { source } => crate::banlist::lift(source),
                 relay => self.carry_out_relay(core, relay),
             }
         }

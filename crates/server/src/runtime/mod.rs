@@ -420,6 +420,8 @@ fn answer(
             serde_json::to_value(calls).unwrap_or_default()
         }
         // `reload-users` is what `hedgewitch user ...` sends: the store only.
+        Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),
+        Command::LiftBan(ip) => serde_json::json!({ "lifted": core.lift_ban(now, ip) }),
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {
             reloader.reload(core, edge)
         } else {

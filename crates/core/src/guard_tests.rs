@@ -1,0 +1,139 @@
+//! Bans for failed logins through the whole core: the fifth wrong password from a source bans
+//! it, after which nothing it sends is answered; an account guessed at from many sources
+//! keeps working for its registered phones; a wrong answer spends its nonce.
+
+use super::*;
+
+impl T {
+    /// A REGISTER for `user` from `src` that answers the challenge with `password`: the final
+    /// status, or None when the server sent nothing back at some step.
+    fn login(&mut self, user: &str, src: &str, password: &str) -> Option<u16> {
+        self.seq += 1;
+        let call_id = format!("guess-{}", self.seq);
+        let to = format!("<sip:{user}@example.test>");
+        let mut r = self.req("REGISTER", "sip:example.test", user, &to, src, &call_id);
+        self.recv(src, &r.text());
+        let out = self.sent();
+        let first = out.first()?;
+        if first.1.status() != Some(401) {
+            return first.1.status();
+        }
+        let nonce = self::nonce(&first.1, HeaderName::WwwAuthenticate);
+        let creds = authorization(
+            Algorithm::Md5,
+            user,
+            "example.test",
+            password,
+            "REGISTER",
+            "sip:example.test",
+            &nonce,
+            "c",
+            1,
+        );
+        r.extra = vec![format!("Authorization: {creds}")];
+        r.cseq = 2;
+        r.branch = self.branch();
+        self.recv(src, &r.text());
+        self.sent().first().and_then(|(_, m)| m.status())
+    }
+
+    fn bans_made(&mut self) -> Vec<(IpAddr, u64)> {
+        self.stash
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::Ban { source, secs } => Some((source, secs)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn the_fifth_wrong_password_bans_the_source_and_it_is_answered_no_more() {
+    let mut t = T::new();
+    let guesser = "127.0.0.50:5070";
+    for i in 1..=5 {
+        assert_eq!(t.login("alice", guesser, "guess"), Some(401), "guess {i}");
+    }
+    assert_eq!(
+        t.bans_made(),
+        vec![(addr("127.0.0.50:0").ip(), 900)],
+        "the edge is told"
+    );
+    assert_eq!(t.core.counters.registrar.bans, 1);
+    // Banned: not even the right password is answered, nor an OPTIONS, from any port.
+    assert_eq!(t.login("alice", guesser, "secret"), None);
+    assert_eq!(t.login("alice", "127.0.0.50:6000", "secret"), None);
+    assert!(t.core.counters.traffic.dropped_banned >= 2);
+    // Another address is not affected.
+    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
+    // The ban is listed, lifted by the operator, and the source is heard again.
+    let bans = t.core.bans(t.now);
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].source, "127.0.0.50");
+    assert!(t.core.lift_ban(t.now, addr(guesser).ip()));
+    assert!(t
+        .core
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::LiftBan { .. })));
+    assert_eq!(t.login("alice", guesser, "secret"), Some(200));
+    // Unknown users count the same as wrong passwords: nothing tells them apart.
+    for _ in 0..5 {
+        assert_eq!(t.login("nobody", "127.0.0.51:5070", "x"), Some(401));
+    }
+    assert_eq!(t.login("alice", "127.0.0.51:5070", "secret"), None);
+}
+
+#[test]
+fn a_ban_ends_and_a_repeat_offence_doubles_it() {
+    let mut t = T::new();
+    let guesser = "127.0.0.60:5070";
+    for _ in 0..5 {
+        t.login("bob", guesser, "guess");
+    }
+    t.advance(Duration::from_secs(901));
+    assert_eq!(
+        t.login("bob", guesser, "secret"),
+        Some(200),
+        "the ban is over"
+    );
+    for _ in 0..5 {
+        t.login("bob", guesser, "guess");
+    }
+    let bans = t.bans_made();
+    assert_eq!(bans.last().map(|b| b.1), Some(1800));
+}
+
+#[test]
+fn an_account_guessed_from_many_sources_still_serves_its_own_phones() {
+    let mut t = T::new();
+    assert_eq!(t.register("alice", ALICE, &[]).status(), Some(200));
+    // 30 guesses from 30 addresses: none is banned, but the account is now shielded.
+    for i in 0..30 {
+        let src = format!("127.0.1.{i}:5070");
+        assert_eq!(t.login("alice", &src, "guess"), Some(401));
+    }
+    // Even the right password from a new address is refused for now...
+    assert_eq!(t.login("alice", "127.0.2.1:5070", "secret"), Some(401));
+    // ...while alice's registered phone logs in as before.
+    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
+    // Other accounts are not affected.
+    assert_eq!(t.login("bob", "127.0.2.1:5070", "secret"), Some(200));
+    // Once the window has passed, new addresses may try again.
+    t.advance(Duration::from_secs(601));
+    assert_eq!(t.login("alice", "127.0.2.1:5070", "secret"), Some(200));
+}
+
+#[test]
+fn trusted_networks_are_never_banned() {
+    let mut t = T::new();
+    let mut cfg = t.core.cfg.clone();
+    cfg.guard.trusted = vec![(addr("127.0.0.0:0").ip(), 8)];
+    t.core.reconfigure(&cfg);
+    for _ in 0..20 {
+        assert_eq!(t.login("alice", "127.0.0.70:5070", "guess"), Some(401));
+    }
+    assert_eq!(t.login("alice", "127.0.0.70:5070", "secret"), Some(200));
+    assert!(t.bans_made().is_empty());
+}
