@@ -83,11 +83,13 @@ fn the_core_depends_on_no_io_crate() {
     // And none of its sources names the clock or a socket.
     let mut offenders = vec![];
     for f in rust_files(&root().join("crates/core/src")) {
-        let text = fs::read_to_string(&f).unwrap();
+        let whole = fs::read_to_string(&f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         if name.contains("tests") {
             continue;
         }
+        // A unit test module may read the clock once, to start its virtual time.
+        let text = whole.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
         for banned in [
             "Instant::now",
             "SystemTime::now",
