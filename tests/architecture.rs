@@ -89,7 +89,10 @@ fn the_core_depends_on_no_io_crate() {
             continue;
         }
         // A unit test module may read the clock once, to start its virtual time.
-        let text = whole.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+        let text = whole
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or_default();
         for banned in [
             "Instant::now",
             "SystemTime::now",

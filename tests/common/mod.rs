@@ -558,7 +558,8 @@ impl Server {
         )
     }
 
-    fn cli_json(&self, what: &str) -> Value {
+    /// `hedgewitch WHAT --json`, parsed.
+    pub fn cli_json(&self, what: &str) -> Value {
         let r = self.cli(&[what, "--json"]);
         assert!(
             r.success(),
@@ -683,6 +684,8 @@ impl Drop for Server {
 pub struct Sipp {
     /// Run in this network namespace with this local address (default: none, 127.0.0.1).
     netns: Option<(String, String)>,
+    /// Another loopback address to send from (default 127.0.0.1).
+    local_ip: Option<String>,
     name: String,
     dir: PathBuf,
     scenario: PathBuf,
@@ -700,6 +703,7 @@ impl Sipp {
         let mut s = Sipp {
             calls: 1,
             netns: None,
+            local_ip: None,
             name: sanitize(name),
             dir: srv.dir.clone(),
             scenario: path,
@@ -745,6 +749,12 @@ impl Sipp {
             .arg(password)
             .arg("-auth_uri")
             .arg(auth_uri)
+    }
+
+    /// Sends from another loopback address (`127.0.0.4`): a phone the server tells apart.
+    pub fn local_ip(mut self, ip: &str) -> Sipp {
+        self.local_ip = Some(ip.to_string());
+        self
     }
 
     /// Runs SIPp inside a network namespace, with `ip` as its local address.
@@ -814,7 +824,10 @@ impl Sipp {
                 c.args(["netns", "exec", ns, "sipp"]);
                 (c, ip.as_str())
             }
-            None => (Command::new("sipp"), HOST),
+            None => (
+                Command::new("sipp"),
+                self.local_ip.as_deref().unwrap_or(HOST),
+            ),
         };
         cmd.current_dir(&self.dir)
             .arg("-sf")
