@@ -124,10 +124,18 @@ enum UserCommand {
         /// Read the password from the first line of standard input instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
+        /// Keep a weak password (short, common, or the user's name) instead of refusing it.
+        #[arg(long)]
+        allow_weak_password: bool,
     },
     /// Create many accounts at once from a file of `name,extension,password` lines (extension
     /// may be empty; `#` starts a comment). All or nothing.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Keep weak passwords instead of refusing the file.
+        #[arg(long)]
+        allow_weak_password: bool,
+    },
     /// List accounts.
     List,
     /// Change a password.
@@ -135,6 +143,9 @@ enum UserCommand {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+        /// Keep a weak password instead of refusing it.
+        #[arg(long)]
+        allow_weak_password: bool,
     },
     /// Delete an account and its registrations.
     Remove { name: String },
@@ -361,6 +372,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
             name,
             extension,
             password_stdin,
+            allow_weak_password,
         } => {
             // The name first: nobody types a password for a name that is refused anyway.
             accounts::check_name(cfg, &name)?;
@@ -368,7 +380,11 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                 accounts::check_extension(cfg, e)?;
             }
             let pw = read_password(password_stdin, &name)?;
-            accounts::add(cfg, &store, &name, extension.as_deref(), &pw)?;
+            let password = accounts::Password {
+                text: &pw,
+                allow_weak: allow_weak_password,
+            };
+            accounts::add(cfg, &store, &name, extension.as_deref(), password)?;
             notify_daemon(cfg);
             println!(
                 "added {}{}",
@@ -378,10 +394,18 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
                     .unwrap_or_default()
             );
         }
-        UserCommand::Import { file } => {
+        UserCommand::Import {
+            file,
+            allow_weak_password,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let users = accounts::parse_import(cfg, &file.display().to_string(), &text)?;
+            let users = accounts::parse_import(
+                cfg,
+                &file.display().to_string(),
+                &text,
+                allow_weak_password,
+            )?;
             accounts::import(cfg, &mut store, &users)?;
             notify_daemon(cfg);
             println!("imported {} users", users.len());
@@ -403,12 +427,17 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
         UserCommand::Passwd {
             name,
             password_stdin,
+            allow_weak_password,
         } => {
             if store.user(&name)?.is_none() {
                 return Err(format!("no user `{name}`"));
             }
             let pw = read_password(password_stdin, &name)?;
-            accounts::set_password(cfg, &store, &name, &pw)?;
+            let password = accounts::Password {
+                text: &pw,
+                allow_weak: allow_weak_password,
+            };
+            accounts::set_password(cfg, &store, &name, password)?;
             notify_daemon(cfg);
             println!("password of {name} changed");
         }

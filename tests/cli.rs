@@ -69,7 +69,7 @@ fn accounts_are_managed_in_the_store() {
             "101",
             "--password-stdin",
         ],
-        Some("pw1\n"),
+        Some("Pw-one-111\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = hw(
@@ -82,7 +82,7 @@ fn accounts_are_managed_in_the_store() {
             "102",
             "--password-stdin",
         ],
-        Some("pw2\n"),
+        Some("Pw-two-222\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
     // A clash names the user it clashes with.
@@ -96,7 +96,7 @@ fn accounts_are_managed_in_the_store() {
             "101",
             "--password-stdin",
         ],
-        Some("x\n"),
+        Some("Pw-carol-333\n"),
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("alice"), "{}", text(&o));
@@ -126,6 +126,38 @@ fn accounts_are_managed_in_the_store() {
         Some("\n"),
     );
     assert!(!o.status.success(), "empty password refused");
+    // A weak password is refused, and kept only when asked for.
+    let o = hw(
+        &cfg,
+        &["user", "add", "erin", "--password-stdin"],
+        Some("erinpw\n"),
+    );
+    assert!(!o.status.success(), "weak password accepted");
+    assert!(
+        text(&o).contains("weak password") && text(&o).contains("--allow-weak-password"),
+        "{}",
+        text(&o)
+    );
+    let o = hw(
+        &cfg,
+        &["user", "passwd", "alice", "--password-stdin"],
+        Some("password123\n"),
+    );
+    assert!(!o.status.success(), "weak password accepted by passwd");
+    let o = hw(
+        &cfg,
+        &[
+            "user",
+            "add",
+            "erin",
+            "--password-stdin",
+            "--allow-weak-password",
+        ],
+        Some("erinpw\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = hw(&cfg, &["user", "remove", "erin"], None);
+    assert!(o.status.success(), "{}", text(&o));
 
     let o = hw(&cfg, &["user", "list"], None);
     let list = text(&o);
@@ -137,30 +169,34 @@ fn accounts_are_managed_in_the_store() {
 
     // The password is stored only as hashes.
     let db = std::fs::read(dir.join("data/hedgewitch.db")).unwrap();
-    assert!(!db.windows(3).any(|w| w == b"pw1"));
+    assert!(!db.windows(10).any(|w| w == b"Pw-one-111"));
 
     let o = hw(
         &cfg,
         &["user", "passwd", "alice", "--password-stdin"],
-        Some("pw3\n"),
+        Some("Pw-three-333\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = hw(
         &cfg,
         &["user", "passwd", "nobody", "--password-stdin"],
-        Some("pw3\n"),
+        Some("Pw-three-333\n"),
     );
     assert!(!o.status.success());
     // Bulk import: all or nothing, with the failing line named.
     let list = dir.join("users.csv");
-    std::fs::write(&list, "# name,extension,password\nu1,201,p1\nu2,,p2\n").unwrap();
+    std::fs::write(
+        &list,
+        "# name,extension,password\nu1,201,Pw-u1-1111\nu2,,Pw-u2-2222\n",
+    )
+    .unwrap();
     let o = hw(&cfg, &["user", "import", list.to_str().unwrap()], None);
     assert!(
         o.status.success() && text(&o).contains("imported 2"),
         "{}",
         text(&o)
     );
-    std::fs::write(&list, "u3,301,p3\nu4 has spaces,302,p4\n").unwrap();
+    std::fs::write(&list, "u3,301,Pw-u3-3333\nu4 has spaces,302,Pw-u4-4444\n").unwrap();
     let o = hw(&cfg, &["user", "import", list.to_str().unwrap()], None);
     assert!(
         !o.status.success() && text(&o).contains(":2:"),
@@ -231,7 +267,7 @@ fn status_needs_a_running_server_and_then_reports_it() {
     let o = hw(
         &cfg,
         &["user", "add", "zoe", "--password-stdin"],
-        Some("pw\n"),
+        Some("Pw-plain-000\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = hw(&cfg, &["status", "--json"], None);
@@ -259,7 +295,7 @@ fn phone_system_settings_are_checked_and_stored() {
         hw(
             &cfg,
             &["user", "add", name, "--extension", ext, "--password-stdin"],
-            Some("pw\n"),
+            Some("Pw-plain-000\n"),
         )
     };
     let o = add("alice", "201");
@@ -300,8 +336,14 @@ fn phone_system_settings_are_checked_and_stored() {
     // the group has, refuses the whole file.
     let file = dir.join("import.csv");
     for (lines, why) in [
-        ("carol,203,pw\ndave,302,pw\n", "outside 200-299"),
-        ("carol,203,pw\ndave,250,pw\n", "group `sales`"),
+        (
+            "carol,203,Pw-import-55\ndave,302,Pw-import-55\n",
+            "outside 200-299",
+        ),
+        (
+            "carol,203,Pw-import-55\ndave,250,Pw-import-55\n",
+            "group `sales`",
+        ),
     ] {
         std::fs::write(&file, lines).unwrap();
         let o = hw(&cfg, &["user", "import", file.to_str().unwrap()], None);

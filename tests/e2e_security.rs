@@ -124,7 +124,7 @@ fn ban_lines(srv: &Server) -> Vec<String> {
 
 #[test]
 fn svcrack_is_banned_within_five_guesses_and_never_finds_the_password() {
-    if !peers_available(&["sipp", "svcrack", "python3"]) {
+    if !peers_available(&["sipp", "svcrack", "python3", "fail2ban-regex"]) {
         return;
     }
     let srv = Server::start(ServerOpts {
@@ -182,6 +182,38 @@ fn svcrack_is_banned_within_five_guesses_and_never_finds_the_password() {
     phone_registers(&srv, 3).assert_ok();
     let listed = srv.cli(&["bans"]);
     assert!(listed.stdout.contains("127.0.0.1"), "{}", listed.stdout);
+
+    // The fail2ban filter that docs/security.md gives finds each failed login in the log.
+    let filter = srv.dir.join("hedgewitch-filter.conf");
+    std::fs::write(&filter, docs_fail2ban_filter()).expect("write the filter");
+    let mut cmd = Command::new("fail2ban-regex");
+    cmd.arg(&srv.log).arg(&filter);
+    let out = run_bounded(
+        &mut cmd,
+        None,
+        &srv.dir.join("f2b"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.stdout.contains(", 10 matched,"),
+        "fail2ban-regex:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The fail2ban filter as docs/security.md gives it.
+fn docs_fail2ban_filter() -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"))
+            .expect("docs/security.md");
+    let start = doc
+        .find("# /etc/fail2ban/filter.d/hedgewitch.conf")
+        .expect("the filter in docs/security.md");
+    let end = doc[start..]
+        .find("```")
+        .expect("the end of the filter block");
+    doc[start..start + end].to_string()
 }
 
 /// One source of the pipelined guesser: a socket on its own loopback address.

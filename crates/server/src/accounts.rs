@@ -102,12 +102,14 @@ pub fn add(
     store: &SqliteStore,
     name: &str,
     extension: Option<&str>,
-    password: &str,
+    password: Password<'_>,
 ) -> Result<User, String> {
     check_name(cfg, name)?;
     if let Some(e) = extension {
         check_extension(cfg, e)?;
     }
+    password.check(name, extension)?;
+    let password = password.text;
     let new = new_user(cfg, name, extension, password);
     if store.user(name)?.is_none() {
         let mut users = store.users()?;
@@ -120,8 +122,14 @@ pub fn add(
 }
 
 /// Reads an import file of `name,extension,password` lines (extension may be empty, `#`
-/// starts a comment); a bad line is named with its number. Nothing is written.
-pub fn parse_import(cfg: &Config, source: &str, text: &str) -> Result<Vec<User>, String> {
+/// starts a comment); a bad line, or a weak password unless `allow_weak`, is named with its
+/// line number. Nothing is written.
+pub fn parse_import(
+    cfg: &Config,
+    source: &str,
+    text: &str,
+    allow_weak: bool,
+) -> Result<Vec<User>, String> {
     let mut users = vec![];
     for (n, line) in text.lines().enumerate() {
         let at = || format!("{source}:{}", n + 1);
@@ -140,6 +148,13 @@ pub fn parse_import(cfg: &Config, source: &str, text: &str) -> Result<Vec<User>,
         if !ext.is_empty() && (ext.len() > 16 || !ext.bytes().all(|c| c.is_ascii_digit())) {
             return Err(format!("{}: extension must be 1 to 16 digits", at()));
         }
+        let ext_opt = (!ext.is_empty()).then_some(ext);
+        Password {
+            text: pw,
+            allow_weak,
+        }
+        .check(name, ext_opt)
+        .map_err(|e| format!("{}: {e}", at()))?;
         users.push(new_user(cfg, name, (!ext.is_empty()).then_some(ext), pw));
     }
     Ok(users)
@@ -166,17 +181,77 @@ pub fn set_password(
     cfg: &Config,
     store: &SqliteStore,
     name: &str,
-    password: &str,
+    password: Password<'_>,
 ) -> Result<(), String> {
     let old = store
         .user(name)?
         .ok_or_else(|| format!("no user `{name}`"))?;
+    password.check(name, old.extension.as_deref())?;
+    let password = password.text;
     store.update_user(&User {
         outside: old.outside,
         external: old.external,
         ..new_user(cfg, name, old.extension.as_deref(), password)
     })?;
     cfg.record_domain()
+}
+
+/// A new password, and whether a weak one is accepted (`--allow-weak-password`).
+#[derive(Clone, Copy)]
+pub struct Password<'a> {
+    /// The password as typed.
+    pub text: &'a str,
+    /// Take it even if it is weak.
+    pub allow_weak: bool,
+}
+
+/// Passwords that guessers try first (see the file).
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+/// Shortest password accepted without `--allow-weak-password`.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+impl Password<'_> {
+    /// Refuses a password a guesser would find at once: short, one of the most common, the
+    /// account's own name or extension, or made of a few characters repeated.
+    pub fn check(&self, name: &str, extension: Option<&str>) -> Result<(), String> {
+        if self.text.is_empty() {
+            return Err("empty password".into());
+        }
+        if self.allow_weak {
+            return Ok(());
+        }
+        let lower = self.text.to_lowercase();
+        let user = name.split('@').next().unwrap_or(name).to_lowercase();
+        let distinct = {
+            let mut c: Vec<char> = lower.chars().collect();
+            c.sort_unstable();
+            c.dedup();
+            c.len()
+        };
+        let why = if self.text.chars().count() < MIN_PASSWORD_LEN {
+            format!("shorter than {MIN_PASSWORD_LEN} characters")
+        } else if COMMON_PASSWORDS
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .any(|l| l == lower)
+        {
+            "one of the passwords guessers try first".to_string()
+        } else if lower == user
+            || lower.chars().rev().collect::<String>() == user
+            || extension.is_some_and(|e| lower == e)
+        {
+            "the account's own name or extension".to_string()
+        } else if distinct < 4 {
+            "made of too few different characters".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(format!(
+            "weak password ({why}): a server on the Internet gets guessers within minutes; \
+             choose a longer one, or give --allow-weak-password to keep it anyway"
+        ))
+    }
 }
 
 /// What `user set` changes; `None` keeps the current value.
@@ -252,6 +327,40 @@ mod tests {
     }
 
     #[test]
+    fn weak_passwords_are_refused_unless_allowed() {
+        let check = |pw: &str, allow_weak| {
+            Password {
+                text: pw,
+                allow_weak,
+            }
+            .check("alice", Some("101"))
+        };
+        for weak in [
+            "alicepw",
+            "Password1",
+            "QWERTY123",
+            "12345678",
+            "alice",
+            "aaaabbbb",
+        ] {
+            let e = check(weak, false).err();
+            let e = e.unwrap_or_else(|| panic!("{weak} accepted"));
+            assert!(e.contains("--allow-weak-password"), "{e}");
+        }
+        assert!(check("ecila", false).is_err(), "short");
+        assert!(check("alice", false).unwrap_err().contains("shorter"));
+        assert!(check("Password1", false)
+            .unwrap_err()
+            .contains("guessers try first"));
+        assert!(check("ilovemyphone", false).is_ok());
+        assert!(check("alice-Secret-1", false).is_ok());
+        assert!(check("pw", true).is_ok(), "allowed");
+        assert!(check("", true).is_err(), "never empty");
+        let e = parse_import(&cfg(), "f", "bob,,bobpw\n", false).unwrap_err();
+        assert!(e.starts_with("f:1: weak password"), "{e}");
+    }
+
+    #[test]
     fn names_and_realms() {
         let c = cfg();
         assert!(valid_name(&c, "alice.b-c_d"));
@@ -270,12 +379,12 @@ mod tests {
     #[test]
     fn an_import_names_its_bad_line() {
         let c = cfg();
-        let ok = parse_import(&c, "f", "# team\nalice,101,pw1\nbob,,pw2\n").unwrap();
+        let ok = parse_import(&c, "f", "# team\nalice,101,pw1\nbob,,pw2\n", true).unwrap();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].extension, None);
-        let e = parse_import(&c, "f", "alice,101,pw\nbob;102;pw\n").unwrap_err();
+        let e = parse_import(&c, "f", "alice,101,pw\nbob;102;pw\n", true).unwrap_err();
         assert_eq!(e, "f:2: expected name,extension,password");
-        let e = parse_import(&c, "f", "carol,1x,pw\n").unwrap_err();
+        let e = parse_import(&c, "f", "carol,1x,pw\n", true).unwrap_err();
         assert!(e.starts_with("f:1: extension"), "{e}");
     }
 }
