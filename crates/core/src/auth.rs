@@ -46,12 +46,16 @@ pub(crate) struct Authenticator {
 }
 
 impl Authenticator {
-    /// `secret` keys the nonces; they live `nonce_lifetime` seconds.
-    pub(crate) fn new(users: super::Users, secret: [u8; 32], nonce_lifetime: u64) -> Self {
+    /// `secret` (the process's) keys the nonces and the memory of failures, each with a key
+    /// of its own; nonces live `nonce_lifetime` seconds.
+    pub(crate) fn new(users: super::Users, secret: &[u8; 32], nonce_lifetime: u64) -> Self {
         Authenticator {
             users,
-            nonces: sip::digest::NonceManager::new(secret, nonce_lifetime),
-            failures: RecentFailures::default(),
+            nonces: sip::digest::NonceManager::new(
+                crate::keys::derive(secret, "hedgewitch nonces v1"),
+                nonce_lifetime,
+            ),
+            failures: RecentFailures::new(secret),
             guard: Guard::default(),
         }
     }
@@ -101,11 +105,10 @@ impl Authenticator {
 /// branch) is neither counted nor logged again. Challenges keep no transaction, so this is
 /// the only memory of them; bounded whatever senders do, in entries and in bytes: a request is
 /// remembered by a keyed hash of its identifiers, never by the sender's strings.
-#[derive(Default)]
 pub(crate) struct RecentFailures {
     seen: std::collections::HashMap<u64, Instant>,
     /// Keys the hashes per process, so a sender cannot aim at another request's entry.
-    keys: std::collections::hash_map::RandomState,
+    key: [u64; 2],
 }
 
 /// How long a failed request is remembered: a UDP request is retransmitted for 32 s at most
@@ -115,13 +118,26 @@ const RETRANSMITTED_WITHIN: std::time::Duration = std::time::Duration::from_secs
 const MAX_REMEMBERED: usize = 4096;
 
 impl RecentFailures {
+    fn new(secret: &[u8; 32]) -> Self {
+        let k = crate::keys::derive(secret, "hedgewitch failures v1");
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        RecentFailures {
+            seen: std::collections::HashMap::new(),
+            key: [word(0), word(1)],
+        }
+    }
+
     /// True the first time this request fails (within the window).
     fn first(&mut self, now: Instant, msg: &Message, flow: Flow) -> bool {
-        use std::hash::BuildHasher;
-        let branch = msg.top_via().and_then(|v| v.branch().map(str::to_string));
-        let key = self
-            .keys
-            .hash_one((flow.remote, msg.call_id(), msg.cseq().map(|c| c.0), branch));
+        use std::hash::{Hash, Hasher};
+        let branch = msg.top_via().and_then(|v| v.branch());
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key[0], self.key[1]);
+        (flow.remote, msg.call_id(), msg.cseq().map(|c| c.0), branch).hash(&mut h);
+        let key = h.finish();
         if self
             .seen
             .get(&key)

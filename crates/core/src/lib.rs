@@ -10,6 +10,7 @@ mod flow;
 mod guard;
 mod handles;
 mod keepalive;
+mod keys;
 mod location;
 pub mod plan;
 mod proxy;
@@ -336,8 +337,8 @@ pub(crate) struct Origin {
     pub(crate) unix_at_start: u64,
     /// The last id handed out (response contexts, DNS lookups, relay streams).
     pub(crate) next_id: u64,
-    /// Random per process, mixed into branches and tags so they are unguessable.
-    pub(crate) salt: u64,
+    /// The process's keys: branches, tags and tokens come from them, unguessable outside.
+    pub(crate) keys: keys::Keys,
 }
 
 impl Core {
@@ -365,9 +366,10 @@ impl Core {
         unix_now: u64,
         plan: Directory,
     ) -> Core {
+        let keys = keys::Keys::new(&secret, &cfg.route_key);
         let mut core = Core {
             plan,
-            auth: auth::Authenticator::new(Users::new(users), secret, cfg.auth.nonce_lifetime),
+            auth: auth::Authenticator::new(Users::new(users), &secret, cfg.auth.nonce_lifetime),
             cfg,
             location: Location::default(),
             tx: transactions::Transactions::default(),
@@ -379,7 +381,7 @@ impl Core {
                 started: now,
                 unix_at_start: unix_now,
                 next_id: 1,
-                salt: u64::from_le_bytes(secret[..8].try_into().unwrap_or([7; 8])),
+                keys,
             },
             counters: Counters::default(),
             out: Vec::new(),
@@ -473,13 +475,13 @@ impl Core {
         self.origin.next_id
     }
 
-    /// A fresh token for tags and branches: unique in this process, not guessable outside it.
+    /// A fresh token for tags and branches: unique in this process (it ends with a counter),
+    /// not guessable outside it (it starts with a keyed hash of that counter).
     pub(crate) fn token(&mut self) -> String {
         let id = self.id();
-        let mixed = (id ^ self.origin.salt)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29)
-            ^ self.origin.salt;
+        let mut h = self.origin.keys.hasher(keys::Purpose::Token);
+        h.write_u64(id);
+        let mixed = h.finish();
         let mut out = String::with_capacity(24);
         push_hex(&mut out, mixed, 16);
         push_hex(&mut out, id, 0);

@@ -123,7 +123,7 @@ impl Core {
     /// Route, Proxy-Require); it goes into our branch so the same request coming back is
     /// recognised as a loop while a spiral (changed R-URI) is not.
     pub(crate) fn loop_hash(&self, msg: &Message) -> String {
-        let mut h = Fnv::new(self.origin.salt);
+        let mut h = self.origin.keys.hasher(crate::keys::Purpose::Loop);
         h.write(msg.uri_str());
         h.write(msg.from().and_then(|f| f.tag()).unwrap_or(""));
         h.write(msg.to().and_then(|t| t.tag()).unwrap_or(""));
@@ -156,32 +156,5 @@ impl Core {
         msg.vias().flatten().any(|v| {
             self.is_us(&v.host, v.port) && v.branch().is_some_and(|b| b.starts_with(&prefix))
         })
-    }
-}
-
-/// FNV-1a, seeded: cheap and good enough for loop detection (not a security boundary).
-pub(crate) struct Fnv(u64);
-
-impl Fnv {
-    pub(crate) fn new(seed: u64) -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325 ^ seed)
-    }
-
-    pub(crate) fn write(&mut self, s: &str) {
-        for b in s.bytes().chain(std::iter::once(0)) {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    pub(crate) fn write_u64(&mut self, v: u64) {
-        for b in v.to_le_bytes() {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    pub(crate) fn finish(&self) -> u64 {
-        self.0
     }
 }

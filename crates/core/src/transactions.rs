@@ -239,7 +239,7 @@ impl Core {
     /// its responses carry the same one and nothing is stored or computed for the transactions
     /// we only forward.
     pub(crate) fn to_tag(&self, key: &str) -> String {
-        let mut h = route::Fnv::new(self.origin.salt);
+        let mut h = self.origin.keys.hasher(crate::keys::Purpose::ToTag);
         h.write(key);
         let mut out = String::with_capacity(16);
         push_hex(&mut out, h.finish(), 16);

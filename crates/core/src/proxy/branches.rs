@@ -311,16 +311,7 @@ impl Core {
 
     /// The signature our Record-Route carries for a dialog: a keyed hash of its Call-ID.
     pub(crate) fn route_token(&self, call_id: &str) -> String {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(self.cfg.route_key);
-        h.update(call_id.as_bytes());
-        let d = h.finalize();
-        let mut s = String::with_capacity(16);
-        for b in &d[..8] {
-            crate::push_hex(&mut s, u64::from(*b), 2);
-        }
-        s
+        self.origin.keys.route_token(call_id)
     }
 
     /// Whether the top Route of `msg` is a Record-Route we signed for its dialog: only
@@ -338,7 +329,7 @@ impl Core {
         top.uri
             .param("hw")
             .flatten()
-            .is_some_and(|t| t.eq_ignore_ascii_case(&self.route_token(msg.call_id())))
+            .is_some_and(|t| self.origin.keys.route_token_matches(msg.call_id(), t))
     }
 
     /// The request as we forward it (§16.6): new Request-URI, our Via on top with the

@@ -5,7 +5,7 @@
 use super::auth::AuthOutcome;
 use super::branch::BranchState;
 use super::handles::{ClientTxId, CtxId, ServerTxId};
-use super::route::{Fnv, Hop};
+use super::route::Hop;
 use super::timers::TimerRef;
 use super::{
     client_key, request_like, server_key, Action, ClientMachine, ClientTx, Core, Flow,

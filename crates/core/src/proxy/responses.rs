@@ -43,7 +43,7 @@ impl Core {
             return;
         };
         // Stateless forwarding needs a branch that is the same for retransmissions (§16.11).
-        let mut h = Fnv::new(self.origin.salt);
+        let mut h = self.origin.keys.hasher(crate::keys::Purpose::AckBranch);
         h.write(msg.top_via().and_then(|v| v.branch()).unwrap_or(""));
         h.write(msg.call_id());
         let branch = format!("z9hG4bKack{:016x}", h.finish());
