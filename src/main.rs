@@ -167,6 +167,15 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // A listing piped into `head` ends quietly when the reader goes, as other Unix tools
+        // do, instead of panicking in println!. Not for `serve`: a peer closing its TCP
+        // connection must not kill the server.
+        // SAFETY: setting a signal's disposition to the default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli.config = cli.config.or_else(install::default_config);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -411,3 +411,29 @@ fn phone_system_settings_are_checked_and_stored() {
     assert!(text(&o).contains("regex ^00"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `hedgewitch user list | head` and the like: a listing whose reader has gone ends quietly
+/// (SIGPIPE, as other tools), never with a panic.
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = temp_dir("pipe");
+    let cfg = write_config(&dir, "");
+    // A pipe whose reading end is closed before the command writes anything.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["user", "list"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // SIGPIPE is signal 13 on Linux.
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+    let _ = std::fs::remove_dir_all(&dir);
+}
