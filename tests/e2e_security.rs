@@ -357,3 +357,36 @@ fn a_pipelined_guesser_from_twenty_addresses_is_banned_and_the_phone_keeps_worki
     );
     phone_registers(&srv, 2).assert_ok();
 }
+
+/// An INVITE from an address that never registered and never ACKs (it may be forged: the
+/// answers would hit someone else) draws the 100 Trying, the answer and two re-sends, then
+/// nothing: by 10 s the RFC's Timer G would have re-sent four times.
+#[test]
+fn an_invite_never_acked_from_an_unknown_source_draws_at_most_four_packets() {
+    let srv = Server::start(ServerOpts::default());
+    let sock = UdpSocket::bind("127.0.0.77:0").expect("bind");
+    let local = sock.local_addr().expect("local address");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let invite = format!(
+        "INVITE sip:nobody@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-cannon;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\nTo: <sip:nobody@{DOMAIN}>\r\n\
+         Call-ID: cannon@evil.test\r\nCSeq: 1 INVITE\r\nContact: <sip:mallory@{local}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(invite.as_bytes(), srv.addr()).expect("send");
+    let mut got = vec![];
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            got.push(text.lines().next().unwrap_or_default().to_string());
+        }
+    }
+    assert!(got.len() <= 4, "{got:#?}");
+    assert!(
+        got.iter().any(|l| l.contains(" 404 ")),
+        "answered: {got:#?}"
+    );
+}

@@ -80,6 +80,16 @@ impl Authenticator {
         self.guard.lift(now, ip)
     }
 
+    /// `ip` proved it receives what we send it (it answered a challenge, or ACKed).
+    pub(crate) fn mark_verified(&mut self, now: Instant, ip: std::net::IpAddr) {
+        self.guard.mark_verified(now, ip);
+    }
+
+    /// Whether `ip` proved it receives what we send it.
+    pub(crate) fn is_verified(&self, ip: std::net::IpAddr) -> bool {
+        self.guard.is_verified(ip)
+    }
+
     /// Forgets failures and bans that no longer matter.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         self.guard.forget_idle(now);
@@ -283,7 +293,11 @@ impl Core {
             return AuthOutcome::Challenge { stale: false };
         };
         match self.auth.nonces.commit_checked(checked, secs) {
-            NonceCheck::Valid => AuthOutcome::User(user_name),
+            NonceCheck::Valid => {
+                // It answered a challenge we sent it: the source is real.
+                self.auth.mark_verified(now, flow.remote.ip());
+                AuthOutcome::User(user_name)
+            }
             _ => AuthOutcome::Challenge { stale: true },
         }
     }

@@ -89,7 +89,12 @@ pub(crate) struct Guard {
     settings: GuardSettings,
     sources: HashMap<IpAddr, Source>,
     accounts: HashMap<String, Account>,
+    /// Sources that proved they receive what we send them, and when they last did.
+    verified: HashMap<IpAddr, Instant>,
 }
+
+/// Verified sources remembered at most; past it the oldest hour's are forgotten first.
+const MAX_VERIFIED: usize = 65_536;
 
 /// The key a source is remembered by: IPv4 as it is, IPv6 cut to its /64.
 pub fn source_key(ip: IpAddr) -> IpAddr {
@@ -211,6 +216,24 @@ impl Guard {
             length,
             offence: src.offences,
         })
+    }
+
+    /// `ip` answered a challenge or ACKed an answer: it is where it says it is.
+    pub(crate) fn mark_verified(&mut self, now: Instant, ip: IpAddr) {
+        if self.verified.len() >= MAX_VERIFIED && !self.verified.contains_key(&ip) {
+            let hour = Duration::from_secs(3600);
+            self.verified
+                .retain(|_, at| now.saturating_duration_since(*at) < hour);
+            if self.verified.len() >= MAX_VERIFIED {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(ip, now);
+    }
+
+    /// Whether `ip` ever proved it receives what we send it (as far as memory goes).
+    pub(crate) fn is_verified(&self, ip: IpAddr) -> bool {
+        self.verified.contains_key(&ip)
     }
 
     /// Whether `account` has failed so often lately that only its known addresses may try.

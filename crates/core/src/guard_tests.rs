@@ -137,3 +137,87 @@ fn trusted_networks_are_never_banned() {
     assert_eq!(t.login("alice", "127.0.0.70:5070", "secret"), Some(200));
     assert!(t.bans_made().is_empty());
 }
+
+/// An INVITE from another domain to `to` (no credentials), from `src`.
+fn outside_invite(src: &str, to: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:{to}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{call_id};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\nTo: <sip:{to}@example.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:mallory@{src}>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Everything sent to `to` from now until `secs` of virtual time have passed.
+fn sent_to_over(t: &mut T, to: &str, secs: u64) -> Vec<Message> {
+    let mut got: Vec<Message> = vec![];
+    let mut collect = |t: &mut T| {
+        got.extend(
+            t.sent()
+                .into_iter()
+                .filter(|(f, _)| f.remote == addr(to))
+                .map(|(_, m)| m),
+        )
+    };
+    collect(t);
+    for _ in 0..secs * 2 {
+        t.advance(Duration::from_millis(500));
+        collect(t);
+    }
+    got
+}
+
+#[test]
+fn an_invite_that_is_never_acked_draws_at_most_four_packets_to_an_unknown_source() {
+    let mut t = T::new();
+    let src = "192.0.2.99:5060";
+    t.recv(src, &outside_invite(src, "nobody", "cannon-1"));
+    let got = sent_to_over(&mut t, src, 40);
+    let statuses: Vec<_> = got.iter().map(|m| m.status()).collect();
+    assert_eq!(
+        statuses.len(),
+        4,
+        "the answer and two re-sends: {statuses:?}"
+    );
+    assert_eq!(statuses.first(), Some(&Some(100)));
+    assert!(
+        statuses.iter().skip(1).all(|s| *s == Some(404)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        t.core.tx.server_count(),
+        0,
+        "the transaction still ends (Timer H)"
+    );
+}
+
+#[test]
+fn a_source_that_proved_itself_gets_every_retransmission() {
+    let mut t = T::new();
+    // alice logs in from ALICE: that address is real. Her INVITE's final answer goes on
+    // being re-sent until the ACK, as RFC 3261 wants.
+    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
+    t.recv(ALICE, &outside_invite(ALICE, "nobody", "cannon-2"));
+    let got = sent_to_over(&mut t, ALICE, 40);
+    let finals = got.iter().filter(|m| m.status() == Some(404)).count();
+    assert!(finals > 4, "{finals} final answers");
+    // A source that ACKs an answer is verified too.
+    let src = "192.0.2.98:5060";
+    t.recv(src, &outside_invite(src, "nobody", "cannon-3"));
+    let first = t.sent();
+    let answer = first
+        .iter()
+        .find(|(_, m)| m.status() == Some(404))
+        .map(|(_, m)| m.clone())
+        .expect("404");
+    let to = answer.value(HeaderName::To).unwrap_or_default().to_string();
+    let ack = format!(
+        "ACK sip:nobody@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKcannon-3;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\nTo: {to}\r\nCall-ID: cannon-3\r\n\
+CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(src, &ack);
+    t.recv(src, &outside_invite(src, "nobody2", "cannon-4"));
+    let got = sent_to_over(&mut t, src, 40);
+    let finals = got.iter().filter(|m| m.status() == Some(404)).count();
+    assert!(finals > 4, "{finals} final answers after an ACK");
+}

@@ -126,6 +126,10 @@ impl ServerMachine {
     }
 }
 
+/// Final answers to an INVITE re-sent to a source never verified: with the 100 Trying and the
+/// answer itself, at most four packets go back to an address that may be forged.
+pub(crate) const UNVERIFIED_RETRANSMITS: u8 = 2;
+
 /// A server transaction: the request as received, where responses go, and the proxy context
 /// that answers it, if forwarded.
 pub(crate) struct ServerTx {
@@ -136,6 +140,8 @@ pub(crate) struct ServerTx {
     pub flow: Flow,
     pub ctx: Option<CtxId>,
     pub final_sent: bool,
+    /// Final answers re-sent on Timer G so far (capped for sources never verified).
+    pub retransmits: u8,
 }
 
 pub(crate) enum ClientMachine {
@@ -390,7 +396,18 @@ impl Core {
         if due.is_none_or(|d| d > now) {
             return;
         }
-        let actions = st.machine.handle_timeout(now);
+        let mut actions = st.machine.handle_timeout(now);
+        // Timer G re-sends an INVITE's final answer until the ACK. Towards a source that
+        // never proved it receives our packets (a login, an ACK), only a few times: the source
+        // may be forged, and we must not be a cannon pointed at someone else.
+        if actions.iter().any(|a| matches!(a, tx::Action::Transmit(_))) {
+            let ip = st.flow.remote.ip();
+            if st.retransmits >= UNVERIFIED_RETRANSMITS && !self.auth.is_verified(ip) {
+                actions.retain(|a| !matches!(a, tx::Action::Transmit(_)));
+            } else {
+                st.retransmits = st.retransmits.saturating_add(1);
+            }
+        }
         self.server_actions(now, key, actions);
     }
 

@@ -252,6 +252,7 @@ impl Core {
                 flow,
                 ctx: None,
                 final_sent: false,
+                retransmits: 0,
             },
         );
         if method == Some(Method::Invite) {

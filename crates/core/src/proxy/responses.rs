@@ -10,6 +10,8 @@ impl Core {
         let invite = self.tx.find_server(key);
         if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.server_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
+                // An ACK to our answer: this source receives what we send it.
+                self.auth.mark_verified(now, flow.remote.ip());
                 let (disp, actions) = m.on_ack(now);
                 self.server_actions(now, id, actions);
                 if disp == Disposition::Absorb {
@@ -88,6 +90,7 @@ impl Core {
                 flow,
                 ctx: None,
                 final_sent: false,
+                retransmits: 0,
             },
         );
         self.respond(now, key, 200, "OK", &[], None);
