@@ -390,3 +390,85 @@ fn an_invite_never_acked_from_an_unknown_source_draws_at_most_four_packets() {
         "answered: {got:#?}"
     );
 }
+
+/// The first line of the final answer `sock` gets to `request` (provisional ones skipped).
+fn final_answer(sock: &UdpSocket, server: &str, request: &str) -> String {
+    sock.send_to(request.as_bytes(), server).expect("send");
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if !line.starts_with("SIP/2.0 1") {
+                return line;
+            }
+        }
+    }
+    panic!("no final answer to {request}");
+}
+
+/// SIPVicious's `svwar` learns no user or extension over REGISTER, OPTIONS or INVITE, and a
+/// caller from another domain gets the same answer for users who exist (offline here) as for
+/// names nobody has, whatever the method.
+#[test]
+fn svwar_learns_no_user_and_outsiders_cannot_tell_who_exists() {
+    if !peers_available(&["svwar"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts::default());
+    let list = srv.dir.join("extensions.txt");
+    std::fs::write(
+        &list,
+        "alice\nbob\ncarol\nadmin\nnobody\n100\n101\n102\n103\n999\n",
+    )
+    .expect("write the list");
+    let target = format!("udp://{}", srv.addr());
+    for method in ["REGISTER", "OPTIONS", "INVITE"] {
+        let port = free_port().to_string();
+        let mut cmd = Command::new("svwar");
+        cmd.args(["--force", "-m", method, "-d"])
+            .arg(&list)
+            .args(["-P", &port, &target]);
+        let out = run_bounded(
+            &mut cmd,
+            None,
+            &srv.dir.join(format!("svwar-{method}")),
+            Duration::from_secs(90),
+        );
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(said.contains("found nothing"), "svwar -m {method}:\n{said}");
+        assert!(!said.contains("| alice"), "svwar -m {method}:\n{said}");
+    }
+    let sock = UdpSocket::bind("127.0.0.88:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let local = sock.local_addr().expect("local address");
+    let server = srv.addr();
+    for method in ["INVITE", "MESSAGE", "OPTIONS", "SUBSCRIBE"] {
+        let answers: Vec<String> = ["alice", "nobody"]
+            .iter()
+            .map(|who| {
+                let call_id = format!("enum-{method}-{who}");
+                let event = if method == "SUBSCRIBE" {
+                    "Event: presence\r\nExpires: 60\r\n"
+                } else {
+                    ""
+                };
+                let request = format!(
+                    "{method} sip:{who}@{DOMAIN} SIP/2.0\r\n\
+                     Via: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\n\
+                     To: <sip:{who}@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n\
+                     Contact: <sip:mallory@{local}>\r\n{event}Content-Length: 0\r\n\r\n"
+                );
+                final_answer(&sock, &server, &request)
+            })
+            .collect();
+        assert_eq!(answers[0], answers[1], "{method}");
+        assert!(answers[0].contains(" 404 "), "{method}: {}", answers[0]);
+    }
+}

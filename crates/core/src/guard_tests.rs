@@ -221,3 +221,78 @@ CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
     let finals = got.iter().filter(|m| m.status() == Some(404)).count();
     assert!(finals > 4, "{finals} final answers after an ACK");
 }
+
+/// What an outsider sees of an answer: status, reason and the header names, in order.
+fn shape(m: &Message) -> (Option<u16>, String, Vec<String>) {
+    let names = m
+        .headers
+        .iter()
+        .map(|h| m.text(h.name_span).to_ascii_lowercase())
+        .collect();
+    (m.status(), first_line(m), names)
+}
+
+/// From another domain, without credentials, nothing tells an existing user (offline,
+/// refusing outside calls, or on do-not-disturb) from a name nobody has, whatever the method.
+#[test]
+fn outsiders_cannot_tell_who_exists() {
+    let mut t = T::new();
+    // carol is on do-not-disturb; bob refuses calls from outside; alice accepts them but has
+    // no phone registered; "nobody" does not exist.
+    let mut users = users();
+    users[1].external = false;
+    t.core.set_users(users.clone());
+    let (d, _) = crate::plan::Directory::build(
+        "example.test",
+        &users,
+        &Default::default(),
+        &Default::default(),
+        &Default::default(),
+        &crate::plan::settings::PlanSettings {
+            forwards: vec![crate::plan::settings::ForwardSpec {
+                user: "carol".into(),
+                dnd: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    t.core.set_plan(d);
+    let src = "192.0.2.50:5060";
+    for method in ["INVITE", "MESSAGE", "OPTIONS", "SUBSCRIBE"] {
+        let mut seen = vec![];
+        for (i, who) in ["alice", "bob", "carol", "nobody", "101"]
+            .iter()
+            .enumerate()
+        {
+            let call_id = format!("enum-{method}-{i}");
+            let event = if method == "SUBSCRIBE" {
+                "Event: presence\r\nExpires: 60\r\n"
+            } else {
+                ""
+            };
+            let req = format!(
+                "{method} sip:{who}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{call_id};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\nTo: <sip:{who}@example.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:mallory@{src}>\r\n{event}Content-Length: 0\r\n\r\n"
+            );
+            t.recv(src, &req);
+            let finals: Vec<_> = t
+                .sent()
+                .into_iter()
+                .filter(|(_, m)| m.status().is_some_and(|s| s >= 200))
+                .map(|(_, m)| shape(&m))
+                .collect();
+            assert_eq!(finals.len(), 1, "{method} to {who}: {finals:?}");
+            seen.push((who.to_string(), finals[0].clone()));
+        }
+        for (who, s) in &seen {
+            assert_eq!(
+                s, &seen[3].1,
+                "{method}: {who} differs from a name nobody has"
+            );
+        }
+        assert_eq!(seen[3].1 .0, Some(404), "{method}");
+    }
+}

@@ -6,12 +6,13 @@ use super::*;
 
 impl Core {
     /// A response context for the request of server transaction `key`, with no branch yet.
+    /// A response context for the request of `key`; `(pop, hash, conceal)` shape its
+    /// branches and its answer (see `ProxyCtx`).
     pub(crate) fn new_context(
         &mut self,
         key: ServerTxId,
         msg: &Message,
-        pop: usize,
-        hash: &str,
+        (pop, hash, conceal): (usize, &str, bool),
         hunt: Option<Box<Hunt>>,
     ) -> Option<CtxId> {
         let invite = msg.method() == Some(Method::Invite);
@@ -46,6 +47,7 @@ impl Core {
                     dialog_creating,
                 },
                 hunt,
+                conceal,
             },
         );
         Some(ctx_id)
@@ -61,7 +63,7 @@ impl Core {
         pop: usize,
         hash: &str,
     ) {
-        if let Some(ctx_id) = self.new_context(key, msg, pop, hash, None) {
+        if let Some(ctx_id) = self.new_context(key, msg, (pop, hash, false), None) {
             self.add_branches(now, ctx_id, hops, &[]);
             if self
                 .proxy

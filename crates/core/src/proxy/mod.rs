@@ -126,6 +126,9 @@ pub(crate) struct ProxyCtx {
     pub template: BranchTemplate,
     /// Calls to local targets: stages, forwarding, history.
     pub hunt: Option<Box<Hunt>>,
+    /// The caller is an unauthenticated outsider: until a phone is rung, the final answer
+    /// is the 404 an unknown user gets, so that nobody learns who exists from outside.
+    pub conceal: bool,
 }
 
 /// How a context's branches are built, whichever target they go to.
@@ -179,11 +182,13 @@ pub(crate) enum Decision {
     Reply(u16, &'static str),
     ReplyOwned(u16, String),
     /// Ring a local target (or a remote one a local user dialled) through a hunt.
+    /// `conceal`: the caller is an unauthenticated outsider (see `ProxyCtx::conceal`).
     Hunt {
         target: Dialed,
         hunt: Box<Hunt>,
         pop: usize,
         hash: String,
+        conceal: bool,
     },
     Feature {
         user: String,
@@ -270,8 +275,10 @@ impl Core {
                 hunt,
                 pop,
                 hash,
+                conceal,
             }) => {
-                if let Some(ctx_id) = self.new_context(key, &msg, pop, &hash, Some(hunt)) {
+                let template = (pop, hash.as_str(), conceal);
+                if let Some(ctx_id) = self.new_context(key, &msg, template, Some(hunt)) {
                     self.hunt_start(now, ctx_id, target);
                 }
             }
@@ -462,6 +469,7 @@ impl Core {
                     hunt: Box::new(Hunt::new(msg.uri_str(), Some(user), None)),
                     pop,
                     hash,
+                    conceal: false,
                 };
             }
             Caller::OtherDomain => {
@@ -473,11 +481,14 @@ impl Core {
                     .by_name(&self.qualify(&callee, self.callee_domain(&a.uri)))
                     .map(|u| u.name.clone());
                 return match name.filter(|n| self.plan.accepts_external(n)) {
+                    // Whether the user exists must not show: unless a phone rings, the
+                    // answer is the 404 an unknown name gets.
                     Some(name) => Decision::Hunt {
                         target: Dialed::Local(crate::plan::Target::User(name)),
                         hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
                         pop,
                         hash,
+                        conceal: true,
                     },
                     None => Decision::Reply(404, "Not Found"),
                 };
@@ -526,6 +537,7 @@ impl Core {
             hunt,
             pop,
             hash,
+            conceal: false,
         }
     }
 

@@ -495,6 +495,11 @@ impl Core {
         let key = ctx.server;
         let best = ctx.best.take();
         let cancelled = ctx.cancelled;
+        let best = if ctx.conceal && ctx.branches.is_empty() && !cancelled {
+            Some(Candidate::Local(404, "Not Found"))
+        } else {
+            best
+        };
         match best {
             Some(Candidate::Received(resp)) => {
                 let status = resp.status().unwrap_or(500);

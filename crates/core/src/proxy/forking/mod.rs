@@ -623,7 +623,11 @@ impl Core {
         }
         ctx.final_sent = true;
         let key = ctx.server;
-        self.respond(now, key, code, &reason, &[], None);
+        if ctx.conceal && ctx.branches.is_empty() {
+            self.respond(now, key, 404, "Not Found", &[], None);
+        } else {
+            self.respond(now, key, code, &reason, &[], None);
+        }
         self.drop_context_if_done(ctx_id);
     }
 
