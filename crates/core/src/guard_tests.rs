@@ -166,60 +166,82 @@ fn sent_to_over(t: &mut T, to: &str, secs: u64) -> Vec<Message> {
     got
 }
 
+/// `src` calls bob from another domain; bob's phone (registered) answers 486. Returns what
+/// `src` got over the next 40 s of virtual time (it never ACKs).
+fn busy_call_from(t: &mut T, src: &str, call_id: &str) -> Vec<Message> {
+    t.recv(src, &outside_invite(src, "bob", call_id));
+    let out = t.sent();
+    let inv = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Invite))
+        .map(|(_, m)| m.clone())
+        .expect("bob's phone rings");
+    let mut got: Vec<Message> = out
+        .into_iter()
+        .filter(|(f, _)| f.remote == addr(src))
+        .map(|(_, m)| m)
+        .collect();
+    t.recv(BOB, &answer(&inv, 486, "Busy Here", "b"));
+    got.extend(sent_to_over(t, src, 40));
+    got
+}
+
 #[test]
 fn an_invite_that_is_never_acked_draws_at_most_four_packets_to_an_unknown_source() {
     let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    // Answered by the server itself: 100 Trying and the answer, nothing kept, nothing re-sent.
     let src = "192.0.2.99:5060";
     t.recv(src, &outside_invite(src, "nobody", "cannon-1"));
     let got = sent_to_over(&mut t, src, 40);
     let statuses: Vec<_> = got.iter().map(|m| m.status()).collect();
-    assert_eq!(
-        statuses.len(),
-        4,
-        "the answer and two re-sends: {statuses:?}"
-    );
-    assert_eq!(statuses.first(), Some(&Some(100)));
+    assert_eq!(statuses, [Some(100), Some(404)]);
+    // Answered by a phone: the answer is re-sent twice, then no more.
+    let got = busy_call_from(&mut t, src, "cannon-2");
+    let statuses: Vec<_> = got.iter().map(|m| m.status()).collect();
+    assert_eq!(statuses, [Some(100), Some(486), Some(486), Some(486)]);
     assert!(
-        statuses.iter().skip(1).all(|s| *s == Some(404)),
-        "{statuses:?}"
-    );
-    assert_eq!(
-        t.core.tx.server_count(),
-        0,
-        "the transaction still ends (Timer H)"
+        t.core.tx.no_servers(),
+        "Timer H ended the call's transaction all the same"
     );
 }
 
 #[test]
 fn a_source_that_proved_itself_gets_every_retransmission() {
     let mut t = T::new();
-    // alice logs in from ALICE: that address is real. Her INVITE's final answer goes on
-    // being re-sent until the ACK, as RFC 3261 wants.
-    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
-    t.recv(ALICE, &outside_invite(ALICE, "nobody", "cannon-2"));
-    let got = sent_to_over(&mut t, ALICE, 40);
-    let finals = got.iter().filter(|m| m.status() == Some(404)).count();
-    assert!(finals > 4, "{finals} final answers");
-    // A source that ACKs an answer is verified too.
+    t.register("bob", BOB, &[]);
+    // A source that ACKs an answer is where it says it is: the next answer it gets is
+    // re-sent until the ACK, as RFC 3261 wants.
     let src = "192.0.2.98:5060";
     t.recv(src, &outside_invite(src, "nobody", "cannon-3"));
-    let first = t.sent();
-    let answer = first
-        .iter()
+    let answer_404 = t
+        .sent()
+        .into_iter()
         .find(|(_, m)| m.status() == Some(404))
-        .map(|(_, m)| m.clone())
+        .map(|(_, m)| m)
         .expect("404");
-    let to = answer.value(HeaderName::To).unwrap_or_default().to_string();
+    let to = answer_404
+        .value(HeaderName::To)
+        .unwrap_or_default()
+        .to_string();
     let ack = format!(
         "ACK sip:nobody@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKcannon-3;rport\r\n\
 Max-Forwards: 70\r\nFrom: <sip:mallory@evil.test>;tag=m\r\nTo: {to}\r\nCall-ID: cannon-3\r\n\
 CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
     );
     t.recv(src, &ack);
-    t.recv(src, &outside_invite(src, "nobody2", "cannon-4"));
-    let got = sent_to_over(&mut t, src, 40);
-    let finals = got.iter().filter(|m| m.status() == Some(404)).count();
+    assert!(
+        t.sent().is_empty(),
+        "the ACK to a stateless answer is absorbed"
+    );
+    let got = busy_call_from(&mut t, src, "cannon-4");
+    let finals = got.iter().filter(|m| m.status() == Some(486)).count();
     assert!(finals > 4, "{finals} final answers after an ACK");
+    // So is one that logged in.
+    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
+    let got = busy_call_from(&mut t, ALICE, "cannon-5");
+    let finals = got.iter().filter(|m| m.status() == Some(486)).count();
+    assert!(finals > 4, "{finals} final answers after a login");
 }
 
 /// What an outsider sees of an answer: status, reason and the header names, in order.

@@ -1468,30 +1468,43 @@ Call-ID: rel\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
 
 #[test]
 fn a_flood_is_refused_once_the_transaction_table_is_full() {
-    let mut cfg = config();
-    cfg.max_transactions = 5;
-    let now = Instant::now();
-    let mut core = Core::new(cfg, users(), vec![], [2; 32], now, 1_800_000_000);
-    let mut codes = vec![];
+    let mut t = T::new();
+    t.core.cfg.max_transactions = 5;
+    let src = "192.0.2.10:5060";
+    let request = |method: &str, to: &str, i: usize| {
+        format!(
+            "{method} sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKflood{method}{i}\r\nMax-Forwards: 70\r\n\
+From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:{to}>\r\nCall-ID: flood{method}{i}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // What the core answers itself keeps nothing: a flood of OPTIONS to the server leaves no
+    // transaction behind, however long it lasts.
     for i in 0..8 {
-        let opt = format!(
-            "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKflood{i}\r\nMax-Forwards: 70\r\n\
-From: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: flood{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        );
-        core.handle_message(now, udp(ALICE), Bytes::from(opt));
-        for a in core.take_actions() {
-            if let Action::Send { data, .. } = a {
-                codes.push(Message::parse(data, false).unwrap().status().unwrap());
+        t.recv(src, &request("OPTIONS", "example.test", i));
+        assert_eq!(t.sent()[0].1.status(), Some(200));
+    }
+    assert!(t.core.tx.no_servers());
+    // Requests passed on keep their transaction until answered: past the cap, 503.
+    t.register("bob", BOB, &[]);
+    let mut refused = 0;
+    for i in 0..8 {
+        t.recv(src, &request("MESSAGE", "bob@example.test", i));
+        for (f, m) in t.sent() {
+            if f.remote == addr(src) {
+                assert_eq!(m.status(), Some(503));
+                refused += 1;
             }
         }
     }
-    assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
-    assert_eq!(core.tx.server_count(), 5);
-    assert_eq!(core.counters.traffic.overloaded, 3);
-    // Transactions end (Timer J) and room is made again.
-    let later = now + Duration::from_secs(33);
-    core.handle_timeout(later);
-    assert!(core.tx.no_servers());
+    assert_eq!(
+        refused, 4,
+        "the REGISTER's and four MESSAGEs' transactions fill the table"
+    );
+    assert_eq!(t.core.tx.server_count(), 5);
+    assert_eq!(t.core.counters.traffic.overloaded, 4);
+    // Transactions end (Timer F, J) and room is made again.
+    t.advance(Duration::from_secs(70));
+    assert!(t.core.tx.no_servers());
 }
 
 #[test]

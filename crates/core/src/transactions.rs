@@ -268,6 +268,54 @@ impl Core {
         });
     }
 
+    /// Answers the request of server transaction `key` with a final response the core decided
+    /// itself, before any state was needed (a refusal, a challenge, OPTIONS to us), and drops
+    /// the transaction: nothing is kept for Timer G, H or J (RFC 3261 §8.2.7, §16.3 allow
+    /// answering statelessly). A retransmitted request is simply answered again, with the same
+    /// To tag; the ACK to a negative answer to INVITE is recognised by that tag and absorbed.
+    /// Whatever a sender does, these answers cost no memory once sent.
+    pub(crate) fn answer_and_forget(
+        &mut self,
+        key: ServerTxId,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) {
+        let Some((flow, data)) = self.build_response(key, code, reason, extra, None) else {
+            return;
+        };
+        self.tx.servers.remove(key);
+        self.out.push(Action::Send {
+            flow,
+            data,
+            key: None,
+        });
+    }
+
+    /// The response to the request of server transaction `key`, and where it goes.
+    fn build_response(
+        &self,
+        key: ServerTxId,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) -> Option<(Flow, Bytes)> {
+        let (match_key, st) = self.tx.servers.get_keyed(key)?;
+        let tag = (code > 100).then(|| self.to_tag(match_key));
+        let request = st.request.as_ref()?;
+        let mut w = response_to(request, code, reason, tag.as_deref(), Some(st.flow.remote));
+        for (name, value) in extra {
+            w.header(name, value);
+        }
+        w.header("Server", concat!("hedgewitch/", env!("CARGO_PKG_VERSION")));
+        let data = match body {
+            Some((ct, b)) => w.finish(Some(ct), b),
+            None => w.finish(None, b""),
+        };
+        Some((st.flow, data))
+    }
+
     /// Builds a response to the request of server transaction `key` and sends it through
     /// the transaction (which retransmits it as needed).
     pub(crate) fn respond(

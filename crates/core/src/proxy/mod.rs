@@ -265,9 +265,9 @@ impl Core {
             self.respond(now, key, 100, "Trying", &[], None);
         }
         match self.decide(now, &msg, key, flow) {
-            Some(Decision::Reply(code, reason)) => self.respond(now, key, code, reason, &[], None),
+            Some(Decision::Reply(code, reason)) => self.answer_and_forget(key, code, reason, &[]),
             Some(Decision::ReplyOwned(code, reason)) => {
-                self.respond(now, key, code, &reason, &[], None)
+                self.answer_and_forget(key, code, &reason, &[])
             }
             Some(Decision::Feature { user, req }) => self.apply_feature(now, key, &user, req),
             Some(Decision::Hunt {
@@ -285,7 +285,7 @@ impl Core {
             Some(Decision::Register) => self.register(now, key, &msg, flow),
             Some(Decision::OptionsHere) => {
                 let h = Core::capability_headers();
-                self.respond(now, key, 200, "OK", &h, None);
+                self.answer_and_forget(key, 200, "OK", &h);
             }
             Some(Decision::Forward { hops, pop, hash }) => {
                 self.fork(now, key, &msg, hops, pop, &hash)
@@ -582,7 +582,7 @@ impl Core {
             }
             AuthOutcome::Challenge { stale } => {
                 let h = self.challenges(now, true, stale, &domain);
-                self.respond(now, key, 407, "Proxy Authentication Required", &h, None);
+                self.answer_and_forget(key, 407, "Proxy Authentication Required", &h);
                 Err(None)
             }
             AuthOutcome::Reject(code, reason) => Err(Some(Decision::Reply(code, reason))),

@@ -8,6 +8,18 @@ impl Core {
     /// 2xx, new branch) forwarded statelessly along the dialog's route.
     pub(crate) fn on_ack(&mut self, now: Instant, flow: Flow, msg: Message, key: &str) {
         let invite = self.tx.find_server(key);
+        // The ACK to a negative answer we sent statelessly (`answer_and_forget`) carries the
+        // To tag we derive from the INVITE's match key (or, from a careless phone, none: an
+        // ACK without a To tag cannot be for a 2xx, so it has nowhere else to go). It ends
+        // here.
+        if invite.is_none()
+            && msg
+                .to()
+                .is_some_and(|t| t.tag().is_none_or(|t| t == self.to_tag(key)))
+        {
+            self.auth.mark_verified(now, flow.remote.ip());
+            return;
+        }
         if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.server_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
                 // An ACK to our answer: this source receives what we send it.
