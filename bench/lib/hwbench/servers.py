@@ -94,6 +94,9 @@ class Hedgewitch(Server):
             f.write('listen = ["udp:%s:%d"]\n' % (HOST, self.port))
             f.write('stun = []\n')
             f.write('log = "warn"\n\n[registrar]\nmin_expires = 60\n\n[auth]\nalgorithms = ["MD5"]\n')
+            # The load generators are trusted: they send far more than one source may (Kamailio
+            # has no such limit configured either).
+            f.write('\n[security]\ntrusted = ["%s/8"]\n' % HOST)
         return path
 
     def cli(self, args, logdir, timeout=60, config=None):

@@ -60,6 +60,16 @@ impl Authenticator {
         }
     }
 
+    /// Whether a request of `kind` from `ip` is within its source's rate.
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        ip: std::net::IpAddr,
+        kind: crate::admission::Kind,
+    ) -> bool {
+        self.guard.admit(now, ip, kind)
+    }
+
     /// Whether messages from `ip` are dropped unanswered (a ban for failed logins).
     pub(crate) fn is_banned(&self, now: Instant, ip: std::net::IpAddr) -> bool {
         self.guard.is_banned(now, ip)

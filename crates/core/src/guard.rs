@@ -7,6 +7,7 @@
 //! A source is an IPv4 address, or the /64 an IPv6 address is in: one host's usual share, so
 //! that an attacker cannot walk through the addresses of its own network.
 
+use crate::admission::{Admission, AdmissionSettings, Kind};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -25,8 +26,10 @@ pub struct GuardSettings {
     /// Failed logins on one account within `window`, from any sources, after which only the
     /// addresses its phones are registered from may try it (0: no such limit).
     pub account_failures: u32,
-    /// Networks never counted or banned (an office's own LAN, a monitoring host).
+    /// Networks never counted, limited or banned (an office's own LAN, a monitoring host).
     pub trusted: Vec<(IpAddr, u8)>,
+    /// Requests per second per source.
+    pub admission: AdmissionSettings,
 }
 
 impl Default for GuardSettings {
@@ -38,6 +41,7 @@ impl Default for GuardSettings {
             max_ban_time: Duration::from_secs(86_400),
             account_failures: 30,
             trusted: vec![],
+            admission: AdmissionSettings::default(),
         }
     }
 }
@@ -91,6 +95,8 @@ pub(crate) struct Guard {
     accounts: HashMap<String, Account>,
     /// Sources that proved they receive what we send them, and when they last did.
     verified: HashMap<IpAddr, Instant>,
+    /// Requests per second per source.
+    admission: Admission,
 }
 
 /// Verified sources remembered at most; past it the oldest hour's are forgotten first.
@@ -139,7 +145,14 @@ fn count(failures: &mut u32, since: &mut Instant, now: Instant, window: Duration
 impl Guard {
     /// Takes new settings (start, reload); bans in force stay.
     pub(crate) fn set_settings(&mut self, settings: GuardSettings) {
+        self.admission.set_settings(settings.admission.clone());
         self.settings = settings;
+    }
+
+    /// Whether a request of `kind` from `ip` is within its source's rate (trusted networks
+    /// always are).
+    pub(crate) fn admit(&mut self, now: Instant, ip: IpAddr, kind: Kind) -> bool {
+        self.admission.admit(now, ip, kind) || self.is_trusted(ip)
     }
 
     /// Whether `ip` is in a trusted network.

@@ -318,3 +318,63 @@ Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:mallory@{src}>\r\n{event
         assert_eq!(seen[3].1 .0, Some(404), "{method}");
     }
 }
+
+/// OPTIONS to the server from `src`, number `i`.
+fn options(src: &str, i: usize) -> String {
+    format!(
+        "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKrate{i}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\n\
+Call-ID: rate{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_source_over_its_rate_is_dropped_over_udp_and_told_to_wait_over_tcp() {
+    let mut t = T::new();
+    let mut cfg = t.core.cfg.clone();
+    cfg.guard.admission.request_rate = 10;
+    cfg.guard.admission.burst_secs = 2;
+    t.core.reconfigure(&cfg);
+    let src = "192.0.2.20:5060";
+    // 20 at once (10/s, 2 s of burst), then silence for the rest.
+    let answered = (0..30)
+        .filter(|i| {
+            t.recv(src, &options(src, *i));
+            !t.sent().is_empty()
+        })
+        .count();
+    assert_eq!(answered, 20);
+    assert_eq!(t.core.counters.traffic.rate_limited, 10);
+    // Another source is not affected; a second later the first gets 10 more.
+    assert!((0..5).all(|i| {
+        t.recv("192.0.2.21:5060", &options("192.0.2.21:5060", 100 + i));
+        !t.sent().is_empty()
+    }));
+    t.advance(Duration::from_secs(1));
+    let answered = (0..30)
+        .filter(|i| {
+            t.recv(src, &options(src, 200 + i));
+            !t.sent().is_empty()
+        })
+        .count();
+    assert_eq!(answered, 10);
+    // Over TCP, the request over the rate is answered 503 with Retry-After.
+    let flow = Flow {
+        transport: Transport::Tcp,
+        local: addr("127.0.0.1:5060"),
+        remote: addr(src),
+        conn: Some(9),
+    };
+    t.recv_flow(flow, &options(src, 300));
+    let out = t.sent();
+    assert_eq!(out[0].1.status(), Some(503));
+    let text = String::from_utf8_lossy(&out[0].1.bytes()).into_owned();
+    assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+    // Trusted networks are not limited.
+    cfg.guard.trusted = vec![(addr("192.0.2.0:0").ip(), 24)];
+    t.core.reconfigure(&cfg);
+    assert!((0..50).all(|i| {
+        t.recv(src, &options(src, 400 + i));
+        !t.sent().is_empty()
+    }));
+}

@@ -3,6 +3,7 @@
 //! It owns the transaction table, the proxy contexts, the location table and the user table;
 //! the runtime around it only moves bytes and runs the store.
 
+mod admission;
 mod auth;
 mod branch;
 mod calls;
@@ -22,6 +23,7 @@ mod timers;
 mod transactions;
 mod views;
 
+pub use admission::AdmissionSettings;
 pub use calls::{CallView, RelayMode, Side, StreamCounters, StreamView};
 pub use flow::{ConnId, Flow, Transport};
 pub use guard::{source_key, BanView, GuardSettings};
@@ -522,6 +524,27 @@ impl Core {
             return;
         }
         let datagram = flow.transport == Transport::Udp;
+        // Admission, before any parsing: a source over its rate is dropped (a datagram) or
+        // told to come back later (a stream).
+        if let Some(kind) = admission::kind_of(&data) {
+            if !self.auth.admit(now, flow.remote.ip(), kind) {
+                self.counters.traffic.rate_limited += 1;
+                if !datagram {
+                    if let Ok(head) = Message::parse_head(data) {
+                        if head.method() != Some(Method::Ack) {
+                            self.reply_stateless_with(
+                                &head,
+                                flow,
+                                503,
+                                "Service Unavailable (Too Many Requests)",
+                                &[("Retry-After", "5".to_string())],
+                            );
+                        }
+                    }
+                }
+                return;
+            }
+        }
         // RFC 5626 §4.4.2: STUN keep-alives share the SIP port; they never start with a letter.
         if datagram && sip::stun::is_stun(&data) {
             self.keepalive_seen(now, flow);

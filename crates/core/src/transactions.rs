@@ -254,13 +254,29 @@ impl Core {
 
     /// Sends a response without a transaction (to requests we could not accept at all).
     pub(crate) fn reply_stateless(&mut self, req: &Message, flow: Flow, code: u16, reason: &str) {
+        self.reply_stateless_with(req, flow, code, reason, &[]);
+    }
+
+    /// `reply_stateless` with more headers (Retry-After...).
+    pub(crate) fn reply_stateless_with(
+        &mut self,
+        req: &Message,
+        flow: Flow,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) {
         // Without any Via the response could not be matched by anybody. A malformed one is
         // copied as it is (RFC 4475 badinv01 still deserves its 400).
         if req.value(HeaderName::Via).is_none() {
             return;
         }
         let tag = self.token();
-        let data = response_to(req, code, reason, Some(&tag), Some(flow.remote)).finish(None, b"");
+        let mut w = response_to(req, code, reason, Some(&tag), Some(flow.remote));
+        for (name, value) in extra {
+            w.header(name, value);
+        }
+        let data = w.finish(None, b"");
         self.out.push(Action::Send {
             flow,
             data,

@@ -37,6 +37,8 @@ pub struct TrafficCounters {
     pub stun_answered: u64,
     /// Messages dropped unanswered because their source is banned.
     pub dropped_banned: u64,
+    /// Requests over their source's rate: dropped (datagrams) or answered 503 (streams).
+    pub rate_limited: u64,
 }
 
 /// Registrations, logins, keep-alives.

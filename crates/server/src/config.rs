@@ -254,8 +254,17 @@ pub struct SecurityConfig {
     /// Failed logins on one account within `failure_window`, from any addresses, after which
     /// only the addresses its phones are registered from may try it (0: no such limit).
     pub account_failures: u32,
-    /// Networks never banned (`"192.168.1.0/24"`, `"2001:db8::/32"`, or one address).
+    /// Networks never limited or banned (`"192.168.1.0/24"`, `"2001:db8::/32"`, or one
+    /// address).
     pub trusted: Vec<String>,
+    /// REGISTER requests per second per source (0: no limit).
+    pub register_rate: u32,
+    /// INVITE, SUBSCRIBE and REFER requests per second per source (0: no limit).
+    pub dialog_rate: u32,
+    /// Other requests per second per source (0: no limit).
+    pub request_rate: u32,
+    /// Seconds' worth of requests a source may send at once.
+    pub burst_secs: u32,
 }
 
 impl Default for SecurityConfig {
@@ -268,6 +277,10 @@ impl Default for SecurityConfig {
             max_ban_time: d.max_ban_time.as_secs(),
             account_failures: d.account_failures,
             trusted: vec![],
+            register_rate: d.admission.register_rate,
+            dialog_rate: d.admission.dialog_rate,
+            request_rate: d.admission.request_rate,
+            burst_secs: d.admission.burst_secs,
         }
     }
 }
@@ -599,6 +612,12 @@ impl Config {
                     .into_iter()
                     .map(|n| (n.network(), n.prefix_len()))
                     .collect(),
+                admission: crate::core::AdmissionSettings {
+                    register_rate: cfg.security.register_rate,
+                    dialog_rate: cfg.security.dialog_rate,
+                    request_rate: cfg.security.request_rate,
+                    burst_secs: cfg.security.burst_secs.max(1),
+                },
             },
             route_key: [0; 32],
         }
