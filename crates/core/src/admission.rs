@@ -7,7 +7,7 @@
 //! limited. Bounded in entries whatever senders do: past `MAX_SOURCES`, idle entries are
 //! forgotten, and new sources share one bucket until room is made.
 
-use crate::guard::source_key;
+use crate::flow::source_key;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;

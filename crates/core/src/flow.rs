@@ -1,7 +1,8 @@
 //! What a message travels on: the transport (a SIP notion, RFC 3261 §18), and the flow (our
-//! local address, the peer's, and for streams the connection at the edge).
+//! local address, the peer's, and for streams the connection at the edge), and what the
+//! server counts as one source when it limits or bans.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// A SIP transport (RFC 3261 §18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,4 +69,18 @@ pub struct Flow {
     /// The edge's connection, for TCP and TLS; None over UDP, or when none is known (the edge
     /// then uses an open connection to `remote`, or opens one).
     pub conn: Option<ConnId>,
+}
+
+/// The key a source is remembered by: IPv4 as it is, IPv6 cut to its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+    }
 }

@@ -8,8 +8,9 @@
 //! that an attacker cannot walk through the addresses of its own network.
 
 use crate::admission::{Admission, AdmissionSettings, Kind};
+use crate::flow::source_key;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// When failed logins ban a source, and whom the guard never bans.
@@ -101,20 +102,6 @@ pub(crate) struct Guard {
 
 /// Verified sources remembered at most; past it the oldest hour's are forgotten first.
 const MAX_VERIFIED: usize = 65_536;
-
-/// The key a source is remembered by: IPv4 as it is, IPv6 cut to its /64.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-    }
-}
 
 fn in_network(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
     match (ip, net) {

@@ -25,8 +25,9 @@ mod views;
 
 pub use admission::AdmissionSettings;
 pub use calls::{CallView, RelayMode, Side, StreamCounters, StreamView};
+pub use flow::source_key;
 pub use flow::{ConnId, Flow, Transport};
-pub use guard::{source_key, BanView, GuardSettings};
+pub use guard::{BanView, GuardSettings};
 pub use handles::ClientTxId;
 pub use location::{Binding, Location};
 pub(crate) use records::Users;
@@ -510,7 +511,7 @@ impl Core {
         if lifted {
             tracing::warn!(source = %ip, "ban lifted by the operator");
             self.out.push(Action::LiftBan {
-                source: guard::source_key(ip),
+                source: flow::source_key(ip),
             });
         }
         lifted
