@@ -23,6 +23,8 @@ pub struct RecvBatch {
     hdrs: Vec<libc::mmsghdr>,
     lens: Vec<usize>,
     addr_lens: Vec<libc::socklen_t>,
+    /// The datagram was longer than its slot (MSG_TRUNC): only its head was kept.
+    truncated: Vec<bool>,
 }
 
 // SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into this struct's own
@@ -58,6 +60,7 @@ impl RecvBatch {
                 .collect(),
             lens: vec![0; n],
             addr_lens: vec![0; n],
+            truncated: vec![false; n],
         }
     }
 
@@ -102,8 +105,14 @@ impl RecvBatch {
         for i in 0..got {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             self.addr_lens[i] = self.hdrs[i].msg_hdr.msg_namelen;
+            self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         Ok(got)
+    }
+
+    /// Whether the `i`-th datagram of the last `recv` was longer than its slot.
+    pub fn truncated(&self, i: usize) -> bool {
+        self.truncated.get(i).copied().unwrap_or(false)
     }
 
     /// The `i`-th datagram of the last `recv` and its source (None for a non-IP source).

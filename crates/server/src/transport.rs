@@ -28,6 +28,12 @@ const IDLE: Duration = Duration::from_secs(900);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// The largest SIP datagram read whole: longer ones are dropped unread beyond this.
+pub const MAX_SIP_DATAGRAM: usize = 16 * 1024;
+
+/// Datagrams dropped for being longer than `MAX_SIP_DATAGRAM`, since start.
+pub static OVERSIZED: AtomicUsize = AtomicUsize::new(0);
+
 /// Open stream connections, capped at `MAX_CONNECTIONS`.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Stream connections open at once; further incoming ones are refused with a warning.
@@ -94,7 +100,7 @@ impl UdpListener {
         Ok(UdpListener {
             local,
             socket: Arc::new(register(socket, Interest::READABLE)?),
-            batch: RecvBatch::new(32),
+            batch: RecvBatch::with_slot(32, MAX_SIP_DATAGRAM),
         })
     }
 
@@ -156,6 +162,14 @@ impl UdpListener {
                 let Some(remote) = remote.filter(|_| !data.is_empty()) else {
                     continue;
                 };
+                if self.batch.truncated(i) {
+                    // Longer than any SIP request has a reason to be over UDP (RFC 3261
+                    // §18.1.1 sends those over TCP): its head alone cannot be answered
+                    // rightly, and a flood of such datagrams must cost as little as possible.
+                    OVERSIZED.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, "datagram over {MAX_SIP_DATAGRAM} bytes dropped");
+                    continue;
+                }
                 let flow = Flow {
                     transport: Transport::Udp,
                     local: self.local,

@@ -409,6 +409,9 @@ fn answer(
         Command::Status => {
             let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
             v["dropped_datagrams"] = edge.udp_drops().into();
+            v["oversized_datagrams"] =
+                (crate::transport::OVERSIZED.load(std::sync::atomic::Ordering::Relaxed) as u64)
+                    .into();
             // `doctor` tells our own sockets from another program's by it.
             v["pid"] = std::process::id().into();
             v
