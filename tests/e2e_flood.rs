@@ -191,7 +191,10 @@ fn survive(srv: &Server, label: &str, sources: Vec<String>) {
         "{label}: {} MiB resident during the flood ({sent} datagrams)",
         peak / MIB
     );
-    for (what, outcome, total) in [("registrations", &registrations, 100), ("calls", &calls, 20)] {
+    for (what, outcome, total) in [
+        ("registrations", &registrations, 100),
+        ("calls", &calls, 20),
+    ] {
         let (ok, failed) = sipp_counts(outcome);
         assert!(
             ok * 100 >= total * 99 && failed * 100 <= total,

@@ -378,3 +378,51 @@ fn a_source_over_its_rate_is_dropped_over_udp_and_told_to_wait_over_tcp() {
         !t.sent().is_empty()
     }));
 }
+
+/// A MESSAGE from another domain to bob (registered): forwarded, so it keeps a transaction.
+fn message_to_bob(src: &str, i: usize, pad: usize) -> String {
+    format!(
+        "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKbudget{i}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:bob@example.test>\r\n\
+Call-ID: budget{i}\r\nCSeq: 1 MESSAGE\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+        "p".repeat(pad)
+    )
+}
+
+#[test]
+fn what_transactions_hold_is_bounded_in_bytes_per_source_and_in_all() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let mut cfg = t.core.cfg.clone();
+    cfg.transactions.source_bytes = 40_000;
+    cfg.transactions.total_bytes = 100_000;
+    t.core.cfg.transactions = cfg.transactions.clone();
+    let refused_of = |t: &mut T, src: &str, from: usize| {
+        (from..from + 20)
+            .filter(|i| {
+                t.recv(src, &message_to_bob(src, *i, 4000));
+                t.sent()
+                    .iter()
+                    .any(|(f, m)| f.remote == addr(src) && m.status() == Some(503))
+            })
+            .count()
+    };
+    // Each MESSAGE is charged about 9 KB: four fit in one source's 40 KB.
+    let a = "192.0.2.30:5060";
+    assert_eq!(refused_of(&mut t, a, 0), 16);
+    let before = t.core.status(t.now).transaction_bytes;
+    assert!(
+        before <= 40_000 + 2_000,
+        "{before} bytes (bob's REGISTER too)"
+    );
+    // Other sources have their own share, until the whole table's 100 KB is used.
+    let refused: usize = (1..=5)
+        .map(|i| refused_of(&mut t, &format!("192.0.2.{}:5060", 30 + i), 100 * i))
+        .sum();
+    assert!(refused >= 5 * 20 - 7, "{refused} refused");
+    assert!(t.core.status(t.now).transaction_bytes <= 100_000);
+    // Answered and ended, the transactions give their bytes back.
+    t.advance(Duration::from_secs(70));
+    assert_eq!(t.core.status(t.now).transaction_bytes, 0);
+    assert_eq!(refused_of(&mut t, a, 1000), 16);
+}

@@ -33,6 +33,7 @@ pub use location::{Binding, Location};
 pub(crate) use records::Users;
 pub use records::{StoredBinding, User};
 pub use relay_ports::RelayStream;
+pub use transactions::TransactionLimits;
 pub(crate) use transactions::{
     client_key, first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine,
     ServerTx,
@@ -188,9 +189,9 @@ pub struct CoreConfig {
     pub auth: AuthSettings,
     /// The RFC 3261 §17 transaction timers (T1, T2, T4).
     pub timers: Timers,
-    /// Server transactions kept at most; past it new requests get 503 (memory stays bounded
-    /// under a flood; each transaction lives 32 s at most over UDP).
-    pub max_transactions: usize,
+    /// What server transactions may hold, in count and in bytes (in all and per source);
+    /// past it new requests get 503. Memory stays bounded whatever senders do.
+    pub transactions: TransactionLimits,
     /// Keep-alive OPTIONS to UDP phones behind NAT.
     pub keepalive: KeepAliveSettings,
     /// When calls go through the media relay, and its no-media timeouts.

@@ -70,7 +70,10 @@ fn config() -> CoreConfig {
             nonce_lifetime: 300,
         },
         timers: Timers::default(),
-        max_transactions: 1000,
+        transactions: crate::TransactionLimits {
+            max: 1000,
+            ..Default::default()
+        },
         keepalive: super::KeepAliveSettings {
             interval: Some(Duration::from_secs(25)),
             failures: 3,
@@ -1469,7 +1472,7 @@ Call-ID: rel\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
 #[test]
 fn a_flood_is_refused_once_the_transaction_table_is_full() {
     let mut t = T::new();
-    t.core.cfg.max_transactions = 5;
+    t.core.cfg.transactions.max = 5;
     let src = "192.0.2.10:5060";
     let request = |method: &str, to: &str, i: usize| {
         format!(

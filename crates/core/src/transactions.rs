@@ -5,19 +5,93 @@
 use super::*;
 
 /// Every transaction in progress, by id; each table keeps its index from the RFC 3261 match
-/// key to the id.
+/// key to the id. What server transactions hold (their request and kept answer) is charged,
+/// in bytes, to the whole table and to their source.
 #[derive(Default)]
 pub(crate) struct Transactions {
     servers: Table<ServerTxId, ServerTx>,
     clients: Table<ClientTxId, ClientTx>,
+    /// Bytes charged to server transactions in the table.
+    charged: usize,
+    /// The same per source (an IPv4 address or IPv6 /64); entries leave with their last byte.
+    charged_by_source: std::collections::HashMap<IpAddr, usize>,
+}
+
+/// How much server transactions may hold: a count, and bytes in all and per source.
+#[derive(Clone, Debug)]
+pub struct TransactionLimits {
+    /// Server transactions kept at most; past it new requests get 503.
+    pub max: usize,
+    /// Bytes all server transactions may hold (their requests and kept answers).
+    pub total_bytes: usize,
+    /// Bytes the server transactions of one source may hold.
+    pub source_bytes: usize,
+}
+
+impl Default for TransactionLimits {
+    fn default() -> Self {
+        TransactionLimits {
+            max: 1_000_000,
+            total_bytes: 64 << 20,
+            source_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What a server transaction for a request of `len` bytes is charged: the request, the answer
+/// kept for retransmissions (about as long), and the bookkeeping around them.
+pub(crate) fn charge_for(len: usize) -> usize {
+    2 * len + 512
 }
 
 /// The transaction layer's interface: transactions are found by match key, then reached by
 /// their ids.
 impl Transactions {
-    /// Stores a server transaction under its match key (see `server_key`).
+    /// Whether a new server transaction charged `charge` bytes to `source` fits the limits.
+    pub(crate) fn has_room(
+        &self,
+        limits: &TransactionLimits,
+        source: IpAddr,
+        charge: usize,
+    ) -> bool {
+        let of_source = self
+            .charged_by_source
+            .get(&crate::flow::source_key(source))
+            .copied()
+            .unwrap_or(0);
+        self.servers.len() < limits.max
+            && self.charged + charge <= limits.total_bytes
+            && of_source + charge <= limits.source_bytes
+    }
+
+    /// Stores a server transaction under its match key (see `server_key`), charging its
+    /// bytes to its source.
     pub(crate) fn insert_server(&mut self, key: String, tx: ServerTx) -> ServerTxId {
-        self.servers.insert(key, tx)
+        let (source, charge) = (crate::flow::source_key(tx.flow.remote.ip()), tx.charge);
+        let id = self.servers.insert(key, tx);
+        self.charged += charge;
+        *self.charged_by_source.entry(source).or_insert(0) += charge;
+        id
+    }
+
+    /// Drops a server transaction and gives its bytes back.
+    pub(crate) fn remove_server(&mut self, id: ServerTxId) {
+        let Some(tx) = self.servers.remove(id) else {
+            return;
+        };
+        self.charged = self.charged.saturating_sub(tx.charge);
+        let source = crate::flow::source_key(tx.flow.remote.ip());
+        if let Some(c) = self.charged_by_source.get_mut(&source) {
+            *c = c.saturating_sub(tx.charge);
+            if *c == 0 {
+                self.charged_by_source.remove(&source);
+            }
+        }
+    }
+
+    /// Bytes charged to server transactions, in all.
+    pub(crate) fn charged(&self) -> usize {
+        self.charged
     }
 
     /// The server transaction a request matches (RFC 3261 §17.2.3), by its key.
@@ -142,6 +216,8 @@ pub(crate) struct ServerTx {
     pub final_sent: bool,
     /// Final answers re-sent on Timer G so far (capped for sources never verified).
     pub retransmits: u8,
+    /// Bytes charged to the table and the source for it (see `charge_for`).
+    pub charge: usize,
 }
 
 pub(crate) enum ClientMachine {
@@ -300,7 +376,7 @@ impl Core {
         let Some((flow, data)) = self.build_response(key, code, reason, extra, None) else {
             return;
         };
-        self.tx.servers.remove(key);
+        self.tx.remove_server(key);
         self.out.push(Action::Send {
             flow,
             data,
@@ -365,7 +441,7 @@ impl Core {
         // challenge (RFC 3261 §8.2.7 allows a UAS to answer statelessly).
         if matches!(code, 401 | 407) && matches!(st.machine, ServerMachine::NonInvite(_)) {
             let flow = st.flow;
-            self.tx.servers.remove(key);
+            self.tx.remove_server(key);
             self.out.push(Action::Send {
                 flow,
                 data,
@@ -441,7 +517,7 @@ impl Core {
             }
         }
         if terminated {
-            self.tx.servers.remove(key);
+            self.tx.remove_server(key);
         } else if let Some(at) = self
             .tx
             .servers

@@ -95,6 +95,8 @@ pub struct Status {
     pub client_transactions: usize,
     /// Response contexts of forwarded requests.
     pub proxy_contexts: usize,
+    /// Bytes server transactions hold (requests and kept answers), as charged to the limits.
+    pub transaction_bytes: usize,
     /// Calls in the call table.
     pub calls: usize,
     /// Relay port pairs bound and ready for new calls' streams (None: no media relay).
@@ -142,6 +144,7 @@ impl Core {
             server_transactions: self.tx.server_count(),
             client_transactions: self.tx.client_count(),
             proxy_contexts: self.proxy.context_count(),
+            transaction_bytes: self.tx.charged(),
             calls: self.calls.len(),
             relay_ports_ready: self.calls.relay_ports_ready(),
             counters: self.counters.clone(),

@@ -585,7 +585,7 @@ impl Config {
                 nonce_lifetime: cfg.auth.nonce_lifetime,
             },
             timers: sip::transaction::Timers::default(),
-            max_transactions: 1_000_000,
+            transactions: crate::core::TransactionLimits::default(),
             keepalive: crate::core::KeepAliveSettings {
                 interval: (cfg.registrar.nat_ping_interval > 0)
                     .then(|| Duration::from_secs(u64::from(cfg.registrar.nat_ping_interval))),

@@ -239,7 +239,11 @@ impl Core {
         if method == Some(Method::Cancel) {
             return self.on_cancel(now, flow, msg, key);
         }
-        if self.tx.server_count() >= self.cfg.max_transactions {
+        let charge = crate::transactions::charge_for(msg.bytes().len());
+        if !self
+            .tx
+            .has_room(&self.cfg.transactions, flow.remote.ip(), charge)
+        {
             self.counters.traffic.overloaded += 1;
             return self.reply_stateless(&msg, flow, 503, "Service Unavailable");
         }
@@ -258,6 +262,7 @@ impl Core {
                 ctx: None,
                 final_sent: false,
                 retransmits: 0,
+                charge,
             },
         );
         if method == Some(Method::Invite) {

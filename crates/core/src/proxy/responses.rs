@@ -91,6 +91,7 @@ impl Core {
         let Some(invite_key) = invite_key.and_then(|k| self.tx.find_server(&k)) else {
             return self.reply_stateless(&msg, flow, 481, "Call/Transaction Does Not Exist");
         };
+        let charge = crate::transactions::charge_for(msg.bytes().len());
         let key = self.tx.insert_server(
             key,
             ServerTx {
@@ -103,6 +104,7 @@ impl Core {
                 ctx: None,
                 final_sent: false,
                 retransmits: 0,
+                charge,
             },
         );
         self.respond(now, key, 200, "OK", &[], None);
