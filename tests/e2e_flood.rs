@@ -92,9 +92,12 @@ fn sipp_counts(outcome: &SippOutcome) -> (u64, u64) {
     let last = |label: &str| {
         screen
             .lines()
-            .filter(|l| l.contains(label))
-            .last()
-            .and_then(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).last())
+            .rfind(|l| l.contains(label))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .next_back()
+            })
             .unwrap_or(0)
     };
     (last("Successful call"), last("Failed call"))

@@ -54,6 +54,9 @@ pub const CAROL: TestUser = TestUser {
     password: "carol-Secret-3",
 };
 
+/// Ports each test server's media relay gets: a reserve of 32 pairs per address family.
+const RELAY_PORTS: u16 = 128;
+
 /// Options of [`Server::start`].
 #[derive(Clone, Debug)]
 pub struct ServerOpts {
@@ -430,8 +433,20 @@ impl Server {
             let list: Vec<String> = algs.iter().map(|a| format!("\"{a}\"")).collect();
             text.push_str(&format!("\n[auth]\nalgorithms = [{}]\n", list.join(", ")));
         }
+        // The relay binds a reserve of port pairs as it starts: each server gets a range of
+        // its own among the test ports, so that it never takes ports another test was given.
+        let mut extra = opts.extra_config.clone();
+        if !(extra.contains("[relay]") && extra.contains("ports = ")) {
+            let lo = (u32::from(free_ports(RELAY_PORTS + 1)) + 1) & !1;
+            let ports = format!("ports = \"{lo}-{}\"\n", lo + u32::from(RELAY_PORTS) - 1);
+            if extra.contains("[relay]\n") {
+                extra = extra.replacen("[relay]\n", &format!("[relay]\n{ports}"), 1);
+            } else {
+                text.push_str(&format!("\n[relay]\n{ports}"));
+            }
+        }
         text.push('\n');
-        text.push_str(&opts.extra_config);
+        text.push_str(&extra);
         fs::write(&config, text).expect("write config");
         let mut srv = Server {
             host,
