@@ -435,6 +435,7 @@ impl Server {
         }
         // The relay binds a reserve of port pairs as it starts: each server gets a range of
         // its own among the test ports, so that it never takes ports another test was given.
+        // (Last in the file: the test's own text may start with top-level keys.)
         let mut extra = opts.extra_config.clone();
         if !(extra.contains("[relay]") && extra.contains("ports = ")) {
             let lo = (u32::from(free_ports(RELAY_PORTS + 1)) + 1) & !1;
@@ -442,7 +443,7 @@ impl Server {
             if extra.contains("[relay]\n") {
                 extra = extra.replacen("[relay]\n", &format!("[relay]\n{ports}"), 1);
             } else {
-                text.push_str(&format!("\n[relay]\n{ports}"));
+                extra.push_str(&format!("\n[relay]\n{ports}"));
             }
         }
         text.push('\n');
