@@ -426,3 +426,48 @@ fn what_transactions_hold_is_bounded_in_bytes_per_source_and_in_all() {
     assert_eq!(t.core.status(t.now).transaction_bytes, 0);
     assert_eq!(refused_of(&mut t, a, 1000), 16);
 }
+
+/// A phone that registers over a TCP connection asks the edge to keep that connection (the
+/// long idle timeout of a registered flow); one that only sends OPTIONS does not.
+#[test]
+fn a_registration_over_a_stream_holds_its_connection() {
+    let mut t = T::new();
+    let flow = Flow {
+        transport: Transport::Tcp,
+        local: addr("127.0.0.1:5060"),
+        remote: addr("127.0.0.1:40000"),
+        conn: Some(77),
+    };
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:40000;branch=z9hG4bKhold{cseq}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=h\r\nTo: <sip:alice@example.test>\r\n\
+Call-ID: hold@x\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@127.0.0.1:40000;transport=tcp>\r\n\
+{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    t.recv_flow(flow, &register(1, ""));
+    let out = t.sent();
+    let nonce = self::nonce(&out[0].1, HeaderName::WwwAuthenticate);
+    assert!(!t
+        .stash
+        .iter()
+        .any(|a| matches!(a, Action::HoldConnection { .. })));
+    let creds = authorization(
+        Algorithm::Md5,
+        "alice",
+        "example.test",
+        "secret",
+        "REGISTER",
+        "sip:example.test",
+        &nonce,
+        "c",
+        1,
+    );
+    t.recv_flow(flow, &register(2, &format!("Authorization: {creds}\r\n")));
+    assert_eq!(t.sent()[0].1.status(), Some(200));
+    assert!(t
+        .stash
+        .iter()
+        .any(|a| matches!(a, Action::HoldConnection { conn: 77 })));
+}

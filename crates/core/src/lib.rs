@@ -127,6 +127,12 @@ pub enum Action {
         /// The Call-ID and the reason of a relayed call that ended.
         ended: Option<(String, &'static str)>,
     },
+    /// A phone registered over stream connection `conn` (its flow, RFC 5626): keep the
+    /// connection open as long as a registered one may stay idle.
+    HoldConnection {
+        /// The connection.
+        conn: ConnId,
+    },
     /// A source was banned for failed logins: close its stream connections and refuse new
     /// ones for `secs` (its datagrams the core drops itself).
     Ban {

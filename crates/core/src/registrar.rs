@@ -270,6 +270,12 @@ impl Core {
                 _ => {}
             }
         }
+        if let Some(conn) = flow
+            .conn
+            .filter(|_| changes.iter().any(|c| matches!(c, Action::PutBinding(_))))
+        {
+            changes.push(Action::HoldConnection { conn });
+        }
         self.out.extend(changes);
         if let Some(first) = self.location.get(&owner).iter().map(|b| b.expires).min() {
             self.timers.push(first, TimerRef::Expiry(owner.clone()));

@@ -27,6 +27,8 @@ pub enum Event {
         remote: SocketAddr,
         /// Queues bytes for the connection's writer task.
         sender: mpsc::Sender<Bytes>,
+        /// Set when a phone registers over it: it then gets the long idle timeout.
+        registered: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
     /// A stream connection ended (peer closed, read error, idle timeout or broken framing).
     ConnClosed {

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod banlist;
 pub mod config;
+pub mod conn_limits;
 pub mod control;
 pub mod dns;
 pub mod doctor;

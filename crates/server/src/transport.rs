@@ -22,10 +22,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// Closes stream connections that send nothing for this long (phones send keep-alives or
-/// re-register well within it).
-const IDLE: Duration = Duration::from_secs(900);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::conn_limits::{self, Slot, HANDSHAKE_DEADLINE};
+use std::sync::atomic::AtomicBool;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// The largest SIP datagram read whole: longer ones are dropped unread beyond this.
@@ -34,10 +32,6 @@ pub const MAX_SIP_DATAGRAM: usize = 16 * 1024;
 /// Datagrams dropped for being longer than `MAX_SIP_DATAGRAM`, since start.
 pub static OVERSIZED: AtomicUsize = AtomicUsize::new(0);
 
-/// Open stream connections, capped at `MAX_CONNECTIONS`.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// Stream connections open at once; further incoming ones are refused with a warning.
-pub const MAX_CONNECTIONS: usize = 8192;
 /// Messages queued for one connection's writer; a peer that reads nothing is cut off.
 const WRITE_QUEUE: usize = 512;
 
@@ -266,32 +260,30 @@ pub async fn tcp_accept_loop(
                     tracing::debug!(%remote, "connection from a banned source refused");
                     continue;
                 }
-                if OPEN.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    tracing::warn!(%remote, "too many connections ({MAX_CONNECTIONS}); refused");
-                    continue;
-                }
+                // A slot from the accept on: a handshake in progress counts too.
+                let slot = match conn_limits::take_slot(remote.ip()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        refused(remote, why);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let events = events.clone();
                 match &tls {
                     None => {
-                        tokio::spawn(run_connection(
-                            stream,
-                            Transport::Tcp,
-                            local,
-                            remote,
-                            events,
-                            None,
-                        ));
+                        let conn = Conn::accepted(Transport::Tcp, local, remote, slot);
+                        tokio::spawn(run_connection(stream, conn, events, None));
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
-                            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream))
+                            match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream))
                                 .await
                             {
                                 Ok(Ok(s)) => {
-                                    run_connection(s, Transport::Tls, local, remote, events, None)
-                                        .await
+                                    let conn = Conn::accepted(Transport::Tls, local, remote, slot);
+                                    run_connection(s, conn, events, None).await
                                 }
                                 Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
                                 Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
@@ -319,21 +311,30 @@ pub async fn connect_and_send(
     events: mpsc::Sender<Event>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 ) {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+    let slot = match conn_limits::take_slot(remote.ip()) {
+        Ok(s) => s,
+        Err(why) => {
+            refused(remote, why);
+            let _ = events.send(Event::SendFailed { key, remote }).await;
+            return;
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(remote)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    run_connection(stream, Transport::Tcp, local, remote, events, Some(first)).await
+                    let conn = Conn::opened(Transport::Tcp, local, remote, slot);
+                    run_connection(stream, conn, events, Some(first)).await
                 }
                 Some((connector, name)) => {
                     let shown = format!("{name:?}");
-                    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, connector.connect(name, stream))
                         .await
                     {
                         Ok(Ok(s)) => {
-                            run_connection(s, Transport::Tls, local, remote, events, Some(first))
-                                .await
+                            let conn = Conn::opened(Transport::Tls, local, remote, slot);
+                            run_connection(s, conn, events, Some(first)).await
                         }
                         Ok(Err(e)) => {
                             // RFC 5922: a certificate that does not name the domain ends here.
@@ -359,19 +360,66 @@ pub async fn connect_and_send(
     }
 }
 
-async fn run_connection<S>(
-    stream: S,
+/// A refused connection: a debug line each, and a warning when a source first reaches its
+/// share (not one per attempt: a flood of connections must not flood the log).
+fn refused(remote: SocketAddr, why: conn_limits::Refused) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    tracing::debug!(%remote, ?why, "stream connection refused");
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            source = %remote,
+            ?why,
+            "stream connections refused: {} per source, {} in all (logged once)",
+            conn_limits::MAX_PER_SOURCE,
+            conn_limits::MAX_CONNECTIONS
+        );
+    }
+}
+
+/// A stream connection about to be served: where it runs, its slot in the counts, and
+/// whether a phone registered over it (which earns it the long idle timeout).
+struct Conn {
     transport: Transport,
     local: SocketAddr,
     remote: SocketAddr,
-    events: mpsc::Sender<Event>,
-    first: Option<Bytes>,
-) where
+    _slot: Slot,
+    registered: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// A connection a peer opened to us: short idle timeout until a registration uses it.
+    fn accepted(transport: Transport, local: SocketAddr, remote: SocketAddr, slot: Slot) -> Conn {
+        Conn {
+            transport,
+            local,
+            remote,
+            _slot: slot,
+            registered: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A connection we opened: ours to keep (the long idle timeout).
+    fn opened(transport: Transport, local: SocketAddr, remote: SocketAddr, slot: Slot) -> Conn {
+        Conn {
+            registered: Arc::new(AtomicBool::new(true)),
+            ..Conn::accepted(transport, local, remote, slot)
+        }
+    }
+}
+
+async fn run_connection<S>(stream: S, conn: Conn, events: mpsc::Sender<Event>, first: Option<Bytes>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let Conn {
+        transport,
+        local,
+        remote,
+        _slot,
+        registered,
+    } = conn;
     let id: ConnId = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = tokio::io::split(stream);
-    OPEN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     if let Some(first) = first {
         let _ = tx.try_send(first);
@@ -387,11 +435,11 @@ async fn run_connection<S>(
             id,
             remote,
             sender: tx.clone(),
+            registered: registered.clone(),
         })
         .await
         .is_err()
     {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
         return;
     }
     let writer = tokio::spawn(async move {
@@ -409,11 +457,29 @@ async fn run_connection<S>(
         }
     });
     let mut buf = BytesMut::with_capacity(8192);
+    // When the first byte of the message being read arrived (None between messages).
+    let mut message_started: Option<tokio::time::Instant> = None;
     'read: loop {
-        match tokio::time::timeout(IDLE, rd.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+        // Between messages the idle timeout runs; inside one, its deadline.
+        let wait = match message_started {
+            Some(t) => conn_limits::MESSAGE_DEADLINE.saturating_sub(t.elapsed()),
+            None if registered.load(Ordering::Relaxed) => conn_limits::IDLE_REGISTERED,
+            None => conn_limits::IDLE_UNREGISTERED,
+        };
+        match tokio::time::timeout(wait, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                let why = if message_started.is_some() {
+                    "a message took too long to arrive"
+                } else {
+                    "idle"
+                };
+                tracing::debug!(%remote, why, "closing stream connection");
+                break;
+            }
             Ok(Ok(_)) => {}
         }
+        message_started.get_or_insert_with(tokio::time::Instant::now);
         if crate::banlist::is_banned(remote.ip()) {
             tracing::debug!(%remote, "stream from a banned source closed");
             break;
@@ -428,6 +494,9 @@ async fn run_connection<S>(
                 }
                 Framing::KeepAlive { consumed, ping } => {
                     let _ = buf.split_to(consumed);
+                    if buf.is_empty() {
+                        message_started = None;
+                    }
                     if ping {
                         // RFC 5626 §4.4.1: a double-CRLF ping gets a single CRLF pong.
                         let _ = tx.try_send(Bytes::from_static(b"\r\n"));
@@ -435,6 +504,8 @@ async fn run_connection<S>(
                 }
                 Framing::Message(n) => {
                     let data = buf.split_to(n).freeze();
+                    // The next message's clock starts with its first byte.
+                    message_started = (!buf.is_empty()).then(tokio::time::Instant::now);
                     // Backpressure: a stream waits for the event loop instead of queueing.
                     if events.send(Event::Message { flow, data }).await.is_err() {
                         break 'read;
@@ -452,7 +523,6 @@ async fn run_connection<S>(
     }
     drop(tx);
     let _ = events.send(Event::ConnClosed { id, remote }).await;
-    OPEN.fetch_sub(1, Ordering::Relaxed);
     // Let queued responses (e.g. the 400 for a broken stream) go out before closing.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }

@@ -34,6 +34,9 @@ pub(super) struct Edge {
     pub(super) unreachable: Vec<SocketAddr>,
     /// The media relay, when it runs (`relay.mode` is not "never" and its thread started).
     pub(super) relay: Option<crate::relay::Relay>,
+    /// Per stream connection, the flag that gives it the long idle timeout once a phone
+    /// registered over it.
+    pub(super) held: HashMap<ConnId, Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Edge {
@@ -129,6 +132,11 @@ impl Edge {
                     }
                 }
                 Action::Ban { source, secs } => crate::banlist::ban(source, secs),
+                Action::HoldConnection { conn } => {
+                    if let Some(flag) = self.held.get(&conn) {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Action::LiftBan { source } => crate::banlist::lift(source),
                 relay => self.carry_out_relay(core, relay),
             }

@@ -256,6 +256,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         tls_names: HashMap::new(),
         unreachable: vec![],
         relay: None,
+        held: HashMap::new(),
     };
     if cfg.relay.mode != crate::core::RelayMode::Never {
         start_relay(&mut core, &mut edge, &cfg);
@@ -358,12 +359,19 @@ fn handle_event(
     let now = Instant::now();
     match ev {
         Event::Message { flow, data } => core.handle_message(now, flow, data),
-        Event::ConnOpened { id, remote, sender } => {
+        Event::ConnOpened {
+            id,
+            remote,
+            sender,
+            registered,
+        } => {
             edge.conns.insert(id, sender);
+            edge.held.insert(id, registered);
             edge.conn_by_remote.insert(remote, id);
         }
         Event::ConnClosed { id, remote } => {
             edge.conns.remove(&id);
+            edge.held.remove(&id);
             if edge.conn_by_remote.get(&remote) == Some(&id) {
                 edge.conn_by_remote.remove(&remote);
             }
