@@ -33,6 +33,12 @@ const CALL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Calls tracked at most: beyond, new calls go unlisted and unrelayed (memory stays bounded
 /// whatever callers do).
 const MAX_CALLS: usize = 100_000;
+/// `m=` lines an offer may have: a call has audio, video and perhaps a few more; more is an
+/// attempt on the relay (or on the phones) and gets 488.
+pub(crate) const MAX_MEDIA_LINES: usize = 8;
+/// Relay streams the ringing calls of one outside source (a caller from another domain,
+/// unauthenticated) may hold; answered calls are not counted.
+const OUTSIDE_RINGING_STREAMS: usize = 50;
 
 /// Calls in progress by Call-ID, and the relay ports they draw on (when the daemon has a
 /// relay).
@@ -42,6 +48,52 @@ pub(crate) struct CallTable {
     ports: RelayPorts,
     /// A retry of a short reserve is armed.
     retry_armed: bool,
+    /// Calls from outside callers still ringing: their source and the streams they hold.
+    outside_ringing: std::collections::HashMap<String, (IpAddr, usize)>,
+    /// Those streams per source, and in all (`IpAddr::UNSPECIFIED`).
+    outside_streams: std::collections::HashMap<IpAddr, usize>,
+    /// Streams the relay's port range holds in all (a third may ring for outsiders).
+    relay_streams: usize,
+}
+
+impl CallTable {
+    /// How many more streams a call may take now: unlimited, unless it is an outside call
+    /// still ringing, whose source has a share and all of whom have a third of the relay.
+    fn streams_left(&self, call_id: &str) -> usize {
+        let Some((source, _)) = self.outside_ringing.get(call_id) else {
+            return usize::MAX;
+        };
+        let of = |ip: &IpAddr| self.outside_streams.get(ip).copied().unwrap_or(0);
+        let all = (self.relay_streams / 3).max(1);
+        OUTSIDE_RINGING_STREAMS
+            .saturating_sub(of(source))
+            .min(all.saturating_sub(of(&IpAddr::from([0u8; 4]))))
+    }
+
+    /// An outside ringing call took one more stream.
+    fn outside_opened(&mut self, call_id: &str) {
+        if let Some((source, n)) = self.outside_ringing.get_mut(call_id) {
+            *n += 1;
+            let source = *source;
+            for key in [source, IpAddr::from([0u8; 4])] {
+                *self.outside_streams.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The call is answered or over: its streams no longer count against the budget.
+    fn outside_done(&mut self, call_id: &str) {
+        if let Some((source, n)) = self.outside_ringing.remove(call_id) {
+            for key in [source, IpAddr::from([0u8; 4])] {
+                if let Some(c) = self.outside_streams.get_mut(&key) {
+                    *c = c.saturating_sub(n);
+                    if *c == 0 {
+                        self.outside_streams.remove(&key);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl CallTable {
@@ -208,7 +260,8 @@ pub struct StreamView {
     pub dropped: u64,
 }
 
-/// The media relay could not give a stream its ports.
+/// The media relay could not give a stream its ports (or an outside caller's ringing calls
+/// hold their share).
 #[derive(Debug)]
 pub(crate) struct RelayFull;
 
@@ -316,6 +369,14 @@ impl Core {
             .from()
             .map(|f| f.uri.raw.to_string())
             .unwrap_or_default();
+        // A caller from another domain (never authenticated here): its ringing calls have a
+        // share of the relay of their own.
+        if msg.from().is_some_and(|f| !self.is_local_domain(&f.uri)) {
+            self.calls.outside_ringing.insert(
+                call_id.to_string(),
+                (crate::flow::source_key(inbound.remote.ip()), 0),
+            );
+        }
         let to = msg.to().map(|t| t.uri.raw.to_string()).unwrap_or_default();
         self.calls.table.insert(
             call_id.to_string(),
@@ -408,10 +469,29 @@ impl Core {
             Side::Callee => from,
         };
         let callee_local = self.local_ip(phone);
+        // An outside caller's own media address must be out there: the relay is not a way
+        // to send packets to our networks or to ourselves on its behalf.
+        let outside = self.calls.outside_ringing.contains_key(msg.call_id())
+            || msg.from().is_some_and(|f| !self.is_local_domain(&f.uri));
+        let forbidden = |a: IpAddr| {
+            sdp::is_private(a)
+                || a.is_loopback()
+                || a.is_unspecified()
+                || self
+                    .cfg
+                    .listeners
+                    .iter()
+                    .any(|l| l.host == a || l.addr.ip() == a)
+        };
+        let steer_caller =
+            !(outside && sender == Side::Caller) || self.cfg.relay.trust_outside_addresses;
+        let call_id = msg.call_id().to_string();
+        let mut budget = self.calls.streams_left(&call_id);
         let (ports, out) = (&mut self.calls.ports, &mut self.out);
         let Some(call) = self.calls.table.get_mut(msg.call_id()) else {
             return Ok(None);
         };
+        let mut opened = 0;
         let li = call.leg(callee_local);
         let caller_local = call.caller_local;
         let leg = &mut call.legs[li];
@@ -428,12 +508,22 @@ impl Core {
             let stream = match &leg.streams[i] {
                 Some((s, _)) => *s,
                 None => {
+                    if budget == 0 {
+                        tracing::info!(
+                            call_id,
+                            "an outside caller's ringing calls hold their share of the relay"
+                        );
+                        return Err(RelayFull);
+                    }
                     let s = ports.open(local, out).ok_or(RelayFull)?;
                     leg.streams[i] = Some((s, m.kind.to_string()));
+                    budget -= 1;
+                    opened += 1;
                     s
                 }
             };
-            if let Some(addr) = m.addr.filter(|a| !a.is_unspecified()) {
+            let allowed = |a: &IpAddr| steer_caller || !forbidden(*a);
+            if let Some(addr) = m.addr.filter(|a| !a.is_unspecified()).filter(allowed) {
                 let rtp = SocketAddr::new(addr, m.port);
                 let rtcp = if m.rtcp_mux {
                     rtp
@@ -451,6 +541,9 @@ impl Core {
             offered.push(stream.ports[toward_side as usize]);
         }
         call.held = desc.on_hold();
+        for _ in 0..opened {
+            self.calls.outside_opened(&call_id);
+        }
         Ok(Some(sdp::rewrite(
             msg.body(),
             local[toward_side as usize],
@@ -479,6 +572,8 @@ impl Core {
             .flat_map(|l| l.streams.iter().flatten().map(|(s, _)| s.id))
             .collect();
         self.calls.ports.close(streams, None, &mut self.out);
+        // Answered, it is a call like any other: its streams leave the outside share.
+        self.calls.outside_done(resp.call_id());
     }
 
     /// Whether `tag` is the From tag of the INVITE that began call `call_id`.
@@ -505,6 +600,7 @@ impl Core {
     /// The call is over (BYE, failure, cancel, no media): its relay ports are freed, and
     /// the edge logs what a relayed call's streams carried.
     pub(crate) fn call_end(&mut self, call_id: &str, why: &'static str) {
+        self.calls.outside_done(call_id);
         let Some(call) = self.calls.table.remove(call_id) else {
             return;
         };
@@ -568,10 +664,13 @@ impl Core {
 
     /// The daemon has a media relay: from now on calls may use it, and the core keeps a
     /// reserve of its ports bound (see `relay_ports`).
-    pub fn enable_relay(&mut self) {
+    /// `streams` is how many streams its port range can hold in all (four ports each): a
+    /// third of them may ring for callers from other domains.
+    pub fn enable_relay(&mut self, streams: usize) {
         let has = |v6: bool| self.cfg.listeners.iter().any(|l| l.host.is_ipv6() == v6);
         let families = [has(false), has(true)];
         self.calls.ports.enable(families);
+        self.calls.relay_streams = streams;
     }
 
     /// Whether the daemon has a media relay.

@@ -119,7 +119,7 @@ impl T {
             ..Default::default()
         }));
         t.relay = Some(FakeRelay(asked.clone()));
-        t.core.enable_relay();
+        t.core.enable_relay(1000);
         t.serve_relay();
         t.register("bob", BOB, &[]);
         (t, asked)
@@ -558,7 +558,7 @@ fn fork_to_both_families(
         host: "::1".parse().unwrap(),
     });
     // The relay serves the new listener's family too.
-    t.core.enable_relay();
+    t.core.enable_relay(1000);
     t.serve_relay();
     t.register("bob", BOB6, &[]);
     let offer = OFFER.replace("10.0.0.5", "127.0.0.1");
@@ -742,4 +742,125 @@ fn when_the_ipv4_phone_answers_the_relay_pairs_alice_with_it() {
     let views = t.core.calls(t.now, |_| StreamCounters::default());
     assert_eq!(views[0].streams.len(), 1);
     assert_eq!(views[0].streams[0].callee_port, s4.ports[1]);
+}
+
+/// An INVITE from another domain (no credentials) to bob, from `src`, with `sdp`.
+fn outside_invite(src: &str, call_id: &str, sdp: &str) -> String {
+    with_sdp(
+        &format!(
+            "INVITE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{call_id}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:eve@elsewhere.test>;tag=e\r\nTo: <sip:bob@example.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:eve@{src}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+        sdp,
+    )
+}
+
+/// An offer with `n` audio streams from `ip`.
+fn offer_from(ip: &str, n: usize) -> String {
+    let mut s = format!("v=0\r\no=eve 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n");
+    for i in 0..n {
+        s.push_str(&format!("m=audio {} RTP/AVP 0\r\n", 4000 + 2 * i));
+    }
+    s
+}
+
+fn status_to(t: &mut T, src: &str) -> Vec<u16> {
+    t.sent()
+        .into_iter()
+        .filter(|(f, _)| f.remote == addr(src))
+        .filter_map(|(_, m)| m.status())
+        .filter(|s| *s >= 200)
+        .collect()
+}
+
+#[test]
+fn an_offer_with_more_streams_than_a_call_has_gets_488() {
+    let (mut t, asked) = T::with_relay(2000, RelayMode::Always);
+    let src = "192.0.2.40:5060";
+    t.recv(
+        src,
+        &outside_invite(src, "many-m", &offer_from("192.0.2.40", 1250)),
+    );
+    assert_eq!(status_to(&mut t, src), vec![488]);
+    assert!(
+        asked.lock().unwrap().opened.is_empty(),
+        "no relay port taken"
+    );
+    assert_eq!(t.core.counters.relay.too_many_streams, 1);
+    // Eight are fine.
+    t.recv(
+        src,
+        &outside_invite(src, "eight-m", &offer_from("192.0.2.40", 8)),
+    );
+    assert!(status_to(&mut t, src).is_empty(), "bob rings");
+    assert_eq!(asked.lock().unwrap().opened.len(), 8);
+}
+
+#[test]
+fn ringing_calls_of_one_outside_source_hold_at_most_their_share_of_the_relay() {
+    let (mut t, asked) = T::with_relay(2000, RelayMode::Always);
+    let src = "192.0.2.41:5060";
+    // Eight streams a call: six calls fit in 50, the seventh is refused while they ring.
+    for i in 0..6 {
+        t.recv(
+            src,
+            &outside_invite(src, &format!("ring-{i}"), &offer_from("192.0.2.41", 8)),
+        );
+        assert!(status_to(&mut t, src).is_empty(), "call {i} rings");
+    }
+    // (Answered like a call to nobody: an outsider learns nothing of who is there.)
+    t.recv(
+        src,
+        &outside_invite(src, "ring-6", &offer_from("192.0.2.41", 8)),
+    );
+    assert_eq!(status_to(&mut t, src), vec![404]);
+    assert_eq!(
+        asked.lock().unwrap().opened.len(),
+        50,
+        "the share, to the stream"
+    );
+    // Another outside source has a share of its own; a local user's call is not counted.
+    let other = "192.0.2.42:5060";
+    t.recv(
+        other,
+        &outside_invite(other, "other-0", &offer_from("192.0.2.42", 8)),
+    );
+    assert!(status_to(&mut t, other).is_empty());
+    let (inv, _) = t.call_bob(ALICE, ALICE, OFFER, "local-1");
+    assert!(
+        inv.is_some(),
+        "a local user's relayed call still gets through"
+    );
+}
+
+#[test]
+fn the_relay_is_not_pointed_at_private_addresses_an_outside_caller_names() {
+    let (mut t, asked) = T::with_relay(10, RelayMode::Always);
+    let src = "192.0.2.43:5060";
+    t.recv(
+        src,
+        &outside_invite(src, "private-1", &offer_from("10.1.2.3", 1)),
+    );
+    let _ = t.sent();
+    let a = asked.lock().unwrap();
+    assert_eq!(a.opened.len(), 1, "relayed");
+    assert!(
+        a.peers.iter().all(|(_, side, _, _)| *side != Side::Caller),
+        "no caller address from its SDP: {:?}",
+        a.peers
+    );
+    drop(a);
+    // A public address is taken as the caller's.
+    t.recv(
+        src,
+        &outside_invite(src, "public-1", &offer_from("192.0.2.43", 1)),
+    );
+    let _ = t.sent();
+    assert!(asked
+        .lock()
+        .unwrap()
+        .peers
+        .iter()
+        .any(|(_, side, rtp, _)| *side == Side::Caller && *rtp == addr("192.0.2.43:4000")));
 }

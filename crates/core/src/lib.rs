@@ -252,6 +252,10 @@ pub struct RelaySettings {
     pub timeout: Duration,
     /// The same while the call is on hold (held phones may send nothing at all).
     pub hold_timeout: Duration,
+    /// Let the relay send to private, loopback or our own addresses when a caller from
+    /// another domain names them (two servers on one private network); off, such an address
+    /// is ignored and the caller's media is learnt from its packets.
+    pub trust_outside_addresses: bool,
 }
 
 /// Who may reach local users from other domains.

@@ -82,6 +82,7 @@ fn config() -> CoreConfig {
             mode: super::RelayMode::Auto,
             timeout: Duration::from_secs(60),
             hold_timeout: Duration::from_secs(3600),
+            trust_outside_addresses: false,
         },
         inbound: crate::InboundPolicy::Open,
         guard: crate::GuardSettings::default(),

@@ -74,6 +74,8 @@ pub struct RelayCounters {
     pub relay_timeouts: u64,
     /// Calls refused because the relay's port range was used up.
     pub relay_full: u64,
+    /// Offers refused with 488 for more `m=` lines than a call has.
+    pub too_many_streams: u64,
 }
 
 /// Snapshot for the control channel.

@@ -183,6 +183,9 @@ pub struct RelayConfig {
     pub timeout: u64,
     /// The same while the call is on hold.
     pub hold_timeout: u64,
+    /// Send media to the private, loopback or own addresses a caller from another domain
+    /// names (off: they are ignored, and its media address is learnt from its packets).
+    pub trust_outside_addresses: bool,
 }
 
 impl Default for RelayConfig {
@@ -192,6 +195,7 @@ impl Default for RelayConfig {
             ports: PortRange(20000, 29999),
             timeout: 60,
             hold_timeout: 3600,
+            trust_outside_addresses: false,
         }
     }
 }
@@ -595,6 +599,7 @@ impl Config {
                 mode: cfg.relay.mode,
                 timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
                 hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
+                trust_outside_addresses: cfg.relay.trust_outside_addresses,
             },
             inbound: cfg.federation.inbound,
             guard: crate::core::GuardSettings {

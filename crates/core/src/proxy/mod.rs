@@ -349,6 +349,15 @@ impl Core {
             }
             return Err(Some(Decision::Reply(483, "Too Many Hops")));
         }
+        // An offer with more streams than a call has is an attempt on the relay or the
+        // phones; refused before its target is looked at, so the answer says nothing of it.
+        if msg.body().windows(3).filter(|w| w == b"\nm=").count() > crate::calls::MAX_MEDIA_LINES {
+            self.counters.relay.too_many_streams += 1;
+            return Err(Some(Decision::Reply(
+                488,
+                "Not Acceptable Here (Too Many Media Streams)",
+            )));
+        }
         let unsupported = self.unsupported_proxy_require(msg);
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];

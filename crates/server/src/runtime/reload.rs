@@ -209,7 +209,7 @@ pub(super) fn start_relay(core: &mut Core, edge: &mut Edge, cfg: &Config) {
         Ok(relay) => {
             tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
             edge.relay = Some(relay);
-            core.enable_relay();
+            core.enable_relay((usize::from(hi).saturating_sub(usize::from(lo)) + 1) / 4);
         }
         Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
     }
