@@ -70,6 +70,18 @@ impl Authenticator {
         self.guard.admit(now, ip, kind)
     }
 
+    /// `user` sends a call or another request to another domain from `ip`: within their
+    /// rate, and from an address seen before?
+    pub(crate) fn going_out(
+        &mut self,
+        now: Instant,
+        user: &str,
+        call: bool,
+        ip: std::net::IpAddr,
+    ) -> crate::fraud::Verdict {
+        self.guard.going_out(now, user, call, ip)
+    }
+
     /// Whether messages from `ip` are dropped unanswered (a ban for failed logins).
     pub(crate) fn is_banned(&self, now: Instant, ip: std::net::IpAddr) -> bool {
         self.guard.is_banned(now, ip)

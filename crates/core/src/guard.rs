@@ -9,6 +9,7 @@
 
 use crate::admission::{Admission, AdmissionSettings, Kind};
 use crate::flow::source_key;
+use crate::fraud::{Fraud, OutsideLimits, Verdict};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct GuardSettings {
     pub trusted: Vec<(IpAddr, u8)>,
     /// Requests per second per source.
     pub admission: AdmissionSettings,
+    /// What local users may send to other domains per minute.
+    pub outside: OutsideLimits,
 }
 
 impl Default for GuardSettings {
@@ -43,6 +46,7 @@ impl Default for GuardSettings {
             account_failures: 30,
             trusted: vec![],
             admission: AdmissionSettings::default(),
+            outside: OutsideLimits::default(),
         }
     }
 }
@@ -98,6 +102,8 @@ pub(crate) struct Guard {
     verified: HashMap<IpAddr, Instant>,
     /// Requests per second per source.
     admission: Admission,
+    /// What local users send to other domains.
+    fraud: Fraud,
 }
 
 /// Verified sources remembered at most; past it the oldest hour's are forgotten first.
@@ -133,7 +139,19 @@ impl Guard {
     /// Takes new settings (start, reload); bans in force stay.
     pub(crate) fn set_settings(&mut self, settings: GuardSettings) {
         self.admission.set_settings(settings.admission.clone());
+        self.fraud.set_limits(settings.outside.clone());
         self.settings = settings;
+    }
+
+    /// `user` sends a call (`call`) or another request to another domain from `ip`.
+    pub(crate) fn going_out(
+        &mut self,
+        now: Instant,
+        user: &str,
+        call: bool,
+        ip: IpAddr,
+    ) -> Verdict {
+        self.fraud.going_out(now, user, call, ip)
     }
 
     /// Whether a request of `kind` from `ip` is within its source's rate (trusted networks

@@ -471,3 +471,33 @@ Call-ID: hold@x\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@127.0.0.1:40000;
         .iter()
         .any(|a| matches!(a, Action::HoldConnection { conn: 77 })));
 }
+
+/// A cracked account calling out: ten calls to another domain a minute, then 403; a call
+/// out from an address the user never went out from is logged (not refused).
+#[test]
+fn calls_out_of_the_domain_are_limited_per_user() {
+    let mut t = T::new();
+    let mut refused = 0;
+    for i in 0..12 {
+        let branch = t.branch();
+        let call_id = format!("out-{i}");
+        let mut r = Req {
+            method: "INVITE",
+            uri: "sip:bob@beta.test",
+            from_user: "alice",
+            to: "<sip:bob@beta.test>",
+            src: ALICE,
+            call_id: &call_id,
+            cseq: 1,
+            branch,
+            extra: vec![],
+            body: "",
+        };
+        let out = t.with_auth(&mut r, Algorithm::Md5);
+        if out.iter().any(|(_, m)| m.status() == Some(403)) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "the 11th and 12th");
+    assert_eq!(t.core.counters.forwarded.outside_limited, 2);
+}

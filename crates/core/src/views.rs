@@ -65,6 +65,8 @@ pub struct ForwardedCounters {
     pub messages_forwarded: u64,
     /// MESSAGEs of our own (feature-code confirmations) that a phone accepted.
     pub notifications_delivered: u64,
+    /// Requests to other domains refused because their user was over their rate.
+    pub outside_limited: u64,
 }
 
 /// The media relay's refusals and timeouts.

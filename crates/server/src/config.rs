@@ -269,6 +269,10 @@ pub struct SecurityConfig {
     pub request_rate: u32,
     /// Seconds' worth of requests a source may send at once.
     pub burst_secs: u32,
+    /// Calls to other domains (and numbers) per user per minute (0: no limit).
+    pub outside_calls_per_minute: u32,
+    /// Other requests to other domains per user per minute (0: no limit).
+    pub outside_messages_per_minute: u32,
 }
 
 impl Default for SecurityConfig {
@@ -285,6 +289,8 @@ impl Default for SecurityConfig {
             dialog_rate: d.admission.dialog_rate,
             request_rate: d.admission.request_rate,
             burst_secs: d.admission.burst_secs,
+            outside_calls_per_minute: d.outside.calls_per_minute,
+            outside_messages_per_minute: d.outside.messages_per_minute,
         }
     }
 }
@@ -622,6 +628,10 @@ impl Config {
                     dialog_rate: cfg.security.dialog_rate,
                     request_rate: cfg.security.request_rate,
                     burst_secs: cfg.security.burst_secs.max(1),
+                },
+                outside: crate::core::OutsideLimits {
+                    calls_per_minute: cfg.security.outside_calls_per_minute,
+                    messages_per_minute: cfg.security.outside_messages_per_minute,
                 },
             },
             route_key: [0; 32],

@@ -325,7 +325,51 @@ impl Core {
             Ok(c) => c,
             Err(d) => return d,
         };
-        Some(self.route(msg, &admitted, bound, caller))
+        let decision = self.route(msg, &admitted, bound, caller);
+        Some(self.limit(now, msg, flow, decision))
+    }
+
+    /// Stage 5, limit: a local user's request to another domain counts against their rate
+    /// (a cracked account goes out in bursts), and one from an address they never went out
+    /// from is logged.
+    fn limit(&mut self, now: Instant, msg: &Message, flow: Flow, decision: Decision) -> Decision {
+        let Decision::Hunt {
+            target: Dialed::Remote(uri),
+            hunt,
+            ..
+        } = &decision
+        else {
+            return decision;
+        };
+        let Some(user) = hunt.caller.clone() else {
+            return decision;
+        };
+        let call = msg.method() == Some(Method::Invite);
+        let ip = flow.remote.ip();
+        match self.auth.going_out(now, &user, call, ip) {
+            crate::fraud::Verdict::Pass => decision,
+            crate::fraud::Verdict::NewAddress => {
+                tracing::warn!(
+                    user,
+                    source = %flow.remote,
+                    target = %uri,
+                    method = msg.method_str(),
+                    "request out of the domain from an address this user never used before"
+                );
+                decision
+            }
+            crate::fraud::Verdict::TooMany => {
+                self.counters.forwarded.outside_limited += 1;
+                tracing::warn!(
+                    user,
+                    source = %flow.remote,
+                    target = %uri,
+                    method = msg.method_str(),
+                    "user over their rate of requests out of the domain; refused"
+                );
+                Decision::Reply(403, "Too Many Requests Outside The Domain")
+            }
+        }
     }
 
     /// Stage 1, admit: a usable Request-URI, hops left, extensions we support, no loop
