@@ -86,6 +86,8 @@ pub struct ServerOpts {
     pub extra_listen: Vec<String>,
     /// Options put before `serve` (`--log-format json`).
     pub serve_args: Vec<String>,
+    /// The data folder (default: `data` in the test's folder).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOpts {
@@ -105,6 +107,7 @@ impl Default for ServerOpts {
             ip: None,
             extra_listen: vec![],
             serve_args: vec![],
+            data_dir: None,
         }
     }
 }
@@ -401,7 +404,7 @@ impl Server {
         };
         let domain = opts.domain.clone().unwrap_or_else(|| DOMAIN.to_string());
         let config = dir.join("hedgewitch.toml");
-        let data = dir.join("data");
+        let data = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let mut v6 = if opts.ipv6 {
             format!(", \"udp:[::1]:{port}\", \"tcp:[::1]:{port}\"")
         } else {

@@ -417,6 +417,7 @@ fn answer(
         Command::Status => {
             let mut v = serde_json::to_value(core.status(now)).unwrap_or_default();
             v["dropped_datagrams"] = edge.udp_drops().into();
+            v["store_pending"] = (crate::store::writer::pending() as u64).into();
             v["oversized_datagrams"] =
                 (crate::transport::OVERSIZED.load(std::sync::atomic::Ordering::Relaxed) as u64)
                     .into();
