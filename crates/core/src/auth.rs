@@ -82,6 +82,16 @@ impl Authenticator {
         self.guard.going_out(now, user, call, ip)
     }
 
+    /// The event loop falls behind: new dialogs from unverified sources are shed a while.
+    pub(crate) fn overloaded_now(&mut self, now: Instant) {
+        self.guard.overloaded_now(now);
+    }
+
+    /// Whether a new dialog from `ip` is shed now.
+    pub(crate) fn sheds(&self, now: Instant, ip: std::net::IpAddr) -> bool {
+        self.guard.sheds(now, ip)
+    }
+
     /// Whether messages from `ip` are dropped unanswered (a ban for failed logins).
     pub(crate) fn is_banned(&self, now: Instant, ip: std::net::IpAddr) -> bool {
         self.guard.is_banned(now, ip)

@@ -104,7 +104,13 @@ pub(crate) struct Guard {
     admission: Admission,
     /// What local users send to other domains.
     fraud: Fraud,
+    /// The edge said the event loop falls behind: until then new dialogs from sources never
+    /// verified are refused.
+    overloaded_until: Option<Instant>,
 }
+
+/// How long one report of overload lasts.
+const OVERLOAD_HOLD: Duration = Duration::from_secs(2);
 
 /// Verified sources remembered at most; past it the oldest hour's are forgotten first.
 const MAX_VERIFIED: usize = 65_536;
@@ -141,6 +147,19 @@ impl Guard {
         self.admission.set_settings(settings.admission.clone());
         self.fraud.set_limits(settings.outside.clone());
         self.settings = settings;
+    }
+
+    /// The event loop falls behind (reported by the edge).
+    pub(crate) fn overloaded_now(&mut self, now: Instant) {
+        self.overloaded_until = Some(now + OVERLOAD_HOLD);
+    }
+
+    /// Whether a new dialog from `ip` is shed now: the server is overloaded and `ip` never
+    /// proved itself (registered phones and logged-in users keep their service).
+    pub(crate) fn sheds(&self, now: Instant, ip: IpAddr) -> bool {
+        self.overloaded_until.is_some_and(|u| now < u)
+            && !self.is_verified(ip)
+            && !self.is_trusted(ip)
     }
 
     /// `user` sends a call (`call`) or another request to another domain from `ip`.

@@ -501,3 +501,50 @@ fn calls_out_of_the_domain_are_limited_per_user() {
     assert_eq!(refused, 2, "the 11th and 12th");
     assert_eq!(t.core.counters.forwarded.outside_limited, 2);
 }
+
+/// While the edge reports overload, a new dialog from a source that never proved itself gets
+/// 503 with Retry-After; a logged-in user's calls and requests inside dialogs go on, and two
+/// seconds after the last report everyone is served again.
+#[test]
+fn under_overload_new_dialogs_from_unknown_sources_are_shed() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    assert_eq!(t.login("alice", ALICE, "secret"), Some(200));
+    t.core.handle_overload(t.now);
+    let src = "192.0.2.60:5060";
+    t.recv(src, &outside_invite(src, "bob", "shed-1"));
+    let out = t.sent();
+    let answer = out
+        .iter()
+        .find(|(f, _)| f.remote == addr(src))
+        .map(|(_, m)| m.clone())
+        .expect("an answer");
+    assert_eq!(answer.status(), Some(503));
+    let text = String::from_utf8_lossy(&answer.bytes()).into_owned();
+    assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+    assert!(
+        !out.iter().any(|(f, _)| f.remote == addr(BOB)),
+        "bob not rung"
+    );
+    assert_eq!(t.core.counters.traffic.shed, 1);
+    // alice logged in from ALICE: her call goes through.
+    t.recv(ALICE, &outside_invite(ALICE, "bob", "shed-2"));
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Invite)));
+    // A request inside a dialog (To tag) is not shed.
+    let in_dialog = outside_invite(src, "bob", "shed-3").replace(
+        "To: <sip:bob@example.test>",
+        "To: <sip:bob@example.test>;tag=x",
+    );
+    t.recv(src, &in_dialog);
+    assert_eq!(t.core.counters.traffic.shed, 1);
+    // Two seconds after the last report, the unknown source is served again.
+    t.advance(Duration::from_secs(3));
+    t.recv(src, &outside_invite(src, "bob", "shed-4"));
+    assert!(t
+        .sent()
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Invite)));
+}

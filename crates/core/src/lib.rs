@@ -504,6 +504,13 @@ impl Core {
         out
     }
 
+    /// The edge's event loop falls behind (datagrams wait in full batches): for a while, new
+    /// dialogs from sources that never proved themselves get 503 with Retry-After, while
+    /// registered phones, logged-in users and calls in progress keep their service.
+    pub fn handle_overload(&mut self, now: Instant) {
+        self.auth.overloaded_now(now);
+    }
+
     /// The earliest time a timer is due, None when no timer is set: the owner calls
     /// `handle_timeout` at that time (or later), and asks again after every input, which
     /// may have set an earlier timer.
@@ -539,8 +546,23 @@ impl Core {
         }
         let datagram = flow.transport == Transport::Udp;
         // Admission, before any parsing: a source over its rate is dropped (a datagram) or
-        // told to come back later (a stream).
+        // told to come back later (a stream). Under overload, a new dialog from a source
+        // that never proved itself is told to come back later.
         if let Some(kind) = admission::kind_of(&data) {
+            if kind == admission::Kind::Dialog && self.auth.sheds(now, flow.remote.ip()) {
+                if let Ok(head) = Message::parse_head(data.clone()) {
+                    if head.to().is_some_and(|t| t.tag().is_none()) {
+                        self.counters.traffic.shed += 1;
+                        return self.reply_stateless_with(
+                            &head,
+                            flow,
+                            503,
+                            "Service Unavailable (Overloaded)",
+                            &[("Retry-After", "5".to_string())],
+                        );
+                    }
+                }
+            }
             if !self.auth.admit(now, flow.remote.ip(), kind) {
                 self.counters.traffic.rate_limited += 1;
                 if !datagram {

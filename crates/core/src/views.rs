@@ -39,6 +39,8 @@ pub struct TrafficCounters {
     pub dropped_banned: u64,
     /// Requests over their source's rate: dropped (datagrams) or answered 503 (streams).
     pub rate_limited: u64,
+    /// New dialogs from unverified sources answered 503 while the server was overloaded.
+    pub shed: u64,
 }
 
 /// Registrations, logins, keep-alives.

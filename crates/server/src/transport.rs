@@ -26,6 +26,9 @@ use crate::conn_limits::{self, Slot, HANDSHAKE_DEADLINE};
 use std::sync::atomic::AtomicBool;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// Datagrams one `recvmmsg` reads from a SIP socket.
+pub const BATCH: usize = 32;
+
 /// The largest SIP datagram read whole: longer ones are dropped unread beyond this.
 pub const MAX_SIP_DATAGRAM: usize = 16 * 1024;
 
@@ -94,7 +97,7 @@ impl UdpListener {
         Ok(UdpListener {
             local,
             socket: Arc::new(register(socket, Interest::READABLE)?),
-            batch: RecvBatch::with_slot(32, MAX_SIP_DATAGRAM),
+            batch: RecvBatch::with_slot(BATCH, MAX_SIP_DATAGRAM),
         })
     }
 

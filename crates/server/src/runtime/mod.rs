@@ -37,6 +37,8 @@ fn coarse(t: Instant, origin: Instant) -> Instant {
 
 /// Events waiting for the core; beyond this UDP input is dropped and streams wait.
 const EVENT_QUEUE: usize = 16384;
+/// Full UDP batches in a row that mean the loop falls behind (hundreds of datagrams waiting).
+const OVERLOAD_BATCHES: usize = 8;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -276,6 +278,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let mut inbox: Vec<(Flow, Bytes)> = Vec::with_capacity(64);
     let mut unreachable: Vec<SocketAddr> = vec![];
     let mut first_udp = 0usize;
+    let mut full_batches = 0usize;
     loop {
         edge.execute(&mut core);
         // ICMP errors met while sending: the core hears of them before the next wait.
@@ -310,6 +313,14 @@ async fn run(cfg: Config) -> Result<(), String> {
                 std::task::Poll::Pending
             }) => {
                 let now = Instant::now();
+                // Full batches one after the other: datagrams wait faster than the loop takes
+                // them. The core then sheds new dialogs from sources that never proved
+                // themselves, for a while.
+                full_batches = if inbox.len() >= transport::BATCH { full_batches + 1 } else { 0 };
+                if full_batches >= OVERLOAD_BATCHES {
+                    core.handle_overload(now);
+                    full_batches = 0;
+                }
                 // The STUN sockets come after the SIP ones.
                 let stun_only = read >= sip_sockets;
                 for (flow, data) in inbox.drain(..) {
