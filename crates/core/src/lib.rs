@@ -549,20 +549,6 @@ impl Core {
         // told to come back later (a stream). Under overload, a new dialog from a source
         // that never proved itself is told to come back later.
         if let Some(kind) = admission::kind_of(&data) {
-            if kind == admission::Kind::Dialog && self.auth.sheds(now, flow.remote.ip()) {
-                if let Ok(head) = Message::parse_head(data.clone()) {
-                    if head.to().is_some_and(|t| t.tag().is_none()) {
-                        self.counters.traffic.shed += 1;
-                        return self.reply_stateless_with(
-                            &head,
-                            flow,
-                            503,
-                            "Service Unavailable (Overloaded)",
-                            &[("Retry-After", "5".to_string())],
-                        );
-                    }
-                }
-            }
             if !self.auth.admit(now, flow.remote.ip(), kind) {
                 self.counters.traffic.rate_limited += 1;
                 if !datagram {
@@ -579,6 +565,20 @@ impl Core {
                     }
                 }
                 return;
+            }
+            if kind == admission::Kind::Dialog && self.auth.sheds(now, flow.remote.ip()) {
+                if let Ok(head) = Message::parse_head(data.clone()) {
+                    if head.to().is_some_and(|t| t.tag().is_none()) {
+                        self.counters.traffic.shed += 1;
+                        return self.reply_stateless_with(
+                            &head,
+                            flow,
+                            503,
+                            "Service Unavailable (Overloaded)",
+                            &[("Retry-After", "5".to_string())],
+                        );
+                    }
+                }
             }
         }
         // RFC 5626 §4.4.2: STUN keep-alives share the SIP port; they never start with a letter.

@@ -89,6 +89,8 @@ pub struct UdpListener {
     pub local: SocketAddr,
     socket: Arc<AsyncFd<std::net::UdpSocket>>,
     batch: RecvBatch,
+    /// The last `recvmmsg` filled the whole batch: more datagrams were waiting.
+    was_full: bool,
 }
 
 impl UdpListener {
@@ -98,7 +100,13 @@ impl UdpListener {
             local,
             socket: Arc::new(register(socket, Interest::READABLE)?),
             batch: RecvBatch::with_slot(BATCH, MAX_SIP_DATAGRAM),
+            was_full: false,
         })
+    }
+
+    /// Whether the last batch read was full (datagrams wait faster than they are taken).
+    pub fn was_full(&self) -> bool {
+        self.was_full
     }
 
     /// The socket, for sending.
@@ -151,6 +159,7 @@ impl UdpListener {
             // rather than pay one more recvmmsg that would only say EAGAIN. Tokio clears it
             // only if no readiness event arrived since, so a datagram landing meanwhile
             // still wakes us.
+            self.was_full = n >= self.batch.capacity();
             if n < self.batch.capacity() {
                 guard.clear_ready();
             }

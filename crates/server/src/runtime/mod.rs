@@ -316,7 +316,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                 // Full batches one after the other: datagrams wait faster than the loop takes
                 // them. The core then sheds new dialogs from sources that never proved
                 // themselves, for a while.
-                full_batches = if inbox.len() >= transport::BATCH { full_batches + 1 } else { 0 };
+                full_batches = if udp_in[read].was_full() { full_batches + 1 } else { 0 };
                 if full_batches >= OVERLOAD_BATCHES {
                     core.handle_overload(now);
                     full_batches = 0;
