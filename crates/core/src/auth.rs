@@ -122,6 +122,11 @@ impl Authenticator {
         self.guard.is_verified(ip)
     }
 
+    /// Whether `ip` is in a trusted network.
+    pub(crate) fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.guard.is_trusted(ip)
+    }
+
     /// Forgets failures and bans that no longer matter.
     pub(crate) fn forget_idle(&mut self, now: Instant) {
         self.guard.forget_idle(now);

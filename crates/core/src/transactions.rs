@@ -47,12 +47,14 @@ pub(crate) fn charge_for(len: usize) -> usize {
 /// The transaction layer's interface: transactions are found by match key, then reached by
 /// their ids.
 impl Transactions {
-    /// Whether a new server transaction charged `charge` bytes to `source` fits the limits.
+    /// Whether a new server transaction charged `charge` bytes to `source` fits the limits
+    /// (the source's own only when `per_source`).
     pub(crate) fn has_room(
         &self,
         limits: &TransactionLimits,
         source: IpAddr,
         charge: usize,
+        per_source: bool,
     ) -> bool {
         let of_source = self
             .charged_by_source
@@ -61,7 +63,7 @@ impl Transactions {
             .unwrap_or(0);
         self.servers.len() < limits.max
             && self.charged + charge <= limits.total_bytes
-            && of_source + charge <= limits.source_bytes
+            && (!per_source || of_source + charge <= limits.source_bytes)
     }
 
     /// Stores a server transaction under its match key (see `server_key`), charging its
