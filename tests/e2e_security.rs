@@ -472,3 +472,125 @@ fn svwar_learns_no_user_and_outsiders_cannot_tell_who_exists() {
         assert!(answers[0].contains(" 404 "), "{method}: {}", answers[0]);
     }
 }
+
+/// An offer of `n` audio streams from `ip`, as an outside caller's INVITE to bob carries it.
+fn outside_invite_with_streams(
+    local: SocketAddr,
+    call_id: &str,
+    n: usize,
+    transport: &str,
+) -> String {
+    let ip = local.ip();
+    let mut sdp = format!("v=0\r\no=eve 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n");
+    for i in 0..n {
+        sdp.push_str(&format!(
+            "m=audio {} RTP/AVP 0\r\n",
+            10_000 + 2 * (i % 20_000)
+        ));
+    }
+    format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:eve@evil.test>;tag=e\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:eve@{local}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// From another domain: an INVITE with 1,250 `m=` lines is refused (488 over TCP; over UDP it
+/// is too big to be read at all), the ringing calls of one outside address hold at most their
+/// share of relay streams (50: six calls of eight streams ring, the seventh does not), and a
+/// relayed call between local users still gets through.
+#[test]
+fn outside_callers_cannot_use_up_the_relay() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    // 200 streams' worth of ports: a third (66) is more than one address's share (50).
+    let lo = (u32::from(free_ports(801)) + 1) & !1;
+    let srv = Server::start(ServerOpts {
+        extra_config: format!(
+            "[relay]\nmode = \"always\"\nports = \"{lo}-{}\"\n",
+            lo + 799
+        ),
+        ..ServerOpts::default()
+    });
+    let server: SocketAddr = srv.addr().parse().expect("server address");
+    // bob's phone: rings for every call, never answers.
+    let bob_port = free_port();
+    register_on(&srv, &BOB, bob_port, 3600, false).assert_ok();
+    let _ringing = uas(&srv, &BOB, bob_port, "uas_ring_cancel.xml")
+        .calls(10)
+        .spawn_listening();
+
+    // 1,250 streams over TCP: 488.
+    let mut tcp = std::net::TcpStream::connect(server).expect("connect");
+    let local = tcp.local_addr().expect("local address");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    use std::io::{Read, Write};
+    tcp.write_all(outside_invite_with_streams(local, "huge-m", 1250, "TCP").as_bytes())
+        .expect("send");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end && !got.contains(" 488 ") {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(
+        got.contains("SIP/2.0 488"),
+        "answer to 1,250 streams: {got}"
+    );
+
+    // Ringing calls from one outside address: six of eight streams ring, the seventh does not.
+    let sock = UdpSocket::bind("127.0.0.90:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let local = sock.local_addr().expect("local address");
+    let mut ringing = 0;
+    let mut refused = 0;
+    for i in 0..7 {
+        let call_id = format!("budget-{i}");
+        sock.send_to(
+            outside_invite_with_streams(local, &call_id, 8, "UDP").as_bytes(),
+            server,
+        )
+        .expect("send");
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !text.contains(&format!("Call-ID: {call_id}")) {
+                continue;
+            }
+            if text.starts_with("SIP/2.0 180") {
+                ringing += 1;
+                break;
+            }
+            if text.starts_with("SIP/2.0 4") || text.starts_with("SIP/2.0 5") {
+                refused += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!((ringing, refused), (6, 1), "{:#}", srv.status());
+    assert!(srv.counter("relay_full") >= 1, "{:#}", srv.status());
+
+    // A relayed call between local users still gets through.
+    let (callee, caller) = held_call(&srv, 1000);
+    let answered = poll_until(Duration::from_secs(15), || {
+        calls(&srv).iter().any(|c| {
+            c["from"].as_str().is_some_and(|f| f.contains("alice"))
+                && c["state"] == "answered"
+                && c["media"] == "relayed"
+        })
+    });
+    assert!(answered, "alice's relayed call: {:#?}", calls(&srv));
+    assert_both_ok(&caller.wait(), &callee.wait());
+}

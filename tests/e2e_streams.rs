@@ -2,11 +2,12 @@
 //! connections (a REGISTER trickled a byte a second) and 9,000 idle ones from 127.0.0.66 get
 //! at most their source's share of slots (256), the slow ones are closed by the message
 //! deadline (20 s) and idle ones (100 from another address) by the idle timeout of a
-//! connection no phone registered over (30 s); meanwhile phones over TCP register and call as
-//! usual.
+//! connection no phone registered over (30 s); meanwhile phones over TCP (SIPp) and over TLS
+//! (baresip, trusting the server's private CA) register and call as usual.
 
 mod common;
 
+use common::baresip::{make_tone, Baresip, Phone};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -63,12 +64,29 @@ fn raise_fd_limit() -> u64 {
 
 #[test]
 fn slow_and_idle_connections_from_one_address_do_not_lock_out_the_phones() {
-    if !peers_available(&["sipp"]) {
+    if !peers_available(&["sipp", "baresip"]) {
         return;
     }
     let fds = raise_fd_limit();
+    // A TLS listener too, with a certificate from `hedgewitch tls self-signed`.
+    let dir = test_dir();
+    let certs = dir.join("certs");
+    let mut make = std::process::Command::new(env!("CARGO_BIN_EXE_hedgewitch"));
+    make.args(["--domain", DOMAIN, "--data-dir"])
+        .arg(dir.join("data-certs"))
+        .args(["tls", "self-signed", "--out"])
+        .arg(&certs);
+    let made = run_bounded(&mut make, None, &dir.join("certs"), Duration::from_secs(20));
+    assert!(made.success(), "tls self-signed: {}", made.stderr);
+    let tls_port = free_port();
     let srv = Server::start(ServerOpts {
         log: "info".into(),
+        extra_listen: vec![format!("tls:127.0.0.1:{tls_port}")],
+        extra_config: format!(
+            "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
+            certs.join("cert.pem").display(),
+            certs.join("key.pem").display()
+        ),
         ..ServerOpts::default()
     });
     let server: SocketAddr = srv.addr().parse().expect("server address");
@@ -122,6 +140,7 @@ fn slow_and_idle_connections_from_one_address_do_not_lock_out_the_phones() {
         .sipp("bob_tcp", "uas_answer.xml")
         .port(bob_port)
         .tcp()
+        .calls(2)
         .spawn_listening();
     srv.sipp("alice_reg_tcp", "register.xml")
         .local_ip("127.0.0.5")
@@ -141,6 +160,48 @@ fn slow_and_idle_connections_from_one_address_do_not_lock_out_the_phones() {
         .key("callee", BOB.name)
         .auth(&ALICE, &format!("{}@{DOMAIN}", BOB.name))
         .run();
+    assert!(
+        call.status.is_some_and(|s| s.code() == Some(0)),
+        "{}",
+        call.report()
+    );
+    // carol's phone over TLS (baresip, trusting the server's private CA) registers and calls
+    // bob too, while the attack holds.
+    let tone = make_tone(&srv);
+    let mut carol = Baresip::launch(Phone {
+        dir: srv.dir.join("baresip-carol-tls"),
+        name: "carol",
+        host: HOST.into(),
+        ipv6: false,
+        sip_port: free_ports(2),
+        console: free_port(),
+        rtp: free_ports(40),
+        netns: None,
+        account: format!(
+            "<sip:carol@{DOMAIN}>;auth_user=carol;auth_pass={};\
+             outbound=\"sip:127.0.0.1:{tls_port};transport=tls\";regint=600;audio_codecs=PCMU\n",
+            CAROL.password
+        ),
+        contacts: String::new(),
+        tone: &tone,
+        config_extra: format!("sip_cafile {}\n", certs.join("ca.pem").display()),
+    });
+    assert!(
+        poll_until(Duration::from_secs(15), || srv
+            .registrations_of(CAROL.name)
+            .iter()
+            .any(|r| r["transport"] == "tls")),
+        "carol over TLS: {:#?}\n{}",
+        srv.registrations(),
+        carol.output()
+    );
+    carol.command(&format!("/dial sip:bob@{DOMAIN}"));
+    carol.wait_for(
+        "the call over TLS established",
+        Duration::from_secs(15),
+        |o| o.contains("Call established"),
+    );
+    carol.command("/hangup");
     assert_both_ok(&call, &bob.wait());
 
     let open_after = trickle.join().expect("the trickling thread");

@@ -334,6 +334,7 @@ fn the_readme_tour_works_as_written() {
             account: format!("{account}\n"),
             contacts: format!("{contacts}\n"),
             tone: &tone,
+            config_extra: String::new(),
         })
     };
     let mut alice = phone("alice", ".baresip", 5066, 5070, 30000, accounts[0], contact);

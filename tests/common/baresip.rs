@@ -29,6 +29,8 @@ pub struct Phone<'a> {
     pub contacts: String,
     /// The microphone: a WAV file.
     pub tone: &'a Path,
+    /// More lines for baresip's `config` (`sip_cafile ...`).
+    pub config_extra: String,
 }
 
 /// One baresip process with its config folder and console.
@@ -141,6 +143,7 @@ impl Baresip {
             account,
             contacts: String::new(),
             tone,
+            config_extra: String::new(),
         })
     }
 
@@ -158,6 +161,7 @@ impl Baresip {
             account,
             contacts,
             tone,
+            config_extra,
         } = p;
         fs::create_dir_all(&dir).expect("baresip dir");
         let listen = if ipv6 {
@@ -191,7 +195,7 @@ impl Baresip {
             tone = tone.display(),
             rtp_end = rtp + 39,
         );
-        fs::write(dir.join("config"), config).expect("baresip config");
+        fs::write(dir.join("config"), config + &config_extra).expect("baresip config");
         fs::write(dir.join("accounts"), account).expect("baresip accounts");
         fs::write(dir.join("contacts"), contacts).expect("baresip contacts");
 
