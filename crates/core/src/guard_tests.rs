@@ -548,3 +548,36 @@ fn under_overload_new_dialogs_from_unknown_sources_are_shed() {
         .iter()
         .any(|(f, m)| f.remote == addr(BOB) && m.method() == Some(Method::Invite)));
 }
+
+/// A header field longer than any SIP needs (a 30 KB display name) gets 400 at once, and
+/// nothing of it is kept.
+#[test]
+fn an_oversized_header_field_gets_400_and_nothing_is_kept() {
+    let mut t = T::new();
+    let src = "192.0.2.70:5060";
+    let huge = format!(
+        "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKhuge\r\n\
+Max-Forwards: 70\r\nFrom: \"{}\" <sip:x@elsewhere.test>;tag=1\r\nTo: <sip:example.test>\r\n\
+Call-ID: huge\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        "y".repeat(30_000)
+    );
+    t.recv(src, &huge);
+    // (The answer echoes the From, as every answer must: read it as bytes.)
+    let sends: Vec<Bytes> = t
+        .core
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 1);
+    assert!(
+        sends[0].starts_with(b"SIP/2.0 400 header field too long\r\n"),
+        "{}",
+        String::from_utf8_lossy(&sends[0][..80])
+    );
+    assert!(t.core.tx.no_servers());
+    assert_eq!(t.core.counters.traffic.malformed_in, 1);
+}

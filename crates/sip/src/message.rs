@@ -13,6 +13,10 @@ use std::fmt;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Upper bound on the number of header lines, against memory abuse.
 pub const MAX_HEADERS: usize = 256;
+/// Longest header field (name, value and folding) a message may carry: no SIP header needs
+/// more, and a flood of messages with huge ones (a 30 KB display name) must cost nothing kept.
+/// Longer ones get 400; the head-only parse used for error answers still reads them.
+pub const MAX_HEADER_LINE: usize = 8 * 1024;
 
 /// Why a message could not be used, with the status a request gets for it (responses are
 /// dropped instead).
@@ -348,6 +352,9 @@ impl Message {
         while pos < head_end {
             let end = line_end(head, pos);
             let line = &head[pos..end];
+            if frame_body && line.len() > MAX_HEADER_LINE {
+                return Err(ParseError::bad("header field too long"));
+            }
             let colon =
                 memchr::memchr(b':', line).ok_or(ParseError::bad("header line without colon"))?;
             let mut name_end = colon;
