@@ -255,6 +255,26 @@ fn json_logs_carry_the_same_fields() {
     assert!(failure["source"]
         .as_str()
         .is_some_and(|s| s.starts_with("127.0.0.1:")));
+
+    // Four more wrong passwords: the fifth bans the source, one JSON event with its fields.
+    for _ in 0..4 {
+        wrong_password(&srv);
+    }
+    let text = log(&srv);
+    let ban: serde_json::Value = text
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("source banned for failed logins"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .next()
+        .unwrap_or_else(|| panic!("no ban event:\n{text}"));
+    assert_eq!(ban["level"], "WARN");
+    assert_eq!(ban["user"], "alice");
+    assert_eq!(ban["realm"], "example.test");
+    assert_eq!(ban["banned"], "127.0.0.1");
+    assert_eq!(ban["transport"], "udp");
+    assert_eq!(ban["user_agent"], "Guesser/0.1");
+    assert_eq!(ban["secs"], 900);
+    assert_eq!(ban["offence"], 1);
 }
 
 /// `hedgewitch doctor` run where the server runs (its namespace: DNS and addresses as it sees
