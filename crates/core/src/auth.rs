@@ -2,7 +2,7 @@
 //! fresh nonce per offered algorithm, and verification against the stored HA1 hashes with
 //! nonce expiry and nonce-count replay protection.
 
-use super::guard::{BanView, Guard, GuardSettings};
+use super::guard::Guard;
 use super::{Action, Core, Flow};
 use sip::digest::{challenge, verify, Algorithm, Credentials, NonceCheck};
 use sip::header::HeaderName;
@@ -60,78 +60,6 @@ impl Authenticator {
         }
     }
 
-    /// Whether a request of `kind` from `ip` is within its source's rate.
-    pub(crate) fn admit(
-        &mut self,
-        now: Instant,
-        ip: std::net::IpAddr,
-        kind: crate::admission::Kind,
-    ) -> bool {
-        self.guard.admit(now, ip, kind)
-    }
-
-    /// `user` sends a call or another request to another domain from `ip`: within their
-    /// rate, and from an address seen before?
-    pub(crate) fn going_out(
-        &mut self,
-        now: Instant,
-        user: &str,
-        call: bool,
-        ip: std::net::IpAddr,
-    ) -> crate::fraud::Verdict {
-        self.guard.going_out(now, user, call, ip)
-    }
-
-    /// The event loop falls behind: new dialogs from unverified sources are shed a while.
-    pub(crate) fn overloaded_now(&mut self, now: Instant) {
-        self.guard.overloaded_now(now);
-    }
-
-    /// Whether a new dialog from `ip` is shed now.
-    pub(crate) fn sheds(&self, now: Instant, ip: std::net::IpAddr) -> bool {
-        self.guard.sheds(now, ip)
-    }
-
-    /// Whether messages from `ip` are dropped unanswered (a ban for failed logins).
-    pub(crate) fn is_banned(&self, now: Instant, ip: std::net::IpAddr) -> bool {
-        self.guard.is_banned(now, ip)
-    }
-
-    /// Takes new ban settings (start, reload).
-    pub(crate) fn set_guard(&mut self, settings: GuardSettings) {
-        self.guard.set_settings(settings);
-    }
-
-    /// The bans in force.
-    pub(crate) fn bans(&self, now: Instant) -> Vec<BanView> {
-        self.guard.bans(now)
-    }
-
-    /// Lifts the ban on `ip`'s source; false when there was none.
-    pub(crate) fn lift_ban(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
-        self.guard.lift(now, ip)
-    }
-
-    /// `ip` proved it receives what we send it (it answered a challenge, or ACKed).
-    pub(crate) fn mark_verified(&mut self, now: Instant, ip: std::net::IpAddr) {
-        self.guard.mark_verified(now, ip);
-    }
-
-    /// Whether `ip` proved it receives what we send it.
-    pub(crate) fn is_verified(&self, ip: std::net::IpAddr) -> bool {
-        self.guard.is_verified(ip)
-    }
-
-    /// Whether `ip` is in a trusted network.
-    pub(crate) fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
-        self.guard.is_trusted(ip)
-    }
-
-    /// Forgets failures and bans that no longer matter.
-    pub(crate) fn forget_idle(&mut self, now: Instant) {
-        self.guard.forget_idle(now);
-    }
-
     /// The accounts, by name and extension.
     pub(crate) fn users(&self) -> &super::Users {
         &self.users
@@ -140,6 +68,15 @@ impl Authenticator {
     /// Replaces the accounts (after the store changed).
     pub(crate) fn set_users(&mut self, users: super::Users) {
         self.users = users;
+    }
+
+    /// The guard: who may talk to us (bans, rates, verified sources, fraud limits).
+    pub(crate) fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    pub(crate) fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
     }
 
     /// Changes how long nonces stay valid (a reload).
@@ -166,15 +103,9 @@ const MAX_REMEMBERED: usize = 4096;
 
 impl RecentFailures {
     fn new(secret: &[u8; 32]) -> Self {
-        let k = crate::keys::derive(secret, "hedgewitch failures v1");
-        let word = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(b)
-        };
         RecentFailures {
             seen: std::collections::HashMap::new(),
-            key: [word(0), word(1)],
+            key: crate::keys::sip_key(secret, "hedgewitch failures v1"),
         }
     }
 
@@ -332,7 +263,7 @@ impl Core {
         match self.auth.nonces.commit_checked(checked, secs) {
             NonceCheck::Valid => {
                 // It answered a challenge we sent it: the source is real.
-                self.auth.mark_verified(now, flow.remote.ip());
+                self.auth.guard_mut().mark_verified(now, flow.remote.ip());
                 AuthOutcome::User(user_name)
             }
             _ => AuthOutcome::Challenge { stale: true },

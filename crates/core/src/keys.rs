@@ -35,6 +35,17 @@ pub(crate) fn derive(secret: &[u8; 32], label: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// A SipHash key (two words) derived from `secret` for one purpose.
+pub(crate) fn sip_key(secret: &[u8; 32], label: &str) -> [u64; 2] {
+    let k = derive(secret, label);
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(b)
+    };
+    [word(0), word(1)]
+}
+
 fn hmac_with(key: &[u8]) -> HmacSha256 {
     // HMAC takes a key of any length: this cannot fail.
     HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC key of any length"))
@@ -51,14 +62,8 @@ pub(crate) struct Keys {
 impl Keys {
     /// Keys from the process's random `secret` and the persistent `route_key`.
     pub(crate) fn new(secret: &[u8; 32], route_key: &[u8; 32]) -> Keys {
-        let k = derive(secret, "hedgewitch identifiers v1");
-        let word = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(b)
-        };
         Keys {
-            ids: [word(0), word(1)],
+            ids: sip_key(secret, "hedgewitch identifiers v1"),
             route: hmac_with(route_key),
         }
     }

@@ -402,7 +402,7 @@ impl Core {
             counters: Counters::default(),
             out: Vec::new(),
         };
-        core.auth.set_guard(core.cfg.guard.clone());
+        core.auth.guard_mut().set_settings(core.cfg.guard.clone());
         core.restore_bindings(now, bindings);
         core
     }
@@ -458,7 +458,7 @@ impl Core {
         c.inbound = new.inbound;
         c.guard = new.guard.clone();
         self.auth.set_nonce_lifetime(new.auth.nonce_lifetime);
-        self.auth.set_guard(new.guard.clone());
+        self.auth.guard_mut().set_settings(new.guard.clone());
     }
 
     /// Forgets DNS answers (the DNS servers changed).
@@ -508,7 +508,7 @@ impl Core {
     /// dialogs from sources that never proved themselves get 503 with Retry-After, while
     /// registered phones, logged-in users and calls in progress keep their service.
     pub fn handle_overload(&mut self, now: Instant) {
-        self.auth.overloaded_now(now);
+        self.auth.guard_mut().overloaded_now(now);
     }
 
     /// The earliest time a timer is due, None when no timer is set: the owner calls
@@ -521,13 +521,13 @@ impl Core {
     /// The bans in force (failed logins), for `hedgewitch bans`; sources no longer banned
     /// or failing are forgotten on the way.
     pub fn bans(&mut self, now: Instant) -> Vec<BanView> {
-        self.auth.forget_idle(now);
-        self.auth.bans(now)
+        self.auth.guard_mut().forget_idle(now);
+        self.auth.guard().bans(now)
     }
 
     /// Lifts the ban on the source `ip` is in; false when it was not banned.
     pub fn lift_ban(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let lifted = self.auth.lift_ban(now, ip);
+        let lifted = self.auth.guard_mut().lift(now, ip);
         if lifted {
             tracing::warn!(source = %ip, "ban lifted by the operator");
             self.out.push(Action::LiftBan {
@@ -540,7 +540,7 @@ impl Core {
     /// Entry point for every received message.
     pub fn handle_message(&mut self, now: Instant, flow: Flow, data: Bytes) {
         // A banned source gets nothing back, whatever it sends.
-        if self.auth.is_banned(now, flow.remote.ip()) {
+        if self.auth.guard().is_banned(now, flow.remote.ip()) {
             self.counters.traffic.dropped_banned += 1;
             return;
         }
@@ -549,7 +549,7 @@ impl Core {
         // told to come back later (a stream). Under overload, a new dialog from a source
         // that never proved itself is told to come back later.
         if let Some(kind) = admission::kind_of(&data) {
-            if !self.auth.admit(now, flow.remote.ip(), kind) {
+            if !self.auth.guard_mut().admit(now, flow.remote.ip(), kind) {
                 self.counters.traffic.rate_limited += 1;
                 if !datagram {
                     if let Ok(head) = Message::parse_head(data) {
@@ -566,7 +566,7 @@ impl Core {
                 }
                 return;
             }
-            if kind == admission::Kind::Dialog && self.auth.sheds(now, flow.remote.ip()) {
+            if kind == admission::Kind::Dialog && self.auth.guard().sheds(now, flow.remote.ip()) {
                 if let Ok(head) = Message::parse_head(data.clone()) {
                     if head.to().is_some_and(|t| t.tag().is_none()) {
                         self.counters.traffic.shed += 1;

@@ -544,7 +544,7 @@ impl Core {
         // may be forged, and we must not be a cannon pointed at someone else.
         if actions.iter().any(|a| matches!(a, tx::Action::Transmit(_))) {
             let ip = st.flow.remote.ip();
-            if st.retransmits >= UNVERIFIED_RETRANSMITS && !self.auth.is_verified(ip) {
+            if st.retransmits >= UNVERIFIED_RETRANSMITS && !self.auth.guard().is_verified(ip) {
                 actions.retain(|a| !matches!(a, tx::Action::Transmit(_)));
             } else {
                 st.retransmits = st.retransmits.saturating_add(1);

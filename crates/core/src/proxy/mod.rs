@@ -242,12 +242,12 @@ impl Core {
         // Trusted networks (the operator's own, a load generator) are not charged; sources
         // that proved themselves (a login, an ACK) are held to the total only.
         let ip = flow.remote.ip();
-        let charge = if self.auth.is_trusted(ip) {
+        let charge = if self.auth.guard().is_trusted(ip) {
             0
         } else {
             crate::transactions::charge_for(msg.bytes().len())
         };
-        let per_source = !self.auth.is_verified(ip);
+        let per_source = !self.auth.guard().is_verified(ip);
         if !self
             .tx
             .has_room(&self.cfg.transactions, ip, charge, per_source)
@@ -354,7 +354,7 @@ impl Core {
         };
         let call = msg.method() == Some(Method::Invite);
         let ip = flow.remote.ip();
-        match self.auth.going_out(now, &user, call, ip) {
+        match self.auth.guard_mut().going_out(now, &user, call, ip) {
             crate::fraud::Verdict::Pass => decision,
             crate::fraud::Verdict::NewAddress => {
                 tracing::warn!(

@@ -17,13 +17,13 @@ impl Core {
                 .to()
                 .is_some_and(|t| t.tag().is_none_or(|t| t == self.to_tag(key)))
         {
-            self.auth.mark_verified(now, flow.remote.ip());
+            self.auth.guard_mut().mark_verified(now, flow.remote.ip());
             return;
         }
         if let Some((id, st)) = invite.and_then(|id| Some((id, self.tx.server_mut(id)?))) {
             if let ServerMachine::Invite(m) = &mut st.machine {
                 // An ACK to our answer: this source receives what we send it.
-                self.auth.mark_verified(now, flow.remote.ip());
+                self.auth.guard_mut().mark_verified(now, flow.remote.ip());
                 let (disp, actions) = m.on_ack(now);
                 self.server_actions(now, id, actions);
                 if disp == Disposition::Absorb {
