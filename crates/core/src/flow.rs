@@ -13,6 +13,11 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// WebSocket (RFC 7118), one SIP message per WebSocket message. The edge never opens
+    /// one: a browser's connection is reached only while it is open.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl Transport {
@@ -22,6 +27,8 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
@@ -31,15 +38,30 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
-    /// Whether the transport is reliable (TCP, TLS): RFC 3261 §17 retransmits only over UDP.
+    /// Whether the transport is reliable (all but UDP): RFC 3261 §17 retransmits only over UDP.
     pub fn is_reliable(self) -> bool {
         !matches!(self, Transport::Udp)
     }
 
-    /// A transport by name, in any case; None for names other than `udp`, `tcp` and `tls`.
+    /// Whether the transport is encrypted hop by hop (TLS, secure WebSocket): what a `sips:`
+    /// URI asks of every hop.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether the transport is a WebSocket: messages arrive whole (no Content-Length
+    /// framing), and a peer is reached over its own connection only, never a new one.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// A transport by name, in any case; None for names other than `udp`, `tcp`, `tls`, `ws`
+    /// and `wss`.
     pub fn parse(s: &str) -> Option<Transport> {
         if s.eq_ignore_ascii_case("udp") {
             Some(Transport::Udp)
@@ -47,6 +69,10 @@ impl Transport {
             Some(Transport::Tcp)
         } else if s.eq_ignore_ascii_case("tls") {
             Some(Transport::Tls)
+        } else if s.eq_ignore_ascii_case("ws") {
+            Some(Transport::Ws)
+        } else if s.eq_ignore_ascii_case("wss") {
+            Some(Transport::Wss)
         } else {
             None
         }

@@ -590,7 +590,9 @@ impl Core {
         if datagram && data.iter().all(|&c| c == b'\r' || c == b'\n') {
             return self.keepalive_seen(now, flow);
         }
-        let msg = match Message::parse(data.clone(), datagram) {
+        // A WebSocket message is one whole SIP message, framed like a datagram (RFC 7118 §5).
+        let whole = datagram || flow.transport.is_websocket();
+        let msg = match Message::parse(data.clone(), whole) {
             Ok(m) => m,
             Err(e) => {
                 self.counters.traffic.malformed_in += 1;
@@ -682,6 +684,12 @@ impl Core {
         }
         let actions = ct.machine.on_transport_error();
         self.client_actions(now, key, actions);
+    }
+
+    /// The edge closed stream connection `conn` (the peer left, or a limit cut it off). A
+    /// browser registered over it cannot be reached any more: its contacts go at once.
+    pub fn handle_conn_closed(&mut self, conn: ConnId) {
+        self.drop_connection_bindings(conn);
     }
 
     /// `remote` answered a UDP datagram with an ICMP error (port or host unreachable): the

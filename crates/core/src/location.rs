@@ -51,6 +51,9 @@ pub struct Location {
     /// registered from, with a Contact that may differ from the registered one in all but
     /// host and port. Entries are dropped with their binding, and checked on use.
     owners: HashMap<SocketAddr, (String, String)>,
+    /// The same for contacts that name a host instead (a browser's random `.invalid` one,
+    /// RFC 7118 §5): lower-case host and port -> user and contact.
+    names: HashMap<String, (String, String)>,
     /// Where UDP phones' packets come from (their NAT mapping) -> user and contact, for the
     /// keep-alives they send. Checked on use; rebuilt when stale entries pile up.
     sources: HashMap<SocketAddr, (String, String)>,
@@ -77,6 +80,17 @@ impl Location {
 
     /// Notes who registered `contact`; returns the address it names, if it is an IP literal.
     pub fn remember(&mut self, contact: &str, aor: &str) -> Option<SocketAddr> {
+        if let Some(name) = name_key(contact) {
+            if self
+                .names
+                .get(&name)
+                .is_none_or(|(a, c)| a != aor || c != contact)
+            {
+                self.names
+                    .insert(name, (aor.to_string(), contact.to_string()));
+            }
+            return None;
+        }
         let key = address_key(contact);
         if let Some(k) = key {
             // A refresh finds its entry in place: no allocation.
@@ -121,6 +135,11 @@ impl Location {
     /// Drops `contact`'s entry from the index by address, if the entry is that contact's; the
     /// binding itself is the caller's to remove.
     pub fn forget(&mut self, contact: &str) {
+        if let Some(k) = name_key(contact) {
+            if self.names.get(&k).is_some_and(|(_, c)| c == contact) {
+                self.names.remove(&k);
+            }
+        }
         if let Some(k) = address_key(contact) {
             // Only if it is this contact's entry (another user's phone may share the address).
             if self.owners.get(&k).is_some_and(|(_, c)| c == contact) {
@@ -131,11 +150,32 @@ impl Location {
 
     /// A live binding whose contact has the same host and port as `uri`, if any.
     pub fn by_address(&self, uri: &sip::uri::Uri<'_>, now: Instant) -> Option<&Binding> {
-        let (aor, contact) = self.owners.get(&uri_address(uri)?)?;
+        let (aor, contact) = match uri_name(uri) {
+            Some(name) => self.names.get(&name)?,
+            None => self.owners.get(&uri_address(uri)?)?,
+        };
         self.map
             .get(aor)?
             .iter()
             .find(|b| b.expires > now && b.contact == *contact)
+    }
+
+    /// Removes every contact that `gone` picks, with its index entries; returns them with
+    /// their users, so the store can forget them too.
+    pub fn take_where(&mut self, gone: impl Fn(&Binding) -> bool) -> Vec<(String, Binding)> {
+        let mut taken = vec![];
+        for (aor, list) in self.map.iter_mut() {
+            if list.iter().any(&gone) {
+                let (out, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(&gone);
+                *list = keep;
+                taken.extend(out.into_iter().map(|b| (aor.clone(), b)));
+            }
+        }
+        self.map.retain(|_, list| !list.is_empty());
+        for (_, b) in &taken {
+            self.forget(&b.contact);
+        }
+        taken
     }
 
     /// A user's contacts, created empty if the user has none.
@@ -188,9 +228,25 @@ impl Location {
 }
 
 /// The address of a SIP URI whose host is an IP literal (port 5060 when absent). Phones behind
-/// NAT write IP addresses in their Contact; names are not indexed.
+/// NAT write IP addresses in their Contact; names have their own index.
 fn address_key(uri: &str) -> Option<SocketAddr> {
     uri_address(&sip::uri::Uri::parse(uri).ok()?)
+}
+
+/// The index key of a contact that names a host: its lower-case host and port.
+fn name_key(uri: &str) -> Option<String> {
+    uri_name(&sip::uri::Uri::parse(uri).ok()?)
+}
+
+fn uri_name(u: &sip::uri::Uri<'_>) -> Option<String> {
+    match u.host {
+        sip::uri::Host::Name(n) => Some(format!(
+            "{}:{}",
+            n.to_ascii_lowercase(),
+            u.port.unwrap_or(0)
+        )),
+        sip::uri::Host::Ip(_) => None,
+    }
 }
 
 fn uri_address(u: &sip::uri::Uri<'_>) -> Option<SocketAddr> {

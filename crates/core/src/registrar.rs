@@ -331,11 +331,30 @@ impl Core {
         }
     }
 
+    /// A stream connection closed: the browsers registered over it (WebSocket contacts,
+    /// which nothing else reaches) are gone at once, so that a call to a closed tab fails
+    /// now instead of after a timeout.
+    pub(crate) fn drop_connection_bindings(&mut self, conn: crate::ConnId) {
+        for (aor, b) in self
+            .location
+            .take_where(|b| b.flow.conn == Some(conn) && b.flow.transport.is_websocket())
+        {
+            tracing::info!(user = %aor, contact = %b.contact, "browser's connection closed; registration removed");
+            self.out.push(Action::DeleteBinding {
+                aor,
+                contact: b.contact,
+            });
+        }
+    }
+
     /// Loads persisted registrations at start; expired ones are dropped from the store.
     pub(crate) fn restore_bindings(&mut self, now: Instant, bindings: Vec<StoredBinding>) {
         let unix = self.unix(now);
         for s in bindings {
-            if s.expires_at <= unix {
+            // A browser's registration lives as long as its WebSocket, which did not outlive
+            // the restart: it registers again when it reconnects.
+            let dead_socket = Transport::parse(&s.transport).is_some_and(Transport::is_websocket);
+            if s.expires_at <= unix || dead_socket {
                 self.out.push(Action::DeleteBinding {
                     aor: s.aor,
                     contact: s.contact,

@@ -8,6 +8,8 @@ const SERVER: &str = "127.0.0.1:5060";
 const ALICE: &str = "127.0.0.1:5062";
 const BOB: &str = "127.0.0.1:5064";
 const BOB2: &str = "127.0.0.1:5066";
+/// The web listener (SIP over WebSocket).
+const WEB: &str = "127.0.0.1:8080";
 
 struct T {
     core: Core,
@@ -20,6 +22,9 @@ struct T {
     relay: Option<calls_tests::FakeRelay>,
     /// Actions taken while serving the relay, for `sent()`.
     held: Vec<Action>,
+    /// A stream or WebSocket flow that requests from its remote address arrive on (others
+    /// arrive over UDP).
+    arrive_on: Option<Flow>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -57,6 +62,11 @@ fn config() -> CoreConfig {
                 transport: Transport::Tcp,
                 addr: addr(SERVER),
                 host: addr(SERVER).ip(),
+            },
+            Listener {
+                transport: Transport::Ws,
+                addr: addr(WEB),
+                host: addr(WEB).ip(),
             },
         ],
         registrar: super::RegistrarSettings {
@@ -153,6 +163,7 @@ impl T {
             stash: vec![],
             relay: None,
             held: vec![],
+            arrive_on: None,
         }
     }
 
@@ -187,8 +198,12 @@ impl T {
 
     fn recv(&mut self, from: &str, text: &str) {
         let text = self.signed(text);
+        let flow = self
+            .arrive_on
+            .filter(|f| f.remote == addr(from))
+            .unwrap_or_else(|| udp(from));
         self.core
-            .handle_message(self.now, udp(from), Bytes::copy_from_slice(text.as_bytes()));
+            .handle_message(self.now, flow, Bytes::copy_from_slice(text.as_bytes()));
         self.serve_relay();
     }
 
@@ -1638,6 +1653,8 @@ mod forking_tests;
 mod guard_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
+#[path = "websocket_tests.rs"]
+mod websocket_tests;
 
 #[test]
 fn an_unreachable_phone_gives_500_upstream_not_503() {

@@ -17,7 +17,7 @@ pub use hedgewitch_core::{InboundPolicy, Transport};
 /// One `listen` entry: `"udp:127.0.0.1:5060"`, `"tcp:[::1]:5060"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listen {
-    /// The transport before the first colon: `udp`, `tcp` or `tls`.
+    /// The transport before the first colon: `udp`, `tcp`, `tls`, `ws` or `wss`.
     pub transport: Transport,
     /// The address and port to bind (IPv6 in brackets in the text).
     pub addr: SocketAddr,
@@ -30,8 +30,9 @@ impl std::str::FromStr for Listen {
         let (t, addr) = s
             .split_once(':')
             .ok_or_else(|| format!("`{s}` is not TRANSPORT:ADDRESS:PORT"))?;
-        let transport = Transport::parse(t)
-            .ok_or_else(|| format!("unknown transport `{t}` in `{s}` (udp, tcp or tls)"))?;
+        let transport = Transport::parse(t).ok_or_else(|| {
+            format!("unknown transport `{t}` in `{s}` (udp, tcp, tls, ws or wss)")
+        })?;
         let addr = addr
             .parse()
             .map_err(|_| format!("`{addr}` is not ADDRESS:PORT (IPv6 goes in brackets)"))?;
@@ -117,6 +118,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// The TLS certificate and trusted CAs (`[tls]`).
     pub tls: crate::tls::TlsConfig,
+    /// Web listeners: the page and SIP over WebSocket (`[web]`).
+    pub web: WebConfig,
     /// Which extensions are valid.
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
@@ -241,6 +244,15 @@ impl Default for RegistrarConfig {
             nat_ping_failures: 3,
         }
     }
+}
+
+/// The `[web]` table: who may use the `ws:`/`wss:` listeners.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Origins (`https://host:port`) of pages elsewhere that may open a SIP WebSocket here
+    /// (a page served by the listener itself always may); `"*"` allows any.
+    pub origins: Vec<String>,
 }
 
 /// The `[security]` table: bans for failed logins.
@@ -371,6 +383,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             dns: DnsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            web: WebConfig::default(),
             numbering: Numbering::default(),
             features: FeatureCodes::default(),
             calls: CallSettings::default(),

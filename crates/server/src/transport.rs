@@ -36,7 +36,7 @@ pub const MAX_SIP_DATAGRAM: usize = 16 * 1024;
 pub static OVERSIZED: AtomicUsize = AtomicUsize::new(0);
 
 /// Messages queued for one connection's writer; a peer that reads nothing is cut off.
-const WRITE_QUEUE: usize = 512;
+pub(crate) const WRITE_QUEUE: usize = 512;
 
 /// Binds a UDP listening socket (not yet registered with the event loop).
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -374,7 +374,7 @@ pub async fn connect_and_send(
 
 /// A refused connection: a debug line each, and a warning when a source first reaches its
 /// share (not one per attempt: a flood of connections must not flood the log).
-fn refused(remote: SocketAddr, why: conn_limits::Refused) {
+pub(crate) fn refused(remote: SocketAddr, why: conn_limits::Refused) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     tracing::debug!(%remote, ?why, "stream connection refused");
     if !WARNED.swap(true, Ordering::Relaxed) {
@@ -390,17 +390,27 @@ fn refused(remote: SocketAddr, why: conn_limits::Refused) {
 
 /// A stream connection about to be served: where it runs, its slot in the counts, and
 /// whether a phone registered over it (which earns it the long idle timeout).
-struct Conn {
-    transport: Transport,
-    local: SocketAddr,
-    remote: SocketAddr,
-    _slot: Slot,
-    registered: Arc<AtomicBool>,
+pub(crate) struct Conn {
+    pub(crate) transport: Transport,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+    pub(crate) _slot: Slot,
+    pub(crate) registered: Arc<AtomicBool>,
+}
+
+/// A number for a new stream connection, unique while the server runs.
+pub(crate) fn next_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Conn {
     /// A connection a peer opened to us: short idle timeout until a registration uses it.
-    fn accepted(transport: Transport, local: SocketAddr, remote: SocketAddr, slot: Slot) -> Conn {
+    pub(crate) fn accepted(
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+        slot: Slot,
+    ) -> Conn {
         Conn {
             transport,
             local,
@@ -430,7 +440,7 @@ where
         _slot,
         registered,
     } = conn;
-    let id: ConnId = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let id = next_conn_id();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     if let Some(first) = first {

@@ -120,10 +120,10 @@ impl Core {
             .uri_str()
             .get(..5)
             .is_some_and(|p| p.eq_ignore_ascii_case("sips:"));
-        let hops = if sips && hops.iter().any(|h| h.flow.transport != Transport::Tls) {
+        let hops = if sips && hops.iter().any(|h| !h.flow.transport.is_secure()) {
             let tls: Vec<Hop> = hops
                 .into_iter()
-                .filter(|h| h.flow.transport == Transport::Tls)
+                .filter(|h| h.flow.transport.is_secure())
                 .collect();
             if tls.is_empty() {
                 tracing::info!(
@@ -303,6 +303,8 @@ impl Core {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
+            Transport::Ws => ";transport=ws",
+            Transport::Wss => ";transport=wss",
         };
         format!(
             "<sip:{}:{}{t};lr;hw={token}>",

@@ -246,6 +246,28 @@ impl Edge {
                     }
                 }
             }
+            Transport::Ws | Transport::Wss => {
+                // Only over the browser's own connection: nobody can open one towards it.
+                if let Some(s) = flow.conn.and_then(|c| self.conns.get(&c)) {
+                    match s.try_send(data) {
+                        Ok(()) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::warn!(remote = %flow.remote, "websocket not reading; closed");
+                            if let Some(c) = flow.conn {
+                                self.conns.remove(&c);
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                tracing::debug!(remote = %flow.remote, "websocket connection gone; not sent");
+                if key.is_some() {
+                    let (events, remote) = (self.events.clone(), flow.remote);
+                    tokio::spawn(async move {
+                        let _ = events.send(Event::SendFailed { key, remote }).await;
+                    });
+                }
+            }
             Transport::Tcp | Transport::Tls => {
                 let conn = flow
                     .conn

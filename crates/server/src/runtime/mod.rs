@@ -102,6 +102,14 @@ struct Bound {
     sip_sockets: usize,
 }
 
+/// Why a TLS-based listener cannot start.
+fn no_certificate(scheme: &str, addr: SocketAddr) -> String {
+    format!(
+        "cannot listen on {scheme}:{addr}: [tls] certificate and key are not set \
+         (`hedgewitch tls self-signed` makes a pair for trials)"
+    )
+}
+
 /// Binds every `listen` and `stun` socket; stream listeners get their accept loops. A wildcard
 /// that cannot be bound (no IPv6 here) is skipped with a warning; any other failure is fatal.
 fn bind(
@@ -132,14 +140,27 @@ fn bind(
                         Some(acceptor.clone()),
                     ));
                 }),
-                None => {
-                    return Err(format!(
-                        "cannot listen on tls:{}: [tls] certificate and key are not set \
-                         (`hedgewitch tls self-signed` makes a pair for trials)",
-                        l.addr
-                    ))
-                }
+                None => return Err(no_certificate("tls", l.addr)),
             },
+            Transport::Ws | Transport::Wss => {
+                let acceptor = match (l.transport, &tls.acceptor) {
+                    (Transport::Ws, _) => None,
+                    (_, Some(a)) => Some(a.clone()),
+                    (_, None) => return Err(no_certificate("wss", l.addr)),
+                };
+                let settings = Arc::new(crate::web::WebSettings {
+                    origins: cfg.web.origins.clone(),
+                });
+                transport::bind_tcp(l.addr).map(|s| {
+                    tokio::spawn(crate::web::accept_loop(
+                        s,
+                        l.addr,
+                        events.clone(),
+                        acceptor,
+                        settings,
+                    ));
+                })
+            }
         };
         match bound {
             Ok(()) => {
@@ -382,7 +403,14 @@ fn handle_event(
         }
         Event::ConnClosed { id, remote } => {
             edge.conns.remove(&id);
-            edge.held.remove(&id);
+            // Only a connection something registered over can take registrations with it.
+            if edge
+                .held
+                .remove(&id)
+                .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                core.handle_conn_closed(id);
+            }
             if edge.conn_by_remote.get(&remote) == Some(&id) {
                 edge.conn_by_remote.remove(&remote);
             }

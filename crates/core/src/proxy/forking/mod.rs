@@ -807,6 +807,10 @@ pub(crate) fn dns_query(uri: &str) -> Option<DnsQuery> {
         (Scheme::Sip, None) => None,
         _ => return None,
     };
+    if transport.is_some_and(Transport::is_websocket) {
+        // Nobody can be reached by opening a WebSocket: only over one they opened to us.
+        return None;
+    }
     match u.host {
         Host::Name(n) if !n.eq_ignore_ascii_case("localhost") => Some(DnsQuery {
             host: n.to_ascii_lowercase(),

@@ -43,8 +43,10 @@ impl Core {
         b: &crate::Binding,
         uri: &Uri<'_>,
     ) -> Option<Flow> {
-        if b.outbound.is_some() {
-            // RFC 5626 §5.3: an outbound contact is reached over its registered flow only.
+        if b.outbound.is_some() || b.flow.transport.is_websocket() {
+            // RFC 5626 §5.3: an outbound contact is reached over its registered flow only;
+            // so is a browser (RFC 7118 §5: its Contact names an `.invalid` host, and no
+            // one can open a WebSocket towards it).
             return Some(b.flow);
         }
         let udp = b.flow.transport == Transport::Udp;

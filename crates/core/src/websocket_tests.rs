@@ -1,0 +1,122 @@
+//! Browsers over SIP WebSocket (RFC 7118), in virtual time: registered over their own
+//! connection with an `.invalid` contact, reached over that connection only (also inside a
+//! dialog), and gone as soon as it closes.
+
+use super::*;
+
+const BROWSER: &str = "127.0.0.1:50000";
+const CONTACT: &str = "sip:k3j5vq@h7d2a9xk.invalid;transport=ws";
+
+/// The browser's connection to the web listener.
+fn ws(conn: ConnId) -> Flow {
+    Flow {
+        transport: Transport::Ws,
+        local: addr(WEB),
+        remote: addr(BROWSER),
+        conn: Some(conn),
+    }
+}
+
+impl T {
+    /// alice's browser registers as JsSIP does: outbound with an instance id, over `conn`.
+    fn register_browser(&mut self, conn: ConnId) -> Message {
+        self.arrive_on = Some(ws(conn));
+        let branch = self.branch();
+        let mut r = Req {
+            method: "REGISTER",
+            uri: "sip:example.test",
+            from_user: "alice",
+            to: "<sip:alice@example.test>",
+            src: BROWSER,
+            call_id: "browser-reg",
+            cseq: self.seq,
+            branch,
+            extra: vec![
+                format!(
+                    "Contact: <{CONTACT}>;+sip.ice;reg-id=1;\
+                     +sip.instance=\"<urn:uuid:6d3b1c1e-3e27-4a4e-9f5c-0b8f5e2b7a10>\";expires=600"
+                ),
+                "Supported: path, gruu, outbound".into(),
+            ],
+            body: "",
+        };
+        let out = self.with_auth(&mut r, Algorithm::Md5);
+        out.into_iter().last().expect("an answer").1
+    }
+}
+
+#[test]
+fn a_browser_is_reached_over_its_websocket_inside_and_outside_dialogs() {
+    let mut t = T::new();
+    let ok = t.register_browser(7);
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.value(HeaderName::Require), Some("outbound"));
+
+    // bob (UDP) calls alice: the INVITE goes over the browser's connection, and both our
+    // Record-Routes are there (UDP towards bob, WebSocket towards the browser).
+    let out = t.invite("bob", BOB, "sip:alice@example.test", "ws-call");
+    let (flow, inv) = out
+        .iter()
+        .find(|(_, m)| m.method() == Some(Method::Invite))
+        .expect("an INVITE for the browser");
+    assert_eq!(*flow, ws(7));
+    assert_eq!(inv.uri_str(), CONTACT);
+    let rr = header_values(inv, "Record-Route");
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(rr[0].contains(";transport=ws"), "{rr:?}");
+    assert!(inv
+        .top_via()
+        .is_some_and(|v| v.raw.starts_with("SIP/2.0/WS ")));
+
+    // Later bob hangs up: his BYE names the browser's contact and our route.
+    let bye = format!(
+        "BYE {CONTACT} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKbye1;rport\r\n\
+         Max-Forwards: 70\r\nRoute: <sip:{SERVER};lr>\r\n\
+         From: <sip:bob@example.test>;tag=ftbob\r\nTo: <sip:alice@example.test>;tag=browser1\r\n\
+         Call-ID: ws-call\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(BOB, &bye);
+    let out = t.sent();
+    let (flow, _) = out
+        .iter()
+        .find(|(_, m)| m.method() == Some(Method::Bye))
+        .expect("the BYE goes on to the browser");
+    assert_eq!(*flow, ws(7));
+}
+
+#[test]
+fn a_closed_websocket_takes_its_registration_with_it() {
+    let mut t = T::new();
+    assert_eq!(t.register_browser(7).status(), Some(200));
+    assert_eq!(t.core.registrations(t.now).len(), 1);
+    t.stash.clear();
+
+    t.core.handle_conn_closed(7);
+    assert!(t.core.registrations(t.now).is_empty());
+    let _ = t.sent();
+    assert!(
+        t.stash
+            .iter()
+            .any(|a| matches!(a, Action::DeleteBinding { aor, .. } if aor == "alice")),
+        "the store forgets it too"
+    );
+    // Another connection's closing would not have mattered; this one leaves alice offline.
+    let out = t.invite("bob", BOB, "sip:alice@example.test", "ws-call-2");
+    assert_eq!(out.last().and_then(|(_, m)| m.status()), Some(480));
+}
+
+#[test]
+fn a_websocket_message_needs_no_content_length() {
+    let mut t = T::new();
+    // RFC 7118 §5: the WebSocket message frames the SIP message.
+    let options = format!(
+        "OPTIONS sip:{WEB} SIP/2.0\r\nVia: SIP/2.0/WS h7d2a9xk.invalid;branch=z9hG4bKo1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=o1\r\nTo: <sip:{WEB}>\r\n\
+         Call-ID: ws-opt\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    t.core.handle_message(t.now, ws(9), Bytes::from(options));
+    let out = t.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, ws(9));
+    assert_eq!(out[0].1.status(), Some(200));
+}
