@@ -110,6 +110,10 @@ enum TlsCommand {
         /// Folder to write to (default: DATA_DIR/tls).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Another host name or IP address the certificate names besides the domain (the
+        /// one browsers open the page at); may be given more than once.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -209,9 +213,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Forward(cmd) => plan_cli::forward(&cfg, cmd),
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
-        Command::Tls(TlsCommand::SelfSigned { out }) => {
+        Command::Tls(TlsCommand::SelfSigned { out, names }) => {
             let dir = out.unwrap_or_else(|| cfg.data_dir.join("tls"));
-            let files = hedgewitch_server::tls::self_signed(&cfg.domain, &dir)?;
+            let files = hedgewitch_server::tls::self_signed(&cfg.domain, &names, &dir)?;
             for f in &files {
                 println!("wrote {}", f.display());
             }

@@ -69,24 +69,12 @@ fn slow_and_idle_connections_from_one_address_do_not_lock_out_the_phones() {
     }
     let fds = raise_fd_limit();
     // A TLS listener too, with a certificate from `hedgewitch tls self-signed`.
-    let dir = test_dir();
-    let certs = dir.join("certs");
-    let mut make = std::process::Command::new(env!("CARGO_BIN_EXE_hedgewitch"));
-    make.args(["--domain", DOMAIN, "--data-dir"])
-        .arg(dir.join("data-certs"))
-        .args(["tls", "self-signed", "--out"])
-        .arg(&certs);
-    let made = run_bounded(&mut make, None, &dir.join("certs"), Duration::from_secs(20));
-    assert!(made.success(), "tls self-signed: {}", made.stderr);
+    let certs = self_signed_certs(&test_dir());
     let tls_port = free_port();
     let srv = Server::start(ServerOpts {
         log: "info".into(),
         extra_listen: vec![format!("tls:127.0.0.1:{tls_port}")],
-        extra_config: format!(
-            "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
-            certs.join("cert.pem").display(),
-            certs.join("key.pem").display()
-        ),
+        extra_config: tls_config(&certs),
         ..ServerOpts::default()
     });
     let server: SocketAddr = srv.addr().parse().expect("server address");

@@ -14,6 +14,7 @@
 
 pub mod baresip;
 pub mod dnsmasq;
+pub mod jssip;
 pub mod natlab;
 
 use serde_json::Value;
@@ -311,6 +312,29 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A certificate and key for the test domain and 127.0.0.1 from `hedgewitch tls self-signed`, in `dir/certs`
+/// (`cert.pem`, `key.pem`, and `ca.pem` for the peers to trust); returns that folder.
+pub fn self_signed_certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    let mut make = Command::new(env!("CARGO_BIN_EXE_hedgewitch"));
+    make.args(["--domain", DOMAIN, "--data-dir"])
+        .arg(dir.join("data-certs"))
+        .args(["tls", "self-signed", "--name", HOST, "--out"])
+        .arg(&certs);
+    let made = run_bounded(&mut make, None, &certs, Duration::from_secs(20));
+    assert!(made.success(), "tls self-signed: {}", made.stderr);
+    certs
+}
+
+/// The `[tls]` table naming the files `self_signed_certs` made.
+pub fn tls_config(certs: &Path) -> String {
+    format!(
+        "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
+        certs.join("cert.pem").display(),
+        certs.join("key.pem").display()
+    )
 }
 
 /// A fresh folder for one test, named after the test (the test thread's name).

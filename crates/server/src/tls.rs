@@ -167,10 +167,11 @@ pub fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
 }
 
-/// Writes a private CA (`ca.pem`) and a certificate for `domain` signed by it (`cert.pem`,
-/// `key.pem`) into `dir`, for tests and trials: other servers trust `ca.pem` through
-/// `tls.ca_files`.
-pub fn self_signed(domain: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// Writes a private CA (`ca.pem`) and a certificate for `domain` and `also` (more host
+/// names or IP addresses, such as the one a browser opens the page at) signed by it
+/// (`cert.pem`, `key.pem`) into `dir`, for tests and trials: other servers trust `ca.pem`
+/// through `tls.ca_files`, browsers and test tools through their own trust settings.
+pub fn self_signed(domain: &str, also: &[String], dir: &Path) -> Result<Vec<PathBuf>, String> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
@@ -184,7 +185,10 @@ pub fn self_signed(domain: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(e)?).map_err(e)?;
-    let mut leaf = CertificateParams::new(vec![domain.to_string()]).map_err(e)?;
+    let mut names = vec![domain.to_string()];
+    names.extend(also.iter().filter(|n| n.as_str() != domain).cloned());
+    // rcgen writes a name that parses as an IP address as an IP address entry.
+    let mut leaf = CertificateParams::new(names).map_err(e)?;
     leaf.distinguished_name.push(DnType::CommonName, domain);
     leaf.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -213,7 +217,7 @@ mod tests {
     #[test]
     fn a_generated_pair_loads_and_is_trusted_through_its_ca() {
         let dir = std::env::temp_dir().join(format!("hw-tls-{}", std::process::id()));
-        self_signed("beta.test", &dir).unwrap();
+        self_signed("beta.test", &["127.0.0.1".into()], &dir).unwrap();
         let tls = Tls::new(&TlsConfig {
             certificate: Some(dir.join("cert.pem")),
             key: Some(dir.join("key.pem")),
