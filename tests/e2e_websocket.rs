@@ -219,3 +219,66 @@ fn websocket_connections_share_the_per_source_cap_with_tcp() {
     assert_eq!(other, "HTTP/1.1 101 Switching Protocols");
     drop(held);
 }
+
+#[test]
+fn each_tab_gets_gruus_that_reach_that_tab_only() {
+    if !jssip_available() {
+        return;
+    }
+    let (srv, ws, _wss, _ca) = web_server("");
+    let url = format!("ws://{HOST}:{ws}");
+    let mut alice = JsSip::start(&url, &ALICE, None);
+    let (tab1, tab2) = (
+        JsSip::start(&url, &BOB, None),
+        JsSip::start(&url, &BOB, None),
+    );
+    alice.wait_event("registered", Duration::from_secs(10), |_| true);
+    let gruus: Vec<(String, String)> = [&tab1, &tab2]
+        .iter()
+        .map(|tab| {
+            // As JsSIP read them from the answer, for its own contact.
+            let ok = tab.wait_event("registered", Duration::from_secs(10), |_| true);
+            let gruu = |k: &str| {
+                ok[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no {k}: {ok}"))
+                    .to_string()
+            };
+            (gruu("pub_gruu"), gruu("temp_gruu"))
+        })
+        .collect();
+    assert_eq!(srv.registrations_of("bob").len(), 2);
+    assert_ne!(gruus[0].0, gruus[1].0, "each tab is its own instance");
+    assert!(gruus[0]
+        .0
+        .starts_with(&format!("sip:bob@{DOMAIN};gr=urn:uuid:")));
+    assert!(!gruus[0].1.contains("bob"), "{}", gruus[0].1);
+
+    // To the public GRUU of tab 1, then the temporary GRUU of tab 2: each arrives once, at
+    // its own tab.
+    alice.message(&gruus[0].0, "for tab one");
+    alice.message(&gruus[1].1, "for tab two");
+    tab1.wait_event("message", Duration::from_secs(10), |e| {
+        e["body"] == "for tab one"
+    });
+    tab2.wait_event("message", Duration::from_secs(10), |e| {
+        e["body"] == "for tab two"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let bodies = |tab: &JsSip| -> Vec<String> {
+        tab.events()
+            .iter()
+            .filter(|e| e["event"] == "message")
+            .map(|e| e["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(bodies(&tab1), vec!["for tab one"]);
+    assert_eq!(bodies(&tab2), vec!["for tab two"]);
+    // To the user: both tabs.
+    alice.message(&format!("sip:bob@{DOMAIN}"), "for every tab");
+    for tab in [&tab1, &tab2] {
+        tab.wait_event("message", Duration::from_secs(10), |e| {
+            e["body"] == "for every tab"
+        });
+    }
+}

@@ -21,7 +21,13 @@ const ua = new JsSIP.UA({
   connection_recovery_max_interval: 4,
 });
 
-ua.on('registered', (e) => say('registered', { status: e.response.status_code, require: e.response.getHeader('Require') || null, contact: e.response.getHeader('Contact') || null }));
+// The GRUUs are those JsSIP itself took from the answer (RFC 5627), for its own contact.
+ua.on('registered', (e) => say('registered', {
+  status: e.response.status_code,
+  require: e.response.getHeader('Require') || null,
+  pub_gruu: ua.contact.pub_gruu || null,
+  temp_gruu: ua.contact.temp_gruu || null,
+}));
 ua.on('registrationFailed', (e) => say('registrationFailed', { cause: e.cause, status: e.response ? e.response.status_code : null }));
 ua.on('unregistered', () => say('unregistered'));
 ua.on('disconnected', () => say('disconnected'));

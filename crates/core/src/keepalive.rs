@@ -30,7 +30,7 @@ impl Core {
         // Outbound phones (RFC 5626) keep their flows alive themselves (STUN, CRLF).
         let natted = self.location.get(aor).iter().any(|b| {
             b.contact == contact
-                && b.outbound.is_none()
+                && b.outbound().is_none()
                 && b.path.is_empty()
                 && b.flow.transport == Transport::Udp
                 && contact_addr != Some(b.flow.remote)

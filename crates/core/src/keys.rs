@@ -26,6 +26,8 @@ pub(crate) enum Purpose {
     Loop = 3,
     /// The branch of an ACK forwarded statelessly (§16.11).
     AckBranch = 4,
+    /// Temporary GRUUs (RFC 5627 §3.2): unlinkable to the user without the key.
+    TempGruu = 5,
 }
 
 /// A key derived from `secret` for one purpose: HMAC-SHA-256(secret, label).

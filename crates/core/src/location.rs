@@ -35,9 +35,32 @@ pub struct Binding {
     /// RFC 3327: proxies between us and the phone, the one nearest us first; requests for
     /// this contact go through them (as Route entries).
     pub path: Vec<String>,
-    /// RFC 5626 outbound: the phone's instance and this flow's reg-id. Such a contact is
-    /// reached only over the flow it registered on.
-    pub outbound: Option<(String, u32)>,
+    /// The phone's instance (`+sip.instance`, RFC 5626 §4.1), when it named one: its GRUUs
+    /// (RFC 5627) reach this contact, and with a reg-id it is an outbound flow.
+    pub instance: Option<Instance>,
+}
+
+/// A phone's instance as it registered a contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The `+sip.instance` value without its quotes: `<urn:uuid:...>`.
+    pub id: String,
+    /// RFC 5626 outbound: the flow's reg-id, when the phone registered a flow. Such a
+    /// contact is reached only over the flow it registered on.
+    pub reg_id: Option<u32>,
+}
+
+impl Binding {
+    /// The instance and reg-id of an RFC 5626 outbound flow.
+    pub fn outbound(&self) -> Option<(&str, u32)> {
+        let i = self.instance.as_ref()?;
+        Some((i.id.as_str(), i.reg_id?))
+    }
+
+    /// Whether this contact is phone instance `id` (`<urn:...>`).
+    pub fn is_instance(&self, id: &str) -> bool {
+        self.instance.as_ref().is_some_and(|i| i.id == id)
+    }
 }
 
 /// The location table: each user's registered contacts, with indexes by the address a
@@ -54,6 +77,10 @@ pub struct Location {
     /// The same for contacts that name a host instead (a browser's random `.invalid` one,
     /// RFC 7118 §5): lower-case host and port -> user and contact.
     names: HashMap<String, (String, String)>,
+    /// Temporary GRUUs handed out (RFC 5627): token -> user, instance, and the Call-ID of
+    /// the registration it was given to. Checked on use; pruned to live registrations when
+    /// entries pile up.
+    temp_gruus: HashMap<String, (String, String, String)>,
     /// Where UDP phones' packets come from (their NAT mapping) -> user and contact, for the
     /// keep-alives they send. Checked on use; rebuilt when stale entries pile up.
     sources: HashMap<SocketAddr, (String, String)>,
@@ -121,6 +148,36 @@ impl Location {
         }
         self.sources
             .insert(source, (aor.to_string(), contact.to_string()));
+    }
+
+    /// Notes the temporary GRUU `token` given to `aor`'s `instance` registered with
+    /// `call_id`. When entries pile up (phones that re-register under new Call-IDs), only
+    /// those of current registrations are kept.
+    pub fn remember_temp_gruu(&mut self, token: &str, aor: &str, instance: &str, call_id: &str) {
+        if self.temp_gruus.contains_key(token) {
+            return;
+        }
+        if self.temp_gruus.len() > 2 * self.contacts() + 1024 {
+            let map = &self.map;
+            self.temp_gruus.retain(|_, (a, i, c)| {
+                map.get(a.as_str())
+                    .is_some_and(|l| l.iter().any(|b| b.is_instance(i) && b.call_id == *c))
+            });
+        }
+        self.temp_gruus.insert(
+            token.to_string(),
+            (aor.to_string(), instance.to_string(), call_id.to_string()),
+        );
+    }
+
+    /// The user and instance temporary GRUU `token` stands for, while that instance has a
+    /// contact.
+    pub fn temp_gruu(&self, token: &str) -> Option<(&str, &str)> {
+        let (aor, instance, _) = self.temp_gruus.get(&token.to_ascii_lowercase())?;
+        self.get(aor)
+            .iter()
+            .any(|b| b.is_instance(instance))
+            .then_some((aor.as_str(), instance.as_str()))
     }
 
     /// The live binding whose phone sends from `source`, if any.

@@ -122,20 +122,24 @@ fn outbound_behind_a_proxy_without_outbound_support_gets_439() {
 }
 
 #[test]
-fn require_path_and_outbound_are_understood() {
+fn require_path_outbound_and_gruu_are_understood() {
     let mut t = T::new();
     let r = t.register_raw(
         ALICE,
         ALICE,
         &format!("<sip:alice@{ALICE}>"),
-        &["Require: path, outbound", "Supported: path, outbound"],
+        &[
+            "Require: path, outbound, gruu",
+            "Supported: path, outbound, gruu",
+        ],
     );
     assert_eq!(r.status(), Some(200));
     let r = t.register_raw(
         ALICE,
         ALICE,
         &format!("<sip:alice@{ALICE}>"),
-        &["Require: gruu"],
+        &["Require: sec-agree"],
     );
     assert_eq!(r.status(), Some(420));
+    assert_eq!(r.value(HeaderName::Unsupported), Some("sec-agree"));
 }

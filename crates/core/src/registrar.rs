@@ -19,8 +19,8 @@ struct Wanted {
     contact: String,
     expires: u32,
     q: f32,
-    /// RFC 5626: `+sip.instance` and `reg-id`, when the phone registers a flow.
-    outbound: Option<(String, u32)>,
+    /// `+sip.instance`, with the `reg-id` when the phone registers an RFC 5626 flow.
+    instance: Option<crate::Instance>,
 }
 
 /// Whether `tag` is among the option tags of the request's Supported or Require headers.
@@ -73,11 +73,16 @@ impl Core {
             tracing::info!(%user, aor = %owner, "REGISTER for someone else's address refused");
             return self.respond(now, key, 403, "Forbidden: Not Your Address", &[], None);
         }
-        // Path (RFC 3327) and outbound (RFC 5626) are the option tags the registrar knows.
+        // Path (RFC 3327), outbound (RFC 5626) and gruu (RFC 5627) are the option tags the
+        // registrar knows.
         let unsupported: Vec<&str> = msg
             .values(HeaderName::Require)
             .flat_map(token_list)
-            .filter(|t| !t.eq_ignore_ascii_case("path") && !t.eq_ignore_ascii_case("outbound"))
+            .filter(|t| {
+                !["path", "outbound", "gruu"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
             .collect();
         if !unsupported.is_empty() {
             let h = [("Unsupported", unsupported.join(", "))];
@@ -152,9 +157,13 @@ impl Core {
                     .param("reg-id")
                     .flatten()
                     .and_then(|r| r.parse::<u32>().ok());
-                let instance = c.param("+sip.instance").flatten();
-                let outbound = match (reg_id, instance) {
-                    (Some(r), Some(i)) if outbound_wanted => {
+                let instance = c
+                    .param("+sip.instance")
+                    .flatten()
+                    .map(|i| i.trim_matches('"').to_string())
+                    .filter(|i| !i.is_empty() && i.len() <= 256);
+                let reg_id = match (reg_id, &instance) {
+                    (Some(r), Some(_)) if outbound_wanted && r > 0 => {
                         if !first_hop_ok {
                             return self.respond(
                                 now,
@@ -165,7 +174,7 @@ impl Core {
                                 None,
                             );
                         }
-                        Some((i.trim_matches('"').to_string(), r))
+                        Some(r)
                     }
                     _ => None,
                 };
@@ -173,7 +182,7 @@ impl Core {
                     contact: c.uri.raw.to_string(),
                     expires,
                     q,
-                    outbound,
+                    instance: instance.map(|id| crate::Instance { id, reg_id }),
                 });
             }
         }
@@ -182,16 +191,18 @@ impl Core {
         let user_agent = msg.value(HeaderName::UserAgent).unwrap_or("").to_string();
         let unix = self.unix(now);
         let mut changes = vec![];
-        let any_outbound = wanted.iter().any(|w| w.outbound.is_some());
+        let any_outbound = wanted
+            .iter()
+            .any(|w| w.instance.as_ref().is_some_and(|i| i.reg_id.is_some()));
         {
             let list = self.location.bindings_mut(&owner);
             for w in wanted {
                 // RFC 5626 §6: a flow is identified by instance and reg-id; a new REGISTER
                 // for it replaces the old binding even when the Contact changed.
-                let existing = match &w.outbound {
+                let existing = match w.instance.as_ref().filter(|i| i.reg_id.is_some()) {
                     Some(ob) => list
                         .iter()
-                        .position(|b| b.outbound.as_ref() == Some(ob))
+                        .position(|b| b.instance.as_ref() == Some(ob))
                         .or_else(|| list.iter().position(|b| b.contact == w.contact)),
                     None => list.iter().position(|b| b.contact == w.contact),
                 };
@@ -229,7 +240,7 @@ impl Core {
                     missed_pings: 0,
                     keepalive_at: None,
                     path: path.clone(),
-                    outbound: w.outbound,
+                    instance: w.instance,
                 };
                 changes.push(Action::PutBinding(stored(
                     &owner,
@@ -288,30 +299,43 @@ impl Core {
         for p in msg.values(HeaderName::Path) {
             extra.push(("Path", p.to_string()));
         }
-        self.registered_with(now, key, &owner, extra);
+        let gruu = supports(msg, "gruu");
+        self.registered_with(now, key, &owner, extra, gruu);
     }
 
     /// 200 OK listing every current contact with its remaining time (§10.3 step 8).
     fn registered(&mut self, now: Instant, key: ServerTxId, aor: &str) {
-        self.registered_with(now, key, aor, vec![])
+        self.registered_with(now, key, aor, vec![], false)
     }
 
+    /// The 200 OK; with `gruu` (the phone supports RFC 5627), each contact that named its
+    /// instance gets that instance's public and temporary GRUU.
     fn registered_with(
         &mut self,
         now: Instant,
         key: ServerTxId,
         aor: &str,
         extra: Vec<(&str, String)>,
+        gruu: bool,
     ) {
-        let mut h: Vec<(&str, String)> = self
+        let contacts: Vec<(String, u64, Option<crate::Instance>, String)> = self
             .location
             .get(aor)
             .iter()
             .map(|b| {
                 let secs = b.expires.saturating_duration_since(now).as_secs();
-                ("Contact", format!("<{}>;expires={secs}", b.contact))
+                let instance = b.instance.clone().filter(|_| gruu);
+                (b.contact.clone(), secs, instance, b.call_id.clone())
             })
             .collect();
+        let mut h: Vec<(&str, String)> = Vec::with_capacity(contacts.len() + extra.len() + 1);
+        for (contact, secs, instance, call_id) in contacts {
+            let mut value = format!("<{contact}>;expires={secs}");
+            if let Some(i) = instance {
+                value.push_str(&self.gruu_params(aor, &i.id, i.reg_id, &call_id));
+            }
+            h.push(("Contact", value));
+        }
         h.push(("Date", httpdate(self.unix(now))));
         h.extend(extra);
         self.respond(now, key, 200, "OK", &h, None);
@@ -391,7 +415,11 @@ impl Core {
                     .filter(|l| !l.is_empty())
                     .map(str::to_string)
                     .collect(),
-                outbound: s.outbound.clone(),
+                // reg-id 0 (never a valid one) stores an instance without a flow.
+                instance: s.outbound.clone().map(|(id, r)| crate::Instance {
+                    id,
+                    reg_id: (r > 0).then_some(r),
+                }),
             };
             let addr = self.location.remember(&binding.contact, &s.aor);
             let contact = binding.contact.clone();
@@ -415,7 +443,10 @@ fn stored(aor: &str, b: &Binding, expires_at: u64) -> StoredBinding {
         local: b.flow.local.to_string(),
         user_agent: b.user_agent.clone(),
         path: b.path.join("\n"),
-        outbound: b.outbound.clone(),
+        outbound: b
+            .instance
+            .as_ref()
+            .map(|i| (i.id.clone(), i.reg_id.unwrap_or(0))),
     }
 }
 

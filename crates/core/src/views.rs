@@ -176,8 +176,8 @@ impl Core {
                     transport: b.flow.transport.as_str().into(),
                     source: b.flow.remote.to_string(),
                     user_agent: b.user_agent.clone(),
-                    instance: b.outbound.as_ref().map(|(i, _)| i.clone()),
-                    reg_id: b.outbound.as_ref().map(|(_, r)| *r),
+                    instance: b.instance.as_ref().map(|i| i.id.clone()),
+                    reg_id: b.instance.as_ref().and_then(|i| i.reg_id),
                     path: b.path.clone(),
                 });
             }

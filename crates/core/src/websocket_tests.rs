@@ -120,3 +120,93 @@ fn a_websocket_message_needs_no_content_length() {
     assert_eq!(out[0].0, ws(9));
     assert_eq!(out[0].1.status(), Some(200));
 }
+
+/// The GRUUs in a REGISTER answer's Contact: (pub-gruu, temp-gruu).
+fn gruus(ok: &Message) -> (String, String) {
+    let contact = ok.value(HeaderName::Contact).expect("a Contact");
+    let param = |name: &str| {
+        contact
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {contact}"))
+            .to_string()
+    };
+    (param("pub-gruu"), param("temp-gruu"))
+}
+
+#[test]
+fn an_instance_that_asks_gets_gruus_that_reach_it_and_only_it() {
+    let mut t = T::new();
+    let ok = t.register_browser(7);
+    let (public, temp) = gruus(&ok);
+    assert_eq!(
+        public,
+        "sip:alice@example.test;gr=urn:uuid:6d3b1c1e-3e27-4a4e-9f5c-0b8f5e2b7a10"
+    );
+    assert!(
+        temp.starts_with("sip:tgruu.") && temp.ends_with("@example.test;gr"),
+        "{temp}"
+    );
+    assert!(
+        !temp.contains("alice"),
+        "a temporary GRUU does not name the user: {temp}"
+    );
+    assert!(ok
+        .value(HeaderName::Contact)
+        .is_some_and(|c| c.contains("+sip.instance=\"<urn:uuid:6d3b1c1e")));
+    // alice's desk phone (UDP, no instance) is registered too.
+    t.arrive_on = None;
+    assert_eq!(t.register("alice", ALICE, &[]).status(), Some(200));
+
+    // A call to alice rings both; a call to either GRUU rings the browser only.
+    let out = t.invite("bob", BOB, "sip:alice@example.test", "aor-call");
+    let invites = out
+        .iter()
+        .filter(|(_, m)| m.method() == Some(Method::Invite))
+        .count();
+    assert_eq!(invites, 2);
+    for (i, gruu) in [&public, &temp].into_iter().enumerate() {
+        let out = t.invite("bob", BOB, gruu, &format!("gruu-call-{i}"));
+        let flows: Vec<Flow> = out
+            .iter()
+            .filter(|(_, m)| m.method() == Some(Method::Invite))
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(flows, vec![ws(7)], "{gruu}");
+    }
+
+    // Once the browser is gone, its GRUUs lead nowhere: 480 for a caller of the domain.
+    t.core.handle_conn_closed(7);
+    let out = t.invite("bob", BOB, &public, "gruu-call-gone");
+    assert_eq!(out.last().and_then(|(_, m)| m.status()), Some(480));
+    let out = t.invite(
+        "bob",
+        BOB,
+        "sip:tgruu.0123456789abcdef@example.test;gr",
+        "forged",
+    );
+    assert_eq!(out.last().and_then(|(_, m)| m.status()), Some(404));
+}
+
+#[test]
+fn no_gruu_for_a_phone_that_does_not_ask() {
+    let mut t = T::new();
+    t.arrive_on = Some(ws(3));
+    let ok = t.register(
+        "alice",
+        BROWSER,
+        &[&format!(
+            "Contact: <{CONTACT}>;+sip.instance=\"<urn:uuid:6d3b1c1e-3e27-4a4e-9f5c-0b8f5e2b7a10>\""
+        )],
+    );
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok
+        .value(HeaderName::Contact)
+        .is_some_and(|c| !c.contains("gruu")));
+    assert_eq!(
+        ok.value(HeaderName::Require),
+        None,
+        "no reg-id, no outbound"
+    );
+}

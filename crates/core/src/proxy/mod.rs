@@ -152,6 +152,8 @@ type Stage<T> = Result<T, Option<Decision>>;
 pub(crate) enum Bound {
     /// A user (or extension, group, number) of a domain we serve.
     Ours,
+    /// One phone instance of a user, by its GRUU (RFC 5627).
+    Instance,
     /// Another domain, out of any dialog of ours.
     OtherDomain,
 }
@@ -333,6 +335,12 @@ impl Core {
             Ok(c) => c,
             Err(d) => return d,
         };
+        if bound == Bound::Instance {
+            // A GRUU names one phone: no dial plan, forwarding or group applies.
+            let reveal = !matches!(caller, Caller::OtherDomain);
+            let (pop, hash) = (admitted.pop, &admitted.hash);
+            return Some(self.to_instance(now, &admitted.uri, pop, hash, reveal));
+        }
         let decision = self.route(msg, &admitted, bound, caller);
         Some(self.limit(now, msg, flow, decision))
     }
@@ -474,6 +482,13 @@ impl Core {
                 Some(Method::Options) => Decision::OptionsHere,
                 _ => Decision::Reply(404, "Not Found"),
             }));
+        }
+        if a.uri.param("gr").is_some() {
+            if a.dialog_route {
+                // Inside a dialog, a browser's GRUU Contact: straight to that instance.
+                return Err(Some(self.to_instance(now, &a.uri, pop, hash, true)));
+            }
+            return Ok(Bound::Instance);
         }
         Ok(Bound::Ours)
     }

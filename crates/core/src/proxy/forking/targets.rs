@@ -10,23 +10,28 @@ impl Core {
         self.location
             .lookup(user, now)
             .into_iter()
-            .filter_map(|b| match b.path.first() {
-                // Registered through edge proxies (RFC 3327): the request goes to the first
-                // of them, with the whole Path as its Route.
-                Some(first) => Some(Hop {
-                    uri: b.contact.clone(),
-                    flow: self.resolve(&Uri::parse(first).ok()?)?,
-                    route: b.path.clone(),
-                    alternates: vec![],
-                }),
-                None => Some(Hop {
-                    uri: b.contact.clone(),
-                    flow: self.binding_flow(b)?,
-                    route: vec![],
-                    alternates: vec![],
-                }),
-            })
+            .filter_map(|b| self.binding_hop(b))
             .collect()
+    }
+
+    /// Where a request for registered contact `b` goes.
+    pub(crate) fn binding_hop(&self, b: &crate::Binding) -> Option<Hop> {
+        match b.path.first() {
+            // Registered through edge proxies (RFC 3327): the request goes to the first
+            // of them, with the whole Path as its Route.
+            Some(first) => Some(Hop {
+                uri: b.contact.clone(),
+                flow: self.resolve(&Uri::parse(first).ok()?)?,
+                route: b.path.clone(),
+                alternates: vec![],
+            }),
+            None => Some(Hop {
+                uri: b.contact.clone(),
+                flow: self.binding_flow(b)?,
+                route: vec![],
+                alternates: vec![],
+            }),
+        }
     }
 
     /// Where to send a request for a registered contact.
@@ -43,7 +48,7 @@ impl Core {
         b: &crate::Binding,
         uri: &Uri<'_>,
     ) -> Option<Flow> {
-        if b.outbound.is_some() || b.flow.transport.is_websocket() {
+        if b.outbound().is_some() || b.flow.transport.is_websocket() {
             // RFC 5626 §5.3: an outbound contact is reached over its registered flow only;
             // so is a browser (RFC 7118 §5: its Contact names an `.invalid` host, and no
             // one can open a WebSocket towards it).
