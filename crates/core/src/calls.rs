@@ -308,6 +308,16 @@ fn hop_behind_nat(hop: &Hop) -> bool {
             .is_some_and(|ip| ip != hop.flow.remote.ip())
 }
 
+/// Whether `msg` carries an SDP that does ICE (RFC 8839): a media line with candidates or
+/// ICE credentials. Its addresses are negotiated end to end and must not be rewritten.
+fn offers_ice(msg: &Message) -> bool {
+    is_sdp(msg)
+        && msg
+            .body()
+            .split(|&b| b == b'\n')
+            .any(|line| line.starts_with(b"a=ice-ufrag:") || line.starts_with(b"a=candidate:"))
+}
+
 fn is_sdp(msg: &Message) -> bool {
     !msg.body().is_empty()
         && msg.value(HeaderName::ContentType).is_none_or(|t| {
@@ -337,7 +347,10 @@ impl Core {
         if hops.is_empty() {
             return;
         }
+        // An offer with ICE (browsers, ICE phones) finds its own way, through TURN where
+        // needed; the relay's rewriting would only break its candidates.
         let relayed = self.calls.ports.is_on()
+            && !offers_ice(msg)
             && match self.cfg.relay.mode {
                 RelayMode::Never => false,
                 RelayMode::Always => true,

@@ -864,3 +864,47 @@ fn the_relay_is_not_pointed_at_private_addresses_an_outside_caller_names() {
         .iter()
         .any(|(_, side, rtp, _)| *side == Side::Caller && *rtp == addr("192.0.2.43:4000")));
 }
+
+/// A browser's offer as Chromium writes it (trimmed): BUNDLE, rtcp-mux, ICE candidates and a
+/// DTLS fingerprint, and the `c=` line WebRTC writes whatever the address.
+fn webrtc_offer() -> String {
+    let mut sdp = String::from(
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+         a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS stream\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\nc=IN IP4 0.0.0.0\r\n\
+         a=rtcp:9 IN IP4 0.0.0.0\r\n\
+         a=candidate:1467250027 1 udp 2122260223 10.0.0.5 46243 typ host generation 0\r\n\
+         a=candidate:3298231947 1 udp 1686052607 203.0.113.7 46243 typ srflx raddr 10.0.0.5 rport 46243 generation 0\r\n\
+         a=ice-ufrag:eZxL\r\na=ice-pwd:hYZfJdQxbzYG+T8jXGQbm4Z5\r\na=ice-options:trickle\r\n\
+         a=fingerprint:sha-256 5B:0C:E1:D8:7B:84:A5:D3:0F:61:7F:2C:6D:5E:9A:72:4D:6E:B8:9E:6A:3B:21:43:8D:B5:1F:8B:92:6B:21:91\r\n\
+         a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+         a=ice-ufrag:eZxL\r\na=ice-pwd:hYZfJdQxbzYG+T8jXGQbm4Z5\r\na=setup:actpass\r\na=mid:1\r\n\
+         a=sendrecv\r\na=rtcp-mux\r\na=rtcp-rsize\r\na=rtpmap:96 VP8/90000\r\n",
+    );
+    // Offers of several kilobytes are common (many codecs, header extensions).
+    for i in 0..60 {
+        sdp.push_str(&format!(
+            "a=ssrc:{} cname:abcdefghijklmnop{i}\r\n",
+            1000 + i
+        ));
+    }
+    sdp
+}
+
+#[test]
+fn an_offer_with_ice_passes_unmodified_whatever_the_relay_mode() {
+    let offer = webrtc_offer();
+    assert!(offer.len() > 3000);
+    for mode in [RelayMode::Auto, RelayMode::Always] {
+        let (mut t, asked) = T::with_relay(10, mode);
+        // From behind NAT: Via and candidates name 10.0.0.5, the packets come from elsewhere.
+        let (inv, _) = t.call_bob(ALICE_PRIVATE, ALICE_NAT, &offer, &format!("ice-{mode:?}"));
+        assert_eq!(body(&inv.expect("bob is rung")), offer, "{mode:?}");
+        assert!(asked.lock().unwrap().opened.is_empty(), "{mode:?}");
+        assert_eq!(
+            t.core.calls(t.now, |_| StreamCounters::default())[0].media,
+            "direct"
+        );
+    }
+}
