@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod baresip;
+pub mod browser;
 pub mod dnsmasq;
 pub mod jssip;
 pub mod natlab;

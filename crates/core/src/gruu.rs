@@ -121,7 +121,7 @@ impl Core {
     }
 
     /// The hops of one instance's live contacts.
-    fn instance_hops(&self, aor: &str, instance: &str, now: Instant) -> Vec<Hop> {
+    pub(crate) fn instance_hops(&self, aor: &str, instance: &str, now: Instant) -> Vec<Hop> {
         self.location
             .lookup(aor, now)
             .into_iter()

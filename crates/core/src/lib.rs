@@ -21,6 +21,7 @@ pub mod records;
 mod registrar;
 mod relay_ports;
 mod route;
+mod session_info;
 mod timers;
 mod transactions;
 mod views;

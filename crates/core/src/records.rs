@@ -100,6 +100,11 @@ impl Users {
         self.by_name.get(name)
     }
 
+    /// Every user, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &User> {
+        self.by_name.values()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }

@@ -210,3 +210,92 @@ fn no_gruu_for_a_phone_that_does_not_ask() {
         "no reg-id, no outbound"
     );
 }
+
+#[test]
+fn a_logged_in_page_gets_its_session_information_and_no_one_else_does() {
+    let mut t = T::new();
+    t.arrive_on = Some(ws(5));
+    let accept = "Accept: application/vnd.hedgewitch.session+json".to_string();
+    let branch = t.branch();
+    let mut r = Req {
+        method: "OPTIONS",
+        uri: "sip:example.test",
+        from_user: "alice",
+        to: "<sip:example.test>",
+        src: BROWSER,
+        call_id: "session-1",
+        cseq: 1,
+        branch,
+        extra: vec![accept.clone()],
+        body: "",
+    };
+    // The challenge comes first: the directory is for users who logged in.
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    let ok = &out.last().expect("an answer").1;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(
+        ok.value(HeaderName::ContentType),
+        Some("application/vnd.hedgewitch.session+json")
+    );
+    let info: serde_json::Value = serde_json::from_slice(ok.body()).expect("JSON");
+    assert_eq!(info["user"], "alice");
+    assert_eq!(info["extension"], "101");
+    let names: Vec<&str> = info["directory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"], "by extension");
+
+    // From another domain: refused, and a plain OPTIONS still gets the capabilities.
+    let foreign = format!(
+        "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKf1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:mallory@elsewhere.test>;tag=m1\r\nTo: <sip:example.test>\r\n\
+         Call-ID: session-2\r\nCSeq: 1 OPTIONS\r\n{accept}\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(BOB, &foreign);
+    let out = t.sent();
+    assert_eq!(out.last().and_then(|(_, m)| m.status()), Some(403));
+    t.recv(
+        BOB,
+        &foreign
+            .replace(&format!("{accept}\r\n"), "")
+            .replace("session-2", "session-3"),
+    );
+    let out = t.sent();
+    let ok = &out.last().expect("an answer").1;
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok.body().is_empty());
+}
+
+#[test]
+fn requests_inside_a_dialog_reach_a_browser_by_its_gruu() {
+    let mut t = T::new();
+    let (public, _) = gruus(&t.register_browser(7));
+    // JsSIP's Contact in its dialogs is its public GRUU: the peer's ACK and BYE are
+    // addressed to it, through our route.
+    for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
+        let req = format!(
+            "{method} {public} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKg{cseq};rport\r\n\
+             Max-Forwards: 70\r\nRoute: <sip:{SERVER};lr>\r\n\
+             From: <sip:bob@example.test>;tag=ftbob\r\nTo: <sip:alice@example.test>;tag=browser1\r\n\
+             Call-ID: gruu-dialog\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        t.recv(BOB, &req);
+        let out = t.sent();
+        let (flow, m) = out
+            .iter()
+            .find(|(_, m)| m.method_str() == method)
+            .unwrap_or_else(|| panic!("the {method} goes on"));
+        assert_eq!(*flow, ws(7), "{method}");
+        // A BYE is retargeted to the registered contact, as for any location lookup (RFC
+        // 5627 §5.3); the ACK for a 2xx is forwarded statelessly as it is.
+        let expected = if method == "BYE" {
+            CONTACT
+        } else {
+            public.as_str()
+        };
+        assert_eq!(m.uri_str(), expected, "{method}");
+    }
+}

@@ -154,6 +154,8 @@ pub(crate) enum Bound {
     Ours,
     /// One phone instance of a user, by its GRUU (RFC 5627).
     Instance,
+    /// The server itself, asked for a logged-in page's session information.
+    Session,
     /// Another domain, out of any dialog of ours.
     OtherDomain,
 }
@@ -198,6 +200,8 @@ pub(crate) enum Decision {
     },
     Register,
     OptionsHere,
+    /// What a logged-in browser page is told about its user (see `session_info`).
+    SessionInfo(String),
     /// Forward to these hops, popping our Route entries; record-route if dialog-creating.
     /// `hash` is the request's loop-detection hash, for the branches.
     Forward {
@@ -302,6 +306,7 @@ impl Core {
                 let h = Core::capability_headers();
                 self.answer_and_forget(key, 200, "OK", &h);
             }
+            Some(Decision::SessionInfo(user)) => self.answer_session_info(now, key, &user),
             Some(Decision::Forward { hops, pop, hash }) => {
                 self.fork(now, key, &msg, hops, pop, &hash)
             }
@@ -335,6 +340,12 @@ impl Core {
             Ok(c) => c,
             Err(d) => return d,
         };
+        if bound == Bound::Session {
+            return Some(match caller {
+                Caller::User(user) => Decision::SessionInfo(user),
+                _ => Decision::Reply(403, "Forbidden"),
+            });
+        }
         if bound == Bound::Instance {
             // A GRUU names one phone: no dial plan, forwarding or group applies.
             let reveal = !matches!(caller, Caller::OtherDomain);
@@ -476,6 +487,9 @@ impl Core {
         }
         if msg.method() == Some(Method::Register) {
             return Err(Some(Decision::Register));
+        }
+        if a.uri.user.is_none() && crate::session_info::is_asked(msg) {
+            return Ok(Bound::Session);
         }
         if a.uri.user.is_none() {
             return Err(Some(match msg.method() {

@@ -149,6 +149,7 @@ fn bind(
                     (_, None) => return Err(no_certificate("wss", l.addr)),
                 };
                 let settings = Arc::new(crate::web::WebSettings {
+                    domain: cfg.domain.clone(),
                     origins: cfg.web.origins.clone(),
                 });
                 transport::bind_tcp(l.addr).map(|s| {

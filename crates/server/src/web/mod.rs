@@ -24,6 +24,8 @@ use upgrade::Head;
 /// What web listeners are told by the configuration.
 #[derive(Clone, Debug, Default)]
 pub struct WebSettings {
+    /// The main SIP domain, which the page logs in to.
+    pub domain: String,
     /// Origins (`https://host:port`) whose pages may open a SIP WebSocket besides the
     /// listener's own; `*` allows any.
     pub origins: Vec<String>,
@@ -137,7 +139,7 @@ async fn serve<S>(
                 }
             }
         }
-        let answer = page::answer(&req);
+        let answer = page::answer(&req, &settings.domain);
         if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() || req.close {
             return;
         }

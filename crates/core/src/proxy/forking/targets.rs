@@ -85,6 +85,16 @@ impl Core {
     /// The next hop of a request inside a dialog whose Request-URI is `uri`: the flow of the
     /// registration with that very contact (a phone behind NAT), else the URI's address.
     pub(crate) fn dialog_hop(&self, uri: &Uri<'_>, now: Instant) -> Option<Flow> {
+        if uri.param("gr").is_some() && self.is_local_domain(uri) {
+            // A GRUU of ours (a browser's dialog Contact, RFC 5627): its instance.
+            return match self.gruu_target(uri)? {
+                crate::gruu::GruuTarget::Instance { aor, instance } => self
+                    .instance_hops(&aor, &instance, now)
+                    .first()
+                    .map(|h| h.flow),
+                crate::gruu::GruuTarget::Unknown => None,
+            };
+        }
         let resolved = self.resolve(uri);
         match self.location.by_address(uri, now) {
             Some(b) => self.toward_binding(resolved, b, uri),

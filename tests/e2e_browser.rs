@@ -1,0 +1,160 @@
+//! The softphone page in headless Chromium: two browsers log in as alice and bob, alice calls
+//! bob by extension, bob answers, and each page's `RTCPeerConnection.getStats()` shows RTP
+//! arriving over a connected DTLS transport; hold and resume keep the call, hang-up ends it
+//! on both sides, and a typed message appears on the other page. The server and Chromium run
+//! in a network namespace the test makes (WebRTC does not gather candidates on loopback).
+
+mod common;
+
+use common::browser::{chromium_available, Browser};
+use common::natlab::{NatLab, SERVER_IP};
+use common::*;
+use std::time::Duration;
+
+/// A server with a `wss:` listener in the public namespace of a fresh lab; the page's URL.
+fn web_lab(homes: u8, extra: &str) -> (NatLab, Server, String) {
+    let lab = NatLab::new(homes)
+        .unwrap_or_else(|e| panic!("cannot build the namespaces (root is needed): {e}"));
+    let certs = self_signed_certs(&test_dir());
+    let port = free_port();
+    let srv = Server::start(ServerOpts {
+        netns: Some((lab.public_ns(), SERVER_IP.into())),
+        extra_listen: vec![format!("wss:{SERVER_IP}:{port}")],
+        extra_config: format!("{}{extra}", tls_config(&certs)),
+        ..ServerOpts::default()
+    });
+    (lab, srv, format!("https://{SERVER_IP}:{port}/"))
+}
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn two_browsers_call_hold_resume_hang_up_and_message() {
+    if !chromium_available() || !peers_available(&["ip"]) {
+        return;
+    }
+    let (lab, srv, url) = web_lab(0, "");
+    let mut b = Browser::start(Some(&lab.public_ns()));
+    b.open("alice", &url, true);
+    b.open("bob", &url, true);
+    b.login("alice", &ALICE);
+    b.login("bob", &BOB);
+    assert_eq!(srv.registrations().len(), 2);
+    // The directory came with the login, and lists bob by extension.
+    let people = b.eval(
+        "alice",
+        "hw.info.directory.map(p => p.name + ':' + p.extension).join(',')",
+    );
+    assert_eq!(people, "alice:101,bob:102,carol:103");
+
+    // alice calls bob's extension; bob's page rings with her name.
+    b.fill("alice", "#target", BOB.extension);
+    b.click("alice", "#call");
+    b.wait("bob", "hw.state === 'incoming'", T, "ringing");
+    let caller = b.eval("bob", "document.getElementById('caller').textContent");
+    assert!(
+        caller
+            .as_str()
+            .is_some_and(|c| c.contains("sip:alice@example.test")),
+        "{caller}"
+    );
+    b.click("bob", "#answer");
+    b.wait("alice", "hw.state === 'in-call'", T, "answered");
+    b.wait("bob", "hw.state === 'in-call'", T, "answered");
+    for page in ["alice", "bob"] {
+        let s = b.wait_media_flowing(page, T);
+        assert_eq!(s["dtlsState"], "connected", "{page}: {s}");
+    }
+    let table = calls(&srv);
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(
+        table[0]["media"], "direct",
+        "WebRTC media is never relayed: {table:?}"
+    );
+
+    // Hold, then resume: the call is still there and media flows again.
+    b.click("alice", "#hold");
+    b.wait("alice", "hw.state === 'held'", T, "hold");
+    b.click("alice", "#hold");
+    b.wait("alice", "hw.state === 'in-call'", T, "resume");
+    for page in ["alice", "bob"] {
+        b.wait_media_flowing(page, T);
+    }
+    // DTMF goes in the media (RFC 4733): the page's sender takes the tones.
+    b.click("alice", "#keypad button:nth-child(5)");
+
+    // bob hangs up: both pages are idle again, and the server's call table is empty.
+    b.click("bob", "#hangup");
+    b.wait(
+        "alice",
+        "hw.state === 'idle' && hw.session === null",
+        T,
+        "hang-up",
+    );
+    b.wait(
+        "bob",
+        "hw.state === 'idle' && hw.session === null",
+        T,
+        "hang-up",
+    );
+    assert!(poll_until(Duration::from_secs(5), || calls(&srv).is_empty()));
+
+    // A message typed on one page appears on the other.
+    b.fill("alice", "#chat-to", "bob");
+    b.fill("alice", "#chat-text", "lunch at one?");
+    b.click("alice", "#send");
+    b.wait(
+        "bob",
+        "hw.messages.some(m => m.direction === 'in' && m.body === 'lunch at one?' && m.from.includes('sip:alice@'))",
+        T,
+        "the message",
+    );
+    let shown = b.eval("bob", "document.getElementById('messages').textContent");
+    assert!(shown.as_str().is_some_and(|t| t.contains("lunch at one?")));
+}
+
+#[test]
+fn the_page_says_clearly_what_went_wrong() {
+    if !chromium_available() || !peers_available(&["ip"]) {
+        return;
+    }
+    let (lab, _srv, url) = web_lab(0, "");
+    let mut b = Browser::start(Some(&lab.public_ns()));
+    // A wrong password.
+    b.open("alice", &url, true);
+    b.fill("alice", "#user", "alice");
+    b.fill("alice", "#password", "not-her-password");
+    b.click("alice", "#login-button");
+    b.wait(
+        "alice",
+        "hw.lastError === 'Wrong user name or password.'",
+        T,
+        "the login error",
+    );
+    // A callee who is not online.
+    b.login("alice", &ALICE);
+    b.fill("alice", "#target", "carol");
+    b.click("alice", "#call");
+    b.wait(
+        "alice",
+        "hw.state === 'idle' && /Not available/.test(hw.lastError)",
+        T,
+        "the offline error",
+    );
+    // A user who refused the microphone.
+    b.open("bob", &url, false);
+    b.login("bob", &BOB);
+    b.fill("bob", "#target", "alice");
+    b.click("bob", "#call");
+    b.wait(
+        "bob",
+        "hw.state === 'idle' && /refused the microphone/.test(hw.lastError)",
+        T,
+        "the microphone error",
+    );
+    assert_eq!(
+        b.eval("alice", "hw.state"),
+        "idle",
+        "alice's page never rang"
+    );
+}
