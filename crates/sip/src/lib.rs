@@ -10,6 +10,7 @@ pub mod message;
 pub mod sdp;
 pub mod stun;
 pub mod transaction;
+pub mod turn;
 pub mod uri;
 
 pub use bytes::Bytes;
