@@ -81,6 +81,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List TURN allocations: who, from where, the relayed address, permissions, channels
+    /// and the packets carried each way.
+    Turn {
+        #[arg(long)]
+        json: bool,
+    },
     /// List the addresses banned for failed logins, or lift a ban.
     Bans {
         #[command(subcommand)]
@@ -271,6 +277,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{v}");
             } else {
                 print_calls(&v);
+            }
+            Ok(())
+        }
+        Command::Turn { json } => {
+            let v = control::request(&cfg.control_path(), control::Command::Turn)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_turn(&v);
             }
             Ok(())
         }
@@ -562,6 +577,43 @@ fn print_status(v: &serde_json::Value) {
         c("overloaded"),
         g("dropped_datagrams")
     );
+}
+
+fn print_turn(v: &serde_json::Value) {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no TURN allocations");
+        return;
+    }
+    for a in list {
+        let s = |k: &str| a.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        let n = |k: &str| a.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let c = |k: &str| a["counters"].get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let list = |k: &str| {
+            a.get(k)
+                .and_then(|x| x.as_array())
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "{}  {} {} -> relayed {}  {}s left  to peers {} pkts  to client {} pkts  dropped {}",
+            s("user"),
+            s("transport"),
+            s("client"),
+            s("relayed"),
+            n("expires_in_secs"),
+            c("to_peers"),
+            c("to_client"),
+            c("dropped"),
+        );
+        println!("    permissions: {}", list("permissions"));
+        println!("    channels: {}", list("channels"));
+    }
 }
 
 fn print_calls(v: &serde_json::Value) {

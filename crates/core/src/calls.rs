@@ -41,9 +41,10 @@ pub(crate) const MAX_MEDIA_LINES: usize = 8;
 const OUTSIDE_RINGING_STREAMS: usize = 50;
 
 /// Calls in progress by Call-ID, and the relay ports they draw on (when the daemon has a
-/// relay).
+/// relay); and the TURN server's allocations, which draw on the same relay.
 #[derive(Default)]
 pub(crate) struct CallTable {
+    pub(crate) turn: crate::turn::TurnServer,
     table: std::collections::HashMap<String, Call>,
     ports: RelayPorts,
     /// A retry of a short reserve is armed.
@@ -57,6 +58,14 @@ pub(crate) struct CallTable {
 }
 
 impl CallTable {
+    /// An empty table, with the TURN server given.
+    pub(crate) fn with_turn(turn: crate::turn::TurnServer) -> CallTable {
+        CallTable {
+            turn,
+            ..CallTable::default()
+        }
+    }
+
     /// How many more streams a call may take now: unlimited, unless it is an outside call
     /// still ringing, whose source has a share and all of whom have a third of the relay.
     fn streams_left(&self, call_id: &str) -> usize {

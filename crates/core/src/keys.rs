@@ -28,6 +28,8 @@ pub(crate) enum Purpose {
     AckBranch = 4,
     /// Temporary GRUUs (RFC 5627 §3.2): unlinkable to the user without the key.
     TempGruu = 5,
+    /// The nonces of TURN challenges.
+    TurnNonce = 6,
 }
 
 /// A key derived from `secret` for one purpose: HMAC-SHA-256(secret, label).

@@ -24,6 +24,7 @@ mod route;
 mod session_info;
 mod timers;
 mod transactions;
+mod turn;
 mod views;
 
 pub use admission::AdmissionSettings;
@@ -42,6 +43,7 @@ pub(crate) use transactions::{
     client_key, first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine,
     ServerTx,
 };
+pub use turn::{TurnAllocationView, TurnCredential, TurnSettings};
 pub use views::{Counters, RegistrationView, Status};
 
 use crate::plan::settings::{CallSettings, FeatureCodes, ForwardSpec, Numbering, PlanSettings};
@@ -149,6 +151,39 @@ pub enum Action {
     LiftBan {
         /// The source, as in `Ban`.
         source: IpAddr,
+    },
+    /// TURN: bind a relayed UDP address of this family for allocation `id`, which serves
+    /// `client`; the edge answers with `handle_turn_allocated`.
+    TurnAllocate {
+        /// The allocation.
+        id: u64,
+        /// The client's flow (its TURN listener and address, or its connection).
+        client: Flow,
+        /// An IPv6 relayed address (RFC 6156), else IPv4.
+        ipv6: bool,
+    },
+    /// TURN: let packets from `peer` through allocation `id`, or stop letting them.
+    TurnPermit {
+        /// The allocation.
+        id: u64,
+        /// The peer's address (permissions are per IP address, RFC 8656 §9).
+        peer: IpAddr,
+        /// Allow (a new permission) or revoke (an expired one).
+        allow: bool,
+    },
+    /// TURN: bind `channel` of allocation `id` to `peer`, or unbind it (None).
+    TurnChannel {
+        /// The allocation.
+        id: u64,
+        /// The channel number (0x4000-0x4FFF).
+        channel: u16,
+        /// The peer, or None to unbind.
+        peer: Option<SocketAddr>,
+    },
+    /// TURN: allocation `id` ended; its relayed address is free again.
+    TurnRelease {
+        /// The allocation.
+        id: u64,
     },
     /// Report the packets `streams` have carried (both ways, summed) through
     /// `handle_relay_counters(call_id, ...)`: the no-media timeout needs them.
@@ -260,6 +295,8 @@ pub struct RelaySettings {
     /// another domain names them (two servers on one private network); off, such an address
     /// is ignored and the caller's media is learnt from its packets.
     pub trust_outside_addresses: bool,
+    /// The TURN server (RFC 8656), which relays for browsers and ICE phones.
+    pub turn: TurnSettings,
 }
 
 /// Who may reach local users from other domains.
@@ -385,6 +422,7 @@ impl Core {
         plan: Directory,
     ) -> Core {
         let keys = keys::Keys::new(&secret, &cfg.route_key);
+        let turn = turn::TurnServer::new(cfg.relay.turn.clone());
         let mut core = Core {
             plan,
             auth: auth::Authenticator::new(Users::new(users), &secret, cfg.auth.nonce_lifetime),
@@ -392,7 +430,7 @@ impl Core {
             location: Location::default(),
             tx: transactions::Transactions::default(),
             proxy: proxy::Proxy::default(),
-            calls: calls::CallTable::default(),
+            calls: calls::CallTable::with_turn(turn),
             keepalive: keepalive::KeepAlive::default(),
             timers: TimerQueue::default(),
             origin: Origin {
@@ -456,7 +494,15 @@ impl Core {
         c.registrar = new.registrar.clone();
         c.keepalive = new.keepalive.clone();
         c.auth = new.auth.clone();
-        c.relay = new.relay.clone();
+        // The TURN URIs and a derived secret are worked out at start; a reload keeps them.
+        let kept = std::mem::replace(&mut c.relay, new.relay.clone()).turn;
+        if c.relay.turn.urls.is_empty() {
+            c.relay.turn.urls = kept.urls;
+        }
+        if c.relay.turn.secret.is_empty() {
+            c.relay.turn.secret = kept.secret;
+        }
+        self.calls.turn.set_settings(c.relay.turn.clone());
         c.inbound = new.inbound;
         c.guard = new.guard.clone();
         self.auth.set_nonce_lifetime(new.auth.nonce_lifetime);
@@ -655,6 +701,7 @@ impl Core {
                 TimerRef::NatPing(aor, contact) => self.nat_ping(now, &aor, &contact),
                 TimerRef::Media(call_id) => self.media_check(now, &call_id),
                 TimerRef::RelayRetry => self.relay_retry(),
+                TimerRef::TurnSweep => self.turn_sweep(now),
             }
         }
     }
@@ -692,6 +739,12 @@ impl Core {
     /// browser registered over it cannot be reached any more: its contacts go at once.
     pub fn handle_conn_closed(&mut self, conn: ConnId) {
         self.drop_connection_bindings(conn);
+        self.turn_connection_closed(conn);
+    }
+
+    /// The TURN allocations, for `hedgewitch turn`.
+    pub fn turn_allocations(&self, now: Instant) -> Vec<TurnAllocationView> {
+        self.calls.turn.views(now)
     }
 
     /// `remote` answered a UDP datagram with an ICMP error (port or host unreachable): the

@@ -30,7 +30,7 @@ pub(crate) fn is_asked(msg: &Message) -> bool {
 impl Core {
     /// Answers the authenticated `user`'s request for session information.
     pub(crate) fn answer_session_info(&mut self, now: Instant, key: ServerTxId, user: &str) {
-        let body = self.session_info(user).to_string();
+        let body = self.session_info(user, now).to_string();
         self.respond(
             now,
             key,
@@ -41,7 +41,7 @@ impl Core {
         );
     }
 
-    fn session_info(&self, user: &str) -> serde_json::Value {
+    fn session_info(&self, user: &str, now: Instant) -> serde_json::Value {
         let domain_of = |name: &str| name.split_once('@').map(|(_, d)| d.to_string());
         let mine = domain_of(user);
         let me = self.auth.users().by_name(user);
@@ -62,7 +62,12 @@ impl Core {
                 .into_iter()
                 .map(|(name, extension)| serde_json::json!({ "name": name, "extension": extension }))
                 .collect::<Vec<_>>(),
-            "turn": serde_json::Value::Null,
+            "turn": self
+                .calls
+                .turn
+                .enabled()
+                .then(|| crate::turn::mint(self.calls.turn.settings(), user, self.unix(now)))
+                .flatten(),
         })
     }
 }

@@ -93,6 +93,12 @@ fn config() -> CoreConfig {
             timeout: Duration::from_secs(60),
             hold_timeout: Duration::from_secs(3600),
             trust_outside_addresses: false,
+            turn: crate::TurnSettings {
+                enabled: true,
+                secret: b"turn-secret".to_vec(),
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                ..crate::TurnSettings::default()
+            },
         },
         inbound: crate::InboundPolicy::Open,
         guard: crate::GuardSettings::default(),
@@ -1653,6 +1659,8 @@ mod forking_tests;
 mod guard_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
+#[path = "turn_tests.rs"]
+mod turn_tests;
 #[path = "websocket_tests.rs"]
 mod websocket_tests;
 

@@ -24,6 +24,8 @@ pub(crate) enum TimerRef {
     Media(String),
     /// The relay's port reserve could not be filled: ask again.
     RelayRetry,
+    /// TURN allocations, permissions and channels may have expired.
+    TurnSweep,
 }
 
 #[derive(Default)]

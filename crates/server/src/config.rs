@@ -120,6 +120,8 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Web listeners: the page and SIP over WebSocket (`[web]`).
     pub web: WebConfig,
+    /// The TURN server (`[turn]`).
+    pub turn: TurnConfig,
     /// Which extensions are valid.
     pub numbering: Numbering,
     /// Codes dialled from a phone to change one's forwarding.
@@ -255,6 +257,91 @@ pub struct WebConfig {
     pub origins: Vec<String>,
 }
 
+/// The `[turn]` table: the TURN server (RFC 8656) that browsers and ICE phones relay
+/// their media through when the network needs it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Whether TURN is served.
+    pub enabled: bool,
+    /// Where: `udp:`, `tcp:` and `tls:` addresses (TLS needs `[tls]`). A UDP address that
+    /// is also a `stun` one is one socket, answering both.
+    pub listen: Vec<Listen>,
+    /// The shared secret of time-limited credentials (coturn's `static-auth-secret`);
+    /// empty: one is derived from the data folder's key.
+    pub secret: String,
+    /// Seconds the credentials a logged-in page receives stay valid.
+    pub credential_lifetime: u64,
+    /// Peer networks allowed besides public addresses (loopback, private, link-local and
+    /// the server's own addresses are refused unless listed here).
+    pub allowed_peers: Vec<String>,
+    /// Allocations one user may hold at once.
+    pub allocations_per_user: usize,
+    /// Allocations in all.
+    pub max_allocations: usize,
+    /// Peer addresses one allocation may have permissions for.
+    pub permissions_per_allocation: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        let d = crate::core::TurnSettings::default();
+        TurnConfig {
+            enabled: true,
+            listen: [
+                "udp:0.0.0.0:3478",
+                "tcp:0.0.0.0:3478",
+                "udp:[::]:3478",
+                "tcp:[::]:3478",
+            ]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+            secret: String::new(),
+            credential_lifetime: d.credential_lifetime.as_secs(),
+            allowed_peers: vec![],
+            allocations_per_user: d.allocations_per_user,
+            max_allocations: d.max_allocations,
+            permissions_per_allocation: d.permissions_per_allocation,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// The allowed peer networks, each checked.
+    fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.allowed_peers
+            .iter()
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("key `turn.allowed_peers`: `{t}` is not an address or a network")
+                    })
+            })
+            .collect()
+    }
+
+    /// The core's TURN settings (the secret and the URIs are filled in at start).
+    fn settings(&self) -> crate::core::TurnSettings {
+        crate::core::TurnSettings {
+            enabled: self.enabled && !self.listen.is_empty(),
+            secret: self.secret.as_bytes().to_vec(),
+            credential_lifetime: Duration::from_secs(self.credential_lifetime.max(60)),
+            allowed_peers: self
+                .allowed_networks()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| (n.network(), n.prefix_len()))
+                .collect(),
+            allocations_per_user: self.allocations_per_user,
+            max_allocations: self.max_allocations,
+            permissions_per_allocation: self.permissions_per_allocation.max(1),
+            urls: vec![],
+        }
+    }
+}
+
 /// The `[security]` table: bans for failed logins.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -384,6 +471,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             web: WebConfig::default(),
+            turn: TurnConfig::default(),
             numbering: Numbering::default(),
             features: FeatureCodes::default(),
             calls: CallSettings::default(),
@@ -456,6 +544,14 @@ impl Config {
             }
         }
         self.security.trusted_networks()?;
+        self.turn.allowed_networks()?;
+        if let Some(l) = self.turn.listen.iter().find(|l| l.transport.is_websocket()) {
+            return Err(format!(
+                "key `turn.listen`: `{}:{}`: TURN runs over udp, tcp or tls",
+                l.transport.as_str(),
+                l.addr
+            ));
+        }
         if self.auth.algorithms.is_empty() {
             return Err("key `auth.algorithms`: at least one algorithm is needed".into());
         }
@@ -619,6 +715,7 @@ impl Config {
                 timeout: Duration::from_secs(cfg.relay.timeout.max(1)),
                 hold_timeout: Duration::from_secs(cfg.relay.hold_timeout.max(1)),
                 trust_outside_addresses: cfg.relay.trust_outside_addresses,
+                turn: cfg.turn.settings(),
             },
             inbound: cfg.federation.inbound,
             guard: crate::core::GuardSettings {

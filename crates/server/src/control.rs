@@ -21,6 +21,8 @@ pub enum Command {
     Registrations,
     /// Calls in progress and their media.
     Calls,
+    /// TURN allocations and what they carried.
+    Turn,
     /// Read the config file and the store again (`hedgewitch reload`, like SIGHUP).
     Reload,
     /// After a management command changed the store (`user add`...): the users and the
@@ -33,10 +35,11 @@ pub enum Command {
 }
 
 impl Command {
-    const WORDS: [Command; 6] = [
+    const WORDS: [Command; 7] = [
         Command::Status,
         Command::Registrations,
         Command::Calls,
+        Command::Turn,
         Command::Reload,
         Command::ReloadUsers,
         Command::Bans,
@@ -48,6 +51,7 @@ impl Command {
             Command::Status => "status",
             Command::Registrations => "registrations",
             Command::Calls => "calls",
+            Command::Turn => "turn",
             Command::Reload => "reload",
             Command::ReloadUsers => "reload-users",
             Command::Bans => "bans",

@@ -19,6 +19,13 @@ pub enum Event {
         /// the core can answer it before the connection closes.
         data: Bytes,
     },
+    /// A STUN or TURN request on a TURN listener, for the core.
+    Turn {
+        /// Where it came from (the listener, the client, its connection for streams).
+        flow: Flow,
+        /// The whole message.
+        data: Bytes,
+    },
     /// A stream connection was accepted or opened by us.
     ConnOpened {
         /// Its number, used in `Flow::conn`.

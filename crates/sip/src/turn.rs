@@ -173,11 +173,12 @@ pub fn is_stun(data: &[u8]) -> bool {
         && data.len().is_multiple_of(4)
 }
 
-/// A ChannelData message (RFC 8656 §12.4): its channel number and application data. Over a
+/// A ChannelData message (RFC 8656 §12.4; channels 0x4000-0x7FFF as RFC 5766 allowed,
+/// which older clients still use): its channel number and application data. Over a
 /// stream the message is padded to a multiple of four; `data` may be longer than the message
 /// (the caller frames streams with [`frame_len`]).
 pub fn channel_data(data: &[u8]) -> Option<(u16, &[u8])> {
-    if data.len() < 4 || !(0x40..=0x4F).contains(&data[0]) {
+    if data.len() < 4 || !(0x40..=0x7F).contains(&data[0]) {
         return None;
     }
     let channel = u16::from_be_bytes([data[0], data[1]]);
@@ -202,7 +203,7 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
     Some(match buf[0] {
         0x00..=0x3F => HEADER + len,
-        0x40..=0x4F => 4 + len.div_ceil(4) * 4,
+        0x40..=0x7F => 4 + len.div_ceil(4) * 4,
         _ => 0,
     })
 }

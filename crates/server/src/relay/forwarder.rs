@@ -3,6 +3,7 @@
 //! paired socket on the other side in one sendmmsg, from the same buffers. Nothing is
 //! allocated or copied per packet, and counters are atomics the core reads without asking.
 
+use super::turn::{self, ClientPath, Plane, TurnShared};
 use crate::mmsg::RecvBatch;
 use socket2::SockAddr;
 use std::collections::HashMap;
@@ -50,6 +51,36 @@ pub(crate) enum Command {
     Remove {
         id: u64,
     },
+    /// A TURN listener's UDP socket: the thread reads it from now on.
+    TurnListener {
+        sock: UdpSocket,
+        local: SocketAddr,
+    },
+    /// A TURN allocation's relayed socket, and how to reach its client.
+    TurnAdd {
+        id: u64,
+        sock: UdpSocket,
+        client: ClientPath,
+        shared: Arc<TurnShared>,
+    },
+    TurnPermit {
+        id: u64,
+        peer: IpAddr,
+        allow: bool,
+    },
+    TurnChannel {
+        id: u64,
+        channel: u16,
+        peer: Option<SocketAddr>,
+    },
+    TurnRemove {
+        id: u64,
+    },
+    /// ChannelData or a Send indication a stream client sent for allocation `id`.
+    TurnFromStream {
+        id: u64,
+        data: bytes::Bytes,
+    },
 }
 
 struct Leg {
@@ -74,6 +105,7 @@ pub(crate) struct Engine {
     free: Vec<usize>,
     streams: HashMap<u64, [usize; 4]>,
     batch: RecvBatch,
+    turn: Plane,
 }
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -113,7 +145,12 @@ pub(crate) fn wake(fd: &OwnedFd) {
 }
 
 impl Engine {
-    pub(crate) fn new(epoll: OwnedFd, wake: Arc<OwnedFd>, commands: Receiver<Command>) -> Engine {
+    pub(crate) fn new(
+        epoll: OwnedFd,
+        wake: Arc<OwnedFd>,
+        commands: Receiver<Command>,
+        control: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
+    ) -> Engine {
         Engine {
             epoll,
             wake,
@@ -122,6 +159,7 @@ impl Engine {
             free: vec![],
             streams: HashMap::new(),
             batch: RecvBatch::with_slot(BATCH, SLOT),
+            turn: Plane::new(control),
         }
     }
 
@@ -147,6 +185,8 @@ impl Engine {
                     if !self.commands() {
                         return;
                     }
+                } else if token & (turn::LISTENER | turn::RELAYED) != 0 {
+                    self.turn.readable(token, &mut self.batch);
                 } else {
                     self.forward(token as usize);
                 }
@@ -182,6 +222,31 @@ impl Engine {
                         self.free.push(idx);
                     }
                 }
+                Ok(Command::TurnListener { sock, local }) => {
+                    let fd = sock.as_raw_fd();
+                    let token = self.turn.add_listener(sock, local);
+                    if let Err(e) = watch(self.epoll.as_raw_fd(), fd, token) {
+                        tracing::error!("TURN listener not watched: {e}");
+                    }
+                }
+                Ok(Command::TurnAdd {
+                    id,
+                    sock,
+                    client,
+                    shared,
+                }) => {
+                    let fd = sock.as_raw_fd();
+                    let token = self.turn.add(id, sock, client, shared);
+                    if let Err(e) = watch(self.epoll.as_raw_fd(), fd, token) {
+                        tracing::error!("TURN relayed socket not watched: {e}");
+                    }
+                }
+                Ok(Command::TurnPermit { id, peer, allow }) => self.turn.permit(id, peer, allow),
+                Ok(Command::TurnChannel { id, channel, peer }) => {
+                    self.turn.channel(id, channel, peer)
+                }
+                Ok(Command::TurnRemove { id }) => self.turn.remove(id),
+                Ok(Command::TurnFromStream { id, data }) => self.turn.relay_from_stream(id, &data),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }

@@ -4,6 +4,9 @@
 
 mod forwarder;
 mod ports;
+mod turn;
+
+pub(crate) use turn::ClientPath;
 
 use crate::core::{RelayStream, Side, StreamCounters};
 use forwarder::{Command, Engine, Shared};
@@ -16,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
+use turn::TurnShared;
 
 /// Socket buffers big enough for bursts of video without drops at the socket.
 const SOCKET_BUFFER: usize = 1 << 20;
@@ -39,6 +43,24 @@ pub struct Relay {
     streams: HashMap<u64, Open>,
     /// The last reserve of each family (IPv4, IPv6) came back short: said once in the log.
     short: [bool; 2],
+    /// TURN allocations: the port pair each holds, and what it has carried.
+    turn: HashMap<u64, (u16, Arc<TurnShared>)>,
+}
+
+/// What a TURN allocation has carried: datagrams and bytes towards peers and towards the
+/// client, and datagrams dropped (no permission, no channel).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TurnCounters {
+    /// Datagrams the client sent to peers.
+    pub to_peers: u64,
+    /// Their bytes (payload).
+    pub to_peers_bytes: u64,
+    /// Datagrams peers sent to the client.
+    pub to_client: u64,
+    /// Their bytes (payload).
+    pub to_client_bytes: u64,
+    /// Datagrams dropped.
+    pub dropped: u64,
 }
 
 /// A UDP socket on the wildcard address of one family, port `port`, non-blocking.
@@ -68,11 +90,16 @@ fn ready(sock: &UdpSocket) {
 }
 
 impl Relay {
-    /// Starts the forwarding thread over ports `lo..=hi`.
-    pub fn start(lo: u16, hi: u16) -> io::Result<Relay> {
+    /// Starts the forwarding thread over ports `lo..=hi`; TURN requests its listeners
+    /// receive go to `control`.
+    pub fn start(
+        lo: u16,
+        hi: u16,
+        control: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
+    ) -> io::Result<Relay> {
         let (epoll, wake) = forwarder::handles()?;
         let (tx, rx) = mpsc::channel();
-        let engine = Engine::new(epoll, wake.clone(), rx);
+        let engine = Engine::new(epoll, wake.clone(), rx, control);
         std::thread::Builder::new()
             .name("media-relay".into())
             .spawn(move || engine.run())?;
@@ -83,6 +110,7 @@ impl Relay {
             reserved: HashMap::new(),
             streams: HashMap::new(),
             short: [false; 2],
+            turn: HashMap::new(),
         })
     }
 
@@ -203,6 +231,83 @@ impl Relay {
         })
     }
 
+    /// Hands a TURN listener's UDP socket to the forwarding thread, which reads it from now
+    /// on (requests come back through the event loop as `Event::Turn`).
+    pub fn turn_listener(&mut self, sock: UdpSocket, local: SocketAddr) {
+        let s = socket2::SockRef::from(&sock);
+        let _ = s.set_recv_buffer_size(4 * SOCKET_BUFFER);
+        let _ = s.set_send_buffer_size(4 * SOCKET_BUFFER);
+        self.send(Command::TurnListener { sock, local });
+    }
+
+    /// Binds a relayed address for TURN allocation `id` (a pair of the pool, the even port
+    /// used); its port, or None when the range is used up.
+    pub(crate) fn turn_allocate(&mut self, id: u64, client: ClientPath, ipv6: bool) -> Option<u16> {
+        let mut tries = self.pool.available().min(8);
+        while tries > 0 {
+            tries -= 1;
+            let port = self.pool.take()?;
+            match bind(ipv6, port) {
+                Ok(sock) => {
+                    ready(&sock);
+                    turn::drain(&sock);
+                    let shared = Arc::new(TurnShared::default());
+                    self.send(Command::TurnAdd {
+                        id,
+                        sock,
+                        client,
+                        shared: shared.clone(),
+                    });
+                    self.turn.insert(id, (port, shared));
+                    return Some(port);
+                }
+                Err(e) => {
+                    tracing::debug!(port, "relay port busy, tried later: {e}");
+                    self.pool.give_back(port);
+                }
+            }
+        }
+        None
+    }
+
+    /// A TURN permission for `peer` given (or revoked) on allocation `id`.
+    pub fn turn_permit(&mut self, id: u64, peer: IpAddr, allow: bool) {
+        self.send(Command::TurnPermit { id, peer, allow });
+    }
+
+    /// A TURN channel bound (or unbound) on allocation `id`.
+    pub fn turn_channel(&mut self, id: u64, channel: u16, peer: Option<SocketAddr>) {
+        self.send(Command::TurnChannel { id, channel, peer });
+    }
+
+    /// Ends TURN allocation `id`; its port goes back to the pool.
+    pub fn turn_release(&mut self, id: u64) {
+        if let Some((port, _)) = self.turn.remove(&id) {
+            self.send(Command::TurnRemove { id });
+            self.pool.give_back(port);
+        }
+    }
+
+    /// ChannelData or a Send indication a TCP or TLS client sent on allocation `id`.
+    pub fn turn_from_stream(&mut self, id: u64, data: bytes::Bytes) {
+        self.send(Command::TurnFromStream { id, data });
+    }
+
+    /// What TURN allocation `id` has carried.
+    pub fn turn_counters(&self, id: u64) -> TurnCounters {
+        let Some((_, s)) = self.turn.get(&id) else {
+            return TurnCounters::default();
+        };
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        TurnCounters {
+            to_peers: l(&s.to_peers[0]),
+            to_peers_bytes: l(&s.to_peers[1]),
+            to_client: l(&s.to_client[0]),
+            to_client_bytes: l(&s.to_client[1]),
+            dropped: l(&s.dropped),
+        }
+    }
+
     /// Even ports still free (for status and tests).
     pub fn available(&self) -> usize {
         self.pool.available()
@@ -245,7 +350,7 @@ mod tests {
     #[test]
     fn forwards_both_ways_and_latches() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut relay = Relay::start(42000, 42099).unwrap();
+        let mut relay = Relay::start(42000, 42099, None).unwrap();
         let s = open(&mut relay, 1).unwrap();
         let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -286,7 +391,7 @@ mod tests {
     #[test]
     fn a_new_address_in_sdp_is_learned_again() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut relay = Relay::start(42400, 42499).unwrap();
+        let mut relay = Relay::start(42400, 42499, None).unwrap();
         let s = open(&mut relay, 1).unwrap();
         let old = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -312,7 +417,7 @@ mod tests {
     #[test]
     fn a_stranger_cannot_take_an_unlearned_side() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut relay = Relay::start(42600, 42699).unwrap();
+        let mut relay = Relay::start(42600, 42699, None).unwrap();
         let s = open(&mut relay, 1).unwrap();
         let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
         let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -340,7 +445,7 @@ mod tests {
     #[test]
     fn runs_dry_and_recovers() {
         // Room for two sides of one stream: 42200/1 and 42202/3.
-        let mut relay = Relay::start(42200, 42203).unwrap();
+        let mut relay = Relay::start(42200, 42203, None).unwrap();
         let s = open(&mut relay, 1).unwrap();
         assert!(open(&mut relay, 2).is_none(), "no ports left");
         relay.close(s.id);

@@ -37,6 +37,8 @@ pub(super) struct Edge {
     /// Per stream connection, the flag that gives it the long idle timeout once a phone
     /// registered over it.
     pub(super) held: HashMap<ConnId, Arc<std::sync::atomic::AtomicBool>>,
+    /// The TURN listeners and allocations of stream clients.
+    pub(super) turn: super::turn::TurnEdge,
 }
 
 impl Edge {
@@ -138,6 +140,10 @@ impl Edge {
                     }
                 }
                 Action::LiftBan { source } => crate::banlist::lift(source),
+                a @ (Action::TurnAllocate { .. }
+                | Action::TurnPermit { .. }
+                | Action::TurnChannel { .. }
+                | Action::TurnRelease { .. }) => self.carry_out_turn(core, a),
                 relay => self.carry_out_relay(core, relay),
             }
         }

@@ -6,6 +6,7 @@
 
 mod edge;
 mod reload;
+mod turn;
 
 use crate::config::Config;
 use crate::control::Command;
@@ -98,6 +99,8 @@ struct Bound {
     udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
     /// The same sockets for receiving, in the same order.
     udp_in: Vec<transport::UdpListener>,
+    /// The TURN listeners.
+    turn: turn::TurnEdge,
     /// How many of them are SIP sockets (the rest answer STUN only).
     sip_sockets: usize,
 }
@@ -198,7 +201,12 @@ fn bind(
     }
     // STUN sockets: answered by the core like the keep-alives on SIP ports, but never SIP.
     let sip_sockets = udp_in.len();
-    for l in &cfg.stun {
+    let turn = turn::TurnEdge::bind(cfg, &mut udp);
+    for l in cfg
+        .stun
+        .iter()
+        .filter(|l| !turn::TurnEdge::listens_on(cfg, l.addr))
+    {
         match transport::bind_udp(l.addr).and_then(|s| transport::UdpListener::new(s, l.addr)) {
             Ok(s) => {
                 tracing::info!("STUN on udp:{}", l.addr);
@@ -215,6 +223,7 @@ fn bind(
         listeners,
         udp,
         udp_in,
+        turn,
         sip_sockets,
     })
 }
@@ -239,6 +248,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         listeners,
         udp,
         mut udp_in,
+        turn,
         sip_sockets,
     } = bind(&cfg, &tls, &events_tx)?;
     crate::control::spawn_server(&cfg.control_path(), events_tx.clone())?;
@@ -257,6 +267,17 @@ async fn run(cfg: Config) -> Result<(), String> {
     let now = Instant::now();
     let mut core_cfg = cfg.core_config(listeners);
     core_cfg.route_key = route_key(&cfg.data_dir)?;
+    let t = &mut core_cfg.relay.turn;
+    t.enabled &= turn.is_on();
+    t.urls = turn.urls();
+    if t.secret.is_empty() {
+        // Derived from the data folder's key: stable across restarts, secret like it.
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(core_cfg.route_key);
+        h.update(b"hedgewitch turn secret");
+        t.secret = h.finalize().to_vec();
+    }
     let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
     let mut reloader = Reloader {
         running: cfg.clone(),
@@ -281,8 +302,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         unreachable: vec![],
         relay: None,
         held: HashMap::new(),
+        turn,
     };
-    if cfg.relay.mode != crate::core::RelayMode::Never {
+    if cfg.relay.mode != crate::core::RelayMode::Never || edge.turn.is_on() {
         start_relay(&mut core, &mut edge, &cfg);
     }
     // The summary goes to standard output, apart from the log (which may be JSON).
@@ -392,6 +414,7 @@ fn handle_event(
     let now = Instant::now();
     match ev {
         Event::Message { flow, data } => core.handle_message(now, flow, data),
+        Event::Turn { flow, data } => core.handle_turn(now, flow, &data),
         Event::ConnOpened {
             id,
             remote,
@@ -470,6 +493,20 @@ fn answer(
             let relay = edge.relay.as_ref();
             let calls = core.calls(now, |id| relay.map(|r| r.counters(id)).unwrap_or_default());
             serde_json::to_value(calls).unwrap_or_default()
+        }
+        Command::Turn => {
+            let relay = edge.relay.as_ref();
+            let list: Vec<serde_json::Value> = core
+                .turn_allocations(now)
+                .into_iter()
+                .map(|a| {
+                    let counters = relay.map(|r| r.turn_counters(a.id)).unwrap_or_default();
+                    let mut v = serde_json::to_value(&a).unwrap_or_default();
+                    v["counters"] = serde_json::to_value(counters).unwrap_or_default();
+                    v
+                })
+                .collect();
+            serde_json::Value::Array(list)
         }
         // `reload-users` is what `hedgewitch user ...` sends: the store only.
         Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),

@@ -205,11 +205,22 @@ fn load(
 /// it from now on.
 pub(super) fn start_relay(core: &mut Core, edge: &mut Edge, cfg: &Config) {
     let crate::config::PortRange(lo, hi) = cfg.relay.ports;
-    match crate::relay::Relay::start(lo, hi) {
-        Ok(relay) => {
-            tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
-            edge.relay = Some(relay);
+    if let Some(relay) = edge.relay.as_mut() {
+        // Running for TURN already: calls may use it now.
+        if cfg.relay.mode != crate::core::RelayMode::Never {
+            let _ = relay;
             core.enable_relay((usize::from(hi).saturating_sub(usize::from(lo)) + 1) / 4);
+        }
+        return;
+    }
+    match crate::relay::Relay::start(lo, hi, Some(edge.events.clone())) {
+        Ok(mut relay) => {
+            tracing::info!(mode = ?cfg.relay.mode, "media relay on UDP ports {lo}-{hi}");
+            edge.turn.start(&mut relay);
+            edge.relay = Some(relay);
+            if cfg.relay.mode != crate::core::RelayMode::Never {
+                core.enable_relay((usize::from(hi).saturating_sub(usize::from(lo)) + 1) / 4);
+            }
         }
         Err(e) => tracing::error!("cannot start the media relay: {e}; calls go without it"),
     }

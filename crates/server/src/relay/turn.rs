@@ -1,0 +1,325 @@
+//! The TURN data plane, in the media relay's forwarding thread: the TURN listeners' UDP
+//! sockets and each allocation's relayed socket. ChannelData and Send indications from a
+//! client go out of its relayed socket to the peer; a peer's datagrams come back to the
+//! client as ChannelData (a bound channel) or Data indications, only from peers with a
+//! permission. Everything else a client sends (requests) goes to the event loop, whose core
+//! decides; what the core decided arrives here as commands.
+
+use crate::core::Flow;
+use crate::event::Event;
+use crate::mmsg::RecvBatch;
+use bytes::Bytes;
+use sip::turn::{self, attr, Class, Writer};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What one allocation has carried, read by `hedgewitch turn`.
+#[derive(Default, Debug)]
+pub(crate) struct TurnShared {
+    /// Datagrams and bytes from the client to peers.
+    pub to_peers: [AtomicU64; 2],
+    /// Datagrams and bytes from peers to the client.
+    pub to_client: [AtomicU64; 2],
+    /// Dropped: from peers without permission, to peers without one, unknown channels.
+    pub dropped: AtomicU64,
+}
+
+/// How the forwarding thread reaches an allocation's client.
+pub(crate) enum ClientPath {
+    /// Over a TURN listener's UDP socket.
+    Udp {
+        /// The listener's local address.
+        local: SocketAddr,
+        /// The client's address.
+        remote: SocketAddr,
+    },
+    /// Over the client's TCP or TLS connection (its writer's queue).
+    Stream(mpsc::Sender<Bytes>),
+}
+
+struct Alloc {
+    sock: UdpSocket,
+    client: ClientPath,
+    permits: Vec<IpAddr>,
+    channels: Vec<(u16, SocketAddr)>,
+    shared: Arc<TurnShared>,
+}
+
+impl Alloc {
+    fn permitted(&self, ip: IpAddr) -> bool {
+        self.permits.contains(&ip)
+    }
+}
+
+/// The TURN part of the forwarding engine.
+pub(crate) struct Plane {
+    listeners: Vec<(UdpSocket, SocketAddr)>,
+    allocs: Vec<Option<Alloc>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    /// UDP clients: (listener index, client address) -> allocation slot.
+    by_client: HashMap<(usize, SocketAddr), usize>,
+    control: Option<mpsc::Sender<Event>>,
+    /// Reused for the header of what goes to clients.
+    out: Vec<u8>,
+    next_txid: u64,
+}
+
+/// The epoll tokens of the TURN sockets: listeners and relayed sockets, apart from the
+/// relay's streams (whose tokens are small slot numbers).
+pub(crate) const LISTENER: u64 = 1 << 62;
+pub(crate) const RELAYED: u64 = 1 << 61;
+
+impl Plane {
+    pub(crate) fn new(control: Option<mpsc::Sender<Event>>) -> Plane {
+        Plane {
+            listeners: vec![],
+            allocs: vec![],
+            free: vec![],
+            by_id: HashMap::new(),
+            by_client: HashMap::new(),
+            control,
+            out: Vec::with_capacity(2048),
+            next_txid: 0,
+        }
+    }
+
+    /// A TURN listener's socket; returns its epoll token.
+    pub(crate) fn add_listener(&mut self, sock: UdpSocket, local: SocketAddr) -> u64 {
+        self.listeners.push((sock, local));
+        LISTENER | (self.listeners.len() - 1) as u64
+    }
+
+    /// A new allocation; returns the epoll token of its relayed socket.
+    pub(crate) fn add(
+        &mut self,
+        id: u64,
+        sock: UdpSocket,
+        client: ClientPath,
+        shared: Arc<TurnShared>,
+    ) -> u64 {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.allocs.push(None);
+            self.allocs.len() - 1
+        });
+        if let ClientPath::Udp { local, remote } = &client {
+            if let Some(li) = self.listeners.iter().position(|(_, l)| l == local) {
+                self.by_client.insert((li, *remote), slot);
+            }
+        }
+        self.allocs[slot] = Some(Alloc {
+            sock,
+            client,
+            permits: vec![],
+            channels: vec![],
+            shared,
+        });
+        self.by_id.insert(id, slot);
+        RELAYED | slot as u64
+    }
+
+    pub(crate) fn permit(&mut self, id: u64, peer: IpAddr, allow: bool) {
+        if let Some(a) = self.by_id.get(&id).and_then(|s| self.allocs[*s].as_mut()) {
+            a.permits.retain(|p| *p != peer);
+            if allow {
+                a.permits.push(peer);
+            }
+        }
+    }
+
+    pub(crate) fn channel(&mut self, id: u64, channel: u16, peer: Option<SocketAddr>) {
+        if let Some(a) = self.by_id.get(&id).and_then(|s| self.allocs[*s].as_mut()) {
+            a.channels.retain(|(c, _)| *c != channel);
+            if let Some(p) = peer {
+                a.channels.push((channel, p));
+            }
+        }
+    }
+
+    /// Ends an allocation: its socket closes (leaving the epoll set).
+    pub(crate) fn remove(&mut self, id: u64) {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        self.by_client.retain(|_, s| *s != slot);
+        self.allocs[slot] = None;
+        self.free.push(slot);
+    }
+
+    /// A datagram or message from a stream client (its connection's reader passes along
+    /// ChannelData and Send indications): relayed like one from a UDP client.
+    pub(crate) fn relay_from_stream(&mut self, id: u64, data: &[u8]) {
+        if let Some(slot) = self.by_id.get(&id).copied() {
+            self.send_to_peer(slot, data);
+        }
+    }
+
+    /// A readable TURN socket.
+    pub(crate) fn readable(&mut self, token: u64, batch: &mut RecvBatch) {
+        if token & LISTENER != 0 {
+            self.read_clients((token & !LISTENER) as usize, batch);
+        } else {
+            self.read_peers((token & !RELAYED) as usize, batch);
+        }
+    }
+
+    fn read_clients(&mut self, li: usize, batch: &mut RecvBatch) {
+        let Some(fd) = self.listeners.get(li).map(|(s, _)| s.as_raw_fd()) else {
+            return;
+        };
+        let local = self.listeners[li].1;
+        for _ in 0..4 {
+            let Ok(got) = batch.recv(fd) else { return };
+            for i in 0..got {
+                let (data, src) = batch.get(i);
+                let Some(src) = src else { continue };
+                let relayed = !data.is_empty() && (0x40..=0x7F).contains(&data[0])
+                    || is_send_indication(data);
+                match self.by_client.get(&(li, src)).copied() {
+                    Some(slot) if relayed => self.send_to_peer(slot, data),
+                    _ if relayed => {}
+                    _ if turn::is_stun(data) => {
+                        let flow = Flow {
+                            transport: crate::core::Transport::Udp,
+                            local,
+                            remote: src,
+                            conn: None,
+                        };
+                        if let Some(c) = &self.control {
+                            let ev = Event::Turn {
+                                flow,
+                                data: Bytes::copy_from_slice(data),
+                            };
+                            if c.try_send(ev).is_err() {
+                                tracing::debug!(%src, "TURN request dropped: the event loop is behind");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if got < batch.capacity() {
+                return;
+            }
+        }
+    }
+
+    /// A client's ChannelData or Send indication, out of the relayed socket.
+    fn send_to_peer(&mut self, slot: usize, data: &[u8]) {
+        let Some(a) = self.allocs.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let (peer, payload) = if let Some((channel, payload)) = turn::channel_data(data) {
+            match a.channels.iter().find(|(c, _)| *c == channel) {
+                Some((_, p)) => (*p, payload),
+                None => {
+                    a.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        } else {
+            match turn::parse(data) {
+                Some(m) => match (m.peers.first(), m.data) {
+                    (Some(p), Some(d)) => (*p, d),
+                    _ => return,
+                },
+                None => return,
+            }
+        };
+        if !a.permitted(peer.ip()) {
+            a.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if a.sock.send_to(payload, peer).is_ok() {
+            a.shared.to_peers[0].fetch_add(1, Ordering::Relaxed);
+            a.shared.to_peers[1].fetch_add(payload.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn read_peers(&mut self, slot: usize, batch: &mut RecvBatch) {
+        let Some(fd) = self
+            .allocs
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map(|a| a.sock.as_raw_fd())
+        else {
+            return;
+        };
+        for _ in 0..4 {
+            let Ok(got) = batch.recv(fd) else { return };
+            for i in 0..got {
+                let (data, src) = batch.get(i);
+                let Some(src) = src else { continue };
+                self.send_to_client(slot, src, data);
+            }
+            if got < batch.capacity() {
+                return;
+            }
+        }
+    }
+
+    /// A peer's datagram, to the client: ChannelData when a channel is bound to the peer,
+    /// else a Data indication; nothing from a peer without permission.
+    fn send_to_client(&mut self, slot: usize, src: SocketAddr, data: &[u8]) {
+        let Some(a) = self.allocs.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        if !a.permitted(src.ip()) {
+            a.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let stream = matches!(a.client, ClientPath::Stream(_));
+        self.out.clear();
+        match a.channels.iter().find(|(_, p)| *p == src) {
+            Some((channel, _)) => {
+                self.out
+                    .extend_from_slice(&turn::channel_header(*channel, data.len()));
+                self.out.extend_from_slice(data);
+                if stream {
+                    // Over a stream, ChannelData is padded to four bytes (RFC 8656 §12.5).
+                    self.out.resize(self.out.len().div_ceil(4) * 4, 0);
+                }
+            }
+            None => {
+                self.next_txid += 1;
+                let mut txid = [0u8; 12];
+                txid[4..].copy_from_slice(&self.next_txid.to_be_bytes());
+                let mut w = Writer::new(turn::DATA, Class::Indication, &txid);
+                w.xor_address(attr::XOR_PEER_ADDRESS, src).data(data);
+                self.out = w.finish(None);
+            }
+        }
+        let sent = match &a.client {
+            ClientPath::Udp { local, remote } => self
+                .listeners
+                .iter()
+                .find(|(_, l)| l == local)
+                .is_some_and(|(s, _)| s.send_to(&self.out, *remote).is_ok()),
+            ClientPath::Stream(tx) => tx.try_send(Bytes::copy_from_slice(&self.out)).is_ok(),
+        };
+        if sent {
+            a.shared.to_client[0].fetch_add(1, Ordering::Relaxed);
+            a.shared.to_client[1].fetch_add(data.len() as u64, Ordering::Relaxed);
+        } else {
+            a.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `data` is a Send indication (the only STUN the data plane relays itself).
+pub(crate) fn is_send_indication(data: &[u8]) -> bool {
+    data.len() >= 20
+        && u16::from_be_bytes([data[0], data[1]])
+            == turn::message_type(turn::SEND, Class::Indication)
+        && turn::is_stun(data)
+}
+
+/// An allocation's relayed socket should not keep what strangers sent before it existed.
+pub(crate) fn drain(sock: &UdpSocket) {
+    let mut buf = [0u8; 64];
+    while sock.recv_from(&mut buf).is_ok() {}
+}

@@ -1,0 +1,160 @@
+//! The TURN server's sockets at the edge: the listeners (UDP ones are read by the media
+//! relay's forwarding thread, which passes requests back as `Event::Turn`), the relayed
+//! addresses the core's allocations get, and the URIs the page is told.
+
+use super::edge::Edge;
+use crate::config::Config;
+use crate::core::{Action, ConnId, Core, Transport};
+use crate::relay::ClientPath;
+use crate::transport;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::unix::AsyncFd;
+
+/// The TURN side of the edge.
+#[derive(Default)]
+pub(super) struct TurnEdge {
+    /// UDP listeners bound at start, handed to the relay's thread once it runs.
+    pending: Vec<(StdUdp, SocketAddr)>,
+    /// Each listener's local address and the address clients reach it at.
+    hosts: Vec<(SocketAddr, IpAddr, Transport)>,
+    /// Allocations of stream clients, by connection.
+    by_conn: HashMap<ConnId, u64>,
+}
+
+impl TurnEdge {
+    /// Binds the `[turn]` UDP listeners; a sending copy of each joins `udp` (the core's
+    /// answers leave through them like any UDP message).
+    pub(super) fn bind(
+        cfg: &Config,
+        udp: &mut Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
+    ) -> TurnEdge {
+        let mut t = TurnEdge::default();
+        if !cfg.turn.enabled {
+            return t;
+        }
+        for l in &cfg.turn.listen {
+            if l.transport != Transport::Udp {
+                tracing::warn!(
+                    "TURN over {} is not served yet: {}",
+                    l.transport.as_str(),
+                    l.addr
+                );
+                continue;
+            }
+            let bound = transport::bind_udp(l.addr).and_then(|s| {
+                let sender = transport::udp_sender(s.try_clone()?)?;
+                Ok((s, sender))
+            });
+            match bound {
+                Ok((sock, sender)) => {
+                    let host = transport::guess_host(l.addr, cfg.advertise);
+                    tracing::info!("TURN on udp:{} (advertised as {host})", l.addr);
+                    udp.push((l.addr, sender));
+                    t.pending.push((sock, l.addr));
+                    t.hosts.push((l.addr, host, l.transport));
+                }
+                Err(e) => tracing::warn!(
+                    "cannot serve TURN on udp:{}: {e}; continuing without it",
+                    l.addr
+                ),
+            }
+        }
+        t
+    }
+
+    /// Whether a UDP address is a TURN listener (a STUN socket there would clash: TURN
+    /// answers STUN Binding requests itself).
+    pub(super) fn listens_on(cfg: &Config, addr: SocketAddr) -> bool {
+        cfg.turn.enabled
+            && cfg
+                .turn
+                .listen
+                .iter()
+                .any(|l| l.transport == Transport::Udp && l.addr == addr)
+    }
+
+    /// Whether any TURN listener is bound.
+    pub(super) fn is_on(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
+    /// The URIs a page is told: one per listener (RFC 7065).
+    pub(super) fn urls(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|(local, host, t)| {
+                let host = match host {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                };
+                match t {
+                    Transport::Tls => format!("turns:{host}:{}?transport=tcp", local.port()),
+                    Transport::Tcp => format!("turn:{host}:{}?transport=tcp", local.port()),
+                    _ => format!("turn:{host}:{}?transport=udp", local.port()),
+                }
+            })
+            .collect()
+    }
+
+    /// Hands the UDP listeners to the relay's forwarding thread.
+    pub(super) fn start(&mut self, relay: &mut crate::relay::Relay) {
+        for (sock, local) in self.pending.drain(..) {
+            relay.turn_listener(sock, local);
+        }
+    }
+
+    /// The address clients reach a relayed port of this family at.
+    fn relayed_host(&self, client_local: SocketAddr, ipv6: bool) -> Option<IpAddr> {
+        self.hosts
+            .iter()
+            .find(|(l, h, _)| *l == client_local && h.is_ipv6() == ipv6)
+            .or_else(|| self.hosts.iter().find(|(_, h, _)| h.is_ipv6() == ipv6))
+            .map(|(_, h, _)| *h)
+    }
+}
+
+impl Edge {
+    /// The core's TURN actions; an allocation's relayed address is bound and reported at once.
+    pub(super) fn carry_out_turn(&mut self, core: &mut Core, action: Action) {
+        let Some(relay) = self.relay.as_mut() else {
+            tracing::error!("a TURN action with no relay running: {action:?}");
+            return;
+        };
+        match action {
+            Action::TurnAllocate { id, client, ipv6 } => {
+                let path = match (client.transport, client.conn) {
+                    (Transport::Udp, _) => Some(ClientPath::Udp {
+                        local: client.local,
+                        remote: client.remote,
+                    }),
+                    (_, Some(c)) => self.conns.get(&c).cloned().map(ClientPath::Stream),
+                    _ => None,
+                };
+                let host = self.turn.relayed_host(client.local, ipv6);
+                let relayed = match (path, host) {
+                    (Some(path), Some(host)) => relay
+                        .turn_allocate(id, path, ipv6)
+                        .map(|port| SocketAddr::new(host, port)),
+                    _ => None,
+                };
+                if relayed.is_none() {
+                    tracing::warn!(client = %client.remote, "TURN allocation refused: no relay port");
+                }
+                if let Some(c) = client.conn.filter(|_| relayed.is_some()) {
+                    self.turn.by_conn.insert(c, id);
+                }
+                core.handle_turn_allocated(Instant::now(), id, relayed);
+            }
+            Action::TurnPermit { id, peer, allow } => relay.turn_permit(id, peer, allow),
+            Action::TurnChannel { id, channel, peer } => relay.turn_channel(id, channel, peer),
+            Action::TurnRelease { id } => {
+                self.turn.by_conn.retain(|_, a| *a != id);
+                relay.turn_release(id);
+            }
+            other => tracing::error!("not a TURN action: {other:?}"),
+        }
+    }
+}
