@@ -472,6 +472,10 @@ impl Server {
                 extra.push_str(&format!("\n[relay]\n{ports}"));
             }
         }
+        // No TURN server unless the test asks for one: its default port is shared.
+        if !extra.contains("[turn]") {
+            extra.push_str("\n[turn]\nlisten = []\n");
+        }
         text.push('\n');
         text.push_str(&extra);
         fs::write(&config, text).expect("write config");
