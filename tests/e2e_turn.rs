@@ -1,5 +1,6 @@
 //! The TURN server with coturn's test client (`turnutils_uclient`, Debian's `coturn`):
-//! allocations relay in both directions, over channels and with Send/Data indications, for a
+//! allocations relay in both directions over UDP, TCP and TLS, over channels and with
+//! Send/Data indications, for a
 //! SIP account's password and for time-limited credentials made with the shared secret; the
 //! default policy refuses peers on the server's own network; `hedgewitch turn` shows the
 //! allocations and what they carried.
@@ -12,22 +13,26 @@ use std::time::Duration;
 
 const SECRET: &str = "turn-test-secret";
 
-/// A server with a TURN listener on a free UDP port; `allow_loopback` lets peers on
-/// 127.0.0.0/8 through (the test's clients relay to each other there).
-fn turn_server(allow_loopback: bool) -> (Server, u16) {
-    let port = free_port();
+/// A server with TURN listeners on a free port (UDP and TCP) and another (TLS);
+/// `allow_loopback` lets peers on 127.0.0.0/8 through (the test's clients relay to each
+/// other there). Returns the server, the UDP/TCP port and the TLS port.
+fn turn_server(allow_loopback: bool) -> (Server, u16, u16) {
+    let (port, tls_port) = (free_port(), free_port());
+    let certs = self_signed_certs(&test_dir());
     let allowed = if allow_loopback {
         "[\"127.0.0.0/8\"]"
     } else {
         "[]"
     };
+    let listen = format!("\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\", \"tls:{HOST}:{tls_port}\"");
     let srv = Server::start(ServerOpts {
         extra_config: format!(
-            "[turn]\nlisten = [\"udp:{HOST}:{port}\"]\nallowed_peers = {allowed}\nsecret = \"{SECRET}\"\n"
+            "{}[turn]\nlisten = [{listen}]\nallowed_peers = {allowed}\nsecret = \"{SECRET}\"\n",
+            tls_config(&certs)
         ),
         ..ServerOpts::default()
     });
-    (srv, port)
+    (srv, port, tls_port)
 }
 
 /// Runs `turnutils_uclient` in client-to-client mode (two allocations relaying to each
@@ -73,7 +78,7 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
     if !peers_available(&["turnutils_uclient"]) {
         return;
     }
-    let (srv, port) = turn_server(true);
+    let (srv, port, tls_port) = turn_server(true);
     // A SIP account's own password (long-term credentials, realm = the domain), channels.
     let sip = ["-u", ALICE.name, "-w", ALICE.password, "-r", DOMAIN];
     let r = uclient(&srv, port, &sip, &[], "uclient-sip");
@@ -92,6 +97,22 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
     assert!(
         sent >= 80 && received == sent,
         "sent {sent}, received {received}\n{}",
+        r.stdout
+    );
+
+    // Over TCP, and over TLS (a browser behind a firewall that passes only TLS).
+    let r = uclient(&srv, port, &sip, &["-t"], "uclient-tcp");
+    let (sent, received) = sent_and_received(&r.stdout);
+    assert!(
+        sent >= 80 && received == sent,
+        "TCP: sent {sent}, received {received}\n{}",
+        r.stdout
+    );
+    let r = uclient(&srv, tls_port, &rest, &["-t", "-S"], "uclient-tls");
+    let (sent, received) = sent_and_received(&r.stdout);
+    assert!(
+        sent >= 80 && received == sent,
+        "TLS: sent {sent}, received {received}\n{}",
         r.stdout
     );
 
@@ -153,7 +174,7 @@ fn the_default_policy_refuses_peers_on_the_servers_own_network() {
     if !peers_available(&["turnutils_uclient"]) {
         return;
     }
-    let (srv, port) = turn_server(false);
+    let (srv, port, _) = turn_server(false);
     let sip = ["-u", ALICE.name, "-w", ALICE.password, "-r", DOMAIN];
     let r = uclient(&srv, port, &sip, &[], "uclient-loopback");
     let out = format!("{}{}", r.stdout, r.stderr);

@@ -26,6 +26,13 @@ pub enum Event {
         /// The whole message.
         data: Bytes,
     },
+    /// ChannelData or a Send indication a TURN client sent over its stream connection.
+    TurnData {
+        /// The connection.
+        conn: ConnId,
+        /// One whole frame.
+        data: Bytes,
+    },
     /// A stream connection was accepted or opened by us.
     ConnOpened {
         /// Its number, used in `Flow::conn`.

@@ -15,6 +15,7 @@ pub mod setup;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod turn_listener;
 pub mod web;
 
 /// The protocol core (registrar, proxy, calls, dial plan), without I/O.

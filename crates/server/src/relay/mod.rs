@@ -6,7 +6,7 @@ mod forwarder;
 mod ports;
 mod turn;
 
-pub(crate) use turn::ClientPath;
+pub(crate) use turn::{is_send_indication, ClientPath};
 
 use crate::core::{RelayStream, Side, StreamCounters};
 use forwarder::{Command, Engine, Shared};

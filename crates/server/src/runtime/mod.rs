@@ -201,7 +201,7 @@ fn bind(
     }
     // STUN sockets: answered by the core like the keep-alives on SIP ports, but never SIP.
     let sip_sockets = udp_in.len();
-    let turn = turn::TurnEdge::bind(cfg, &mut udp);
+    let turn = turn::TurnEdge::bind(cfg, tls, events, &mut udp);
     for l in cfg
         .stun
         .iter()
@@ -415,6 +415,7 @@ fn handle_event(
     match ev {
         Event::Message { flow, data } => core.handle_message(now, flow, data),
         Event::Turn { flow, data } => core.handle_turn(now, flow, &data),
+        Event::TurnData { conn, data } => edge.turn_stream_data(conn, data),
         Event::ConnOpened {
             id,
             remote,

@@ -25,10 +25,13 @@ pub(super) struct TurnEdge {
 }
 
 impl TurnEdge {
-    /// Binds the `[turn]` UDP listeners; a sending copy of each joins `udp` (the core's
-    /// answers leave through them like any UDP message).
+    /// Binds the `[turn]` listeners: TCP and TLS ones get their accept loops; of each UDP
+    /// one a sending copy joins `udp` (the core's answers leave through them like any UDP
+    /// message) while the relay's thread will read it.
     pub(super) fn bind(
         cfg: &Config,
+        tls: &crate::tls::Tls,
+        events: &tokio::sync::mpsc::Sender<crate::event::Event>,
         udp: &mut Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
     ) -> TurnEdge {
         let mut t = TurnEdge::default();
@@ -37,11 +40,36 @@ impl TurnEdge {
         }
         for l in &cfg.turn.listen {
             if l.transport != Transport::Udp {
-                tracing::warn!(
-                    "TURN over {} is not served yet: {}",
-                    l.transport.as_str(),
-                    l.addr
-                );
+                let acceptor = match (l.transport, &tls.acceptor) {
+                    (Transport::Tcp, _) => None,
+                    (_, Some(a)) => Some(a.clone()),
+                    (_, None) => {
+                        tracing::warn!("TURN over TLS on {} needs [tls]; not served", l.addr);
+                        continue;
+                    }
+                };
+                match transport::bind_tcp(l.addr) {
+                    Ok(listener) => {
+                        let host = transport::guess_host(l.addr, cfg.advertise);
+                        tracing::info!(
+                            "TURN on {}:{} (advertised as {host})",
+                            l.transport.as_str(),
+                            l.addr
+                        );
+                        tokio::spawn(crate::turn_listener::accept_loop(
+                            listener,
+                            l.addr,
+                            events.clone(),
+                            acceptor,
+                        ));
+                        t.hosts.push((l.addr, host, l.transport));
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot serve TURN on {}:{}: {e}; continuing without it",
+                        l.transport.as_str(),
+                        l.addr
+                    ),
+                }
                 continue;
             }
             let bound = transport::bind_udp(l.addr).and_then(|s| {
@@ -145,6 +173,11 @@ impl Edge {
                 }
                 if let Some(c) = client.conn.filter(|_| relayed.is_some()) {
                     self.turn.by_conn.insert(c, id);
+                    // Its connection is now an allocation's: the long idle timeout, and
+                    // the core hears when it closes.
+                    if let Some(flag) = self.held.get(&c) {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 core.handle_turn_allocated(Instant::now(), id, relayed);
             }
@@ -155,6 +188,13 @@ impl Edge {
                 relay.turn_release(id);
             }
             other => tracing::error!("not a TURN action: {other:?}"),
+        }
+    }
+
+    /// ChannelData or a Send indication from a stream client: to its allocation's relay.
+    pub(super) fn turn_stream_data(&mut self, conn: ConnId, data: bytes::Bytes) {
+        if let (Some(id), Some(relay)) = (self.turn.by_conn.get(&conn), self.relay.as_mut()) {
+            relay.turn_from_stream(*id, data);
         }
     }
 }
