@@ -121,10 +121,7 @@ where
             Ok(Ok(n)) if n > 0 => {}
             _ => break,
         }
-        loop {
-            let Some(len) = sip::turn::frame_len(&buf) else {
-                break;
-            };
+        while let Some(len) = sip::turn::frame_len(&buf) {
             if len == 0 || len > MAX_FRAME {
                 tracing::debug!(%remote, "TURN stream framing lost; closed");
                 break 'read;
