@@ -158,3 +158,146 @@ fn the_page_says_clearly_what_went_wrong() {
         "alice's page never rang"
     );
 }
+
+/// A lab server that also runs TURN on `SERVER_IP` (UDP and TCP on one port, TLS on
+/// another); the page's URL, asking for relayed media only (`?relay=1`).
+fn turn_lab(homes: u8) -> (NatLab, Server, String, u16, u16) {
+    let (turn, turns) = (free_port(), free_port());
+    let (lab, srv, url) = web_lab(
+        homes,
+        &format!(
+            "[turn]\nlisten = [\"udp:{SERVER_IP}:{turn}\", \"tcp:{SERVER_IP}:{turn}\", \"tls:{SERVER_IP}:{turns}\"]\n"
+        ),
+    );
+    (lab, srv, format!("{url}?relay=1"), turn, turns)
+}
+
+/// alice calls bob and bob answers; both pages' media flows; the candidate kind and
+/// relay protocol ICE chose on each side.
+fn relayed_call(b: &mut Browser, alice: &str, bob: &str) -> Vec<(String, String)> {
+    b.fill(alice, "#target", BOB.extension);
+    b.click(alice, "#call");
+    b.wait(bob, "hw.state === 'incoming'", T, "ringing");
+    b.click(bob, "#answer");
+    let mut chosen = vec![];
+    for page in [alice, bob] {
+        b.wait(page, "hw.state === 'in-call'", T, "answered");
+        let s = b.wait_media_flowing(page, T);
+        assert_eq!(s["dtlsState"], "connected", "{page}: {s}");
+        chosen.push((
+            s["local"].as_str().unwrap_or("").to_string(),
+            s["localProtocol"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    chosen
+}
+
+/// What the TURN allocations of `user` carried towards peers, in all.
+fn turn_carried(srv: &Server, user: &str) -> u64 {
+    srv.cli_json("turn")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["user"] == user)
+        .map(|a| a["counters"]["to_peers"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn with_relay_only_the_media_goes_through_hedgewitchs_turn_server() {
+    if !chromium_available() || !peers_available(&["ip"]) {
+        return;
+    }
+    let (lab, srv, url, _, _) = turn_lab(0);
+    let mut b = Browser::start(Some(&lab.public_ns()));
+    b.open("alice", &url, true);
+    b.open("bob", &url, true);
+    b.login("alice", &ALICE);
+    b.login("bob", &BOB);
+    // The page got short-lived TURN credentials with its session, not a password.
+    let turn = b.eval("alice", "hw.info.turn");
+    assert!(
+        turn["username"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(":alice")),
+        "{turn}"
+    );
+    assert!(
+        turn["urls"].to_string().contains("turn:198.18.0.1"),
+        "{turn}"
+    );
+    for (kind, protocol) in relayed_call(&mut b, "alice", "bob") {
+        assert_eq!((kind.as_str(), protocol.as_str()), ("relay", "udp"));
+    }
+    assert!(poll_until(Duration::from_secs(10), || turn_carried(
+        &srv, "alice"
+    ) > 50
+        && turn_carried(&srv, "bob") > 50));
+    b.click("alice", "#hangup");
+    b.wait("bob", "hw.state === 'idle'", T, "hang-up");
+}
+
+#[test]
+fn behind_firewalls_that_block_udp_the_media_goes_over_turn_tcp_then_tls() {
+    if !chromium_available() || !peers_available(&["ip", "nft"]) {
+        return;
+    }
+    // alice and bob at home, each behind a NAT whose firewall passes no UDP to the server.
+    let (lab, srv, url, turn, _) = turn_lab(2);
+    for n in [1, 2] {
+        lab.block(n, &format!("ip daddr {SERVER_IP} meta l4proto udp"))
+            .expect("firewall rule");
+    }
+    let (home1, home2) = (lab.home(1), lab.home(2));
+    let mut a = Browser::start(Some(&home1.ns));
+    let mut b = Browser::start(Some(&home2.ns));
+    a.open("alice", &url, true);
+    b.open("bob", &url, true);
+    a.login("alice", &ALICE);
+    b.login("bob", &BOB);
+    // Two browsers: drive each page in its own.
+    let chosen = relayed_call_across(&mut a, &mut b);
+    for (kind, protocol) in &chosen {
+        assert_eq!(
+            (kind.as_str(), protocol.as_str()),
+            ("relay", "tcp"),
+            "{chosen:?}"
+        );
+    }
+    a.click("alice", "#hangup");
+    b.wait("bob", "hw.state === 'idle'", T, "hang-up");
+
+    // Now TCP to the TURN port is blocked as well: only TLS (turns:) gets through.
+    for n in [1, 2] {
+        lab.block(n, &format!("ip daddr {SERVER_IP} tcp dport {turn}"))
+            .expect("firewall rule");
+    }
+    let chosen = relayed_call_across(&mut a, &mut b);
+    for (kind, protocol) in &chosen {
+        assert_eq!(
+            (kind.as_str(), protocol.as_str()),
+            ("relay", "tls"),
+            "{chosen:?}"
+        );
+    }
+    assert!(turn_carried(&srv, "alice") > 50 && turn_carried(&srv, "bob") > 50);
+}
+
+/// `relayed_call` with alice's and bob's pages in two browsers.
+fn relayed_call_across(a: &mut Browser, b: &mut Browser) -> Vec<(String, String)> {
+    a.fill("alice", "#target", BOB.extension);
+    a.click("alice", "#call");
+    b.wait("bob", "hw.state === 'incoming'", T, "ringing");
+    b.click("bob", "#answer");
+    let mut chosen = vec![];
+    for (browser, page) in [(a, "alice"), (b, "bob")] {
+        browser.wait(page, "hw.state === 'in-call'", T, "answered");
+        let s = browser.wait_media_flowing(page, T);
+        assert_eq!(s["dtlsState"], "connected", "{page}: {s}");
+        chosen.push((
+            s["local"].as_str().unwrap_or("").to_string(),
+            s["localProtocol"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    chosen
+}

@@ -153,6 +153,20 @@ impl NatLab {
         format!("{}-pub", self.prefix)
     }
 
+    /// Makes home `n`'s NAT drop what leaves the home matching `what` (an nftables match,
+    /// such as `ip daddr 198.18.0.1 udp dport 3478`): a firewall that lets less through.
+    pub fn block(&self, n: u8, what: &str) -> Result<(), String> {
+        let nat = format!("{}-nat{n}", self.prefix);
+        let nft = |rule: &str| run(&["ip", "netns", "exec", &nat, "nft", rule]);
+        if nft("list table inet firewall").is_err() {
+            nft("add table inet firewall")?;
+            nft("add chain inet firewall passing { type filter hook forward priority 0; }")?;
+        }
+        nft(&format!(
+            "add rule inet firewall passing iifname \"lan\" {what} drop"
+        ))
+    }
+
     pub fn home(&self, n: u8) -> Home {
         Home {
             ns: format!("{}-home{n}", self.prefix),

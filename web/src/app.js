@@ -235,6 +235,18 @@ function onSession(e) {
     setState('incoming', `Incoming call from ${peer}`);
     startRinging();
   }
+  // JsSIP sends its SDP when ICE gathering completes, which a firewall that swallows UDP
+  // to the TURN server delays by half a minute. A relay candidate always works: send soon
+  // after the first one, and at the latest two seconds after the first candidate of all.
+  let iceTimer = null;
+  session.on('icecandidate', (c) => {
+    if (/ typ relay /.test(c.candidate.candidate)) {
+      clearTimeout(iceTimer);
+      iceTimer = setTimeout(c.ready, 300);
+    } else if (!iceTimer) {
+      iceTimer = setTimeout(c.ready, 2000);
+    }
+  });
   session.on('progress', () => { if (hw.state === 'calling') $('status').textContent = 'Ringing…'; });
   session.on('accepted', () => setState('in-call', 'In call'));
   session.on('confirmed', () => { if (hw.state !== 'held') setState('in-call', 'In call'); });

@@ -122,8 +122,10 @@ pub(crate) fn nonce_fresh(keys: &Keys, ip: IpAddr, nonce: &str, unix_now: u64) -
 }
 
 /// Whether the relay may send to `ip`: public unicast addresses, and what the settings
-/// allow on top; never the server's own addresses unless allowed.
-pub(crate) fn peer_allowed(settings: &TurnSettings, ours: &[IpAddr], ip: IpAddr) -> bool {
+/// allow on top. The server's own addresses pass here (two allocations relay to each
+/// other there); the forwarding engine sends to them only on relayed ports, never to the
+/// server's other services.
+pub(crate) fn peer_allowed(settings: &TurnSettings, ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -138,7 +140,6 @@ pub(crate) fn peer_allowed(settings: &TurnSettings, ours: &[IpAddr], ip: IpAddr)
     let refused = ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
-        || ours.contains(&ip)
         || match ip {
             IpAddr::V4(v4) => {
                 v4.is_private()
@@ -183,7 +184,6 @@ mod tests {
     #[test]
     fn the_default_policy_refuses_the_servers_networks_and_allows_public_peers() {
         let s = TurnSettings::default();
-        let ours = [IpAddr::from([203, 0, 113, 1])];
         for refused in [
             "127.0.0.1",
             "10.1.2.3",
@@ -193,29 +193,23 @@ mod tests {
             "100.64.0.1",
             "0.0.0.0",
             "224.0.0.1",
-            "203.0.113.1",
             "::1",
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
         ] {
-            assert!(
-                !peer_allowed(&s, &ours, refused.parse().unwrap()),
-                "{refused}"
-            );
+            assert!(!peer_allowed(&s, refused.parse().unwrap()), "{refused}");
         }
-        for allowed in ["198.51.100.7", "2001:db8::1", "8.8.8.8"] {
-            assert!(
-                peer_allowed(&s, &ours, allowed.parse().unwrap()),
-                "{allowed}"
-            );
+        // The server's own public address: another allocation's relayed address.
+        for allowed in ["198.51.100.7", "2001:db8::1", "8.8.8.8", "203.0.113.1"] {
+            assert!(peer_allowed(&s, allowed.parse().unwrap()), "{allowed}");
         }
         let s = TurnSettings {
             allowed_peers: vec![(IpAddr::from([127, 0, 0, 0]), 8)],
             ..TurnSettings::default()
         };
-        assert!(peer_allowed(&s, &ours, "127.0.0.5".parse().unwrap()));
-        assert!(!peer_allowed(&s, &ours, "10.0.0.1".parse().unwrap()));
+        assert!(peer_allowed(&s, "127.0.0.5".parse().unwrap()));
+        assert!(!peer_allowed(&s, "10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::{Action, Core, Flow};
 use sip::turn::{attr, Class, Message, Writer};
 use sip::Bytes;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SOFTWARE: &str = concat!("hedgewitch/", env!("CARGO_PKG_VERSION"));
@@ -294,13 +294,12 @@ impl Core {
         let Some(relayed) = self.calls.turn.allocations.get(&id).and_then(|a| a.relayed) else {
             return true;
         };
-        let ours: Vec<IpAddr> = self.cfg.listeners.iter().map(|l| l.host).collect();
         for p in peers {
             if p.is_ipv4() != relayed.is_ipv4() {
                 self.turn_error(asked, 443, "Peer Address Family Mismatch");
                 return true;
             }
-            if !credentials::peer_allowed(self.calls.turn.settings(), &ours, p.ip()) {
+            if !credentials::peer_allowed(self.calls.turn.settings(), p.ip()) {
                 tracing::info!(user = asked.account, peer = %p.ip(), client = %asked.flow.remote, "TURN peer refused by policy");
                 self.turn_error(asked, 403, "Forbidden");
                 return true;

@@ -55,6 +55,7 @@ pub(crate) enum Command {
     TurnListener {
         sock: UdpSocket,
         local: SocketAddr,
+        host: IpAddr,
     },
     /// A TURN allocation's relayed socket, and how to reach its client.
     TurnAdd {
@@ -150,6 +151,7 @@ impl Engine {
         wake: Arc<OwnedFd>,
         commands: Receiver<Command>,
         control: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
+        relay_ports: (u16, u16),
     ) -> Engine {
         Engine {
             epoll,
@@ -159,7 +161,7 @@ impl Engine {
             free: vec![],
             streams: HashMap::new(),
             batch: RecvBatch::with_slot(BATCH, SLOT),
-            turn: Plane::new(control),
+            turn: Plane::new(control, relay_ports),
         }
     }
 
@@ -222,9 +224,9 @@ impl Engine {
                         self.free.push(idx);
                     }
                 }
-                Ok(Command::TurnListener { sock, local }) => {
+                Ok(Command::TurnListener { sock, local, host }) => {
                     let fd = sock.as_raw_fd();
-                    let token = self.turn.add_listener(sock, local);
+                    let token = self.turn.add_listener(sock, local, host);
                     if let Err(e) = watch(self.epoll.as_raw_fd(), fd, token) {
                         tracing::error!("TURN listener not watched: {e}");
                     }

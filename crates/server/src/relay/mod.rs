@@ -99,7 +99,7 @@ impl Relay {
     ) -> io::Result<Relay> {
         let (epoll, wake) = forwarder::handles()?;
         let (tx, rx) = mpsc::channel();
-        let engine = Engine::new(epoll, wake.clone(), rx, control);
+        let engine = Engine::new(epoll, wake.clone(), rx, control, (lo, hi));
         std::thread::Builder::new()
             .name("media-relay".into())
             .spawn(move || engine.run())?;
@@ -233,11 +233,11 @@ impl Relay {
 
     /// Hands a TURN listener's UDP socket to the forwarding thread, which reads it from now
     /// on (requests come back through the event loop as `Event::Turn`).
-    pub fn turn_listener(&mut self, sock: UdpSocket, local: SocketAddr) {
+    pub fn turn_listener(&mut self, sock: UdpSocket, local: SocketAddr, host: IpAddr) {
         let s = socket2::SockRef::from(&sock);
         let _ = s.set_recv_buffer_size(4 * SOCKET_BUFFER);
         let _ = s.set_send_buffer_size(4 * SOCKET_BUFFER);
-        self.send(Command::TurnListener { sock, local });
+        self.send(Command::TurnListener { sock, local, host });
     }
 
     /// Binds a relayed address for TURN allocation `id` (a pair of the pool, the even port

@@ -64,6 +64,11 @@ pub(crate) struct Plane {
     /// UDP clients: (listener index, client address) -> allocation slot.
     by_client: HashMap<(usize, SocketAddr), usize>,
     control: Option<mpsc::Sender<Event>>,
+    /// The server's own addresses (its TURN listeners'), and the relay's port range: a peer
+    /// at one of those addresses is reached only on a relayed port (another allocation),
+    /// never on the server's other services.
+    own: Vec<IpAddr>,
+    relay_ports: (u16, u16),
     /// Reused for the header of what goes to clients.
     out: Vec<u8>,
     next_txid: u64,
@@ -75,8 +80,10 @@ pub(crate) const LISTENER: u64 = 1 << 62;
 pub(crate) const RELAYED: u64 = 1 << 61;
 
 impl Plane {
-    pub(crate) fn new(control: Option<mpsc::Sender<Event>>) -> Plane {
+    pub(crate) fn new(control: Option<mpsc::Sender<Event>>, relay_ports: (u16, u16)) -> Plane {
         Plane {
+            own: vec![],
+            relay_ports,
             listeners: vec![],
             allocs: vec![],
             free: vec![],
@@ -88,8 +95,13 @@ impl Plane {
         }
     }
 
-    /// A TURN listener's socket; returns its epoll token.
-    pub(crate) fn add_listener(&mut self, sock: UdpSocket, local: SocketAddr) -> u64 {
+    /// A TURN listener's socket, and the address clients know it by; returns its epoll token.
+    pub(crate) fn add_listener(&mut self, sock: UdpSocket, local: SocketAddr, host: IpAddr) -> u64 {
+        for ip in [local.ip(), host] {
+            if !ip.is_unspecified() && !self.own.contains(&ip) {
+                self.own.push(ip);
+            }
+        }
         self.listeners.push((sock, local));
         LISTENER | (self.listeners.len() - 1) as u64
     }
@@ -230,7 +242,9 @@ impl Plane {
                 None => return,
             }
         };
-        if !a.permitted(peer.ip()) {
+        let (lo, hi) = self.relay_ports;
+        let ours_elsewhere = self.own.contains(&peer.ip()) && !(lo..=hi).contains(&peer.port());
+        if !a.permitted(peer.ip()) || ours_elsewhere {
             a.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }

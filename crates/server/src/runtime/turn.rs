@@ -130,7 +130,12 @@ impl TurnEdge {
     /// Hands the UDP listeners to the relay's forwarding thread.
     pub(super) fn start(&mut self, relay: &mut crate::relay::Relay) {
         for (sock, local) in self.pending.drain(..) {
-            relay.turn_listener(sock, local);
+            let host = self
+                .hosts
+                .iter()
+                .find(|(l, _, t)| *l == local && *t == Transport::Udp)
+                .map_or(local.ip(), |(_, h, _)| *h);
+            relay.turn_listener(sock, local, host);
         }
     }
 
