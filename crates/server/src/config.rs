@@ -453,6 +453,8 @@ impl Default for Config {
                 "tcp:0.0.0.0:5060",
                 "udp:[::]:5060",
                 "tcp:[::]:5060",
+                "wss:0.0.0.0:8443",
+                "wss:[::]:8443",
             ]
             .iter()
             .filter_map(|s| s.parse().ok())
@@ -763,7 +765,17 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.listen[1].transport, Transport::Tcp);
         assert_eq!(c.registrar.min_expires, 60);
-        assert!(Config::default().listen.len() == 4);
+        // SIP on UDP and TCP, and the web page, on both families.
+        let d = Config::default();
+        assert_eq!(d.listen.len(), 6);
+        assert_eq!(
+            d.listen
+                .iter()
+                .filter(|l| l.transport == Transport::Wss)
+                .count(),
+            2
+        );
+        assert!(d.turn.enabled && d.turn.listen.len() == 4);
     }
 
     #[test]

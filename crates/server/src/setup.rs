@@ -106,6 +106,7 @@ pub fn banner(cfg: &Config, served: &[Served], users: usize, relay: Option<(u16,
     }
     let sockets: Vec<String> = served
         .iter()
+        .filter(|s| !s.transport.is_websocket())
         .map(|s| {
             if s.bound.ip().is_unspecified() {
                 format!("{}:{} (as {})", s.transport.as_str(), s.bound, s.advertised)
@@ -115,9 +116,50 @@ pub fn banner(cfg: &Config, served: &[Served], users: usize, relay: Option<(u16,
         })
         .collect();
     let _ = writeln!(b, "  SIP       {}", sockets.join(", "));
+    let pages: Vec<String> = served
+        .iter()
+        .filter(|s| s.transport.is_websocket())
+        .map(|s| {
+            let scheme = if s.transport == Transport::Wss {
+                "https"
+            } else {
+                "http"
+            };
+            match s.advertised {
+                IpAddr::V6(a) => format!("{scheme}://[{a}]:{}/", s.port),
+                a => format!("{scheme}://{a}:{}/", s.port),
+            }
+        })
+        .collect();
+    if !pages.is_empty() {
+        let _ = writeln!(
+            b,
+            "  web       {} (the softphone page, and SIP over WebSocket)",
+            pages.join(", ")
+        );
+    }
+    if cfg.turn.enabled && !cfg.turn.listen.is_empty() {
+        let turn: Vec<String> = cfg
+            .turn
+            .listen
+            .iter()
+            .map(|l| format!("{}:{}", l.transport.as_str(), l.addr))
+            .collect();
+        let _ = writeln!(b, "  TURN      {}", turn.join(", "));
+    }
     if !cfg.stun.is_empty() {
         let stun: Vec<String> = cfg.stun.iter().map(|l| format!("udp:{}", l.addr)).collect();
-        let _ = writeln!(b, "  STUN      {} (and on the SIP ports)", stun.join(", "));
+        let shared = cfg.turn.enabled
+            && cfg
+                .stun
+                .iter()
+                .any(|s| cfg.turn.listen.iter().any(|t| t.addr == s.addr));
+        let note = if shared {
+            "the TURN sockets there answer it, and so do the SIP ports"
+        } else {
+            "and on the SIP ports"
+        };
+        let _ = writeln!(b, "  STUN      {} ({note})", stun.join(", "));
     }
     match relay {
         Some((lo, hi)) => {
@@ -156,6 +198,11 @@ pub fn banner(cfg: &Config, served: &[Served], users: usize, relay: Option<(u16,
                 "certificate {} set, but no tls: listener in `listen`",
                 c.display()
             ),
+            (None, _) if served.iter().any(|s| s.transport == Transport::Wss) => format!(
+                "a self-signed certificate in {} for the web page (browsers warn about it \
+                 once; set [tls] for a real one)",
+                cfg.data_dir.join("tls").display()
+            ),
             (None, _) =>
                 "off (`hedgewitch tls self-signed` makes a certificate for trials)".to_string(),
         }
@@ -180,6 +227,12 @@ pub fn banner(cfg: &Config, served: &[Served], users: usize, relay: Option<(u16,
         let _ = writeln!(
             b,
             "  - add the first user:  hedgewitch user add alice --extension 101"
+        );
+    }
+    if let Some(page) = pages.first() {
+        let _ = writeln!(
+            b,
+            "  - or call from a browser: open {page} and log in with a user's name and password"
         );
     }
     let registrar = served

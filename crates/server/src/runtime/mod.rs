@@ -118,6 +118,7 @@ fn no_certificate(scheme: &str, addr: SocketAddr) -> String {
 fn bind(
     cfg: &Config,
     tls: &crate::tls::Tls,
+    self_signed: bool,
     events: &mpsc::Sender<Event>,
 ) -> Result<Bound, String> {
     let mut udp: Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)> = vec![];
@@ -134,7 +135,7 @@ fn bind(
             Transport::Tcp => transport::bind_tcp(l.addr).map(|s| {
                 tokio::spawn(transport::tcp_accept_loop(s, l.addr, events.clone(), None));
             }),
-            Transport::Tls => match &tls.acceptor {
+            Transport::Tls => match tls.acceptor.as_ref().filter(|_| !self_signed) {
                 Some(acceptor) => transport::bind_tcp(l.addr).map(|s| {
                     tokio::spawn(transport::tcp_accept_loop(
                         s,
@@ -241,7 +242,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let bindings = store.bindings()?;
     let store_tx = spawn_store(store);
 
-    let tls = crate::tls::Tls::new(&cfg.tls).map_err(|e| format!("tls: {e}"))?;
+    let (tls_cfg, self_signed) = crate::tls::effective(&cfg)?;
+    let tls = crate::tls::Tls::new(&tls_cfg).map_err(|e| format!("tls: {e}"))?;
     // Bounded: under overload UDP input is dropped at the socket edge and streams wait.
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let Bound {
@@ -250,7 +252,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         mut udp_in,
         turn,
         sip_sockets,
-    } = bind(&cfg, &tls, &events_tx)?;
+    } = bind(&cfg, &tls, self_signed, &events_tx)?;
     crate::control::spawn_server(&cfg.control_path(), events_tx.clone())?;
     spawn_signals(events_tx.clone());
 

@@ -111,9 +111,10 @@ impl Reloader {
         let plan = live.build_plan(&users, &stored)?;
         // Certificates are read again on every reload: a renewal replaces the files at the
         // same paths, with nothing changed in the config file.
+        let (new_tls, _) = crate::tls::effective(&new)?;
         let tls = edge
             .tls
-            .prepare(&new.tls)
+            .prepare(&new_tls)
             .map_err(|e| format!("tls: {e}"))?;
         let dns = if new.dns != old.dns {
             Some(crate::dns::Dns::new(&new.dns.servers)?)
