@@ -301,3 +301,95 @@ fn relayed_call_across(a: &mut Browser, b: &mut Browser) -> Vec<(String, String)
     }
     chosen
 }
+
+/// bob as a baresip desk phone in the lab's public namespace, auto-answering; with
+/// `webrtc`, it does what a browser needs: DTLS-SRTP and ICE (Debian's modules).
+fn baresip_bob(srv: &Server, lab: &NatLab, webrtc: bool) -> common::baresip::Baresip {
+    use common::baresip::{make_tone, Baresip, Phone};
+    let (media, modules) = if webrtc {
+        (
+            ";mediaenc=dtls_srtp;medianat=ice",
+            "module dtls_srtp.so\nmodule ice.so\nrtcp_mux yes\n",
+        )
+    } else {
+        ("", "")
+    };
+    let account = format!(
+        "<sip:{name}@{DOMAIN}>;auth_user={name};auth_pass={pw};\
+         outbound=\"sip:{server};transport=udp\";regint=600;audio_codecs=PCMU;answermode=auto{media}\n",
+        name = BOB.name,
+        pw = BOB.password,
+        server = srv.addr(),
+    );
+    let ns = lab.public_ns();
+    let tone = make_tone(srv);
+    let phone = Baresip::launch(Phone {
+        dir: srv.dir.join(if webrtc {
+            "baresip-bob-webrtc"
+        } else {
+            "baresip-bob-plain"
+        }),
+        name: "bob",
+        host: SERVER_IP.to_string(),
+        ipv6: false,
+        // Each phone its own ports, so that the second does not wait for the first's.
+        sip_port: if webrtc { 5062 } else { 5064 },
+        console: if webrtc { 5070 } else { 5072 },
+        rtp: if webrtc { 30000 } else { 30100 },
+        netns: Some((&ns, SERVER_IP)),
+        account,
+        contacts: String::new(),
+        tone: &tone,
+        config_extra: modules.to_string(),
+    });
+    let port = if webrtc { ":5062" } else { ":5064" };
+    assert!(
+        poll_until(Duration::from_secs(10), || srv
+            .registrations_of("bob")
+            .iter()
+            .any(|r| r["contact"].as_str().is_some_and(|c| c.contains(port)))),
+        "bob's baresip did not register: {}",
+        phone.output()
+    );
+    phone
+}
+
+#[test]
+fn a_browser_and_a_dtls_srtp_phone_talk_and_a_plain_rtp_phone_gets_a_clear_no() {
+    if !chromium_available() || !peers_available(&["ip", "baresip"]) {
+        return;
+    }
+    let (lab, srv, url) = web_lab(0, "");
+    let mut b = Browser::start(Some(&lab.public_ns()));
+    b.open("alice", &url, true);
+    b.login("alice", &ALICE);
+
+    // A phone with DTLS-SRTP and ICE: audio both ways, encrypted end to end.
+    let mut phone = baresip_bob(&srv, &lab, true);
+    b.fill("alice", "#target", "bob");
+    b.click("alice", "#call");
+    b.wait("alice", "hw.state === 'in-call'", T, "the phone answered");
+    let s = b.wait_media_flowing("alice", T);
+    assert_eq!(s["dtlsState"], "connected", "{s}");
+    phone.wait_for("audio from the browser", T, common::baresip::receives_audio);
+    b.click("alice", "#hangup");
+    b.wait("alice", "hw.state === 'idle'", T, "hang-up");
+    drop(phone);
+
+    // A phone with plain RTP only: the page says why no call is possible, and no call
+    // stays up anywhere.
+    let _plain = baresip_bob(&srv, &lab, false);
+    b.fill("alice", "#target", "bob");
+    b.click("alice", "#call");
+    b.wait(
+        "alice",
+        "hw.state === 'idle' && /cannot encrypt media the way browsers do/.test(hw.lastError)",
+        T,
+        "the clear message",
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || calls(&srv).is_empty()),
+        "{:?}",
+        calls(&srv)
+    );
+}

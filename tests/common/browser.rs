@@ -122,7 +122,7 @@ impl Browser {
                 return;
             }
             if start.elapsed() > timeout {
-                let state = self.eval(page, "({state: hw.state, error: hw.lastError, status: document.getElementById('status').textContent})");
+                let state = self.eval(page, "({state: hw.state, error: hw.lastError, sdpError: hw.sdpError, remoteSdp: hw.remoteSdp, status: document.getElementById('status').textContent})");
                 panic!("{page}: {what} did not happen within {timeout:?} ({expr}); page: {state}");
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -200,7 +200,8 @@ function pcConfig() {
   return {
     iceServers: turn ? [{ urls: turn.urls, username: turn.username, credential: turn.credential }] : [],
     iceTransportPolicy: hw.relayOnly ? 'relay' : 'all',
-    bundlePolicy: 'max-bundle',
+    // `balanced` (not max-bundle): a SIP phone's answer may decline BUNDLE.
+    bundlePolicy: 'balanced',
     rtcpMuxPolicy: 'require',
   };
 }
@@ -246,6 +247,12 @@ function onSession(e) {
     } else if (!iceTimer) {
       iceTimer = setTimeout(c.ready, 2000);
     }
+  });
+  // Kept for the curious (and the tests): what the other side's SDP said, and why the
+  // browser refused it.
+  session.on('sdp', (x) => { if (x.originator === 'remote') hw.remoteSdp = x.sdp; });
+  session.on('peerconnection:setremotedescriptionfailed', (err) => {
+    hw.sdpError = String((err && err.message) || err);
   });
   session.on('progress', () => { if (hw.state === 'calling') $('status').textContent = 'Ringing…'; });
   session.on('accepted', () => setState('in-call', 'In call'));
