@@ -409,7 +409,55 @@ fn the_readme_tour_works_as_written() {
         alice.output()
     );
 
-    // 6. The phone system: a group and forwarding from the CLI, do-not-disturb from the phone.
+    // 6. From a browser: the README's address; bob and alice log in with their passwords,
+    //    alice calls 102, bob answers on the page (his baresip stops ringing) and they talk;
+    //    a message typed on alice's page appears on bob's.
+    let page = "https://127.0.0.1:8443/";
+    assert!(
+        tour_text.contains(page),
+        "the README names the page's address"
+    );
+    if common::browser::chromium_available() {
+        let mut b = common::browser::Browser::start(Some(&t.ns));
+        for (who, password) in [("bob", &passwords[1]), ("alice", &passwords[0])] {
+            b.open(who, page, true);
+            b.fill(who, "#user", who);
+            b.fill(who, "#password", password);
+            b.click(who, "#login-button");
+            b.wait(
+                who,
+                "hw.state === 'idle' && hw.info !== null",
+                wait,
+                "login",
+            );
+        }
+        b.fill("alice", "#target", "102");
+        b.click("alice", "#call");
+        b.wait("bob", "hw.state === 'incoming'", wait, "ringing");
+        let caller = b.eval("bob", "document.getElementById('caller').textContent");
+        assert!(
+            caller.to_string().contains("sip:alice@example.test"),
+            "{caller}"
+        );
+        b.click("bob", "#answer");
+        for who in ["alice", "bob"] {
+            b.wait(who, "hw.state === 'in-call'", wait, "answered");
+            b.wait_media_flowing(who, wait);
+        }
+        b.fill("alice", "#chat-to", "bob");
+        b.fill("alice", "#chat-text", "hello from the page");
+        b.click("alice", "#send");
+        b.wait(
+            "bob",
+            "hw.messages.some(m => m.body === 'hello from the page')",
+            wait,
+            "the message",
+        );
+        b.click("alice", "#hangup");
+        b.wait("bob", "hw.state === 'idle'", wait, "hang-up");
+    }
+
+    // 7. The phone system: a group and forwarding from the CLI, do-not-disturb from the phone.
     for line in sh[3].iter() {
         t.run(line);
     }
