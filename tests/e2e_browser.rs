@@ -35,8 +35,9 @@ fn two_browsers_call_hold_resume_hang_up_and_message() {
     }
     let (lab, srv, url) = web_lab(0, "");
     let mut b = Browser::start(Some(&lab.public_ns()));
+    // alice at her desk, bob on his phone's browser.
     b.open("alice", &url, true);
-    b.open("bob", &url, true);
+    b.open_mobile("bob", &url);
     b.login("alice", &ALICE);
     b.login("bob", &BOB);
     assert_eq!(srv.registrations().len(), 2);
@@ -98,6 +99,28 @@ fn two_browsers_call_hold_resume_hang_up_and_message() {
         "hang-up",
     );
     assert!(poll_until(Duration::from_secs(5), || calls(&srv).is_empty()));
+
+    // A video call: both cameras (fake ones here) reach the other side.
+    b.click("alice", "#call-video");
+    b.wait("bob", "hw.state === 'incoming'", T, "ringing");
+    b.click("bob", "#answer-video");
+    for page in ["alice", "bob"] {
+        b.wait(page, "hw.state === 'in-call'", T, "answered");
+        b.wait(
+            page,
+            "hw.stats().then(s => s && s.videoPackets > 30)",
+            T,
+            "video arriving",
+        );
+        b.wait(
+            page,
+            "document.getElementById('remote-video').dataset.live === '1'",
+            T,
+            "the other side's picture shown",
+        );
+    }
+    b.click("alice", "#hangup");
+    b.wait("bob", "hw.state === 'idle'", T, "hang-up");
 
     // A message typed on one page appears on the other.
     b.fill("alice", "#chat-to", "bob");
@@ -372,6 +395,9 @@ fn a_browser_and_a_dtls_srtp_phone_talk_and_a_plain_rtp_phone_gets_a_clear_no() 
     let s = b.wait_media_flowing("alice", T);
     assert_eq!(s["dtlsState"], "connected", "{s}");
     phone.wait_for("audio from the browser", T, common::baresip::receives_audio);
+    // DTMF from the page's dial pad reaches the phone in the media (RFC 4733).
+    b.click("alice", "#keypad button:nth-child(5)");
+    phone.wait_for("the DTMF digit", T, |o| o.contains("received event: '5'"));
     b.click("alice", "#hangup");
     b.wait("alice", "hw.state === 'idle'", T, "hang-up");
     drop(phone);

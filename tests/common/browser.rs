@@ -95,6 +95,13 @@ impl Browser {
         }));
     }
 
+    /// Opens `url` as a phone's browser would: a phone-sized touch screen, mobile layout.
+    pub fn open_mobile(&mut self, page: &str, url: &str) {
+        self.command(serde_json::json!({
+            "cmd": "open", "page": page, "url": url, "permissions": true, "mobile": true
+        }));
+    }
+
     /// Types `value` into the field `selector`.
     pub fn fill(&mut self, page: &str, selector: &str, value: &str) {
         self.command(serde_json::json!({

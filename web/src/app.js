@@ -462,10 +462,11 @@ async function stats() {
   const pc = hw.session && hw.session.connection;
   if (!pc) return null;
   const report = await pc.getStats();
-  const out = { inboundPackets: 0, dtlsState: null, local: null, remote: null };
+  const out = { inboundPackets: 0, videoPackets: 0, dtlsState: null, local: null, remote: null };
   let pair = null;
   report.forEach((s) => {
     if (s.type === 'inbound-rtp') out.inboundPackets += s.packetsReceived || 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'video') out.videoPackets += s.packetsReceived || 0;
     if (s.type === 'transport') {
       out.dtlsState = s.dtlsState;
       pair = s.selectedCandidatePairId;

@@ -33,6 +33,8 @@ async function run(c) {
         ignoreHTTPSErrors: true,
         permissions: c.permissions === false ? [] : ['microphone', 'camera'],
         viewport: c.mobile ? { width: 390, height: 844 } : { width: 1200, height: 800 },
+        isMobile: !!c.mobile,
+        hasTouch: !!c.mobile,
       });
       if (c.permissions === false) {
         // The user says no to the microphone.
