@@ -7,6 +7,12 @@
 //! JSON line: packets sent and received during the SECS after WARMUP seconds, and how many
 //! streams delivered both ways.
 //!
+//! `rtpload turn SERVER_PORT USER PASSWORD STREAMS BASE PPS SECS WARMUP`: the same load
+//! through a TURN server on 127.0.0.1 (bench/turn): for stream i a "client" socket on BASE+2i
+//! makes an allocation (long-term credentials), binds a channel to the "peer" socket on
+//! BASE+2i+1, and sends ChannelData to the server while the peer sends plain datagrams to
+//! the relayed address; both count what comes back. Same JSON line.
+//!
 //! `rtpload echo FIRST STREAMS BASE`: the machine's limit for the same traffic: sockets on
 //! FIRST+2i (facing the caller) and FIRST+2i+1 (facing the callee); what arrives on one goes
 //! out of the other to the generator's socket on that side, with recvmmsg/sendmmsg and nothing
@@ -276,15 +282,198 @@ fn load(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
+/// One request to the TURN server and its answer (retried a few times: UDP).
+fn transact(sock: &UdpSocket, server: u16, req: &[u8]) -> io::Result<Vec<u8>> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 2048];
+    for _ in 0..6 {
+        sock.send_to(req, (Ipv4Addr::LOCALHOST, server))?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            sock.set_nonblocking(true)?;
+            return Ok(buf[..n].to_vec());
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "the TURN server does not answer"))
+}
+
+/// Sets up stream `i`'s allocation and channel; the relayed address.
+fn turn_stream(
+    client: &UdpSocket,
+    server: u16,
+    user: &str,
+    password: &str,
+    channel: u16,
+    peer: SocketAddrV4,
+    i: usize,
+) -> io::Result<SocketAddrV4> {
+    use sip::turn::{attr, Class, Writer};
+    let txid = |k: u8| {
+        let mut t = [k; 12];
+        t[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        t
+    };
+    let bad = |what: &str, m: &[u8]| {
+        let code = sip::turn::parse(m).and_then(|m| m.error_code);
+        io::Error::other(format!("stream {i}: {what}: error {code:?}"))
+    };
+    let mut w = Writer::new(sip::turn::ALLOCATE, Class::Request, &txid(1));
+    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let challenge = transact(client, server, &w.finish(None))?;
+    let m = sip::turn::parse(&challenge).ok_or_else(|| bad("no challenge", &challenge))?;
+    let (realm, nonce) = (
+        m.realm.unwrap_or_default().to_string(),
+        m.nonce.unwrap_or_default().to_string(),
+    );
+    let key = sip::turn::long_term_key(user, &realm, password);
+    let signed = |method: u16, k: u8, add: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::new(method, Class::Request, &txid(k));
+        add(&mut w);
+        w.attr(attr::USERNAME, user.as_bytes())
+            .challenge(&realm, &nonce);
+        w.finish(Some(&key))
+    };
+    let ok = transact(
+        client,
+        server,
+        &signed(sip::turn::ALLOCATE, 2, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }),
+    )?;
+    let relayed = match sip::turn::parse(&ok).and_then(|m| m.relayed) {
+        Some(std::net::SocketAddr::V4(a)) => a,
+        _ => return Err(bad("allocation refused", &ok)),
+    };
+    let bound = transact(
+        client,
+        server,
+        &signed(sip::turn::CHANNEL_BIND, 3, &|w| {
+            w.attr(attr::CHANNEL_NUMBER, &[(channel >> 8) as u8, channel as u8, 0, 0]);
+            w.xor_address(attr::XOR_PEER_ADDRESS, std::net::SocketAddr::V4(peer));
+        }),
+    )?;
+    if sip::turn::parse(&bound).and_then(|m| m.class) != Some(Class::Success) {
+        return Err(bad("channel refused", &bound));
+    }
+    Ok(relayed)
+}
+
+fn turn_load(args: &[String]) -> io::Result<()> {
+    let server: u16 = arg(args, 2, "SERVER_PORT");
+    let user: String = arg(args, 3, "USER");
+    let password: String = arg(args, 4, "PASSWORD");
+    let n: usize = arg(args, 5, "STREAMS");
+    let base: u16 = arg(args, 6, "BASE");
+    let pps: u32 = arg(args, 7, "PPS");
+    let secs: f64 = arg(args, 8, "SECS");
+    let warmup: f64 = arg(args, 9, "WARMUP");
+    let socks: Vec<UdpSocket> = (0..n * 2).map(|k| bind(base + k as u16)).collect();
+    let mut packets: Vec<Vec<u8>> = Vec::with_capacity(n * 2);
+    let mut dests: Vec<libc::sockaddr_in> = Vec::with_capacity(n * 2);
+    for i in 0..n {
+        let channel = 0x4000 + (i as u16 % 0x1000);
+        let peer = SocketAddrV4::new(Ipv4Addr::LOCALHOST, base + 2 * i as u16 + 1);
+        let relayed = turn_stream(&socks[2 * i], server, &user, &password, channel, peer, i)?;
+        // The client's ChannelData to the server; the peer's datagram to the relayed address.
+        let mut cd = sip::turn::channel_header(channel, PACKET).to_vec();
+        cd.extend_from_slice(&rtp_packet(2 * i as u32 + 1));
+        packets.push(cd);
+        packets.push(rtp_packet(2 * i as u32 + 2).to_vec());
+        dests.push(sockaddr(server));
+        dests.push(sockaddr(relayed.port()));
+    }
+    // The allocations are made: the warm-up starts now (the runner waits for this line).
+    eprintln!("ready");
+    let ep = Epoll::new();
+    for (k, s) in socks.iter().enumerate() {
+        ep.add(s.as_raw_fd(), k as u64);
+    }
+    let mut received = vec![0u64; n * 2];
+    let mut sent_total = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut batch = Batch::new();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(pps.max(1)));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(secs);
+    let mut next_send = start;
+    let mut counted_from: Option<(u64, Vec<u64>)> = None;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if counted_from.is_none() && now >= measure_from {
+            counted_from = Some((sent_total, received.clone()));
+        }
+        if now >= next_send {
+            for (k, s) in socks.iter().enumerate() {
+                let (p, d) = (&packets[k], &dests[k]);
+                // SAFETY: a valid socket, buffer and address.
+                let r = unsafe {
+                    libc::sendto(
+                        s.as_raw_fd(),
+                        p.as_ptr().cast(),
+                        p.len(),
+                        libc::MSG_DONTWAIT,
+                        (d as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if r > 0 {
+                    sent_total += 1;
+                }
+            }
+            next_send += interval;
+            if next_send + interval * 5 < Instant::now() {
+                next_send = Instant::now() + interval;
+            }
+        }
+        let wait_ms = next_send
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(5) as i32;
+        let got = ep.wait(&mut events, wait_ms);
+        for ev in &events[..got] {
+            let k = ev.u64 as usize;
+            loop {
+                let r = batch.recv(socks[k].as_raw_fd());
+                received[k] += r as u64;
+                if r < BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    let (sent0, recv0) = counted_from.unwrap_or((0, vec![0; n * 2]));
+    let recv_window: u64 = received.iter().zip(&recv0).map(|(a, b)| a - b).sum();
+    let both_ways = (0..n)
+        .filter(|i| received[2 * i] > 0 && received[2 * i + 1] > 0)
+        .count();
+    println!(
+        "{{\"streams\": {n}, \"pps_per_direction\": {pps}, \"secs\": {secs}, \"sent\": {}, \"received\": {recv_window}, \"streams_both_ways\": {both_ways}}}",
+        sent_total - sent0
+    );
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("echo") => echo(&args),
+        Some("turn") => {
+            if let Err(e) = turn_load(&args) {
+                die(&e.to_string())
+            }
+        }
         Some("load") => {
             if let Err(e) = load(&args) {
                 die(&e.to_string())
             }
         }
-        _ => die("usage: rtpload load TARGETS BASE PPS SECS WARMUP | rtpload echo FIRST STREAMS BASE"),
+        _ => die(
+            "usage: rtpload load TARGETS BASE PPS SECS WARMUP | rtpload echo FIRST STREAMS BASE \
+             | rtpload turn SERVER_PORT USER PASSWORD STREAMS BASE PPS SECS WARMUP",
+        ),
     }
 }

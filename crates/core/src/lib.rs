@@ -170,6 +170,9 @@ pub enum Action {
         peer: IpAddr,
         /// Allow (a new permission) or revoke (an expired one).
         allow: bool,
+        /// The peer is in `turn.allowed_peers`: any of its ports may be reached, even when
+        /// it is one of the server's own addresses (normally only relayed ports are).
+        any_port: bool,
     },
     /// TURN: bind `channel` of allocation `id` to `peer`, or unbind it (None).
     TurnChannel {

@@ -162,6 +162,12 @@ pub struct Message<'a> {
     pub dont_fragment: bool,
     /// Comprehension-required attributes this code does not know (answered 420).
     pub unknown: Vec<u16>,
+    /// ERROR-CODE's number, in an error response.
+    pub error_code: Option<u16>,
+    /// XOR-RELAYED-ADDRESS, in an Allocate success response.
+    pub relayed: Option<SocketAddr>,
+    /// XOR-MAPPED-ADDRESS, in a success response.
+    pub mapped: Option<SocketAddr>,
 }
 
 /// Whether `data` looks like a STUN message: top bits zero, the cookie, a length that fits.
@@ -265,8 +271,13 @@ pub fn parse(data: &[u8]) -> Option<Message<'_>> {
             attr::EVEN_PORT => m.even_port = true,
             attr::RESERVATION_TOKEN => m.reservation_token = true,
             attr::DONT_FRAGMENT => m.dont_fragment = true,
-            attr::PRIORITY | attr::USE_CANDIDATE | attr::ERROR_CODE | attr::UNKNOWN_ATTRIBUTES => {}
-            attr::XOR_MAPPED_ADDRESS | attr::XOR_RELAYED_ADDRESS => {}
+            attr::ERROR_CODE => {
+                let (class, number) = (*value.get(2)?, *value.get(3)?);
+                m.error_code = Some(u16::from(class & 0x07) * 100 + u16::from(number));
+            }
+            attr::XOR_MAPPED_ADDRESS => m.mapped = Some(xor_address(value, &data[4..HEADER])?),
+            attr::XOR_RELAYED_ADDRESS => m.relayed = Some(xor_address(value, &data[4..HEADER])?),
+            attr::PRIORITY | attr::USE_CANDIDATE | attr::UNKNOWN_ATTRIBUTES => {}
             t if t < 0x8000 => m.unknown.push(t),
             _ => {}
         }

@@ -156,6 +156,14 @@ pub(crate) fn peer_allowed(settings: &TurnSettings, ip: IpAddr) -> bool {
     !refused
 }
 
+/// Whether `ip` is in the configured `allowed_peers`.
+pub(crate) fn explicitly_allowed(settings: &TurnSettings, ip: IpAddr) -> bool {
+    settings
+        .allowed_peers
+        .iter()
+        .any(|(net, len)| in_network(ip, *net, *len))
+}
+
 /// Whether `ip` is in `net`/`len`.
 pub(crate) fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {

@@ -318,7 +318,13 @@ impl Core {
         if self.peers_refused(asked, id, &msg.peers) {
             return;
         }
-        let max = self.calls.turn.settings().permissions_per_allocation;
+        let settings = self.calls.turn.settings();
+        let max = settings.permissions_per_allocation;
+        let any: Vec<bool> = msg
+            .peers
+            .iter()
+            .map(|p| credentials::explicitly_allowed(settings, p.ip()))
+            .collect();
         let Some(a) = self.calls.turn.allocations.get_mut(&id) else {
             return;
         };
@@ -330,7 +336,7 @@ impl Core {
         if a.permissions.len() + new > max {
             return self.turn_error(asked, 508, "Insufficient Capacity");
         }
-        for p in &msg.peers {
+        for (p, any_port) in msg.peers.iter().zip(any) {
             if a.permissions
                 .insert(p.ip(), now + PERMISSION_LIFETIME)
                 .is_none()
@@ -339,6 +345,7 @@ impl Core {
                     id,
                     peer: p.ip(),
                     allow: true,
+                    any_port,
                 });
             }
         }
@@ -361,6 +368,7 @@ impl Core {
             return;
         }
         let max = self.calls.turn.settings().permissions_per_allocation;
+        let any_port = credentials::explicitly_allowed(self.calls.turn.settings(), peer.ip());
         let Some(a) = self.calls.turn.allocations.get_mut(&id) else {
             return;
         };
@@ -390,6 +398,7 @@ impl Core {
                 id,
                 peer: peer.ip(),
                 allow: true,
+                any_port,
             });
         }
         self.turn_ok(asked);
@@ -449,6 +458,7 @@ impl Core {
                         id: *id,
                         peer: *ip,
                         allow: false,
+                        any_port: false,
                     });
                 }
                 keep

@@ -68,6 +68,7 @@ pub(crate) enum Command {
         id: u64,
         peer: IpAddr,
         allow: bool,
+        any_port: bool,
     },
     TurnChannel {
         id: u64,
@@ -193,6 +194,8 @@ impl Engine {
                     self.forward(token as usize);
                 }
             }
+            // What TURN peers sent this round goes to the clients in batches.
+            self.turn.flush();
         }
     }
 
@@ -243,7 +246,12 @@ impl Engine {
                         tracing::error!("TURN relayed socket not watched: {e}");
                     }
                 }
-                Ok(Command::TurnPermit { id, peer, allow }) => self.turn.permit(id, peer, allow),
+                Ok(Command::TurnPermit {
+                    id,
+                    peer,
+                    allow,
+                    any_port,
+                }) => self.turn.permit(id, peer, allow, any_port),
                 Ok(Command::TurnChannel { id, channel, peer }) => {
                     self.turn.channel(id, channel, peer)
                 }

@@ -271,8 +271,13 @@ impl Relay {
     }
 
     /// A TURN permission for `peer` given (or revoked) on allocation `id`.
-    pub fn turn_permit(&mut self, id: u64, peer: IpAddr, allow: bool) {
-        self.send(Command::TurnPermit { id, peer, allow });
+    pub fn turn_permit(&mut self, id: u64, peer: IpAddr, allow: bool, any_port: bool) {
+        self.send(Command::TurnPermit {
+            id,
+            peer,
+            allow,
+            any_port,
+        });
     }
 
     /// A TURN channel bound (or unbound) on allocation `id`.

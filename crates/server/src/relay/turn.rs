@@ -44,14 +44,19 @@ pub(crate) enum ClientPath {
 struct Alloc {
     sock: UdpSocket,
     client: ClientPath,
-    permits: Vec<IpAddr>,
+    /// Peers with a permission, and whether any of their ports may be reached.
+    permits: Vec<(IpAddr, bool)>,
     channels: Vec<(u16, SocketAddr)>,
     shared: Arc<TurnShared>,
 }
 
 impl Alloc {
     fn permitted(&self, ip: IpAddr) -> bool {
-        self.permits.contains(&ip)
+        self.permits.iter().any(|(p, _)| *p == ip)
+    }
+
+    fn any_port(&self, ip: IpAddr) -> bool {
+        self.permits.iter().any(|(p, any)| *p == ip && *any)
     }
 }
 
@@ -71,6 +76,10 @@ pub(crate) struct Plane {
     relay_ports: (u16, u16),
     /// Reused for the header of what goes to clients.
     out: Vec<u8>,
+    /// What goes to UDP clients in this round of the forwarding loop, sent in one sendmmsg
+    /// per listener by `flush`: (listener, client, where its bytes are in `queued_bytes`).
+    queued: Vec<(usize, SocketAddr, std::ops::Range<usize>)>,
+    queued_bytes: Vec<u8>,
     next_txid: u64,
 }
 
@@ -91,6 +100,8 @@ impl Plane {
             by_client: HashMap::new(),
             control,
             out: Vec::with_capacity(2048),
+            queued: Vec::with_capacity(256),
+            queued_bytes: Vec::with_capacity(256 * 200),
             next_txid: 0,
         }
     }
@@ -134,11 +145,11 @@ impl Plane {
         RELAYED | slot as u64
     }
 
-    pub(crate) fn permit(&mut self, id: u64, peer: IpAddr, allow: bool) {
+    pub(crate) fn permit(&mut self, id: u64, peer: IpAddr, allow: bool, any_port: bool) {
         if let Some(a) = self.by_id.get(&id).and_then(|s| self.allocs[*s].as_mut()) {
-            a.permits.retain(|p| *p != peer);
+            a.permits.retain(|(p, _)| *p != peer);
             if allow {
-                a.permits.push(peer);
+                a.permits.push((peer, any_port));
             }
         }
     }
@@ -243,7 +254,9 @@ impl Plane {
             }
         };
         let (lo, hi) = self.relay_ports;
-        let ours_elsewhere = self.own.contains(&peer.ip()) && !(lo..=hi).contains(&peer.port());
+        let ours_elsewhere = self.own.contains(&peer.ip())
+            && !(lo..=hi).contains(&peer.port())
+            && !a.any_port(peer.ip());
         if !a.permitted(peer.ip()) || ours_elsewhere {
             a.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -308,11 +321,17 @@ impl Plane {
             }
         }
         let sent = match &a.client {
-            ClientPath::Udp { local, remote } => self
-                .listeners
-                .iter()
-                .find(|(_, l)| l == local)
-                .is_some_and(|(s, _)| s.send_to(&self.out, *remote).is_ok()),
+            ClientPath::Udp { local, remote } => {
+                match self.listeners.iter().position(|(_, l)| l == local) {
+                    Some(li) => {
+                        let at = self.queued_bytes.len();
+                        self.queued_bytes.extend_from_slice(&self.out);
+                        self.queued.push((li, *remote, at..self.queued_bytes.len()));
+                        true
+                    }
+                    None => false,
+                }
+            }
             ClientPath::Stream(tx) => tx.try_send(Bytes::copy_from_slice(&self.out)).is_ok(),
         };
         if sent {
@@ -321,6 +340,30 @@ impl Plane {
         } else {
             a.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl Plane {
+    /// Sends what this round queued for UDP clients: one sendmmsg per listener for all of
+    /// them, rather than a system call per datagram. What would block is dropped (UDP).
+    pub(crate) fn flush(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let mut ignored = vec![];
+        for (li, (sock, _)) in self.listeners.iter().enumerate() {
+            let msgs: Vec<(SocketAddr, &[u8])> = self
+                .queued
+                .iter()
+                .filter(|(l, _, _)| *l == li)
+                .map(|(_, to, r)| (*to, &self.queued_bytes[r.clone()]))
+                .collect();
+            if !msgs.is_empty() {
+                let _ = crate::mmsg::send_batch(sock.as_raw_fd(), &msgs, &mut ignored);
+            }
+        }
+        self.queued.clear();
+        self.queued_bytes.clear();
     }
 }
 

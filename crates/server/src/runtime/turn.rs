@@ -186,7 +186,12 @@ impl Edge {
                 }
                 core.handle_turn_allocated(Instant::now(), id, relayed);
             }
-            Action::TurnPermit { id, peer, allow } => relay.turn_permit(id, peer, allow),
+            Action::TurnPermit {
+                id,
+                peer,
+                allow,
+                any_port,
+            } => relay.turn_permit(id, peer, allow, any_port),
             Action::TurnChannel { id, channel, peer } => relay.turn_channel(id, channel, peer),
             Action::TurnRelease { id } => {
                 self.turn.by_conn.retain(|_, a| *a != id);
