@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "turn-test-secret";
 
@@ -185,4 +185,87 @@ fn the_default_policy_refuses_peers_on_the_servers_own_network() {
         log.contains("TURN peer refused by policy"),
         "the refusal is logged"
     );
+}
+
+/// A minimal TURN client on `sock` (the test's own, for what coturn's client cannot show):
+/// an allocation for `user`, and a channel to `peer`.
+fn allocate_with_channel(
+    sock: &std::net::UdpSocket,
+    server: std::net::SocketAddr,
+    user: &TestUser,
+    peer: std::net::SocketAddr,
+) {
+    use sip::turn::{attr, Class, Writer};
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let ask = |req: &[u8]| -> Vec<u8> {
+        sock.send_to(req, server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    };
+    let mut w = Writer::new(sip::turn::ALLOCATE, Class::Request, &[1; 12]);
+    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let challenge = ask(&w.finish(None));
+    let nonce = sip::turn::parse(&challenge)
+        .and_then(|m| m.nonce.map(String::from))
+        .unwrap();
+    let key = sip::turn::long_term_key(user.name, DOMAIN, user.password);
+    let signed = |method: u16, k: u8, add: &dyn Fn(&mut Writer)| {
+        let mut w = Writer::new(method, Class::Request, &[k; 12]);
+        add(&mut w);
+        w.attr(attr::USERNAME, user.name.as_bytes())
+            .challenge(DOMAIN, &nonce);
+        w.finish(Some(&key))
+    };
+    let ok = ask(&signed(sip::turn::ALLOCATE, 2, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert!(sip::turn::parse(&ok).and_then(|m| m.relayed).is_some());
+    let bound = ask(&signed(sip::turn::CHANNEL_BIND, 3, &|w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+    }));
+    assert_eq!(
+        sip::turn::parse(&bound).and_then(|m| m.class),
+        Some(Class::Success)
+    );
+}
+
+#[test]
+fn a_users_bandwidth_quota_holds() {
+    let port = free_port();
+    let srv = Server::start(ServerOpts {
+        extra_config: format!(
+            "[turn]\nlisten = [\"udp:{HOST}:{port}\"]\nallowed_peers = [\"127.0.0.0/8\"]\n\
+             bandwidth_per_user = 400\n"
+        ),
+        ..ServerOpts::default()
+    });
+    let client = std::net::UdpSocket::bind((HOST, 0)).unwrap();
+    let peer = std::net::UdpSocket::bind((HOST, 0)).unwrap();
+    let server: std::net::SocketAddr = format!("{HOST}:{port}").parse().unwrap();
+    allocate_with_channel(&client, server, &ALICE, peer.local_addr().unwrap());
+    // 2 MB as fast as the client can: 400 kbit/s (50 kB/s, a second's worth of burst)
+    // lets a small part through, whatever the client sends.
+    let mut data = sip::turn::channel_header(0x4000, 1000).to_vec();
+    data.extend_from_slice(&[0x55; 1000]);
+    let started = Instant::now();
+    for _ in 0..2000 {
+        let _ = client.send_to(&data, server);
+    }
+    peer.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = [0u8; 1500];
+    while peer.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    let allowed = (64_000.0 + 50_000.0 * started.elapsed().as_secs_f64()) / 1000.0;
+    assert!(
+        got > 10 && (got as f64) <= allowed + 5.0,
+        "{got} of 2000 went through (allowed {allowed:.0})"
+    );
+    let turn = srv.cli_json("turn");
+    let dropped = turn[0]["counters"]["dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 1000, "{turn}");
 }

@@ -90,7 +90,7 @@ class HedgewitchTurn:
             f.write('domain = "%s"\ndata_dir = "%s"\nlisten = ["udp:127.0.0.1:25060"]\n'
                     'stun = []\nlog = "warn"\n\n[relay]\nmode = "never"\nports = "%d-%d"\n\n'
                     '[turn]\nlisten = ["udp:127.0.0.1:%d"]\nallowed_peers = ["127.0.0.0/8"]\n'
-                    'allocations_per_user = 100000\nmax_allocations = 100000\n\n'
+                    'allocations_per_user = 100000\nmax_allocations = 100000\nbandwidth_per_user = 0\n\n'
                     '[security]\ntrusted = ["127.0.0.0/8"]\n'
                     % (REALM, data, RELAY_PORTS[0], RELAY_PORTS[1], TURN_PORT))
         st, out, err = procs.run("hedgewitch-user", [self.binary, "-c", cfg, "user", "add", USER[0],

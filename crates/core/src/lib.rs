@@ -161,6 +161,10 @@ pub enum Action {
         client: Flow,
         /// An IPv6 relayed address (RFC 6156), else IPv4.
         ipv6: bool,
+        /// Whose it is: all of a user's allocations share their bandwidth quota.
+        user: String,
+        /// That quota, bytes a second both ways together (0: none).
+        bandwidth: u64,
     },
     /// TURN: let packets from `peer` through allocation `id`, or stop letting them.
     TurnPermit {

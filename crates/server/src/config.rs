@@ -281,6 +281,8 @@ pub struct TurnConfig {
     pub max_allocations: usize,
     /// Peer addresses one allocation may have permissions for.
     pub permissions_per_allocation: usize,
+    /// kbit/s one user's allocations may relay together, both ways (0: no limit).
+    pub bandwidth_per_user: u64,
 }
 
 impl Default for TurnConfig {
@@ -303,6 +305,7 @@ impl Default for TurnConfig {
             allocations_per_user: d.allocations_per_user,
             max_allocations: d.max_allocations,
             permissions_per_allocation: d.permissions_per_allocation,
+            bandwidth_per_user: d.bandwidth_per_user,
         }
     }
 }
@@ -337,6 +340,7 @@ impl TurnConfig {
             allocations_per_user: self.allocations_per_user,
             max_allocations: self.max_allocations,
             permissions_per_allocation: self.permissions_per_allocation.max(1),
+            bandwidth_per_user: self.bandwidth_per_user,
             urls: vec![],
         }
     }

@@ -50,6 +50,9 @@ pub struct TurnSettings {
     pub max_allocations: usize,
     /// Permissions (peer addresses) one allocation may hold.
     pub permissions_per_allocation: usize,
+    /// What one user's allocations may relay together, kbit/s both ways (0: no limit);
+    /// beyond it datagrams are dropped.
+    pub bandwidth_per_user: u64,
     /// The TURN URIs a page is told (`turn:host:3478?transport=udp`...).
     pub urls: Vec<String>,
 }
@@ -64,6 +67,7 @@ impl Default for TurnSettings {
             allocations_per_user: 10,
             max_allocations: 1000,
             permissions_per_allocation: 64,
+            bandwidth_per_user: 20_000,
             urls: vec![],
         }
     }

@@ -245,10 +245,13 @@ impl Core {
         );
         turn.by_client.insert(five_tuple(&asked.flow), id);
         *turn.per_user.entry(asked.account.to_string()).or_default() += 1;
+        let bandwidth = self.calls.turn.settings().bandwidth_per_user / 8 * 1000;
         self.out.push(Action::TurnAllocate {
             id,
             client: asked.flow,
             ipv6,
+            user: asked.account.to_string(),
+            bandwidth,
         });
         self.arm_turn_sweep(now);
     }

@@ -63,6 +63,8 @@ pub(crate) enum Command {
         sock: UdpSocket,
         client: ClientPath,
         shared: Arc<TurnShared>,
+        /// The user's bandwidth bucket, and its rate (bytes a second, 0: none).
+        bucket: (u32, u64),
     },
     TurnPermit {
         id: u64,
@@ -239,9 +241,10 @@ impl Engine {
                     sock,
                     client,
                     shared,
+                    bucket,
                 }) => {
                     let fd = sock.as_raw_fd();
-                    let token = self.turn.add(id, sock, client, shared);
+                    let token = self.turn.add(id, sock, client, shared, bucket);
                     if let Err(e) = watch(self.epoll.as_raw_fd(), fd, token) {
                         tracing::error!("TURN relayed socket not watched: {e}");
                     }

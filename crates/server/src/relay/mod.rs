@@ -45,6 +45,8 @@ pub struct Relay {
     short: [bool; 2],
     /// TURN allocations: the port pair each holds, and what it has carried.
     turn: HashMap<u64, (u16, Arc<TurnShared>)>,
+    /// Each TURN user's bandwidth bucket in the forwarding thread, by user.
+    buckets: HashMap<String, u32>,
 }
 
 /// What a TURN allocation has carried: datagrams and bytes towards peers and towards the
@@ -111,6 +113,7 @@ impl Relay {
             streams: HashMap::new(),
             short: [false; 2],
             turn: HashMap::new(),
+            buckets: HashMap::new(),
         })
     }
 
@@ -242,7 +245,17 @@ impl Relay {
 
     /// Binds a relayed address for TURN allocation `id` (a pair of the pool, the even port
     /// used); its port, or None when the range is used up.
-    pub(crate) fn turn_allocate(&mut self, id: u64, client: ClientPath, ipv6: bool) -> Option<u16> {
+    /// `quota` is the user and their bandwidth (bytes a second, 0: none), shared by all
+    /// their allocations.
+    pub(crate) fn turn_allocate(
+        &mut self,
+        id: u64,
+        client: ClientPath,
+        ipv6: bool,
+        quota: (&str, u64),
+    ) -> Option<u16> {
+        let next = self.buckets.len() as u32;
+        let bucket = *self.buckets.entry(quota.0.to_string()).or_insert(next);
         let mut tries = self.pool.available().min(8);
         while tries > 0 {
             tries -= 1;
@@ -257,6 +270,7 @@ impl Relay {
                         sock,
                         client,
                         shared: shared.clone(),
+                        bucket: (bucket, quota.1),
                     });
                     self.turn.insert(id, (port, shared));
                     return Some(port);

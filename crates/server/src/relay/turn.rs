@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// What one allocation has carried, read by `hedgewitch turn`.
@@ -41,8 +42,36 @@ pub(crate) enum ClientPath {
     Stream(mpsc::Sender<Bytes>),
 }
 
+/// A user's bandwidth allowance: a token bucket in bytes, holding a second's worth.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// Whether `n` more bytes may go now (and takes them).
+    fn take(&mut self, n: usize) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let burst = self.rate.max(64.0 * 1024.0);
+        self.tokens = (self.tokens + self.rate * (now - self.last).as_secs_f64()).min(burst);
+        self.last = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Alloc {
     sock: UdpSocket,
+    /// Its user's bucket in `Plane::buckets`.
+    bucket: usize,
     client: ClientPath,
     /// Peers with a permission, and whether any of their ports may be reached.
     permits: Vec<(IpAddr, bool)>,
@@ -74,6 +103,8 @@ pub(crate) struct Plane {
     /// never on the server's other services.
     own: Vec<IpAddr>,
     relay_ports: (u16, u16),
+    /// Each user's bandwidth allowance (index given by the edge).
+    buckets: Vec<Bucket>,
     /// Reused for the header of what goes to clients.
     out: Vec<u8>,
     /// What goes to UDP clients in this round of the forwarding loop, sent in one sendmmsg
@@ -99,6 +130,7 @@ impl Plane {
             by_id: HashMap::new(),
             by_client: HashMap::new(),
             control,
+            buckets: vec![],
             out: Vec::with_capacity(2048),
             queued: Vec::with_capacity(256),
             queued_bytes: Vec::with_capacity(256 * 200),
@@ -124,7 +156,21 @@ impl Plane {
         sock: UdpSocket,
         client: ClientPath,
         shared: Arc<TurnShared>,
+        (bucket, rate): (u32, u64),
     ) -> u64 {
+        let bucket = bucket as usize;
+        while self.buckets.len() <= bucket {
+            self.buckets.push(Bucket {
+                rate: 0.0,
+                tokens: 0.0,
+                last: Instant::now(),
+            });
+        }
+        let b = &mut self.buckets[bucket];
+        if b.rate != rate as f64 {
+            b.rate = rate as f64;
+            b.tokens = b.rate;
+        }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.allocs.push(None);
             self.allocs.len() - 1
@@ -136,6 +182,7 @@ impl Plane {
         }
         self.allocs[slot] = Some(Alloc {
             sock,
+            bucket,
             client,
             permits: vec![],
             channels: vec![],
@@ -257,7 +304,8 @@ impl Plane {
         let ours_elsewhere = self.own.contains(&peer.ip())
             && !(lo..=hi).contains(&peer.port())
             && !a.any_port(peer.ip());
-        if !a.permitted(peer.ip()) || ours_elsewhere {
+        if !a.permitted(peer.ip()) || ours_elsewhere || !self.buckets[a.bucket].take(payload.len())
+        {
             a.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -295,7 +343,7 @@ impl Plane {
         let Some(a) = self.allocs.get(slot).and_then(Option::as_ref) else {
             return;
         };
-        if !a.permitted(src.ip()) {
+        if !a.permitted(src.ip()) || !self.buckets[a.bucket].take(data.len()) {
             a.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -157,7 +157,13 @@ impl Edge {
             return;
         };
         match action {
-            Action::TurnAllocate { id, client, ipv6 } => {
+            Action::TurnAllocate {
+                id,
+                client,
+                ipv6,
+                user,
+                bandwidth,
+            } => {
                 let path = match (client.transport, client.conn) {
                     (Transport::Udp, _) => Some(ClientPath::Udp {
                         local: client.local,
@@ -169,7 +175,7 @@ impl Edge {
                 let host = self.turn.relayed_host(client.local, ipv6);
                 let relayed = match (path, host) {
                     (Some(path), Some(host)) => relay
-                        .turn_allocate(id, path, ipv6)
+                        .turn_allocate(id, path, ipv6, (&user, bandwidth))
                         .map(|port| SocketAddr::new(host, port)),
                     _ => None,
                 };
