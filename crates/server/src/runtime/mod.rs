@@ -242,7 +242,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let bindings = store.bindings()?;
     let store_tx = spawn_store(store);
 
-    let (tls_cfg, self_signed) = crate::tls::effective(&cfg)?;
+    let (tls_cfg, self_signed) = crate::setup::effective_tls(&cfg)?;
     let tls = crate::tls::Tls::new(&tls_cfg).map_err(|e| format!("tls: {e}"))?;
     // Bounded: under overload UDP input is dropped at the socket edge and streams wait.
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);

@@ -3,6 +3,7 @@
 //! (RFC 3263), with the others kept for fail-over.
 
 use super::*;
+use crate::proxy::Decision;
 
 impl Core {
     /// A user's registered contacts as hops.
@@ -79,6 +80,40 @@ impl Core {
                 Some(b.flow)
             }
             None => None,
+        }
+    }
+
+    /// The decision for a request to GRUU `uri`: on to the instance's contacts, else 480
+    /// (a known instance that is not registered now) or 404. `reveal` false (a caller from
+    /// another domain) answers 404 for both, so that the answer tells nothing about users,
+    /// and reaches only users who accept calls from outside.
+    pub(crate) fn to_instance(
+        &self,
+        now: Instant,
+        uri: &Uri<'_>,
+        pop: usize,
+        hash: &str,
+        reveal: bool,
+    ) -> Decision {
+        let Some(crate::gruu::GruuTarget::Instance { aor, instance }) = self.gruu_target(uri)
+        else {
+            return Decision::Reply(404, "Not Found");
+        };
+        if !reveal && !self.plan.accepts_external(&aor) {
+            return Decision::Reply(404, "Not Found");
+        }
+        let hops = self.instance_hops(&aor, &instance, now);
+        if hops.is_empty() {
+            return if reveal {
+                Decision::Reply(480, "Temporarily Unavailable")
+            } else {
+                Decision::Reply(404, "Not Found")
+            };
+        }
+        Decision::Forward {
+            hops,
+            pop,
+            hash: hash.to_string(),
         }
     }
 
