@@ -274,50 +274,6 @@ pub fn banner(cfg: &Config, served: &[Served], users: usize, relay: Option<(u16,
     b
 }
 
-/// The TLS settings in force for `cfg`: its `[tls]`, or, when it names no certificate but
-/// has a `wss:` listener or a TURN `tls:` one, a self-signed pair kept in the data folder
-/// (made at the first start), so that the softphone page works out of the box. The second
-/// value says the pair is that self-signed one: SIP `tls:` listeners still need `[tls]`,
-/// since other domains would not trust it.
-pub fn effective_tls(cfg: &crate::config::Config) -> Result<(crate::tls::TlsConfig, bool), String> {
-    use crate::core::Transport;
-    let wants = cfg.listen.iter().any(|l| l.transport == Transport::Wss)
-        || (cfg.turn.enabled
-            && cfg
-                .turn
-                .listen
-                .iter()
-                .any(|l| l.transport == Transport::Tls));
-    if cfg.tls.certificate.is_some() || cfg.tls.key.is_some() || !wants {
-        return Ok((cfg.tls.clone(), false));
-    }
-    let dir = cfg.data_dir.join("tls");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    if !(cert.is_file() && key.is_file()) {
-        let names: Vec<String> = cfg
-            .listen
-            .iter()
-            .filter(|l| l.transport == Transport::Wss)
-            .map(|l| crate::transport::guess_host(l.addr, cfg.advertise).to_string())
-            .chain(["localhost".to_string()])
-            .collect();
-        crate::tls::self_signed(&cfg.domain, &names, &dir)?;
-        tracing::info!(
-            dir = %dir.display(),
-            "made a self-signed certificate for the web page (browsers warn about it once; \
-             docs/browser.md says how to use a real one)"
-        );
-    }
-    Ok((
-        crate::tls::TlsConfig {
-            certificate: Some(cert),
-            key: Some(key),
-            ca_files: cfg.tls.ca_files.clone(),
-        },
-        true,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

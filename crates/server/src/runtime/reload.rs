@@ -111,7 +111,7 @@ impl Reloader {
         let plan = live.build_plan(&users, &stored)?;
         // Certificates are read again on every reload: a renewal replaces the files at the
         // same paths, with nothing changed in the config file.
-        let (new_tls, _) = crate::setup::effective_tls(&new)?;
+        let (new_tls, _) = super::effective_tls(&new)?;
         let tls = edge
             .tls
             .prepare(&new_tls)
