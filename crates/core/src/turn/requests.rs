@@ -191,7 +191,7 @@ impl Core {
                 banned = %ban.source,
                 secs = ban.length.as_secs(),
                 offence = ban.offence,
-                "source banned after failed logins"
+                "source banned for failed logins"
             );
         }
     }
