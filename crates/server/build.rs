@@ -13,7 +13,15 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let web = manifest.join("../../web");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("web");
-    for watched in ["src", "build.mjs", "package.json", "package-lock.json"] {
+    // node_modules' stamp too: when `npm ci` ran elsewhere (scripts/test) after a build
+    // without Node, the page is built then.
+    for watched in [
+        "src",
+        "build.mjs",
+        "package.json",
+        "package-lock.json",
+        "node_modules/.package-lock.json",
+    ] {
         println!("cargo:rerun-if-changed={}", web.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=HEDGEWITCH_WEB_DIST");
