@@ -1,6 +1,6 @@
 //! The TURN server with coturn's test client (`turnutils_uclient`, Debian's `coturn`):
 //! allocations relay in both directions over UDP, TCP and TLS, over channels and with
-//! Send/Data indications, for a
+//! Send/Data indications, and over TCP relays (RFC 6062), for a
 //! SIP account's password and for time-limited credentials made with the shared secret; the
 //! default policy refuses peers on the server's own network; `hedgewitch turn` shows the
 //! allocations and what they carried.
@@ -113,6 +113,16 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
     assert!(
         sent >= 80 && received == sent,
         "TLS: sent {sent}, received {received}\n{}",
+        r.stdout
+    );
+
+    // TCP relays (RFC 6062): each client's peer is reached over a TCP connection from the
+    // relayed address (Connect, ConnectionAttempt, ConnectionBind).
+    let r = uclient(&srv, port, &sip, &["-T"], "uclient-tcp-relay");
+    let (sent, received) = sent_and_received(&r.stdout);
+    assert!(
+        sent >= 80 && received == sent,
+        "TCP relay: sent {sent}, received {received}\n{}",
         r.stdout
     );
 

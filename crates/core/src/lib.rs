@@ -165,6 +165,31 @@ pub enum Action {
         user: String,
         /// That quota, bytes a second both ways together (0: none).
         bandwidth: u64,
+        /// A TCP relay (RFC 6062): a listening TCP socket instead of a UDP one.
+        tcp: bool,
+    },
+    /// TURN (RFC 6062): connect from allocation `id`'s relayed address to `peer`; the edge
+    /// answers with `handle_turn_connected`.
+    TurnConnect {
+        /// The allocation.
+        id: u64,
+        /// The connection's CONNECTION-ID.
+        connection: u32,
+        /// Where to connect.
+        peer: SocketAddr,
+    },
+    /// TURN (RFC 6062): join peer connection `connection` to the client's data connection
+    /// `data_conn` (the edge pipes them from now on).
+    TurnJoin {
+        /// The peer's connection.
+        connection: u32,
+        /// The client's connection that bound it.
+        data_conn: ConnId,
+    },
+    /// TURN (RFC 6062): drop a peer connection nobody bound (or whose allocation ended).
+    TurnDropConnection {
+        /// The connection.
+        connection: u32,
     },
     /// TURN: let packets from `peer` through allocation `id`, or stop letting them.
     TurnPermit {

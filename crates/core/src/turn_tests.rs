@@ -276,3 +276,124 @@ fn guessed_turn_passwords_ban_the_source() {
     });
     assert_eq!((code, bytes.len()), (0, 0));
 }
+
+fn tcp_flow(conn: ConnId) -> Flow {
+    Flow {
+        transport: Transport::Tcp,
+        local: addr(TURN),
+        remote: addr(CLIENT),
+        conn: Some(conn),
+    }
+}
+
+impl T {
+    /// A signed request from `c` over stream connection `conn`; the actions it produced.
+    fn turn_on(
+        &mut self,
+        c: &mut Client,
+        conn: ConnId,
+        method: u16,
+        add: impl Fn(&mut Writer),
+    ) -> Vec<Action> {
+        let data = c.request(method, add);
+        self.core.handle_turn(self.now, tcp_flow(conn), &data);
+        self.core.take_actions()
+    }
+}
+
+fn answer_of(actions: &[Action]) -> Option<(Class, Option<u16>, Option<u32>)> {
+    actions.iter().find_map(|a| match a {
+        Action::Send { data, .. } => {
+            sip::turn::parse(data).map(|m| (m.class.unwrap(), m.error_code, m.connection_id))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_tcp_relay_connects_to_a_peer_and_the_client_binds_the_connection() {
+    let mut t = T::new();
+    let mut c = Client::new("alice", "secret");
+    let tcp = |w: &mut Writer| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    };
+    // Over UDP, a TCP relay is refused (RFC 6062 §5.1).
+    let _ = t.turn(&mut c, sip::turn::ALLOCATE, tcp);
+    let (_, code, _) = t.turn(&mut c, sip::turn::ALLOCATE, tcp);
+    assert_eq!(code, 400);
+    // Over the client's TCP connection 1 it is made.
+    let out = t.turn_on(&mut c, 1, sip::turn::ALLOCATE, tcp);
+    let id = out
+        .iter()
+        .find_map(|a| match a {
+            Action::TurnAllocate { id, tcp: true, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a TCP relay asked of the edge");
+    t.core
+        .handle_turn_allocated(t.now, id, Some(addr("127.0.0.1:50000")));
+    assert_eq!(
+        answer_of(&t.core.take_actions()).map(|a| a.0),
+        Some(Class::Success)
+    );
+
+    // Connect: the edge connects, the answer carries the CONNECTION-ID.
+    let out = t.turn_on(&mut c, 1, sip::turn::CONNECT, |w| {
+        peer(w, "198.51.100.7:443")
+    });
+    let connection = out
+        .iter()
+        .find_map(|a| match a {
+            Action::TurnConnect { connection, .. } => Some(*connection),
+            _ => None,
+        })
+        .expect("the edge connects");
+    t.core.handle_turn_connected(t.now, connection, true);
+    let (class, _, cid) = answer_of(&t.core.take_actions()).unwrap();
+    assert_eq!((class, cid), (Class::Success, Some(connection)));
+    // The same peer again: 446.
+    let out = t.turn_on(&mut c, 1, sip::turn::CONNECT, |w| {
+        peer(w, "198.51.100.7:443")
+    });
+    assert_eq!(answer_of(&out).and_then(|a| a.1), Some(446));
+
+    // ConnectionBind on the client's new connection 2 joins them.
+    let out = t.turn_on(&mut c, 2, sip::turn::CONNECTION_BIND, |w| {
+        w.attr(attr::CONNECTION_ID, &connection.to_be_bytes());
+    });
+    assert_eq!(answer_of(&out).map(|a| a.0), Some(Class::Success));
+    assert!(out.iter().any(
+        |a| matches!(a, Action::TurnJoin { connection: c2, data_conn: 2 } if *c2 == connection)
+    ));
+    // It cannot be bound twice.
+    let out = t.turn_on(&mut c, 3, sip::turn::CONNECTION_BIND, |w| {
+        w.attr(attr::CONNECTION_ID, &connection.to_be_bytes());
+    });
+    assert_eq!(answer_of(&out).and_then(|a| a.1), Some(400));
+
+    // A peer connecting in without a permission is dropped; with one, the client hears of
+    // it, and the connection goes if nobody binds it within 30 s.
+    assert_eq!(
+        t.core
+            .handle_turn_peer(t.now, id, addr("198.51.100.9:5000")),
+        None
+    );
+    let out = t.turn_on(&mut c, 1, sip::turn::CREATE_PERMISSION, |w| {
+        peer(w, "198.51.100.9:0")
+    });
+    assert_eq!(answer_of(&out).map(|a| a.0), Some(Class::Success));
+    let incoming = t
+        .core
+        .handle_turn_peer(t.now, id, addr("198.51.100.9:5000"))
+        .expect("announced");
+    let attempt = t.core.take_actions();
+    assert!(attempt.iter().any(|a| matches!(a, Action::Send { data, .. }
+        if sip::turn::parse(data).is_some_and(|m| m.method == sip::turn::CONNECTION_ATTEMPT
+            && m.connection_id == Some(incoming)))));
+    t.advance(Duration::from_secs(40));
+    t.stash.extend(t.core.take_actions());
+    assert!(t
+        .stash
+        .iter()
+        .any(|a| matches!(a, Action::TurnDropConnection { connection: c2 } if *c2 == incoming)));
+}

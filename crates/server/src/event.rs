@@ -33,6 +33,33 @@ pub enum Event {
         /// One whole frame.
         data: Bytes,
     },
+    /// TURN (RFC 6062): a peer connected to a TCP allocation's relayed address.
+    TurnPeerArrived {
+        /// The allocation.
+        alloc: u64,
+        /// The peer.
+        remote: SocketAddr,
+        /// Its connection, kept until the client binds it.
+        stream: tokio::net::TcpStream,
+    },
+    /// TURN (RFC 6062): the connection to a peer a Connect asked for (None: it failed).
+    TurnConnected {
+        /// Its CONNECTION-ID.
+        connection: u32,
+        /// The connection.
+        stream: Option<tokio::net::TcpStream>,
+    },
+    /// TURN (RFC 6062): a client opened a data connection (it starts with ConnectionBind).
+    TurnDataOpened {
+        /// Its number.
+        id: ConnId,
+        /// The client.
+        remote: SocketAddr,
+        /// Takes the answer to the ConnectionBind.
+        sender: mpsc::Sender<Bytes>,
+        /// Takes the peer's connection once bound.
+        join: mpsc::Sender<tokio::net::TcpStream>,
+    },
     /// A stream connection was accepted or opened by us.
     ConnOpened {
         /// Its number, used in `Flow::conn`.

@@ -61,6 +61,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// Binds a TCP listening socket (IPv6 only for an IPv6 address, so both wildcards can be
 /// bound; SO_REUSEADDR so a restart can bind at once).
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_tcp_std(addr)?)
+}
+
+/// The same, as a standard socket (non-blocking), for a thread without the event loop.
+pub fn bind_tcp_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -74,7 +79,7 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
 /// A UDP listener, read by the event loop itself (no hand-over to another task).

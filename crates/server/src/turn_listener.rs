@@ -85,6 +85,34 @@ where
         registered,
     } = conn;
     let id = next_conn_id();
+    let flow = Flow {
+        transport,
+        local,
+        remote,
+        conn: Some(id),
+    };
+    // The first message decides what the connection is: a data connection of a TCP relay
+    // starts with ConnectionBind (RFC 6062 §4.4) and becomes a pipe; any other is a client's.
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(4096);
+    let first_len = loop {
+        match sip::turn::frame_len(&buf) {
+            Some(0) => return,
+            Some(n) if n > MAX_FRAME => return,
+            Some(n) if buf.len() >= n => break n,
+            _ => {}
+        }
+        let read = tokio::time::timeout(conn_limits::IDLE_UNREGISTERED, stream.read_buf(&mut buf));
+        match read.await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    let is_bind =
+        sip::turn::parse(&buf[..first_len]).is_some_and(|m| m.method == sip::turn::CONNECTION_BIND);
+    if is_bind {
+        return data_connection(stream, buf, first_len, flow, events).await;
+    }
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let opened = Event::ConnOpened {
@@ -104,22 +132,19 @@ where
             }
         }
     });
-    let flow = Flow {
-        transport,
-        local,
-        remote,
-        conn: Some(id),
-    };
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
     'read: loop {
         let idle = if registered.load(Ordering::Relaxed) {
             conn_limits::IDLE_REGISTERED
         } else {
             conn_limits::IDLE_UNREGISTERED
         };
-        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => break,
+        // The first message is already in the buffer.
+        if !std::mem::take(&mut first) {
+            match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
         }
         while let Some(len) = sip::turn::frame_len(&buf) {
             if len == 0 || len > MAX_FRAME {
@@ -146,4 +171,61 @@ where
     }
     let _ = events.send(Event::ConnClosed { id, remote }).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// A client's data connection of a TCP relay: its ConnectionBind goes to the core; once
+/// answered with success and given the peer's connection, the two are piped until either
+/// side closes.
+async fn data_connection<S>(
+    mut stream: S,
+    mut buf: BytesMut,
+    first_len: usize,
+    flow: Flow,
+    events: mpsc::Sender<Event>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Some(id) = flow.conn else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let (jtx, mut jrx) = mpsc::channel::<tokio::net::TcpStream>(1);
+    let opened = Event::TurnDataOpened {
+        id,
+        remote: flow.remote,
+        sender: tx,
+        join: jtx,
+    };
+    let bind = buf.split_to(first_len).freeze();
+    if events.send(opened).await.is_err()
+        || events.send(Event::Turn { flow, data: bind }).await.is_err()
+    {
+        return;
+    }
+    let wait = Duration::from_secs(10);
+    let joined = async {
+        let answer = tokio::time::timeout(wait, rx.recv()).await.ok().flatten()?;
+        stream.write_all(&answer).await.ok()?;
+        let ok =
+            sip::turn::parse(&answer).is_some_and(|m| m.class == Some(sip::turn::Class::Success));
+        if !ok {
+            return None;
+        }
+        tokio::time::timeout(wait, jrx.recv()).await.ok().flatten()
+    }
+    .await;
+    let _ = events
+        .send(Event::ConnClosed {
+            id,
+            remote: flow.remote,
+        })
+        .await;
+    let Some(mut peer) = joined else {
+        return;
+    };
+    // What the client sent after its ConnectionBind is the peer's already.
+    if !buf.is_empty() && peer.write_all(&buf).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut peer).await;
 }

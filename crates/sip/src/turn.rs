@@ -28,6 +28,12 @@ pub const DATA: u16 = 0x007;
 pub const CREATE_PERMISSION: u16 = 0x008;
 /// ChannelBind (§12).
 pub const CHANNEL_BIND: u16 = 0x009;
+/// Connect (RFC 6062 §4.3): a TCP connection from the relayed address to a peer.
+pub const CONNECT: u16 = 0x00A;
+/// ConnectionBind (RFC 6062 §4.4): a new client connection joined to a peer's.
+pub const CONNECTION_BIND: u16 = 0x00B;
+/// ConnectionAttempt indication (RFC 6062 §4.4): a peer connected to the relayed address.
+pub const CONNECTION_ATTEMPT: u16 = 0x00C;
 
 /// Attribute types (RFC 8489 §18.3, RFC 8656 §18, RFC 8445 §16).
 pub mod attr {
@@ -67,6 +73,8 @@ pub mod attr {
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     /// RESERVATION-TOKEN.
     pub const RESERVATION_TOKEN: u16 = 0x0022;
+    /// CONNECTION-ID (RFC 6062).
+    pub const CONNECTION_ID: u16 = 0x002A;
     /// ADDITIONAL-ADDRESS-FAMILY.
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
     /// SOFTWARE.
@@ -168,6 +176,8 @@ pub struct Message<'a> {
     pub relayed: Option<SocketAddr>,
     /// XOR-MAPPED-ADDRESS, in a success response.
     pub mapped: Option<SocketAddr>,
+    /// CONNECTION-ID (RFC 6062).
+    pub connection_id: Option<u32>,
 }
 
 /// Whether `data` looks like a STUN message: top bits zero, the cookie, a length that fits.
@@ -269,6 +279,9 @@ pub fn parse(data: &[u8]) -> Option<Message<'_>> {
             }
             attr::DATA => m.data = Some(value),
             attr::EVEN_PORT => m.even_port = true,
+            attr::CONNECTION_ID => {
+                m.connection_id = Some(u32::from_be_bytes(value.try_into().ok()?))
+            }
             attr::RESERVATION_TOKEN => m.reservation_token = true,
             attr::DONT_FRAGMENT => m.dont_fragment = true,
             attr::ERROR_CODE => {

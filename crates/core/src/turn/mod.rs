@@ -12,6 +12,7 @@
 
 mod credentials;
 mod requests;
+mod tcp;
 
 use crate::flow::Flow;
 use std::collections::HashMap;
@@ -88,6 +89,26 @@ pub(crate) struct Allocation {
     created: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
+    /// An RFC 6062 allocation: TCP connections to and from peers instead of datagrams.
+    tcp: bool,
+}
+
+/// A TCP connection of an RFC 6062 allocation, to or from a peer, by its CONNECTION-ID.
+pub(crate) struct TcpConnection {
+    alloc: u64,
+    peer: SocketAddr,
+    state: TcpState,
+    since: Instant,
+}
+
+/// Where a TCP connection of an allocation is.
+pub(crate) enum TcpState {
+    /// The edge is connecting to the peer for the Connect request with this id.
+    Connecting([u8; 12]),
+    /// Connected (or accepted): the client has 30 s to join it with ConnectionBind.
+    AwaitingBind,
+    /// Joined to a client data connection; the edge pipes them.
+    Joined,
 }
 
 /// The TURN server's allocations, and its settings.
@@ -98,6 +119,8 @@ pub(crate) struct TurnServer {
     /// The allocation of each client 5-tuple (RFC 8656 §2.2: at most one).
     by_client: HashMap<FiveTuple, u64>,
     per_user: HashMap<String, usize>,
+    /// TCP connections of RFC 6062 allocations.
+    connections: HashMap<u32, TcpConnection>,
     /// The sweep timer is armed.
     sweeping: bool,
 }

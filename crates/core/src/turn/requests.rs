@@ -16,17 +16,18 @@ use std::time::{Duration, Instant};
 
 const SOFTWARE: &str = concat!("hedgewitch/", env!("CARGO_PKG_VERSION"));
 
-/// UDP's protocol number: the only relayed transport here (RFC 6062 TCP relays are not).
+/// The protocol numbers of the relayed transports: UDP, and TCP (RFC 6062).
 const UDP: u8 = 17;
+const TCP: u8 = 6;
 
 /// The request being answered: where it came from, and what an answer must repeat.
-struct Asked<'a> {
-    flow: Flow,
-    method: u16,
-    txid: [u8; 12],
+pub(super) struct Asked<'a> {
+    pub(super) flow: Flow,
+    pub(super) method: u16,
+    pub(super) txid: [u8; 12],
     /// The key the answer is signed with, once the request proved it has it.
-    key: Option<[u8; 16]>,
-    account: &'a str,
+    pub(super) key: Option<[u8; 16]>,
+    pub(super) account: &'a str,
 }
 
 impl Core {
@@ -72,6 +73,8 @@ impl Core {
             sip::turn::REFRESH => self.turn_refresh(now, &asked, &msg),
             sip::turn::CREATE_PERMISSION => self.turn_permit(now, &asked, &msg),
             sip::turn::CHANNEL_BIND => self.turn_bind(now, &asked, &msg),
+            sip::turn::CONNECT => self.turn_connect(now, &asked, &msg),
+            sip::turn::CONNECTION_BIND => self.turn_connection_bind(&asked, &msg),
             _ => self.turn_error(&asked, 400, "Bad Request"),
         }
     }
@@ -201,11 +204,14 @@ impl Core {
         if turn.by_client.contains_key(&five_tuple(&asked.flow)) {
             return self.turn_error(asked, 437, "Allocation Mismatch");
         }
-        match msg.requested_transport {
+        let tcp = match msg.requested_transport {
             None => return self.turn_error(asked, 400, "Bad Request"),
-            Some(UDP) => {}
+            Some(UDP) => false,
+            // RFC 6062 §5.1: TCP relays for clients that came over a stream.
+            Some(TCP) if asked.flow.transport.is_reliable() => true,
+            Some(TCP) => return self.turn_error(asked, 400, "Bad Request: TCP Relay Needs TCP"),
             Some(_) => return self.turn_error(asked, 442, "Unsupported Transport Protocol"),
-        }
+        };
         if msg.reservation_token {
             return self.turn_error(asked, 508, "Insufficient Capacity");
         }
@@ -241,6 +247,7 @@ impl Core {
                 created: now,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
+                tcp,
             },
         );
         turn.by_client.insert(five_tuple(&asked.flow), id);
@@ -252,12 +259,13 @@ impl Core {
             ipv6,
             user: asked.account.to_string(),
             bandwidth,
+            tcp,
         });
         self.arm_turn_sweep(now);
     }
 
     /// The allocation of the request's 5-tuple, made by the same user (else answered).
-    fn turn_allocation(&mut self, asked: &Asked<'_>) -> Option<u64> {
+    pub(super) fn turn_allocation(&mut self, asked: &Asked<'_>) -> Option<u64> {
         let turn = &self.calls.turn;
         let Some(id) = turn.by_client.get(&five_tuple(&asked.flow)).copied() else {
             self.turn_error(asked, 437, "Allocation Mismatch");
@@ -293,7 +301,12 @@ impl Core {
     }
 
     /// Refuses peers of the other family (443) and peers the policy forbids (403).
-    fn peers_refused(&mut self, asked: &Asked<'_>, id: u64, peers: &[SocketAddr]) -> bool {
+    pub(super) fn peers_refused(
+        &mut self,
+        asked: &Asked<'_>,
+        id: u64,
+        peers: &[SocketAddr],
+    ) -> bool {
         let Some(relayed) = self.calls.turn.allocations.get(&id).and_then(|a| a.relayed) else {
             return true;
         };
@@ -414,6 +427,16 @@ impl Core {
             return;
         };
         turn.by_client.remove(&five_tuple(&a.client));
+        let gone: Vec<u32> = turn
+            .connections
+            .iter()
+            .filter(|(_, c)| c.alloc == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for c in gone {
+            turn.connections.remove(&c);
+            self.out.push(Action::TurnDropConnection { connection: c });
+        }
         if let Some(n) = turn.per_user.get_mut(&a.user) {
             *n -= 1;
             if *n == 0 {
@@ -478,6 +501,7 @@ impl Core {
                 keep
             });
         }
+        self.expire_tcp_connections(now);
         for id in ended {
             if let Some(a) = self.calls.turn.allocations.get(&id) {
                 tracing::info!(user = %a.user, client = %a.client.remote, "TURN allocation expired");
@@ -489,20 +513,20 @@ impl Core {
         }
     }
 
-    fn turn_ok(&mut self, asked: &Asked<'_>) {
+    pub(super) fn turn_ok(&mut self, asked: &Asked<'_>) {
         let mut w = Writer::new(asked.method, Class::Success, &asked.txid);
         w.software(SOFTWARE);
         self.turn_send(asked.flow, w.finish(asked.key.as_ref().map(|k| &k[..])));
     }
 
-    fn turn_error(&mut self, asked: &Asked<'_>, code: u16, reason: &str) {
+    pub(super) fn turn_error(&mut self, asked: &Asked<'_>, code: u16, reason: &str) {
         tracing::debug!(code, reason, method = asked.method, client = %asked.flow.remote, "TURN error answer");
         let mut w = Writer::new(asked.method, Class::Error, &asked.txid);
         w.error(code, reason).software(SOFTWARE);
         self.turn_send(asked.flow, w.finish(asked.key.as_ref().map(|k| &k[..])));
     }
 
-    fn turn_send(&mut self, flow: Flow, data: Vec<u8>) {
+    pub(super) fn turn_send(&mut self, flow: Flow, data: Vec<u8>) {
         self.out.push(Action::Send {
             flow,
             data: Bytes::from(data),

@@ -284,6 +284,34 @@ impl Relay {
         None
     }
 
+    /// A TCP relayed address (RFC 6062) for TURN allocation `id`: a listening socket on a
+    /// port of the pool; the port, and the socket.
+    pub fn turn_tcp_listener(
+        &mut self,
+        id: u64,
+        ipv6: bool,
+    ) -> Option<(u16, std::net::TcpListener)> {
+        let mut tries = self.pool.available().min(8);
+        while tries > 0 {
+            tries -= 1;
+            let port = self.pool.take()?;
+            let any: IpAddr = if ipv6 {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
+            match crate::transport::bind_tcp_std(SocketAddr::new(any, port)) {
+                Ok(l) => {
+                    self.turn
+                        .insert(id, (port, Arc::new(TurnShared::default())));
+                    return Some((port, l));
+                }
+                Err(_) => self.pool.give_back(port),
+            }
+        }
+        None
+    }
+
     /// A TURN permission for `peer` given (or revoked) on allocation `id`.
     pub fn turn_permit(&mut self, id: u64, peer: IpAddr, allow: bool, any_port: bool) {
         self.send(Command::TurnPermit {

@@ -143,7 +143,10 @@ impl Edge {
                 a @ (Action::TurnAllocate { .. }
                 | Action::TurnPermit { .. }
                 | Action::TurnChannel { .. }
-                | Action::TurnRelease { .. }) => self.carry_out_turn(core, a),
+                | Action::TurnRelease { .. }
+                | Action::TurnConnect { .. }
+                | Action::TurnJoin { .. }
+                | Action::TurnDropConnection { .. }) => self.carry_out_turn(core, a),
                 relay => self.carry_out_relay(core, relay),
             }
         }

@@ -464,6 +464,20 @@ fn handle_event(
         Event::Message { flow, data } => core.handle_message(now, flow, data),
         Event::Turn { flow, data } => core.handle_turn(now, flow, &data),
         Event::TurnData { conn, data } => edge.turn_stream_data(conn, data),
+        Event::TurnPeerArrived {
+            alloc,
+            remote,
+            stream,
+        } => edge.turn_peer_arrived(core, alloc, remote, stream),
+        Event::TurnConnected { connection, stream } => {
+            edge.turn_connected(core, connection, stream)
+        }
+        Event::TurnDataOpened {
+            id,
+            remote: _,
+            sender,
+            join,
+        } => edge.turn_data_opened(id, sender, join),
         Event::ConnOpened {
             id,
             remote,
@@ -476,6 +490,7 @@ fn handle_event(
         }
         Event::ConnClosed { id, remote } => {
             edge.conns.remove(&id);
+            edge.turn_conn_closed(id);
             // Only a connection something registered over can take registrations with it.
             if edge
                 .held

@@ -22,6 +22,11 @@ pub(super) struct TurnEdge {
     hosts: Vec<(SocketAddr, IpAddr, Transport)>,
     /// Allocations of stream clients, by connection.
     by_conn: HashMap<ConnId, u64>,
+    /// RFC 6062: peer connections waiting for the client's ConnectionBind, by CONNECTION-ID;
+    /// the client data connections waiting for theirs; each TCP allocation's accept loop.
+    peers: HashMap<u32, tokio::net::TcpStream>,
+    joins: HashMap<ConnId, tokio::sync::mpsc::Sender<tokio::net::TcpStream>>,
+    acceptors: HashMap<u64, tokio::task::JoinHandle<()>>,
 }
 
 impl TurnEdge {
@@ -161,8 +166,34 @@ impl Edge {
                 id,
                 client,
                 ipv6,
+                tcp: true,
+                ..
+            } => {
+                let host = self.turn.relayed_host(client.local, ipv6);
+                let relayed = host.and_then(|host| {
+                    let (port, listener) = relay.turn_tcp_listener(id, ipv6)?;
+                    let listener = tokio::net::TcpListener::from_std(listener).ok()?;
+                    let events = self.events.clone();
+                    self.turn
+                        .acceptors
+                        .insert(id, tokio::spawn(accept_peers(listener, id, events)));
+                    Some(SocketAddr::new(host, port))
+                });
+                if let Some(c) = client.conn.filter(|_| relayed.is_some()) {
+                    self.turn.by_conn.insert(c, id);
+                    if let Some(flag) = self.held.get(&c) {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                core.handle_turn_allocated(Instant::now(), id, relayed);
+            }
+            Action::TurnAllocate {
+                id,
+                client,
+                ipv6,
                 user,
                 bandwidth,
+                ..
             } => {
                 let path = match (client.transport, client.conn) {
                     (Transport::Udp, _) => Some(ClientPath::Udp {
@@ -201,16 +232,113 @@ impl Edge {
             Action::TurnChannel { id, channel, peer } => relay.turn_channel(id, channel, peer),
             Action::TurnRelease { id } => {
                 self.turn.by_conn.retain(|_, a| *a != id);
+                if let Some(task) = self.turn.acceptors.remove(&id) {
+                    task.abort();
+                }
                 relay.turn_release(id);
+            }
+            Action::TurnConnect {
+                connection, peer, ..
+            } => {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let stream = tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        tokio::net::TcpStream::connect(peer),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                    let _ = events
+                        .send(crate::event::Event::TurnConnected { connection, stream })
+                        .await;
+                });
+            }
+            Action::TurnJoin {
+                connection,
+                data_conn,
+            } => {
+                let peer = self.turn.peers.remove(&connection);
+                match (peer, self.turn.joins.remove(&data_conn)) {
+                    (Some(peer), Some(join)) => {
+                        let _ = join.try_send(peer);
+                    }
+                    _ => tracing::debug!(connection, "TURN join with a side gone"),
+                }
+            }
+            Action::TurnDropConnection { connection } => {
+                self.turn.peers.remove(&connection);
             }
             other => tracing::error!("not a TURN action: {other:?}"),
         }
+    }
+
+    /// RFC 6062: a peer connected to a TCP allocation's relayed address.
+    pub(super) fn turn_peer_arrived(
+        &mut self,
+        core: &mut Core,
+        alloc: u64,
+        remote: SocketAddr,
+        stream: tokio::net::TcpStream,
+    ) {
+        if let Some(c) = core.handle_turn_peer(Instant::now(), alloc, remote) {
+            self.turn.peers.insert(c, stream);
+        }
+    }
+
+    /// RFC 6062: the connection a Connect asked for is there, or failed.
+    pub(super) fn turn_connected(
+        &mut self,
+        core: &mut Core,
+        connection: u32,
+        stream: Option<tokio::net::TcpStream>,
+    ) {
+        let ok = stream.is_some();
+        if let Some(s) = stream {
+            self.turn.peers.insert(connection, s);
+        }
+        core.handle_turn_connected(Instant::now(), connection, ok);
+    }
+
+    /// RFC 6062: a client's data connection, waiting for its ConnectionBind's answer and
+    /// then for the peer's connection.
+    pub(super) fn turn_data_opened(
+        &mut self,
+        id: ConnId,
+        sender: tokio::sync::mpsc::Sender<bytes::Bytes>,
+        join: tokio::sync::mpsc::Sender<tokio::net::TcpStream>,
+    ) {
+        self.conns.insert(id, sender);
+        self.turn.joins.insert(id, join);
+    }
+
+    /// A connection closed: it no longer waits to be joined.
+    pub(super) fn turn_conn_closed(&mut self, id: ConnId) {
+        self.turn.joins.remove(&id);
     }
 
     /// ChannelData or a Send indication from a stream client: to its allocation's relay.
     pub(super) fn turn_stream_data(&mut self, conn: ConnId, data: bytes::Bytes) {
         if let (Some(id), Some(relay)) = (self.turn.by_conn.get(&conn), self.relay.as_mut()) {
             relay.turn_from_stream(*id, data);
+        }
+    }
+}
+
+/// Accepts peers' connections to a TCP allocation's relayed address, for the core to judge.
+async fn accept_peers(
+    listener: tokio::net::TcpListener,
+    alloc: u64,
+    events: tokio::sync::mpsc::Sender<crate::event::Event>,
+) {
+    while let Ok((stream, remote)) = listener.accept().await {
+        let ev = crate::event::Event::TurnPeerArrived {
+            alloc,
+            remote,
+            stream,
+        };
+        if events.send(ev).await.is_err() {
+            return;
         }
     }
 }
