@@ -1,6 +1,6 @@
 //! The TURN server with coturn's test client (`turnutils_uclient`, Debian's `coturn`):
 //! allocations relay in both directions over UDP, TCP and TLS, over channels and with
-//! Send/Data indications, and over TCP relays (RFC 6062), for a
+//! Send/Data indications, over TCP relays (RFC 6062) and IPv6 relayed addresses (RFC 6156), for a
 //! SIP account's password and for time-limited credentials made with the shared secret; the
 //! default policy refuses peers on the server's own network; `hedgewitch turn` shows the
 //! allocations and what they carried.
@@ -20,11 +20,14 @@ fn turn_server(allow_loopback: bool) -> (Server, u16, u16) {
     let (port, tls_port) = (free_port(), free_port());
     let certs = self_signed_certs(&test_dir());
     let allowed = if allow_loopback {
-        "[\"127.0.0.0/8\"]"
+        "[\"127.0.0.0/8\", \"::1\"]"
     } else {
         "[]"
     };
-    let listen = format!("\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\", \"tls:{HOST}:{tls_port}\"");
+    // On [::1] too: relayed addresses of either family (RFC 6156).
+    let listen = format!(
+        "\"udp:{HOST}:{port}\", \"tcp:{HOST}:{port}\", \"tls:{HOST}:{tls_port}\", \"udp:[::1]:{port}\""
+    );
     let srv = Server::start(ServerOpts {
         extra_config: format!(
             "{}[turn]\nlisten = [{listen}]\nallowed_peers = {allowed}\nsecret = \"{SECRET}\"\n",
@@ -116,6 +119,15 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
         r.stdout
     );
 
+    // An IPv6 relayed address (RFC 6156), asked for by a client that came over IPv4.
+    let r = uclient(&srv, port, &sip, &["-x"], "uclient-ipv6-relay");
+    let (sent, received) = sent_and_received(&r.stdout);
+    assert!(
+        sent >= 80 && received == sent,
+        "IPv6 relay: sent {sent}, received {received}\n{}",
+        r.stdout
+    );
+
     // TCP relays (RFC 6062): each client's peer is reached over a TCP connection from the
     // relayed address (Connect, ConnectionAttempt, ConnectionBind).
     let r = uclient(&srv, port, &sip, &["-T"], "uclient-tcp-relay");
@@ -164,9 +176,10 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
     let _ = held.kill();
     let _ = held.wait();
     assert!(shown, "{list:?}");
+    // Relayed addresses on the TURN listeners' addresses (IPv6 ones from the `-x` run).
     assert!(list.iter().all(|a| a["relayed"]
         .as_str()
-        .is_some_and(|r| r.starts_with("127.0.0.1:"))));
+        .is_some_and(|r| r.starts_with("127.0.0.1:") || r.starts_with("[::1]:"))));
     assert!(list
         .iter()
         .any(|a| a["channels"].as_array().is_some_and(|c| !c.is_empty())));

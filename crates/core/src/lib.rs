@@ -530,6 +530,7 @@ impl Core {
         let kept = std::mem::replace(&mut c.relay, new.relay.clone()).turn;
         if c.relay.turn.urls.is_empty() {
             c.relay.turn.urls = kept.urls;
+            c.relay.turn.families = kept.families;
         }
         if c.relay.turn.secret.is_empty() {
             c.relay.turn.secret = kept.secret;

@@ -342,6 +342,7 @@ impl TurnConfig {
             permissions_per_allocation: self.permissions_per_allocation.max(1),
             bandwidth_per_user: self.bandwidth_per_user,
             urls: vec![],
+            families: [false, false],
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct TurnSettings {
     pub bandwidth_per_user: u64,
     /// The TURN URIs a page is told (`turn:host:3478?transport=udp`...).
     pub urls: Vec<String>,
+    /// The address families relayed addresses can be given in (IPv4, IPv6): those of the
+    /// addresses the TURN listeners are reached at.
+    pub families: [bool; 2],
 }
 
 impl Default for TurnSettings {
@@ -70,6 +73,7 @@ impl Default for TurnSettings {
             permissions_per_allocation: 64,
             bandwidth_per_user: 20_000,
             urls: vec![],
+            families: [true, true],
         }
     }
 }

@@ -220,7 +220,7 @@ impl Core {
             Some(2) => true,
             Some(_) => return self.turn_error(asked, 440, "Address Family not Supported"),
         };
-        if !self.cfg.listeners.iter().any(|l| l.addr.is_ipv6() == ipv6) {
+        if !self.calls.turn.settings().families[usize::from(ipv6)] {
             return self.turn_error(asked, 440, "Address Family not Supported");
         }
         let s = turn.settings();

@@ -318,6 +318,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let t = &mut core_cfg.relay.turn;
     t.enabled &= turn.is_on();
     t.urls = turn.urls();
+    t.families = turn.families();
     if t.secret.is_empty() {
         // Derived from the data folder's key: stable across restarts, secret like it.
         use sha2::Digest;

@@ -132,6 +132,11 @@ impl TurnEdge {
             .collect()
     }
 
+    /// The families relayed addresses can be given in (IPv4, IPv6).
+    pub(super) fn families(&self) -> [bool; 2] {
+        [false, true].map(|v6| self.hosts.iter().any(|(_, h, _)| h.is_ipv6() == v6))
+    }
+
     /// Hands the UDP listeners to the relay's forwarding thread.
     pub(super) fn start(&mut self, relay: &mut crate::relay::Relay) {
         for (sock, local) in self.pending.drain(..) {
