@@ -282,3 +282,45 @@ fn each_tab_gets_gruus_that_reach_that_tab_only() {
         });
     }
 }
+
+#[test]
+fn the_server_pings_and_a_peer_that_never_answers_is_closed() {
+    if !jssip_available() {
+        return;
+    }
+    let (srv, ws, _wss, _ca) = web_server("[web]\nping_interval = 1\n");
+    // A real WebSocket client answers the pings by itself: JsSIP stays registered.
+    let alice = JsSip::start(&format!("ws://{HOST}:{ws}"), &ALICE, None);
+    alice.wait_event("registered", Duration::from_secs(10), |_| true);
+    // A raw client that reads but never answers.
+    let mut s = TcpStream::connect((HOST, ws)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.write_all(upgrade(ws, "", "Sec-WebSocket-Protocol: sip\r\n").as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let mut got = vec![];
+    let mut buf = [0u8; 512];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let closed_after = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    let head_end = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+    let frames = &got[head_end..];
+    // Unmasked server frames: 0x89 is a ping.
+    assert!(
+        frames.windows(2).any(|w| w == [0x89, 0x00]),
+        "no ping among {frames:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(6),
+        "a silent peer was kept {closed_after:?}"
+    );
+    assert!(
+        srv.registrations_of("alice").len() == 1,
+        "alice answered and stays"
+    );
+}

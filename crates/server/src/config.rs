@@ -249,12 +249,24 @@ impl Default for RegistrarConfig {
 }
 
 /// The `[web]` table: who may use the `ws:`/`wss:` listeners.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Origins (`https://host:port`) of pages elsewhere that may open a SIP WebSocket here
     /// (a page served by the listener itself always may); `"*"` allows any.
     pub origins: Vec<String>,
+    /// Seconds between the server's pings on a SIP WebSocket; a peer silent for two and a
+    /// half times that is closed (its registration with it).
+    pub ping_interval: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            origins: vec![],
+            ping_interval: 30,
+        }
+    }
 }
 
 /// The `[turn]` table: the TURN server (RFC 8656) that browsers and ICE phones relay

@@ -201,6 +201,7 @@ fn bind(
                 let settings = Arc::new(crate::web::WebSettings {
                     domain: cfg.domain.clone(),
                     origins: cfg.web.origins.clone(),
+                    ping_every: std::time::Duration::from_secs(cfg.web.ping_interval.max(1)),
                 });
                 transport::bind_tcp(l.addr).map(|s| {
                     tokio::spawn(crate::web::accept_loop(

@@ -29,6 +29,8 @@ pub struct WebSettings {
     /// Origins (`https://host:port`) whose pages may open a SIP WebSocket besides the
     /// listener's own; `*` allows any.
     pub origins: Vec<String>,
+    /// How often the server pings a WebSocket peer.
+    pub ping_every: Duration,
 }
 
 /// Accepts web connections: plain (`ws:`), or TLS (`wss:`) when `tls` is given.
@@ -128,7 +130,7 @@ async fn serve<S>(
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
-                    return socket::run(stream, rest, conn, events).await;
+                    return socket::run(stream, rest, conn, events, settings.ping_every).await;
                 }
                 Err((code, reason)) => {
                     tracing::info!(%remote, origin = req.origin.as_deref().unwrap_or("-"), code, "websocket upgrade refused");

@@ -19,11 +19,6 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-/// How often the server pings a WebSocket peer (browsers answer by themselves).
-pub(crate) const PING_EVERY: Duration = Duration::from_secs(30);
-/// A peer from which nothing at all (not even a pong) came for this long is gone.
-pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(75);
-
 /// Frame and message limits: one SIP message, as over TCP.
 fn limits() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -34,8 +29,15 @@ fn limits() -> WebSocketConfig {
 
 /// Serves a connection whose upgrade was just answered 101; `rest` is what the peer sent
 /// after its request head (normally nothing).
-pub(crate) async fn run<S>(stream: S, rest: Vec<u8>, conn: Conn, events: mpsc::Sender<Event>)
-where
+/// `ping_every` is how often the server pings (browsers answer by themselves); a peer from
+/// which nothing at all (not even a pong) came for two and a half times that is gone.
+pub(crate) async fn run<S>(
+    stream: S,
+    rest: Vec<u8>,
+    conn: Conn,
+    events: mpsc::Sender<Event>,
+    ping_every: Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let mut ws =
@@ -64,7 +66,8 @@ where
     if events.send(opened).await.is_err() {
         return;
     }
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let silent_limit = ping_every * 5 / 2;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     // Anything from the peer (liveness), and the last SIP message or keep-alive (idleness).
     let mut heard = Instant::now();
     let mut active = Instant::now();
@@ -118,7 +121,7 @@ where
                 }
             }
             _ = ping.tick() => {
-                if heard.elapsed() > SILENT_LIMIT {
+                if heard.elapsed() > silent_limit {
                     break "no answer to pings";
                 }
                 if ws.send(Message::Ping(Bytes::new())).await.is_err() {
