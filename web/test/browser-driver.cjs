@@ -45,7 +45,17 @@ async function run(c) {
       }
       const page = await context.newPage();
       page.on('console', (m) => { if (m.type() === 'error') process.stderr.write(`[${c.page}] ${m.text()}\n`); });
-      await page.goto(c.url);
+      // A namespace's interfaces may still be settling when the browser starts: Chromium
+      // then aborts the first load with ERR_NETWORK_CHANGED. Try again.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await page.goto(c.url);
+          break;
+        } catch (e) {
+          if (attempt >= 5 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
       pages.set(c.page, page);
       return null;
     }
