@@ -177,6 +177,9 @@ pub enum Action {
         connection: u32,
         /// Where to connect.
         peer: SocketAddr,
+        /// The peer is in `turn.allowed_peers`: any port of the server's own addresses may
+        /// be reached (otherwise only relayed ports).
+        any_port: bool,
     },
     /// TURN (RFC 6062): join peer connection `connection` to the client's data connection
     /// `data_conn` (the edge pipes them from now on).

@@ -108,10 +108,20 @@ impl Location {
     /// Notes who registered `contact`; returns the address it names, if it is an IP literal.
     pub fn remember(&mut self, contact: &str, aor: &str) -> Option<SocketAddr> {
         if let Some(name) = name_key(contact) {
-            if self
-                .names
-                .get(&name)
-                .is_none_or(|(a, c)| a != aor || c != contact)
+            // A name another user's live contact holds stays theirs: nobody can take over
+            // a browser's dialogs by registering its random host.
+            let taken = self.names.get(&name).is_some_and(|(a, c)| {
+                a != aor
+                    && self
+                        .map
+                        .get(a)
+                        .is_some_and(|l| l.iter().any(|b| b.contact == *c))
+            });
+            if !taken
+                && self
+                    .names
+                    .get(&name)
+                    .is_none_or(|(a, c)| a != aor || c != contact)
             {
                 self.names
                     .insert(name, (aor.to_string(), contact.to_string()));

@@ -397,3 +397,46 @@ fn a_tcp_relay_connects_to_a_peer_and_the_client_binds_the_connection() {
         .iter()
         .any(|a| matches!(a, Action::TurnDropConnection { connection: c2 } if *c2 == incoming)));
 }
+
+#[test]
+fn a_retransmitted_allocate_gets_its_answer_again_and_dont_fragment_is_refused() {
+    let mut t = T::new();
+    let mut c = Client::new("alice", "secret");
+    t.allocate(&mut c);
+    // The same request again (its answer was lost): the same success, not 437.
+    let key = sip::turn::long_term_key("alice", "example.test", "secret");
+    let mut w = Writer::new(sip::turn::ALLOCATE, Class::Request, &[c.next; 12]);
+    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, b"alice")
+        .challenge("example.test", c.nonce.as_deref().unwrap());
+    let again = w.finish(Some(&key));
+    t.core.handle_turn(t.now, turn_flow(CLIENT), &again);
+    let out = t.core.take_actions();
+    let m = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { data, .. } => sip::turn::parse(data).map(|m| (m.class, m.relayed)),
+            _ => None,
+        })
+        .expect("an answer");
+    assert_eq!(m, (Some(Class::Success), Some(addr("127.0.0.1:50000"))));
+    assert_eq!(
+        t.core.turn_allocations(t.now).len(),
+        1,
+        "no second allocation"
+    );
+
+    // DONT-FRAGMENT cannot be honoured: 420 naming it (RFC 8656 §7.2).
+    let mut other = Client::new("alice", "secret");
+    other.remote = "127.0.0.1:40009";
+    other.nonce = c.nonce.clone();
+    let (_, code, bytes) = t.turn(&mut other, sip::turn::ALLOCATE, |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::DONT_FRAGMENT, &[]);
+    });
+    assert_eq!(code, 420);
+    assert_eq!(
+        find_attr(&bytes, attr::UNKNOWN_ATTRIBUTES),
+        Some(vec![0x00, 0x1A])
+    );
+}

@@ -299,3 +299,27 @@ fn requests_inside_a_dialog_reach_a_browser_by_its_gruu() {
         assert_eq!(m.uri_str(), expected, "{method}");
     }
 }
+
+#[test]
+fn another_user_cannot_take_over_a_browsers_host_name() {
+    let mut t = T::new();
+    assert_eq!(t.register_browser(7).status(), Some(200));
+    // bob registers a contact with alice's browser's random host, from elsewhere.
+    t.arrive_on = None;
+    let ok = t.register("bob", BOB, &[&format!("Contact: <{CONTACT}>")]);
+    assert_eq!(ok.status(), Some(200));
+    // A request inside alice's dialog, to her contact, still reaches her connection.
+    let bye = format!(
+        "BYE {CONTACT} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB2};branch=z9hG4bKtake1;rport\r\n\
+         Max-Forwards: 70\r\nRoute: <sip:{SERVER};lr>\r\n\
+         From: <sip:carol@example.test>;tag=fc\r\nTo: <sip:alice@example.test>;tag=browser1\r\n\
+         Call-ID: take-over\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    t.recv(BOB2, &bye);
+    let out = t.sent();
+    let (flow, _) = out
+        .iter()
+        .find(|(_, m)| m.method() == Some(Method::Bye))
+        .expect("the BYE goes on");
+    assert_eq!(*flow, ws(7));
+}

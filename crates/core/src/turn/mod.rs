@@ -95,6 +95,9 @@ pub(crate) struct Allocation {
     channels: HashMap<u16, (SocketAddr, Instant)>,
     /// An RFC 6062 allocation: TCP connections to and from peers instead of datagrams.
     tcp: bool,
+    /// The Allocate's transaction id and the lifetime granted: a retransmission of it gets
+    /// the same answer (RFC 8489 §6.3.1), not 437.
+    allocated_by: ([u8; 12], Duration),
 }
 
 /// A TCP connection of an RFC 6062 allocation, to or from a peer, by its CONNECTION-ID.
@@ -111,8 +114,6 @@ pub(crate) enum TcpState {
     Connecting([u8; 12]),
     /// Connected (or accepted): the client has 30 s to join it with ConnectionBind.
     AwaitingBind,
-    /// Joined to a client data connection; the edge pipes them.
-    Joined,
 }
 
 /// The TURN server's allocations, and its settings.

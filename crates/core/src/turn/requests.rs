@@ -201,8 +201,25 @@ impl Core {
 
     fn turn_allocate(&mut self, now: Instant, asked: &Asked<'_>, msg: &Message<'_>) {
         let turn = &self.calls.turn;
-        if turn.by_client.contains_key(&five_tuple(&asked.flow)) {
-            return self.turn_error(asked, 437, "Allocation Mismatch");
+        if let Some(id) = turn.by_client.get(&five_tuple(&asked.flow)).copied() {
+            let again = turn
+                .allocations
+                .get(&id)
+                .filter(|a| a.allocated_by.0 == asked.txid)
+                .map(|a| (a.relayed, a.allocated_by.1));
+            return match again {
+                // Its answer was lost: the same one again (nothing while still pending).
+                Some((Some(relayed), lifetime)) => {
+                    let mut w = Writer::new(sip::turn::ALLOCATE, Class::Success, &asked.txid);
+                    w.xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+                        .lifetime(lifetime.as_secs() as u32)
+                        .xor_address(attr::XOR_MAPPED_ADDRESS, asked.flow.remote)
+                        .software(SOFTWARE);
+                    self.turn_send(asked.flow, w.finish(asked.key.as_ref().map(|k| &k[..])))
+                }
+                Some((None, _)) => {}
+                None => self.turn_error(asked, 437, "Allocation Mismatch"),
+            };
         }
         let tcp = match msg.requested_transport {
             None => return self.turn_error(asked, 400, "Bad Request"),
@@ -214,6 +231,13 @@ impl Core {
         };
         if msg.reservation_token {
             return self.turn_error(asked, 508, "Insufficient Capacity");
+        }
+        if msg.dont_fragment {
+            // RFC 8656 §7.2: a server that cannot set DF treats it as unknown.
+            let mut w = Writer::new(asked.method, Class::Error, &asked.txid);
+            w.error(420, "Unknown Attribute")
+                .unknown(&[attr::DONT_FRAGMENT]);
+            return self.turn_send(asked.flow, w.finish(asked.key.as_ref().map(|k| &k[..])));
         }
         let ipv6 = match msg.requested_family {
             None | Some(1) => false,
@@ -248,11 +272,12 @@ impl Core {
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 tcp,
+                allocated_by: (asked.txid, lifetime),
             },
         );
         turn.by_client.insert(five_tuple(&asked.flow), id);
         *turn.per_user.entry(asked.account.to_string()).or_default() += 1;
-        let bandwidth = self.calls.turn.settings().bandwidth_per_user / 8 * 1000;
+        let bandwidth = self.calls.turn.settings().bandwidth_per_user * 1000 / 8;
         self.out.push(Action::TurnAllocate {
             id,
             client: asked.flow,

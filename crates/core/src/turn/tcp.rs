@@ -42,6 +42,8 @@ impl Core {
             return;
         }
         let connection = self.new_connection_id();
+        let any_port =
+            super::credentials::explicitly_allowed(self.calls.turn.settings(), peer.ip());
         self.calls.turn.connections.insert(
             connection,
             TcpConnection {
@@ -55,21 +57,23 @@ impl Core {
             id,
             connection,
             peer,
+            any_port,
         });
     }
 
     /// The edge's connection to the peer of a Connect succeeded or failed: the Connect is
-    /// answered (with the CONNECTION-ID the client binds).
-    pub fn handle_turn_connected(&mut self, now: Instant, connection: u32, ok: bool) {
+    /// answered (with the CONNECTION-ID the client binds). Returns whether the edge is to
+    /// keep the connection (false: its allocation or request is gone; drop it).
+    pub fn handle_turn_connected(&mut self, now: Instant, connection: u32, ok: bool) -> bool {
         let turn = &mut self.calls.turn;
         let Some(c) = turn.connections.get_mut(&connection) else {
-            return;
+            return false;
         };
         let TcpState::Connecting(txid) = c.state else {
-            return;
+            return false;
         };
         let Some(a) = turn.allocations.get(&c.alloc) else {
-            return;
+            return false;
         };
         let (client, key) = (a.client, a.key);
         let mut w;
@@ -84,6 +88,7 @@ impl Core {
             w.error(447, "Connection Timeout or Failure");
         }
         self.turn_send(client, w.finish(Some(&key)));
+        ok
     }
 
     /// A peer connected to TCP allocation `id`'s relayed address: if it has a permission,
@@ -142,9 +147,8 @@ impl Core {
             }
             _ => return self.turn_error(asked, 400, "Bad Request: No Such Connection"),
         };
-        if let Some(c) = turn.connections.get_mut(&connection) {
-            c.state = TcpState::Joined;
-        }
+        // Joined: the edge's pipe owns it from now on, and it no longer counts here.
+        turn.connections.remove(&connection);
         self.turn_ok(asked);
         self.out.push(Action::TurnJoin {
             connection,
@@ -158,10 +162,7 @@ impl Core {
         let late: Vec<u32> = turn
             .connections
             .iter()
-            .filter(|(_, c)| {
-                !matches!(c.state, TcpState::Joined)
-                    && now.saturating_duration_since(c.since) >= BIND_WAIT
-            })
+            .filter(|(_, c)| now.saturating_duration_since(c.since) >= BIND_WAIT)
             .map(|(k, _)| *k)
             .collect();
         for c in late {

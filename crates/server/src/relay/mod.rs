@@ -355,6 +355,11 @@ impl Relay {
         }
     }
 
+    /// Whether `port` is in the relay's range (a relayed address of some allocation).
+    pub fn is_relay_port(&self, port: u16) -> bool {
+        self.pool.contains(port)
+    }
+
     /// Even ports still free (for status and tests).
     pub fn available(&self) -> usize {
         self.pool.available()

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 pub(crate) struct PortPool {
     free: VecDeque<u16>,
+    range: (u16, u16),
 }
 
 impl PortPool {
@@ -15,7 +16,15 @@ impl PortPool {
             .step_by(2)
             .filter_map(|p| u16::try_from(p).ok())
             .collect();
-        PortPool { free }
+        PortPool {
+            free,
+            range: (lo, hi),
+        }
+    }
+
+    /// Whether `port` is in the range the pool was made of.
+    pub(crate) fn contains(&self, port: u16) -> bool {
+        (self.range.0..=self.range.1).contains(&port)
     }
 
     pub(crate) fn take(&mut self) -> Option<u16> {

@@ -247,6 +247,10 @@ impl Plane {
             for i in 0..got {
                 let (data, src) = batch.get(i);
                 let Some(src) = src else { continue };
+                if batch.truncated(i) {
+                    // Longer than a slot: never relayed cut short.
+                    continue;
+                }
                 let relayed = !data.is_empty() && (0x40..=0x7F).contains(&data[0])
                     || is_send_indication(data);
                 match self.by_client.get(&(li, src)).copied() {
@@ -329,6 +333,12 @@ impl Plane {
             for i in 0..got {
                 let (data, src) = batch.get(i);
                 let Some(src) = src else { continue };
+                if batch.truncated(i) {
+                    if let Some(a) = self.allocs.get(slot).and_then(Option::as_ref) {
+                        a.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 self.send_to_client(slot, src, data);
             }
             if got < batch.capacity() {

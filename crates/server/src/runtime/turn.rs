@@ -243,8 +243,23 @@ impl Edge {
                 relay.turn_release(id);
             }
             Action::TurnConnect {
-                connection, peer, ..
+                connection,
+                peer,
+                any_port,
+                ..
             } => {
+                // Never from the relay to the server's own services (only to relayed ports
+                // of other allocations), unless the operator allowed that peer.
+                let own = self
+                    .turn
+                    .hosts
+                    .iter()
+                    .any(|(l, h, _)| *h == peer.ip() || l.ip() == peer.ip());
+                if own && !any_port && !relay.is_relay_port(peer.port()) {
+                    tracing::info!(%peer, "TURN Connect to the server's own service refused");
+                    core.handle_turn_connected(Instant::now(), connection, false);
+                    return;
+                }
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     let stream = tokio::time::timeout(
@@ -299,10 +314,10 @@ impl Edge {
         stream: Option<tokio::net::TcpStream>,
     ) {
         let ok = stream.is_some();
-        if let Some(s) = stream {
+        let keep = core.handle_turn_connected(Instant::now(), connection, ok);
+        if let Some(s) = stream.filter(|_| keep) {
             self.turn.peers.insert(connection, s);
         }
-        core.handle_turn_connected(Instant::now(), connection, ok);
     }
 
     /// RFC 6062: a client's data connection, waiting for its ConnectionBind's answer and

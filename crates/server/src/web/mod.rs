@@ -118,10 +118,17 @@ async fn serve<S>(
                 .await;
             return;
         }
-        while buf.len() < body_end {
-            if read_more(&mut stream, &mut buf).await.is_err() {
-                return;
+        let body = async {
+            while buf.len() < body_end {
+                read_more(&mut stream, &mut buf).await?;
             }
+            Ok::<(), std::io::Error>(())
+        };
+        if !matches!(
+            tokio::time::timeout(conn_limits::MESSAGE_DEADLINE, body).await,
+            Ok(Ok(()))
+        ) {
+            return;
         }
         let rest = buf.split_off(body_end);
         if req.wants_websocket {
@@ -142,7 +149,16 @@ async fn serve<S>(
             }
         }
         let answer = page::answer(&req, &settings.domain);
-        if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() || req.close {
+        // A reader that takes nothing holds its slot no longer than a slow sender would.
+        let sent = async {
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        };
+        if !matches!(
+            tokio::time::timeout(conn_limits::MESSAGE_DEADLINE, sent).await,
+            Ok(Ok(()))
+        ) || req.close
+        {
             return;
         }
         buf = rest;
