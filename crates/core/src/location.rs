@@ -107,40 +107,41 @@ impl Location {
 
     /// Notes who registered `contact`; returns the address it names, if it is an IP literal.
     pub fn remember(&mut self, contact: &str, aor: &str) -> Option<SocketAddr> {
-        if let Some(name) = name_key(contact) {
-            // A name another user's live contact holds stays theirs: nobody can take over
-            // a browser's dialogs by registering its random host.
-            let taken = self.names.get(&name).is_some_and(|(a, c)| {
-                a != aor
+        match index_key(contact)? {
+            IndexKey::Name(name) => {
+                // A name another user's live contact holds stays theirs: nobody can take
+                // over a browser's dialogs by registering its random host.
+                let taken = self.names.get(&name).is_some_and(|(a, c)| {
+                    a != aor
+                        && self
+                            .map
+                            .get(a)
+                            .is_some_and(|l| l.iter().any(|b| b.contact == *c))
+                });
+                if !taken
                     && self
-                        .map
-                        .get(a)
-                        .is_some_and(|l| l.iter().any(|b| b.contact == *c))
-            });
-            if !taken
-                && self
-                    .names
-                    .get(&name)
+                        .names
+                        .get(&name)
+                        .is_none_or(|(a, c)| a != aor || c != contact)
+                {
+                    self.names
+                        .insert(name, (aor.to_string(), contact.to_string()));
+                }
+                None
+            }
+            IndexKey::Ip(k) => {
+                // A refresh finds its entry in place: no allocation.
+                if self
+                    .owners
+                    .get(&k)
                     .is_none_or(|(a, c)| a != aor || c != contact)
-            {
-                self.names
-                    .insert(name, (aor.to_string(), contact.to_string()));
-            }
-            return None;
-        }
-        let key = address_key(contact);
-        if let Some(k) = key {
-            // A refresh finds its entry in place: no allocation.
-            if self
-                .owners
-                .get(&k)
-                .is_none_or(|(a, c)| a != aor || c != contact)
-            {
-                self.owners
-                    .insert(k, (aor.to_string(), contact.to_string()));
+                {
+                    self.owners
+                        .insert(k, (aor.to_string(), contact.to_string()));
+                }
+                Some(k)
             }
         }
-        key
     }
 
     /// Notes where a UDP phone's packets come from.
@@ -202,16 +203,19 @@ impl Location {
     /// Drops `contact`'s entry from the index by address, if the entry is that contact's; the
     /// binding itself is the caller's to remove.
     pub fn forget(&mut self, contact: &str) {
-        if let Some(k) = name_key(contact) {
-            if self.names.get(&k).is_some_and(|(_, c)| c == contact) {
-                self.names.remove(&k);
+        // Only if it is this contact's entry (another user's phone may share the address).
+        match index_key(contact) {
+            Some(IndexKey::Name(k)) => {
+                if self.names.get(&k).is_some_and(|(_, c)| c == contact) {
+                    self.names.remove(&k);
+                }
             }
-        }
-        if let Some(k) = address_key(contact) {
-            // Only if it is this contact's entry (another user's phone may share the address).
-            if self.owners.get(&k).is_some_and(|(_, c)| c == contact) {
-                self.owners.remove(&k);
+            Some(IndexKey::Ip(k)) => {
+                if self.owners.get(&k).is_some_and(|(_, c)| c == contact) {
+                    self.owners.remove(&k);
+                }
             }
+            None => {}
         }
     }
 
@@ -294,15 +298,20 @@ impl Location {
     }
 }
 
-/// The address of a SIP URI whose host is an IP literal (port 5060 when absent). Phones behind
-/// NAT write IP addresses in their Contact; names have their own index.
-fn address_key(uri: &str) -> Option<SocketAddr> {
-    uri_address(&sip::uri::Uri::parse(uri).ok()?)
+/// Where a contact is indexed: by its IP address and port (port 5060 when absent; phones
+/// behind NAT write IP addresses in their Contact), or by its host name and port.
+enum IndexKey {
+    Ip(SocketAddr),
+    Name(String),
 }
 
-/// The index key of a contact that names a host: its lower-case host and port.
-fn name_key(uri: &str) -> Option<String> {
-    uri_name(&sip::uri::Uri::parse(uri).ok()?)
+/// The index key of a contact (one parse of its URI).
+fn index_key(uri: &str) -> Option<IndexKey> {
+    let u = sip::uri::Uri::parse(uri).ok()?;
+    match uri_address(&u) {
+        Some(a) => Some(IndexKey::Ip(a)),
+        None => uri_name(&u).map(IndexKey::Name),
+    }
 }
 
 fn uri_name(u: &sip::uri::Uri<'_>) -> Option<String> {
