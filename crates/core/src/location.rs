@@ -205,17 +205,13 @@ impl Location {
     pub fn forget(&mut self, contact: &str) {
         // Only if it is this contact's entry (another user's phone may share the address).
         match index_key(contact) {
-            Some(IndexKey::Name(k)) => {
-                if self.names.get(&k).is_some_and(|(_, c)| c == contact) {
-                    self.names.remove(&k);
-                }
+            Some(IndexKey::Name(k)) if self.names.get(&k).is_some_and(|(_, c)| c == contact) => {
+                self.names.remove(&k);
             }
-            Some(IndexKey::Ip(k)) => {
-                if self.owners.get(&k).is_some_and(|(_, c)| c == contact) {
-                    self.owners.remove(&k);
-                }
+            Some(IndexKey::Ip(k)) if self.owners.get(&k).is_some_and(|(_, c)| c == contact) => {
+                self.owners.remove(&k);
             }
-            None => {}
+            _ => {}
         }
     }
 
