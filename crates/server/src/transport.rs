@@ -194,14 +194,6 @@ impl UdpListener {
     }
 }
 
-/// A UDP socket the event loop only sends from (another thread reads it): registered for
-/// writability, which is waited for only when a send would block.
-pub fn udp_sender(
-    socket: std::net::UdpSocket,
-) -> std::io::Result<Arc<AsyncFd<std::net::UdpSocket>>> {
-    Ok(Arc::new(register(socket, Interest::WRITABLE)?))
-}
-
 /// Registers a socket with the event loop for these readiness events only.
 fn register(
     socket: std::net::UdpSocket,

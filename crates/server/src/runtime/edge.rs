@@ -238,6 +238,7 @@ impl Edge {
             return;
         }
         match flow.transport {
+            Transport::Udp if self.turn.send_udp(flow.local, flow.remote, &data) => {}
             Transport::Udp => {
                 let idx = self
                     .udp

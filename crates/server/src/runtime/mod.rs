@@ -249,7 +249,7 @@ fn bind(
     }
     // STUN sockets: answered by the core like the keep-alives on SIP ports, but never SIP.
     let sip_sockets = udp_in.len();
-    let turn = turn::TurnEdge::bind(cfg, tls, events, &mut udp);
+    let turn = turn::TurnEdge::bind(cfg, tls, events);
     for l in cfg
         .stun
         .iter()

@@ -9,15 +9,16 @@ use crate::relay::ClientPath;
 use crate::transport;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
-use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::unix::AsyncFd;
 
 /// The TURN side of the edge.
 #[derive(Default)]
 pub(super) struct TurnEdge {
     /// UDP listeners bound at start, handed to the relay's thread once it runs.
     pending: Vec<(StdUdp, SocketAddr)>,
+    /// The same sockets, for the core's answers. Not registered with the event loop: it
+    /// would be woken at every datagram the relay's thread receives or sends on them.
+    senders: Vec<(SocketAddr, StdUdp)>,
     /// Each listener's local address and the address clients reach it at.
     hosts: Vec<(SocketAddr, IpAddr, Transport)>,
     /// Allocations of stream clients, by connection.
@@ -30,14 +31,12 @@ pub(super) struct TurnEdge {
 }
 
 impl TurnEdge {
-    /// Binds the `[turn]` listeners: TCP and TLS ones get their accept loops; of each UDP
-    /// one a sending copy joins `udp` (the core's answers leave through them like any UDP
-    /// message) while the relay's thread will read it.
+    /// Binds the `[turn]` listeners: TCP and TLS ones get their accept loops; each UDP one is
+    /// read by the relay's thread, and a copy sends the core's answers.
     pub(super) fn bind(
         cfg: &Config,
         tls: &crate::tls::Tls,
         events: &tokio::sync::mpsc::Sender<crate::event::Event>,
-        udp: &mut Vec<(SocketAddr, Arc<AsyncFd<StdUdp>>)>,
     ) -> TurnEdge {
         let mut t = TurnEdge::default();
         if !cfg.turn.enabled {
@@ -78,14 +77,14 @@ impl TurnEdge {
                 continue;
             }
             let bound = transport::bind_udp(l.addr).and_then(|s| {
-                let sender = transport::udp_sender(s.try_clone()?)?;
+                let sender = s.try_clone()?;
                 Ok((s, sender))
             });
             match bound {
                 Ok((sock, sender)) => {
                     let host = transport::guess_host(l.addr, cfg.advertise);
                     tracing::info!("TURN on udp:{} (advertised as {host})", l.addr);
-                    udp.push((l.addr, sender));
+                    t.senders.push((l.addr, sender));
                     t.pending.push((sock, l.addr));
                     t.hosts.push((l.addr, host, l.transport));
                 }
@@ -130,6 +129,21 @@ impl TurnEdge {
                 }
             })
             .collect()
+    }
+
+    /// Sends the core's answer to a UDP TURN client from the listener it came to; false when
+    /// `flow` is not a TURN listener's. An answer that would block is dropped: the client
+    /// retransmits its request.
+    pub(super) fn send_udp(&self, local: SocketAddr, remote: SocketAddr, data: &[u8]) -> bool {
+        match self.senders.iter().find(|(l, _)| *l == local) {
+            Some((_, s)) => {
+                if let Err(e) = s.send_to(data, remote) {
+                    tracing::debug!(%remote, "TURN answer not sent: {e}");
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// The families relayed addresses can be given in (IPv4, IPv6).
