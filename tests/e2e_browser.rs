@@ -81,6 +81,11 @@ fn two_browsers_call_hold_resume_hang_up_and_message() {
     for page in ["alice", "bob"] {
         b.wait_media_flowing(page, T);
     }
+    // Mute and unmute alice's microphone.
+    b.click("alice", "#mute");
+    b.wait("alice", "hw.session.isMuted().audio === true", T, "mute");
+    b.click("alice", "#mute");
+    b.wait("alice", "hw.session.isMuted().audio === false", T, "unmute");
     // DTMF goes in the media (RFC 4733): the page's sender takes the tones.
     b.click("alice", "#keypad button:nth-child(5)");
 
@@ -179,6 +184,17 @@ fn the_page_says_clearly_what_went_wrong() {
         b.eval("alice", "hw.state"),
         "idle",
         "alice's page never rang"
+    );
+    // A call bob declines: alice's page says so.
+    b.fill("alice", "#target", "bob");
+    b.click("alice", "#call");
+    b.wait("bob", "hw.state === 'incoming'", T, "ringing");
+    b.click("bob", "#decline");
+    b.wait(
+        "alice",
+        "hw.state === 'idle' && hw.lastError === 'The call was declined.'",
+        T,
+        "the decline",
     );
 }
 

@@ -103,15 +103,16 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
         r.stdout
     );
 
-    // Over TCP, and over TLS (a browser behind a firewall that passes only TLS).
-    let r = uclient(&srv, port, &sip, &["-t"], "uclient-tcp");
+    // Over TCP (time-limited credentials), and over TLS (a SIP password; what a browser
+    // behind a firewall that passes only TLS uses).
+    let r = uclient(&srv, port, &rest, &["-t"], "uclient-tcp");
     let (sent, received) = sent_and_received(&r.stdout);
     assert!(
         sent >= 80 && received == sent,
         "TCP: sent {sent}, received {received}\n{}",
         r.stdout
     );
-    let r = uclient(&srv, tls_port, &rest, &["-t", "-S"], "uclient-tls");
+    let r = uclient(&srv, tls_port, &sip, &["-t", "-S"], "uclient-tls");
     let (sent, received) = sent_and_received(&r.stdout);
     assert!(
         sent >= 80 && received == sent,

@@ -45,16 +45,22 @@ async function run(c) {
       }
       const page = await context.newPage();
       page.on('console', (m) => { if (m.type() === 'error') process.stderr.write(`[${c.page}] ${m.text()}\n`); });
-      // A namespace's interfaces may still be settling when the browser starts: Chromium
-      // then aborts the first load with ERR_NETWORK_CHANGED. Try again.
+      // A namespace's interfaces may still be settling when the browser starts (an IPv6
+      // link-local address appears): Chromium then aborts a load, of the page or of its
+      // script, with ERR_NETWORK_CHANGED. Load again until the page's script runs.
       for (let attempt = 1; ; attempt++) {
+        let error = null;
         try {
           await page.goto(c.url);
-          break;
         } catch (e) {
-          if (attempt >= 5 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
-          await new Promise((r) => setTimeout(r, 500));
+          error = e;
         }
+        const ready = !error && (await page.evaluate(() => typeof window.hw === 'object').catch(() => false));
+        if (ready) break;
+        if (attempt >= 8 || (error && !String(error).includes('ERR_NETWORK_CHANGED'))) {
+          throw error || new Error('the page did not start');
+        }
+        await new Promise((r) => setTimeout(r, 500));
       }
       pages.set(c.page, page);
       return null;

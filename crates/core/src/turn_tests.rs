@@ -440,3 +440,23 @@ fn a_retransmitted_allocate_gets_its_answer_again_and_dont_fragment_is_refused()
         Some(vec![0x00, 0x1A])
     );
 }
+
+#[test]
+fn an_allocation_holds_at_most_its_quota_of_permissions() {
+    let mut t = T::new();
+    let mut c = Client::new("alice", "secret");
+    t.allocate(&mut c);
+    // 65 peers at once, over the 64 an allocation may have: refused whole.
+    let (_, code, _) = t.turn(&mut c, sip::turn::CREATE_PERMISSION, |w| {
+        for i in 0..65u8 {
+            peer(w, &format!("198.51.100.{}:9", i + 1));
+        }
+    });
+    assert_eq!(code, 508);
+    let (class, _, _) = t.turn(&mut c, sip::turn::CREATE_PERMISSION, |w| {
+        for i in 0..64u8 {
+            peer(w, &format!("198.51.100.{}:9", i + 1));
+        }
+    });
+    assert_eq!(class, Class::Success);
+}
