@@ -60,6 +60,17 @@ fn uclient(srv: &Server, port: u16, auth: &[&str], extra: &[&str], name: &str) -
     run_bounded(&mut cmd, None, &srv.dir.join(name), Duration::from_secs(30))
 }
 
+/// Runs `uclient` and asserts that every message it sent came back (at least 80).
+fn assert_relays(srv: &Server, port: u16, auth: &[&str], extra: &[&str], name: &str) {
+    let r = uclient(srv, port, auth, extra, name);
+    let (sent, received) = sent_and_received(&r.stdout);
+    assert!(
+        sent >= 80 && received == sent,
+        "{name}: sent {sent}, received {received}\n{}",
+        r.stdout
+    );
+}
+
 /// The messages sent and received, from the client's summary line.
 fn sent_and_received(out: &str) -> (u64, u64) {
     let field = |name: &str| {
@@ -84,60 +95,24 @@ fn coturns_client_relays_through_hedgewitch_with_both_kinds_of_credentials() {
     let (srv, port, tls_port) = turn_server(true);
     // A SIP account's own password (long-term credentials, realm = the domain), channels.
     let sip = ["-u", ALICE.name, "-w", ALICE.password, "-r", DOMAIN];
-    let r = uclient(&srv, port, &sip, &[], "uclient-sip");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "sent {sent}, received {received}\n{}",
-        r.stdout
-    );
+    assert_relays(&srv, port, &sip, &[], "uclient-sip");
 
     // Time-limited credentials from the shared secret (coturn's REST scheme), and Send/Data
     // indications instead of channels.
     let rest = ["-u", BOB.name, "-W", SECRET, "-r", DOMAIN];
-    let r = uclient(&srv, port, &rest, &["-s"], "uclient-rest");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "sent {sent}, received {received}\n{}",
-        r.stdout
-    );
+    assert_relays(&srv, port, &rest, &["-s"], "uclient-rest");
 
     // Over TCP (time-limited credentials), and over TLS (a SIP password; what a browser
     // behind a firewall that passes only TLS uses).
-    let r = uclient(&srv, port, &rest, &["-t"], "uclient-tcp");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "TCP: sent {sent}, received {received}\n{}",
-        r.stdout
-    );
-    let r = uclient(&srv, tls_port, &sip, &["-t", "-S"], "uclient-tls");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "TLS: sent {sent}, received {received}\n{}",
-        r.stdout
-    );
+    assert_relays(&srv, port, &rest, &["-t"], "uclient-tcp");
+    assert_relays(&srv, tls_port, &sip, &["-t", "-S"], "uclient-tls");
 
     // An IPv6 relayed address (RFC 6156), asked for by a client that came over IPv4.
-    let r = uclient(&srv, port, &sip, &["-x"], "uclient-ipv6-relay");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "IPv6 relay: sent {sent}, received {received}\n{}",
-        r.stdout
-    );
+    assert_relays(&srv, port, &sip, &["-x"], "uclient-ipv6-relay");
 
     // TCP relays (RFC 6062): each client's peer is reached over a TCP connection from the
     // relayed address (Connect, ConnectionAttempt, ConnectionBind).
-    let r = uclient(&srv, port, &sip, &["-T"], "uclient-tcp-relay");
-    let (sent, received) = sent_and_received(&r.stdout);
-    assert!(
-        sent >= 80 && received == sent,
-        "TCP relay: sent {sent}, received {received}\n{}",
-        r.stdout
-    );
+    assert_relays(&srv, port, &sip, &["-T"], "uclient-tcp-relay");
 
     // While a client holds its allocations (`-h`), `hedgewitch turn` lists them with what
     // they carried.

@@ -151,7 +151,8 @@ fn echo(args: &[String]) {
     let base: u16 = arg(args, 4, "BASE");
     let socks: Vec<UdpSocket> = (0..streams * 2).map(|i| bind(first + i)).collect();
     // Socket k forwards out of socket k^1 to the generator's socket on the other side.
-    let dests: Vec<libc::sockaddr_in> = (0..streams * 2).map(|k| sockaddr(base + (k ^ 1))).collect();
+    let dests: Vec<libc::sockaddr_in> =
+        (0..streams * 2).map(|k| sockaddr(base + (k ^ 1))).collect();
     let ep = Epoll::new();
     for (k, s) in socks.iter().enumerate() {
         ep.add(s.as_raw_fd(), k as u64);
@@ -178,28 +179,18 @@ fn rtp_packet(ssrc: u32) -> [u8; PACKET] {
     p
 }
 
-fn load(args: &[String]) -> io::Result<()> {
-    let targets = std::fs::read_to_string(&args[2])?;
-    let base: u16 = arg(args, 3, "BASE");
-    let pps: u32 = arg(args, 4, "PPS");
-    let secs: f64 = arg(args, 5, "SECS");
-    let warmup: f64 = arg(args, 6, "WARMUP");
-    let pairs: Vec<(u16, u16)> = targets
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-        })
-        .collect();
-    if pairs.is_empty() {
-        die("no targets");
-    }
-    let n = pairs.len();
-    let socks: Vec<UdpSocket> = (0..n * 2).map(|k| bind(base + k as u16)).collect();
-    let dests: Vec<libc::sockaddr_in> = pairs
-        .iter()
-        .flat_map(|(a, b)| [sockaddr(*a), sockaddr(*b)])
-        .collect();
+/// Sends one packet from every socket PPS times a second (the RTP sequence number and
+/// timestamp at `rtp_at[k]` of socket k's packet advancing), counts what each socket receives,
+/// and prints the JSON line: what was sent and received during the SECS after WARMUP.
+fn drive(
+    socks: &[UdpSocket],
+    dests: &[libc::sockaddr_in],
+    mut packets: Vec<Vec<u8>>,
+    rtp_at: &[usize],
+    pps: u32,
+    (secs, warmup): (f64, f64),
+) {
+    let n = socks.len() / 2;
     let ep = Epoll::new();
     for (k, s) in socks.iter().enumerate() {
         ep.add(s.as_raw_fd(), k as u64);
@@ -215,7 +206,6 @@ fn load(args: &[String]) -> io::Result<()> {
     let mut next_send = start;
     let mut seq: u16 = 0;
     let mut counted_from: Option<(u64, Vec<u64>)> = None;
-    let mut packets: Vec<[u8; PACKET]> = (0..n * 2).map(|k| rtp_packet(k as u32 + 1)).collect();
     loop {
         let now = Instant::now();
         if now >= end {
@@ -228,17 +218,17 @@ fn load(args: &[String]) -> io::Result<()> {
             // One packet from every socket: each direction of each stream at PPS.
             seq = seq.wrapping_add(1);
             for (k, s) in socks.iter().enumerate() {
-                let p = &mut packets[k];
-                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                let (p, at) = (&mut packets[k], rtp_at[k]);
+                p[at + 2..at + 4].copy_from_slice(&seq.to_be_bytes());
                 let ts = u32::from(seq).wrapping_mul(160);
-                p[4..8].copy_from_slice(&ts.to_be_bytes());
+                p[at + 4..at + 8].copy_from_slice(&ts.to_be_bytes());
                 let d = &dests[k];
                 // SAFETY: a valid socket, buffer and address.
                 let r = unsafe {
                     libc::sendto(
                         s.as_raw_fd(),
                         p.as_ptr().cast(),
-                        PACKET,
+                        p.len(),
                         libc::MSG_DONTWAIT,
                         (d as *const libc::sockaddr_in).cast(),
                         std::mem::size_of::<libc::sockaddr_in>() as u32,
@@ -279,6 +269,41 @@ fn load(args: &[String]) -> io::Result<()> {
         "{{\"streams\": {n}, \"pps_per_direction\": {pps}, \"secs\": {secs}, \"sent\": {}, \"received\": {recv_window}, \"streams_both_ways\": {both_ways}}}",
         sent_total - sent0
     );
+}
+
+fn load(args: &[String]) -> io::Result<()> {
+    let targets = std::fs::read_to_string(&args[2])?;
+    let base: u16 = arg(args, 3, "BASE");
+    let pps: u32 = arg(args, 4, "PPS");
+    let secs: f64 = arg(args, 5, "SECS");
+    let warmup: f64 = arg(args, 6, "WARMUP");
+    let pairs: Vec<(u16, u16)> = targets
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect();
+    if pairs.is_empty() {
+        die("no targets");
+    }
+    let n = pairs.len();
+    let socks: Vec<UdpSocket> = (0..n * 2).map(|k| bind(base + k as u16)).collect();
+    let dests: Vec<libc::sockaddr_in> = pairs
+        .iter()
+        .flat_map(|(a, b)| [sockaddr(*a), sockaddr(*b)])
+        .collect();
+    let packets: Vec<Vec<u8>> = (0..n * 2)
+        .map(|k| rtp_packet(k as u32 + 1).to_vec())
+        .collect();
+    drive(
+        &socks,
+        &dests,
+        packets,
+        &vec![0; n * 2],
+        pps,
+        (secs, warmup),
+    );
     Ok(())
 }
 
@@ -294,7 +319,10 @@ fn transact(sock: &UdpSocket, server: u16, req: &[u8]) -> io::Result<Vec<u8>> {
             return Ok(buf[..n].to_vec());
         }
     }
-    Err(io::Error::new(io::ErrorKind::TimedOut, "the TURN server does not answer"))
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the TURN server does not answer",
+    ))
 }
 
 /// Sets up stream `i`'s allocation and channel; the relayed address.
@@ -348,7 +376,10 @@ fn turn_stream(
         client,
         server,
         &signed(sip::turn::CHANNEL_BIND, 3, &|w| {
-            w.attr(attr::CHANNEL_NUMBER, &[(channel >> 8) as u8, channel as u8, 0, 0]);
+            w.attr(
+                attr::CHANNEL_NUMBER,
+                &[(channel >> 8) as u8, channel as u8, 0, 0],
+            );
             w.xor_address(attr::XOR_PEER_ADDRESS, std::net::SocketAddr::V4(peer));
         }),
     )?;
@@ -384,76 +415,8 @@ fn turn_load(args: &[String]) -> io::Result<()> {
     }
     // The allocations are made: the warm-up starts now (the runner waits for this line).
     eprintln!("ready");
-    let ep = Epoll::new();
-    for (k, s) in socks.iter().enumerate() {
-        ep.add(s.as_raw_fd(), k as u64);
-    }
-    let mut received = vec![0u64; n * 2];
-    let mut sent_total = 0u64;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
-    let mut batch = Batch::new();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(pps.max(1)));
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(warmup);
-    let end = measure_from + Duration::from_secs_f64(secs);
-    let mut next_send = start;
-    let mut counted_from: Option<(u64, Vec<u64>)> = None;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        if counted_from.is_none() && now >= measure_from {
-            counted_from = Some((sent_total, received.clone()));
-        }
-        if now >= next_send {
-            for (k, s) in socks.iter().enumerate() {
-                let (p, d) = (&packets[k], &dests[k]);
-                // SAFETY: a valid socket, buffer and address.
-                let r = unsafe {
-                    libc::sendto(
-                        s.as_raw_fd(),
-                        p.as_ptr().cast(),
-                        p.len(),
-                        libc::MSG_DONTWAIT,
-                        (d as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                if r > 0 {
-                    sent_total += 1;
-                }
-            }
-            next_send += interval;
-            if next_send + interval * 5 < Instant::now() {
-                next_send = Instant::now() + interval;
-            }
-        }
-        let wait_ms = next_send
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(5) as i32;
-        let got = ep.wait(&mut events, wait_ms);
-        for ev in &events[..got] {
-            let k = ev.u64 as usize;
-            loop {
-                let r = batch.recv(socks[k].as_raw_fd());
-                received[k] += r as u64;
-                if r < BATCH {
-                    break;
-                }
-            }
-        }
-    }
-    let (sent0, recv0) = counted_from.unwrap_or((0, vec![0; n * 2]));
-    let recv_window: u64 = received.iter().zip(&recv0).map(|(a, b)| a - b).sum();
-    let both_ways = (0..n)
-        .filter(|i| received[2 * i] > 0 && received[2 * i + 1] > 0)
-        .count();
-    println!(
-        "{{\"streams\": {n}, \"pps_per_direction\": {pps}, \"secs\": {secs}, \"sent\": {}, \"received\": {recv_window}, \"streams_both_ways\": {both_ways}}}",
-        sent_total - sent0
-    );
+    let rtp_at: Vec<usize> = (0..n * 2).map(|k| if k % 2 == 0 { 4 } else { 0 }).collect();
+    drive(&socks, &dests, packets, &rtp_at, pps, (secs, warmup));
     Ok(())
 }
 

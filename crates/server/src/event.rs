@@ -53,8 +53,6 @@ pub enum Event {
     TurnDataOpened {
         /// Its number.
         id: ConnId,
-        /// The client.
-        remote: SocketAddr,
         /// Takes the answer to the ConnectionBind.
         sender: mpsc::Sender<Bytes>,
         /// Takes the peer's connection once bound.

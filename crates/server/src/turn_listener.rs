@@ -192,7 +192,6 @@ async fn data_connection<S>(
     let (jtx, mut jrx) = mpsc::channel::<tokio::net::TcpStream>(1);
     let opened = Event::TurnDataOpened {
         id,
-        remote: flow.remote,
         sender: tx,
         join: jtx,
     };

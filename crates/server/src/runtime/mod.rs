@@ -474,12 +474,7 @@ fn handle_event(
         Event::TurnConnected { connection, stream } => {
             edge.turn_connected(core, connection, stream)
         }
-        Event::TurnDataOpened {
-            id,
-            remote: _,
-            sender,
-            join,
-        } => edge.turn_data_opened(id, sender, join),
+        Event::TurnDataOpened { id, sender, join } => edge.turn_data_opened(id, sender, join),
         Event::ConnOpened {
             id,
             remote,
