@@ -300,8 +300,21 @@ fn speed_key(user: Option<&str>, code: &str) -> String {
     format!("{} {code}", user.unwrap_or(""))
 }
 
-/// Brings a store made by an older version up to date.
+/// Brings a store made by an older version up to date, in one write transaction: the
+/// daemon and a CLI command opening a new store at the same moment would otherwise both see
+/// a column missing and both add it.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match add_missing_columns(conn) {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     let has_outside: bool = conn
         .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'outside'")?
         .exists([])?;
