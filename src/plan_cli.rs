@@ -129,7 +129,7 @@ pub enum DialPlanCommand {
         mask: Option<String>,
         #[arg(long)]
         regex: Option<String>,
-        /// rewrite, local, remote or reject.
+        /// rewrite, local, remote, provider or reject.
         #[arg(long)]
         action: RuleAction,
         #[arg(long, default_value_t = 0)]
@@ -143,6 +143,9 @@ pub enum DialPlanCommand {
         status: Option<u16>,
         #[arg(long)]
         reason: Option<String>,
+        /// For `provider`: the providers to try, in order (repeat, or separate by commas).
+        #[arg(long = "provider", value_delimiter = ',')]
+        providers: Vec<String>,
         #[arg(long)]
         position: Option<usize>,
     },
@@ -401,9 +404,11 @@ pub fn dial_plan(cfg: &Config, cmd: DialPlanCommand) -> Result<(), String> {
             target,
             status,
             reason,
+            providers,
             position,
         } => {
             let r = RuleSpec {
+                providers,
                 mask,
                 regex,
                 action,

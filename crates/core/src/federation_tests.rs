@@ -355,6 +355,7 @@ fn after_a_6xx_a_failed_branch_is_not_sent_to_the_domains_next_server() {
         flow: udp(BETA1),
         route: vec![],
         alternates: vec![udp(BETA2)],
+        trunk: None,
     };
     t.core.add_branches(t.now, ctx, vec![hop], &[]);
     let out = t.sent();

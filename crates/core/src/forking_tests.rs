@@ -337,6 +337,7 @@ fn speed_dials_and_rules() {
         target: None,
         status: Some(403),
         reason: Some("Premium Numbers Barred".into()),
+        providers: vec![],
     };
     let mut rewrite = reject.clone();
     rewrite.mask = Some("+4930555XXX".into());

@@ -85,7 +85,8 @@ impl Core {
         // Its id exists once the transaction does; a new transaction's first actions only
         // send, so nothing about the ping can have been reported before this.
         if self.tx.has_client(id) {
-            self.keepalive
+            self.agent
+                .pings
                 .pings
                 .insert(id, (aor.to_string(), contact.to_string()));
         }
@@ -106,7 +107,7 @@ impl Core {
 
     /// The answer to a ping (any final response shows the phone is there).
     pub(crate) fn ping_answered(&mut self, key: ClientTxId) -> bool {
-        let Some((aor, contact)) = self.keepalive.pings.remove(&key) else {
+        let Some((aor, contact)) = self.agent.pings.pings.remove(&key) else {
             return false;
         };
         if let Some(b) = self
@@ -123,7 +124,7 @@ impl Core {
 
     /// A ping got no answer: after too many in a row the contact is removed.
     pub(crate) fn ping_failed(&mut self, key: ClientTxId) {
-        let Some((aor, contact)) = self.keepalive.pings.remove(&key) else {
+        let Some((aor, contact)) = self.agent.pings.pings.remove(&key) else {
             return;
         };
         let limit = self.cfg.keepalive.failures;

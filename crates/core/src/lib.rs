@@ -15,6 +15,7 @@ mod handles;
 mod keepalive;
 mod keys;
 mod location;
+pub mod numbers;
 pub mod plan;
 mod proxy;
 pub mod records;
@@ -24,6 +25,7 @@ mod route;
 mod session_info;
 mod timers;
 mod transactions;
+pub mod trunks;
 mod turn;
 mod views;
 
@@ -43,6 +45,7 @@ pub(crate) use transactions::{
     client_key, first_line, request_like, server_key, ClientMachine, ClientTx, ServerMachine,
     ServerTx,
 };
+pub use trunks::TrunkView;
 pub use turn::{TurnAllocationView, TurnCredential, TurnSettings};
 pub use views::{Counters, RegistrationView, Status};
 
@@ -407,8 +410,8 @@ pub struct Core {
     pub(crate) proxy: proxy::Proxy,
     /// Calls in progress and the media relay.
     pub(crate) calls: calls::CallTable,
-    /// Keep-alive pings in flight.
-    pub(crate) keepalive: keepalive::KeepAlive,
+    /// The requests the server sends on its own: keep-alive pings, provider trunks.
+    pub(crate) agent: Agent,
     /// Every deadline of every part, one queue.
     pub(crate) timers: TimerQueue,
     /// Extensions, groups, forwarding, speed dials, rules.
@@ -418,6 +421,15 @@ pub struct Core {
     pub(crate) counters: Counters,
     /// Actions for the edge, drained by `take_actions`.
     pub(crate) out: Vec<Action>,
+}
+
+/// The server as a user agent: the requests it sends on its own behalf.
+#[derive(Default)]
+pub(crate) struct Agent {
+    /// Keep-alive pings to phones behind NAT, in flight.
+    pub(crate) pings: keepalive::KeepAlive,
+    /// SIP providers and peered PBXs: registrations, keep-alives, calls through them.
+    pub(crate) trunks: trunks::Trunks,
 }
 
 /// What the core was started with: its time origin, and what makes its ids unguessable.
@@ -466,7 +478,7 @@ impl Core {
             tx: transactions::Transactions::default(),
             proxy: proxy::Proxy::default(),
             calls: calls::CallTable::with_turn(turn),
-            keepalive: keepalive::KeepAlive::default(),
+            agent: Agent::default(),
             timers: TimerQueue::default(),
             origin: Origin {
                 started: now,
@@ -738,6 +750,7 @@ impl Core {
                 TimerRef::Media(call_id) => self.media_check(now, &call_id),
                 TimerRef::RelayRetry => self.relay_retry(),
                 TimerRef::TurnSweep => self.turn_sweep(now),
+                TimerRef::Trunk(name) => self.trunk_timer(now, &name),
             }
         }
     }

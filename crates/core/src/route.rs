@@ -19,6 +19,8 @@ pub(crate) struct Hop {
     pub route: Vec<String>,
     /// Where to try next if `flow` fails (the other targets DNS gave, RFC 3263 §4.3).
     pub alternates: Vec<Flow>,
+    /// The provider this hop goes to (its challenges are answered, its caps count).
+    pub trunk: Option<String>,
 }
 
 impl Core {

@@ -1659,6 +1659,8 @@ mod forking_tests;
 mod guard_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
+#[path = "trunk_tests.rs"]
+mod trunk_tests;
 #[path = "turn_tests.rs"]
 mod turn_tests;
 #[path = "websocket_tests.rs"]

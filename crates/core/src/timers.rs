@@ -26,6 +26,8 @@ pub(crate) enum TimerRef {
     RelayRetry,
     /// TURN allocations, permissions and channels may have expired.
     TurnSweep,
+    /// A provider's registration or keep-alive may be due (by name).
+    Trunk(String),
 }
 
 #[derive(Default)]

@@ -603,8 +603,12 @@ impl Core {
             (Some((code, reason)), Some((ctx, branch))) => {
                 self.branch_failed(now, ctx, branch, code, reason)
             }
-            // A request of our own that failed (a keep-alive ping).
-            (Some(_), None) => self.ping_failed(key),
+            // A request of our own that failed (a keep-alive ping, a provider's).
+            (Some(_), None) => {
+                if !self.trunk_no_answer(now, key) {
+                    self.ping_failed(key)
+                }
+            }
             _ => {}
         }
     }

@@ -217,6 +217,7 @@ pub fn describe_rule(r: &RuleSpec) -> String {
         RuleAction::Rewrite => s.push_str("rewrite"),
         RuleAction::Local => s.push_str("local"),
         RuleAction::Remote => s.push_str(&format!("remote {}", r.target.as_deref().unwrap_or("?"))),
+        RuleAction::Provider => s.push_str(&format!("provider {}", r.providers.join(", "))),
         RuleAction::Reject => s.push_str(&format!(
             "reject {} {}",
             r.status.unwrap_or(403),

@@ -236,32 +236,32 @@ fn need(ok: bool) -> Result<(), DigestError> {
     ok.then_some(()).ok_or(DigestError::Malformed)
 }
 
-fn is_lws(b: u8) -> bool {
+pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-fn is_token(b: u8) -> bool {
+pub(crate) fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
-struct Cursor<'a> {
-    s: &'a str,
-    pos: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) s: &'a str,
+    pub(crate) pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.s.as_bytes().get(self.pos).copied()
     }
 
-    fn skip_lws(&mut self) {
+    pub(crate) fn skip_lws(&mut self) {
         while self.peek().is_some_and(is_lws) {
             self.pos += 1;
         }
     }
 
     /// Only ever stops at an ASCII byte or the end, so the slice is on a char boundary.
-    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
+    pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a str {
         let start = self.pos;
         while self.peek().is_some_and(&f) {
             self.pos += 1;
@@ -270,7 +270,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `name = value` followed by LWS and then a comma or the end.
-    fn param(&mut self) -> Result<(&'a str, Cow<'a, str>), DigestError> {
+    pub(crate) fn param(&mut self) -> Result<(&'a str, Cow<'a, str>), DigestError> {
         let name = self.take_while(is_token);
         need(!name.is_empty())?;
         self.skip_lws();
@@ -325,7 +325,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Lowercase hex of `H(p1:p2:...)` with the algorithm's hash.
-fn hash_hex(alg: Algorithm, parts: &[&str]) -> String {
+pub(crate) fn hash_hex(alg: Algorithm, parts: &[&str]) -> String {
     let data = parts.join(":");
     match alg.base() {
         Algorithm::Sha256 => hex(&sha2::Sha256::digest(data)),
@@ -401,7 +401,7 @@ pub fn authorization(
     )
 }
 
-fn quote(v: &str) -> String {
+pub(crate) fn quote(v: &str) -> String {
     let mut out = String::from('"');
     for ch in v.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')) {
         if ch == '"' || ch == '\\' {

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod digest;
+pub mod digest_client;
 pub mod grammar;
 pub mod header;
 pub mod message;

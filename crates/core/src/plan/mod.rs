@@ -7,6 +7,7 @@
 pub mod mask;
 pub mod settings;
 
+use crate::numbers::{NumberCall, NumberSettings};
 use crate::User;
 use regex_lite::Regex;
 use settings::{
@@ -41,6 +42,8 @@ pub enum Dialed {
     Local(Target),
     /// A SIP URI outside the domain.
     Remote(String),
+    /// A telephone number, out through a provider (or ENUM).
+    Number(NumberCall),
     /// Refuse with this status and reason (a `reject` rule, or a feature code without the
     /// number it needs).
     Reject(u16, String),
@@ -148,6 +151,8 @@ pub struct Directory {
     speed: HashMap<(Option<String>, String), String>,
     rules: Vec<Rule>,
     features: FeatureCodes,
+    /// How numbers are dialled, and the emergency numbers.
+    numbers: NumberSettings,
     /// The call-handling settings it was built with (ring times, redirect and forward limits,
     /// local-only users).
     pub calls: CallSettings,
@@ -207,6 +212,7 @@ impl Directory {
             speed: HashMap::new(),
             rules: vec![],
             features: features.clone(),
+            numbers: NumberSettings::default(),
             calls: calls.clone(),
         };
         // A user's or group's name and extension go into the namespace and the index.
@@ -348,8 +354,14 @@ impl Directory {
             speed: HashMap::new(),
             rules: vec![],
             features: FeatureCodes::default(),
+            numbers: NumberSettings::default(),
             calls: CallSettings::default(),
         }
+    }
+
+    /// Takes the `[numbers]` settings: how numbers are dialled, the emergency numbers.
+    pub fn set_numbers(&mut self, numbers: NumberSettings) {
+        self.numbers = numbers;
     }
 
     /// Whether `name` is a user of the plan.
@@ -415,6 +427,15 @@ impl Directory {
     /// rules that lead outside.
     pub fn dial(&self, dialed: &str, caller: Option<&str>) -> Dialed {
         if caller.is_some() {
+            // Before anything else: no rule, speed dial or extension may take it.
+            if let Some(e) = self.numbers.emergency(dialed) {
+                return Dialed::Number(NumberCall {
+                    dialled: e.to_string(),
+                    e164: None,
+                    providers: vec![],
+                    emergency: true,
+                });
+            }
             if let Some(f) = self.feature(dialed) {
                 return f;
             }
@@ -483,6 +504,15 @@ impl Directory {
                     let t = r.spec.target.as_deref().unwrap_or("");
                     return Dialed::Remote(t.replace("${number}", &rewritten));
                 }
+                RuleAction::Provider if caller.is_none() => continue,
+                RuleAction::Provider => {
+                    return Dialed::Number(NumberCall {
+                        e164: self.numbers.normalise(&rewritten),
+                        dialled: rewritten,
+                        providers: r.spec.providers.clone(),
+                        emergency: false,
+                    })
+                }
                 RuleAction::Reject => {
                     return Dialed::Reject(
                         r.spec.status.unwrap_or(403),
@@ -496,7 +526,16 @@ impl Directory {
                 return Dialed::Local(t);
             }
         }
-        Dialed::NotFound
+        // A telephone number no rule routed: out through the providers, in their order.
+        match (caller, self.numbers.normalise(&number)) {
+            (Some(_), Some(e164)) => Dialed::Number(NumberCall {
+                dialled: number,
+                e164: Some(e164),
+                providers: vec![],
+                emergency: false,
+            }),
+            _ => Dialed::NotFound,
+        }
     }
 
     /// The feature code at the start of `dialed` (the longest that fits).
@@ -626,6 +665,11 @@ fn rule(r: &RuleSpec) -> Result<Rule, String> {
                 return Err(
                     "action `remote` needs a `target` SIP URI (`${number}` is replaced)".into(),
                 );
+            }
+        }
+        RuleAction::Provider => {
+            if r.providers.is_empty() {
+                return Err("action `provider` needs `providers`, the providers to try in order".into());
             }
         }
         RuleAction::Reject => {

@@ -162,6 +162,8 @@ pub enum RuleAction {
     Remote,
     /// Refuse with `status` and `reason`.
     Reject,
+    /// Call out through `providers` (tried in order).
+    Provider,
 }
 
 impl std::str::FromStr for RuleAction {
@@ -172,8 +174,9 @@ impl std::str::FromStr for RuleAction {
             "local" => Ok(RuleAction::Local),
             "remote" => Ok(RuleAction::Remote),
             "reject" => Ok(RuleAction::Reject),
+            "provider" => Ok(RuleAction::Provider),
             _ => Err(format!(
-                "unknown action `{s}` (rewrite, local, remote or reject)"
+                "unknown action `{s}` (rewrite, local, remote, provider or reject)"
             )),
         }
     }
@@ -207,6 +210,9 @@ pub struct RuleSpec {
     /// For `reject`: the reason phrase (`Forbidden` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `provider`: the providers to try, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -50,6 +50,7 @@ fn rule(mask: &str, action: RuleAction) -> RuleSpec {
         target: None,
         status: None,
         reason: None,
+        providers: vec![],
     }
 }
 
@@ -334,6 +335,7 @@ fn regex_rules() {
         target: None,
         status: None,
         reason: None,
+        providers: vec![],
     };
     let d = build(&PlanSettings {
         rules: vec![r.clone()],

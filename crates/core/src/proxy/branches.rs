@@ -64,6 +64,14 @@ impl Core {
         hash: &str,
     ) {
         if let Some(ctx_id) = self.new_context(key, msg, (pop, hash, false), None) {
+            // Inside a dialog through a provider, its challenges are answered too.
+            let hops = hops
+                .into_iter()
+                .map(|h| Hop {
+                    trunk: h.trunk.clone().or_else(|| self.trunk_at(h.flow)),
+                    ..h
+                })
+                .collect();
             self.add_branches(now, ctx_id, hops, &[]);
             if self
                 .proxy
@@ -111,6 +119,7 @@ impl Core {
         );
         let hash = ctx.template.hash.clone();
         let hunting = ctx.hunt.is_some();
+        let caller = ctx.hunt.as_ref().and_then(|h| h.caller.clone());
         let tried = ctx.branches.len();
         let Some(msg) = self.tx.server(key).and_then(|st| st.request.clone()) else {
             return;
@@ -181,6 +190,7 @@ impl Core {
             extra,
             strip_identity: hunting,
             body: None,
+            from: None,
         };
         // The branches are made first and entered into the context together: making one
         // needs the whole core (tokens, listeners, the transaction table), the context only
@@ -190,13 +200,35 @@ impl Core {
             // Each branch's SDP names the relay in its phone's address family.
             shape.body = bodies.get(i).and_then(|b| b.as_deref());
             let idx = replace.unwrap_or(tried + i);
-            let retry = (!hop.alternates.is_empty()).then(|| {
+            let retry = (!hop.alternates.is_empty() || hop.trunk.is_some()).then(|| {
                 Box::new(Retry {
-                    uri: hop.uri.clone(),
-                    alternates: hop.alternates.clone(),
+                    hop: hop.clone(),
                     extra: extra.to_vec(),
+                    authorized: extra.iter().any(|(n, _)| n.ends_with("Authorization")),
                 })
             });
+            // A provider's branch: the caller presented as the provider asks, and the call
+            // counted against the caps.
+            let mut hop_extra = extra.to_vec();
+            let mut from = None;
+            if let Some(t) = &hop.trunk {
+                let (f, id) = self.trunk_identity(t);
+                from = f;
+                hop_extra.extend(id);
+                // Emergency calls count against nothing.
+                let emergency = Uri::parse(&hop.uri)
+                    .ok()
+                    .and_then(|u| u.user)
+                    .is_some_and(|n| self.agent.trunks.numbers().emergency(n).is_some());
+                if let (true, Some(user)) = (invite && dialog_creating && !emergency, &caller) {
+                    self.outside_call_started(now, msg.call_id(), user, t);
+                }
+            }
+            let shape = BranchShape {
+                extra: &hop_extra,
+                from: from.as_deref(),
+                ..shape
+            };
             // A registered phone's contact, or (inside a dialog) a peer the Request-URI
             // names directly: the answer comes from the phone itself, not from a proxy.
             let to_phone = invite
@@ -356,6 +388,7 @@ impl Core {
             extra,
             strip_identity,
             body,
+            from,
         } = *shape;
         let mut w = Writer::request(msg.method_str(), ruri);
         w.header("Via", &self.via_for(out, branch));
@@ -430,6 +463,16 @@ impl Core {
                 }
                 // RFC 3325: an asserted identity is ours to give, never taken from a phone.
                 HeaderName::PAssertedIdentity if strip_identity => {}
+                // Towards a provider: the caller as the provider wants it, same tag.
+                HeaderName::From if from.is_some() => {
+                    let tag = msg.from().and_then(|f| f.tag()).unwrap_or("");
+                    w.header_fmt("From", format_args!("<{}>;tag={tag}", from.unwrap_or("")));
+                }
+                HeaderName::Other
+                    if from.is_some()
+                        && msg.text(h.line).get(..21).is_some_and(|n| {
+                            n.eq_ignore_ascii_case("P-Preferred-Identity:")
+                        }) => {}
                 // §22.3: credentials for our own realm end here; the callee has no use for
                 // them and should not get a digest to attack offline.
                 HeaderName::ProxyAuthorization if self.is_our_realm(msg.text(h.value)) => {}
@@ -465,6 +508,7 @@ impl Core {
         match msg.method() {
             Some(Method::Invite) if dialog_creating => self.call_begin(now, msg, inbound, hops),
             Some(Method::Bye) => {
+                self.outside_call_ended(msg.call_id());
                 if self.is_the_call(msg) {
                     self.call_end(msg.call_id(), "BYE");
                 }
@@ -513,6 +557,8 @@ pub(crate) struct BranchShape<'a> {
     pub(super) strip_identity: bool,
     /// A body to send instead of the request's own (SDP rewritten for the media relay).
     pub(super) body: Option<&'a [u8]>,
+    /// A From URI to send instead of the caller's (a provider's identity rules).
+    pub(super) from: Option<&'a str>,
 }
 
 /// A Contact value with its IP address and port replaced by `source` when they differ (the

@@ -68,11 +68,13 @@ pub(crate) struct Branch {
     pub retry: Option<Box<Retry>>,
 }
 
-/// What a branch needs to be sent again to the next of its domain's servers.
+/// What a branch needs to be sent again: to the next of its domain's servers, or to its
+/// provider with credentials.
 pub(crate) struct Retry {
-    uri: String,
-    alternates: Vec<Flow>,
+    hop: Hop,
     extra: Vec<(&'static str, String)>,
+    /// Credentials for a provider's challenge went with it already.
+    authorized: bool,
 }
 
 /// What the proxy keeps across requests: the response context of each forwarded request, where
@@ -332,6 +334,9 @@ impl Core {
             Ok(a) => a,
             Err(d) => return d,
         };
+        if let Some(d) = self.from_provider(msg, &admitted, flow) {
+            return Some(d);
+        }
         let bound = match self.leave(now, msg, &admitted) {
             Ok(b) => b,
             Err(d) => return d,
@@ -360,6 +365,21 @@ impl Core {
     /// (a cracked account goes out in bursts), and one from an address they never went out
     /// from is logged.
     fn limit(&mut self, now: Instant, msg: &Message, flow: Flow, decision: Decision) -> Decision {
+        if let Decision::Hunt {
+            target: Dialed::Number(call),
+            hunt,
+            ..
+        } = &decision
+        {
+            let Some(user) = hunt.caller.clone() else {
+                return Decision::Reply(404, "Not Found");
+            };
+            let invite = msg.method() == Some(Method::Invite);
+            return match self.number_allowed(now, &user, call, flow.remote, invite) {
+                Ok(()) => decision,
+                Err((code, reason)) => Decision::ReplyOwned(code, reason),
+            };
+        }
         let Decision::Hunt {
             target: Dialed::Remote(uri),
             hunt,
@@ -449,6 +469,39 @@ impl Core {
             hash,
             pop,
             dialog_route,
+        })
+    }
+
+    /// Stage 1b, from a provider: a new request to our registered Contact's secret there,
+    /// or from its addresses for one of its numbers, rings what the number is mapped to.
+    /// No digest is asked: the provider vouches for its callers, and such a request can
+    /// only reach local targets (never go out again).
+    fn from_provider(&mut self, msg: &Message, a: &Admitted<'_>, flow: Flow) -> Option<Decision> {
+        if a.dialog_route || msg.to().is_some_and(|t| t.tag().is_some()) {
+            return None;
+        }
+        let (trunk, number) = self.from_trunk(msg, flow.remote)?;
+        Some(match msg.method() {
+            Some(Method::Options) => Decision::OptionsHere,
+            Some(Method::Register) => Decision::Reply(403, "Forbidden"),
+            _ => match self.did_target(&trunk, &number) {
+                Some(t) => {
+                    tracing::info!(provider = %trunk, number, target = t.name(), source = %flow.remote,
+                        method = msg.method_str(), "from the provider");
+                    Decision::Hunt {
+                        target: Dialed::Local(t),
+                        hunt: Box::new(Hunt::new(msg.uri_str(), None, None)),
+                        pop: a.pop,
+                        hash: a.hash.clone(),
+                        conceal: false,
+                    }
+                }
+                None => {
+                    tracing::info!(provider = %trunk, number, source = %flow.remote,
+                        "from the provider, for a number that rings nobody");
+                    Decision::Reply(404, "Not Found")
+                }
+            },
         })
     }
 
@@ -715,6 +768,7 @@ pub(crate) fn along_dialog(
                 flow,
                 route: vec![],
                 alternates: vec![],
+                trunk: None,
             }],
             pop,
             hash: hash.to_string(),

@@ -68,6 +68,7 @@ impl Core {
             self.media_body(&msg, false, flow, out).ok().flatten()
         };
         let shape = BranchShape {
+            from: None,
             msg: &msg,
             inbound: flow,
             record_route: false,
@@ -237,7 +238,7 @@ impl Core {
         self.client_actions(now, key, actions);
         if ours && disp == Disposition::PassUp && status >= 200 {
             // A request of our own: a keep-alive ping, or a feature-code confirmation.
-            if self.ping_answered(key) {
+            if self.ping_answered(key) || self.trunk_answered(now, key, &msg) {
                 return;
             }
             // Our CANCELs are ours too: only a MESSAGE is a notification.
@@ -290,6 +291,15 @@ impl Core {
         let server = ctx.server;
         let invite = ctx.invite;
         let (in_flow, dialog_creating) = (ctx.template.in_flow, ctx.template.dialog_creating);
+        let to_trunk = ctx
+            .branches
+            .get(idx)
+            .and_then(|b| b.retry.as_ref())
+            .is_some_and(|r| r.hop.trunk.is_some());
+        let from_line = to_trunk
+            .then(|| self.tx.server(server).and_then(|st| st.request.as_ref()))
+            .flatten()
+            .and_then(|m| m.headers.iter().find(|h| h.name == HeaderName::From).map(|h| m.text(h.line).to_string()));
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {
@@ -306,13 +316,19 @@ impl Core {
             }
             if forward {
                 let body = self.media_for_response(&resp, from, in_flow);
-                let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
+                let data = upstream_bytes_from(&resp, None, body.as_deref(), fix_contact, from_line.as_deref());
                 self.send_server_response(now, server, status, data);
             }
             return;
         }
         if status == 503 && self.try_alternate(now, ctx_id, idx) {
             return;
+        }
+        if matches!(status, 401 | 407) && self.answer_trunk_challenge(now, ctx_id, idx, &resp) {
+            return;
+        }
+        if status >= 300 {
+            self.trunk_branch_over(ctx_id, idx);
         }
         let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
@@ -341,7 +357,7 @@ impl Core {
                 self.call_answered(&resp, from);
             }
             let body = self.media_for_response(&resp, from, in_flow);
-            let data = upstream_bytes(&resp, None, body.as_deref(), fix_contact);
+            let data = upstream_bytes_from(&resp, None, body.as_deref(), fix_contact, from_line.as_deref());
             self.send_server_response(now, server, status, data);
             if invite {
                 self.cancel_all(now, ctx_id);
@@ -374,6 +390,7 @@ impl Core {
         if matches!(code, 408 | 503) && self.try_alternate(now, ctx_id, idx) {
             return;
         }
+        self.trunk_branch_over(ctx_id, idx);
         // §16.9: a next hop we could not reach counts as its 503, and §16.7 step 6 turns a
         // 503 into 500 upstream, so that the caller's proxy does not take us for overloaded.
         let (code, reason) = if code == 503 {
@@ -419,10 +436,10 @@ impl Core {
         if !b.state.may_retry() {
             return false;
         }
-        let Some(r) = b.retry.as_mut().filter(|r| !r.alternates.is_empty()) else {
+        let Some(r) = b.retry.as_mut().filter(|r| !r.hop.alternates.is_empty()) else {
             return false;
         };
-        let flow = r.alternates.remove(0);
+        let flow = r.hop.alternates.remove(0);
         // The failed server's transaction no longer speaks for this branch slot (a late
         // error on it must not fail the new one over again).
         if let Some(old) = self.tx.client_mut(b.client) {
@@ -438,16 +455,86 @@ impl Core {
             return false;
         };
         let hop = Hop {
-            uri: r.uri.clone(),
             flow,
-            route: vec![],
-            alternates: std::mem::take(&mut r.alternates),
+            alternates: std::mem::take(&mut r.hop.alternates),
+            ..r.hop.clone()
         };
         let extra = std::mem::take(&mut r.extra);
         tracing::info!(uri = %hop.uri, next = %flow.remote, transport = flow.transport.as_str(),
             "server failed; trying the domain's next one (RFC 3263)");
         self.add_branches_at(now, ctx_id, vec![hop], &extra, Some(idx));
         true
+    }
+
+    /// A provider challenged a request we forwarded to it: send it again on the same branch
+    /// with the account's credentials (once per challenge; the same CSeq, as the caller's
+    /// dialog expects). False when it is not a provider's branch or cannot be answered.
+    fn answer_trunk_challenge(&mut self, now: Instant, ctx_id: CtxId, idx: usize, resp: &Message) -> bool {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
+            return false;
+        };
+        let Some(b) = ctx.branches.get(idx) else {
+            return false;
+        };
+        let Some(r) = b.retry.as_ref().filter(|_| !ctx.cancelled && !ctx.answered) else {
+            return false;
+        };
+        let (Some(trunk), true) = (r.hop.trunk.clone(), b.state.may_retry()) else {
+            return false;
+        };
+        let authorized = r.authorized;
+        let client = b.client;
+        let Some((sent, flow)) = self.tx.client(client).map(|c| (c.request.clone(), c.flow)) else {
+            return false;
+        };
+        let Ok(sent) = Message::parse(sent, true) else {
+            return false;
+        };
+        let Some(cred) = self.trunk_credentials(&trunk, resp, &sent, authorized) else {
+            return false;
+        };
+        if let Some(old) = self.tx.client_mut(client) {
+            old.ctx = None;
+        }
+        let Some(r) = self
+            .proxy
+            .contexts
+            .get_mut(&ctx_id)
+            .and_then(|c| c.branches.get_mut(idx))
+            .and_then(|b| b.retry.as_mut())
+        else {
+            return false;
+        };
+        r.extra.retain(|(n, _)| !n.ends_with("Authorization"));
+        r.extra.push(cred);
+        let extra = r.extra.clone();
+        let hop = Hop { flow, ..r.hop.clone() };
+        tracing::debug!(provider = %trunk, "answering the provider's challenge");
+        self.add_branches_at(now, ctx_id, vec![hop], &extra, Some(idx));
+        true
+    }
+
+    /// A branch to a provider ended without an answer: the call no longer counts there.
+    fn trunk_branch_over(&mut self, ctx_id: CtxId, idx: usize) {
+        let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
+            return;
+        };
+        let to_trunk = ctx
+            .branches
+            .get(idx)
+            .and_then(|b| b.retry.as_ref())
+            .is_some_and(|r| r.hop.trunk.is_some());
+        if !to_trunk || ctx.answered {
+            return;
+        }
+        let call_id = self
+            .tx
+            .server(ctx.server)
+            .and_then(|st| st.request.as_ref())
+            .map(|m| m.call_id().to_string());
+        if let Some(c) = call_id {
+            self.outside_call_ended(&c);
+        }
     }
 
     pub(crate) fn cancel_all(&mut self, now: Instant, ctx_id: CtxId) {
@@ -587,6 +674,18 @@ pub(crate) fn upstream_bytes(
     body: Option<&[u8]>,
     fix_contact: Option<Flow>,
 ) -> sip::Bytes {
+    upstream_bytes_from(resp, status, body, fix_contact, None)
+}
+
+/// `upstream_bytes`, with the From header line the caller sent put back (a provider saw
+/// the caller under another identity).
+pub(crate) fn upstream_bytes_from(
+    resp: &Message,
+    status: Option<(u16, &str)>,
+    body: Option<&[u8]>,
+    fix_contact: Option<Flow>,
+    from_line: Option<&str>,
+) -> sip::Bytes {
     let mut w = match status {
         Some((code, reason)) => Writer::response(code, reason),
         None => Writer::response(resp.status().unwrap_or(500), resp.reason()),
@@ -605,6 +704,9 @@ pub(crate) fn upstream_bytes(
                 }
             }
             HeaderName::ContentLength => {}
+            HeaderName::From if from_line.is_some() => {
+                w.line(from_line.unwrap_or(""));
+            }
             HeaderName::Contact if fix_contact.is_some() => {
                 let value = resp.text(h.value);
                 match fix_contact.and_then(|f| natted_contact_for(value, f)) {

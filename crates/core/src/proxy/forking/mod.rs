@@ -105,8 +105,17 @@ pub(crate) struct Hunt {
     pub forwards: u8,
     /// P-Asserted-Identity for the branches, when the caller is authenticated.
     pub asserted: Option<String>,
-    /// The current target is outside the domain.
-    remote: bool,
+    /// Where the current target is.
+    reach: Reach,
+}
+
+/// Where a hunt's current target is: our phones get our P-Asserted-Identity, other domains
+/// and providers do not; providers are tried one after the other on failure only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    Local,
+    Remote,
+    Trunk,
 }
 
 /// What a call went through: RFC 7044 History-Info entries and RFC 5806 diversions.
@@ -149,7 +158,7 @@ impl Hunt {
             },
             forwards: 0,
             asserted,
-            remote: false,
+            reach: Reach::Local,
         }
     }
 
@@ -190,7 +199,7 @@ impl Hunt {
             // RFC 3325: the asserted identity is for our trust domain (our own users and
             // phones); another domain gets the caller's From and our Record-Route, and
             // never an identity it could not verify anyway.
-            if !self.remote {
+            if self.reach == Reach::Local {
                 h.push(("P-Asserted-Identity", pai.clone()));
             }
         }
@@ -245,7 +254,7 @@ impl Core {
         let mut on_busy = None;
         let mut on_no_answer = None;
         let mut overall = None;
-        let mut remote = false;
+        let mut reach = Reach::Local;
         match target {
             Dialed::Local(Target::User(u)) => {
                 let f = self.plan.forward(u);
@@ -344,7 +353,7 @@ impl Core {
                 }
             }
             Dialed::Remote(uri) => {
-                remote = true;
+                reach = Reach::Remote;
                 match self.remote_hop(uri, now) {
                     Some(h) => stages.push_back(Stage {
                         hops: vec![h],
@@ -360,6 +369,19 @@ impl Core {
                     None => return Expanded::Reply(500, "Cannot Resolve Target".into()),
                 }
             }
+            Dialed::Number(call) => {
+                // One stage per provider, in order: the next is tried only when one fails
+                // (408, 5xx, unreachable), never after the callee's own answer.
+                reach = Reach::Trunk;
+                stages.extend(self.number_hops(now, call).into_iter().map(|h| Stage {
+                    hops: vec![h],
+                    ring: None,
+                    resolve: None,
+                }));
+                if stages.is_empty() {
+                    return Expanded::Reply(480, "Temporarily Unavailable (No Provider Reachable)".into());
+                }
+            }
             Dialed::Reject(code, reason) => return Expanded::Reply(*code, reason.clone()),
             Dialed::NotFound | Dialed::Feature(_) => {
                 return Expanded::Reply(404, "Not Found".into())
@@ -371,7 +393,7 @@ impl Core {
         h.stages = stages;
         h.on_busy = on_busy;
         h.on_no_answer = on_no_answer;
-        h.remote = remote;
+        h.reach = reach;
         // A new target replaces the previous one's overall time too (a group's fallback
         // must not be cut short by the group's timer).
         h.overall = overall;
@@ -604,7 +626,11 @@ impl Core {
         if cancelled {
             return self.finish_with_best(now, ctx_id);
         }
-        if outcome(best) != Outcome::Global && self.hunt_advance(now, ctx_id) {
+        // A provider's own answer (a busy or unknown number) ends the call; only its failure
+        // moves it to the next provider.
+        let trunk_answered = self.hunt_mut(ctx_id).is_some_and(|h| h.reach == Reach::Trunk)
+            && best.is_some_and(|s| s != 408 && s < 500);
+        if outcome(best) != Outcome::Global && !trunk_answered && self.hunt_advance(now, ctx_id) {
             return;
         }
         self.hunt_exhausted(now, ctx_id, best);
@@ -867,7 +893,7 @@ mod tests {
             get("P-Asserted-Identity"),
             vec!["<sip:carol@example.test>".to_string()]
         );
-        h.remote = true;
+        h.reach = Reach::Remote;
         assert!(h.headers().iter().all(|(k, _)| *k != "P-Asserted-Identity"));
     }
 

@@ -25,12 +25,14 @@ impl Core {
                 flow: self.resolve(&Uri::parse(first).ok()?)?,
                 route: b.path.clone(),
                 alternates: vec![],
+                trunk: None,
             }),
             None => Some(Hop {
                 uri: b.contact.clone(),
                 flow: self.binding_flow(b)?,
                 route: vec![],
                 alternates: vec![],
+                trunk: None,
             }),
         }
     }
@@ -182,6 +184,7 @@ impl Core {
                 flow,
                 route: vec![],
                 alternates: vec![],
+                trunk: None,
             });
         }
         let (targets, until) = self.proxy.dns_cache.get(&dns_query(uri)?)?;
@@ -212,6 +215,7 @@ impl Core {
             flow,
             route: vec![],
             alternates: flows.collect(),
+            trunk: None,
         })
     }
 
@@ -224,6 +228,9 @@ impl Core {
         targets: Vec<(Transport, SocketAddr)>,
         ttl: Duration,
     ) {
+        if self.trunk_resolved(now, id, &targets, ttl) {
+            return;
+        }
         let Some(p) = self.proxy.resolving.remove(&id) else {
             return;
         };
