@@ -4,6 +4,7 @@
 
 mod install;
 mod plan_cli;
+mod provider_cli;
 
 use clap::{Parser, Subcommand};
 use hedgewitch_server::accounts;
@@ -87,6 +88,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The SIP providers and peered PBXs: registered or not, since when, and why.
+    Providers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, list, remove or test SIP providers (files in providers.d).
+    #[command(subcommand)]
+    Provider(provider_cli::ProviderCommand),
+    /// Which user, group or extension each of your telephone numbers rings.
+    #[command(subcommand)]
+    Did(provider_cli::DidCommand),
     /// List the addresses banned for failed logins, or lift a ban.
     Bans {
         #[command(subcommand)]
@@ -219,6 +231,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Forward(cmd) => plan_cli::forward(&cfg, cmd),
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
+        Command::Providers { json } => provider_cli::status(&cfg, json),
+        Command::Provider(cmd) => provider_cli::provider(&cfg, cmd),
+        Command::Did(cmd) => provider_cli::did(&cfg, cmd),
         Command::Tls(TlsCommand::SelfSigned { out, names }) => {
             let dir = out.unwrap_or_else(|| cfg.data_dir.join("tls"));
             let files = hedgewitch_server::tls::self_signed(&cfg.domain, &names, &dir)?;

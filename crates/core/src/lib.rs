@@ -568,7 +568,8 @@ impl Core {
     }
 
     /// Replaces the dial plan (start, reload). Calls in progress keep the stages they have.
-    pub fn set_plan(&mut self, plan: Directory) {
+    pub fn set_plan(&mut self, mut plan: Directory) {
+        plan.set_numbers(self.agent.trunks.numbers().clone());
         self.plan = plan;
     }
 

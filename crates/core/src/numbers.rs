@@ -7,6 +7,19 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// A number of the household and what it rings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DidSpec {
+    /// The number, in any form (`+4930123456`, `030123456`).
+    pub number: String,
+    /// A user, group or extension; empty: the default target.
+    pub target: String,
+    /// The provider it belongs to (mappings made with `hedgewitch did`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
 /// A number a local user dialled, as the dial plan found it: where it goes out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NumberCall {
@@ -167,7 +180,11 @@ impl NumberSettings {
             && !self.trunk_prefix.is_empty()
             && digits.starts_with(&self.trunk_prefix)
         {
-            format!("{}{}", self.country_code, &digits[self.trunk_prefix.len()..])
+            format!(
+                "{}{}",
+                self.country_code,
+                &digits[self.trunk_prefix.len()..]
+            )
         } else {
             return None;
         };
@@ -222,10 +239,7 @@ impl NumberSettings {
     /// The emergency number a dialled string is, if any.
     pub fn emergency(&self, dialled: &str) -> Option<&str> {
         let s: String = dialled.chars().filter(|c| !is_visual(*c)).collect();
-        self.emergency
-            .iter()
-            .find(|e| **e == s)
-            .map(String::as_str)
+        self.emergency.iter().find(|e| **e == s).map(String::as_str)
     }
 
     /// Whether two written forms name the same number (a provider may send the household's
@@ -274,28 +288,64 @@ mod tests {
     fn dialled_forms_become_e164() {
         let n = germany();
         assert_eq!(n.normalise("0301234567").as_deref(), Some("49301234567"));
-        assert_eq!(n.normalise("+44 20 7946 0000").as_deref(), Some("442079460000"));
-        assert_eq!(n.normalise("00442079460000").as_deref(), Some("442079460000"));
-        assert_eq!(n.normalise("+1 (555) 123-4567").as_deref(), Some("15551234567"));
+        assert_eq!(
+            n.normalise("+44 20 7946 0000").as_deref(),
+            Some("442079460000")
+        );
+        assert_eq!(
+            n.normalise("00442079460000").as_deref(),
+            Some("442079460000")
+        );
+        assert_eq!(
+            n.normalise("+1 (555) 123-4567").as_deref(),
+            Some("15551234567")
+        );
         // Extensions, names, feature codes and nonsense are not numbers.
-        for s in ["201", "alice", "*72", "", "+", "+0123456", "0", "+1234567890123456"] {
+        for s in [
+            "201",
+            "alice",
+            "*72",
+            "",
+            "+",
+            "+0123456",
+            "0",
+            "+1234567890123456",
+        ] {
             assert_eq!(n.normalise(s), None, "{s}");
         }
         // Without a country code, national numbers cannot be told.
         let bare = NumberSettings::default();
         assert_eq!(bare.normalise("0301234567"), None);
-        assert_eq!(bare.normalise("+49301234567").as_deref(), Some("49301234567"));
+        assert_eq!(
+            bare.normalise("+49301234567").as_deref(),
+            Some("49301234567")
+        );
     }
 
     #[test]
     fn formats_for_providers() {
         let n = germany();
         let e = "49301234567";
-        assert_eq!(n.format(e, "030 1234567", NumberFormat::E164Plus), "+49301234567");
-        assert_eq!(n.format(e, "030 1234567", NumberFormat::E164), "49301234567");
-        assert_eq!(n.format(e, "030 1234567", NumberFormat::National), "0301234567");
-        assert_eq!(n.format("442079460000", "", NumberFormat::National), "00442079460000");
-        assert_eq!(n.format(e, "030 1234567", NumberFormat::Dialled), "0301234567");
+        assert_eq!(
+            n.format(e, "030 1234567", NumberFormat::E164Plus),
+            "+49301234567"
+        );
+        assert_eq!(
+            n.format(e, "030 1234567", NumberFormat::E164),
+            "49301234567"
+        );
+        assert_eq!(
+            n.format(e, "030 1234567", NumberFormat::National),
+            "0301234567"
+        );
+        assert_eq!(
+            n.format("442079460000", "", NumberFormat::National),
+            "00442079460000"
+        );
+        assert_eq!(
+            n.format(e, "030 1234567", NumberFormat::Dialled),
+            "0301234567"
+        );
     }
 
     #[test]
@@ -326,7 +376,10 @@ mod tests {
 
     #[test]
     fn enum_domains() {
-        assert_eq!(enum_domain("4930123", "e164.arpa"), "3.2.1.0.3.9.4.e164.arpa");
+        assert_eq!(
+            enum_domain("4930123", "e164.arpa"),
+            "3.2.1.0.3.9.4.e164.arpa"
+        );
         assert_eq!(enum_domain("1", "e164.test."), "1.e164.test");
     }
 }

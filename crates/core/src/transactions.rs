@@ -605,9 +605,9 @@ impl Core {
             }
             // A request of our own that failed (a keep-alive ping, a provider's).
             (Some(_), None) => {
-                if !self.trunk_no_answer(now, key) {
-                    self.ping_failed(key)
-                }
+                // Each looks for the key among its own requests only.
+                self.trunk_no_answer(now, key);
+                self.ping_failed(key);
             }
             _ => {}
         }

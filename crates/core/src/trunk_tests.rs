@@ -45,6 +45,7 @@ fn trunk(name: &str, at: &str) -> TrunkSettings {
         dids: vec![DidSpec {
             number: "+4930999".into(),
             target: "bob".into(),
+            provider: None,
         }],
         default_target: None,
     }
@@ -86,7 +87,12 @@ fn only<'a>(out: &'a [(Flow, Message)], method: &str) -> &'a Message {
         .iter()
         .filter(|(_, m)| m.method_str() == method && m.is_request())
         .collect();
-    assert_eq!(found.len(), 1, "one {method}: {:?}", out.iter().map(|m| first_line(&m.1)).collect::<Vec<_>>());
+    assert_eq!(
+        found.len(),
+        1,
+        "one {method}: {:?}",
+        out.iter().map(|m| first_line(&m.1)).collect::<Vec<_>>()
+    );
     &found[0].1
 }
 
@@ -99,7 +105,21 @@ impl T {
             for (flow, reg) in out.iter().filter(|(_, m)| m.method_str() == "REGISTER") {
                 let ch = challenge("provider.test", "n1", Algorithm::Md5, false, None);
                 let text = if reg.value(HeaderName::Authorization).is_some() {
-                    reply(reg, 200, &[format!("Contact: {};expires=120", reg.value(HeaderName::Contact).unwrap().split(',').next().unwrap().split(";expires").next().unwrap())])
+                    reply(
+                        reg,
+                        200,
+                        &[format!(
+                            "Contact: {};expires=120",
+                            reg.value(HeaderName::Contact)
+                                .unwrap()
+                                .split(',')
+                                .next()
+                                .unwrap()
+                                .split(";expires")
+                                .next()
+                                .unwrap()
+                        )],
+                    )
                 } else {
                     reply(reg, 401, &[format!("WWW-Authenticate: {ch}")])
                 };
@@ -107,21 +127,35 @@ impl T {
                 self.recv(&from, &text);
             }
         }
-        assert!(self.core.trunks(self.now).iter().all(|v| v.state == "registered"), "{:?}", self.core.trunks(self.now));
+        assert!(
+            self.core
+                .trunks(self.now)
+                .iter()
+                .all(|v| v.state == "registered"),
+            "{:?}",
+            self.core.trunks(self.now)
+        );
     }
 }
 
 #[test]
 fn registers_with_digest_and_refreshes_before_expiry() {
     let mut t = T::new();
-    t.core.set_trunks(t.now, vec![trunk("acme", PROV)], germany());
+    t.core
+        .set_trunks(t.now, vec![trunk("acme", PROV)], germany());
     let out = t.sent();
     let (flow, reg) = &out[0];
     assert_eq!(flow.remote, addr(PROV));
     assert_eq!(reg.uri_str(), "sip:127.0.0.1:7000");
-    assert!(reg.value(HeaderName::From).unwrap().contains("sip:home@provider.test"));
+    assert!(reg
+        .value(HeaderName::From)
+        .unwrap()
+        .contains("sip:home@provider.test"));
     let contact = reg.value(HeaderName::Contact).unwrap().to_string();
-    assert!(contact.starts_with(&format!("<sip:{SECRET}acme@127.0.0.1:5060>")), "{contact}");
+    assert!(
+        contact.starts_with(&format!("<sip:{SECRET}acme@127.0.0.1:5060>")),
+        "{contact}"
+    );
     assert_eq!(t.core.trunks(t.now)[0].state, "registering");
     for alg in [Algorithm::Sha256] {
         let ch = challenge("provider.test", "n1", alg, false, Some("op"));
@@ -131,10 +165,28 @@ fn registers_with_digest_and_refreshes_before_expiry() {
     let again = only(&out, "REGISTER");
     let creds = Credentials::parse(again.value(HeaderName::Authorization).unwrap()).unwrap();
     assert_eq!(creds.algorithm, Algorithm::Sha256);
-    assert!(verify(&creds, "REGISTER", &ha1(Algorithm::Sha256, "home", "provider.test", "pw")));
-    assert_eq!(again.call_id(), reg.call_id(), "one Call-ID for the registration");
+    assert!(verify(
+        &creds,
+        "REGISTER",
+        &ha1(Algorithm::Sha256, "home", "provider.test", "pw")
+    ));
+    assert_eq!(
+        again.call_id(),
+        reg.call_id(),
+        "one Call-ID for the registration"
+    );
     assert_eq!(again.cseq().unwrap().0, reg.cseq().unwrap().0 + 1);
-    t.recv(PROV, &reply(again, 200, &[format!("Contact: <sip:{SECRET}acme@127.0.0.1:5060>;expires=100"), "Service-Route: <sip:edge.provider.test;lr>".into()]));
+    t.recv(
+        PROV,
+        &reply(
+            again,
+            200,
+            &[
+                format!("Contact: <sip:{SECRET}acme@127.0.0.1:5060>;expires=100"),
+                "Service-Route: <sip:edge.provider.test;lr>".into(),
+            ],
+        ),
+    );
     let v = &t.core.trunks(t.now)[0];
     assert_eq!(v.state, "registered");
     assert_eq!(v.expires_in, Some(100));
@@ -153,17 +205,30 @@ fn registers_with_digest_and_refreshes_before_expiry() {
 #[test]
 fn a_wrong_password_fails_with_its_reason_and_retries_with_back_off() {
     let mut t = T::new();
-    t.core.set_trunks(t.now, vec![trunk("acme", PROV)], germany());
+    t.core
+        .set_trunks(t.now, vec![trunk("acme", PROV)], germany());
     let out = t.sent();
     let ch = challenge("provider.test", "n1", Algorithm::Md5, false, None);
-    t.recv(PROV, &reply(&out[0].1, 401, &[format!("WWW-Authenticate: {ch}")]));
+    t.recv(
+        PROV,
+        &reply(&out[0].1, 401, &[format!("WWW-Authenticate: {ch}")]),
+    );
     let out = t.sent();
     // The same nonce again after our credentials: the password is wrong.
-    t.recv(PROV, &reply(&out[0].1, 401, &[format!("WWW-Authenticate: {ch}")]));
+    t.recv(
+        PROV,
+        &reply(&out[0].1, 401, &[format!("WWW-Authenticate: {ch}")]),
+    );
     assert!(t.sent().is_empty());
     let v = &t.core.trunks(t.now)[0];
     assert_eq!(v.state, "failed");
-    assert!(v.reason.as_deref().unwrap().contains("refused the user name or password"), "{v:?}");
+    assert!(
+        v.reason
+            .as_deref()
+            .unwrap()
+            .contains("refused the user name or password"),
+        "{v:?}"
+    );
     // Retried after 10 s, then 20 s.
     t.advance(Duration::from_secs(10));
     let out = t.sent();
@@ -177,7 +242,8 @@ fn a_wrong_password_fails_with_its_reason_and_retries_with_back_off() {
 #[test]
 fn forbidden_stops_retrying_until_asked() {
     let mut t = T::new();
-    t.core.set_trunks(t.now, vec![trunk("acme", PROV)], germany());
+    t.core
+        .set_trunks(t.now, vec![trunk("acme", PROV)], germany());
     let out = t.sent();
     t.recv(PROV, &reply(&out[0].1, 403, &[]));
     let v = &t.core.trunks(t.now)[0];
@@ -192,7 +258,8 @@ fn forbidden_stops_retrying_until_asked() {
 #[test]
 fn behind_nat_the_public_address_is_registered() {
     let mut t = T::new();
-    t.core.set_trunks(t.now, vec![trunk("acme", PROV)], germany());
+    t.core
+        .set_trunks(t.now, vec![trunk("acme", PROV)], germany());
     let out = t.sent();
     let reg = &out[0].1;
     let text = reply(reg, 200, &[]).replacen(";rport", ";rport=40000;received=198.51.100.7", 1);
@@ -200,8 +267,14 @@ fn behind_nat_the_public_address_is_registered() {
     let out = t.sent();
     let again = only(&out, "REGISTER");
     let c = again.value(HeaderName::Contact).unwrap();
-    assert!(c.starts_with(&format!("<sip:{SECRET}acme@198.51.100.7:40000>")), "{c}");
-    assert!(c.contains("<sip:s3cr3tcontactacme@127.0.0.1:5060>;expires=0"), "{c}");
+    assert!(
+        c.starts_with(&format!("<sip:{SECRET}acme@198.51.100.7:40000>")),
+        "{c}"
+    );
+    assert!(
+        c.contains("<sip:s3cr3tcontactacme@127.0.0.1:5060>;expires=0"),
+        "{c}"
+    );
 }
 
 #[test]
@@ -227,7 +300,9 @@ fn a_silent_provider_is_registered_to_again() {
 fn call_out(t: &mut T, dialled: &str, call_id: &str) -> Vec<(Flow, Message)> {
     let uri = format!("sip:{dialled}@example.test");
     let out = t.invite("alice", ALICE, &uri, call_id);
-    out.into_iter().filter(|(f, _)| f.remote != addr(ALICE)).collect()
+    out.into_iter()
+        .filter(|(f, _)| f.remote != addr(ALICE))
+        .collect()
 }
 
 #[test]
@@ -241,31 +316,62 @@ fn a_national_number_goes_out_in_e164_with_the_challenge_answered() {
     let from = inv.from().unwrap();
     assert_eq!(from.uri.raw, "sip:+4930999@provider.test");
     assert_eq!(from.tag(), Some("ftalice"));
-    assert!(inv.value(HeaderName::ProxyAuthorization).is_none(), "our realm's credentials stay here");
+    assert!(
+        inv.value(HeaderName::ProxyAuthorization).is_none(),
+        "our realm's credentials stay here"
+    );
     let ch = challenge("provider.test", "cn1", Algorithm::Md5, false, None);
-    t.recv(PROV, &reply(inv, 407, &[format!("Proxy-Authenticate: {ch}")]));
+    t.recv(
+        PROV,
+        &reply(inv, 407, &[format!("Proxy-Authenticate: {ch}")]),
+    );
     let out = t.sent();
     // The 407 is ACKed hop by hop and the INVITE goes again with credentials, same CSeq.
     assert!(out.iter().any(|(_, m)| m.method_str() == "ACK"));
     let again = only(&out, "INVITE");
     assert_eq!(again.cseq(), inv.cseq());
     let creds = Credentials::parse(again.value(HeaderName::ProxyAuthorization).unwrap()).unwrap();
-    assert!(verify(&creds, "INVITE", &ha1(Algorithm::Md5, "home", "provider.test", "pw")));
-    assert!(!out.iter().any(|(f, _)| f.remote == addr(ALICE)), "alice never sees the 407");
+    assert!(verify(
+        &creds,
+        "INVITE",
+        &ha1(Algorithm::Md5, "home", "provider.test", "pw")
+    ));
+    assert!(
+        !out.iter().any(|(f, _)| f.remote == addr(ALICE)),
+        "alice never sees the 407"
+    );
     assert_eq!(t.core.trunks(t.now)[0].calls, 1);
-    t.recv(PROV, &reply(again, 200, &["Contact: <sip:callee@127.0.0.1:7000>".into()]));
+    t.recv(
+        PROV,
+        &reply(again, 200, &["Contact: <sip:callee@127.0.0.1:7000>".into()]),
+    );
     let out = t.sent();
     let ok = out.iter().find(|(f, _)| f.remote == addr(ALICE)).unwrap();
     assert_eq!(ok.1.status(), Some(200));
-    assert!(ok.1.value(HeaderName::From).unwrap().contains("sip:alice@example.test"), "alice's From is given back");
+    assert!(
+        ok.1.value(HeaderName::From)
+            .unwrap()
+            .contains("sip:alice@example.test"),
+        "alice's From is given back"
+    );
     // alice hangs up: the call no longer counts.
     let rr = format!("Route: <sip:{SERVER};lr>");
-    let mut bye = t.req("BYE", "sip:callee@127.0.0.1:7000", "alice", "<sip:+49301234567@provider.test>;tag=prov", ALICE, "out1");
+    let mut bye = t.req(
+        "BYE",
+        "sip:callee@127.0.0.1:7000",
+        "alice",
+        "<sip:+49301234567@provider.test>;tag=prov",
+        ALICE,
+        "out1",
+    );
     bye.cseq = 3;
     bye.extra.push(rr);
     t.recv(ALICE, &bye.text());
     let out = t.sent();
-    assert_eq!(only(&out, "BYE").from().unwrap().uri.raw, "sip:+4930999@provider.test");
+    assert_eq!(
+        only(&out, "BYE").from().unwrap().uri.raw,
+        "sip:+4930999@provider.test"
+    );
     assert_eq!(t.core.trunks(t.now)[0].calls, 0);
 }
 
@@ -281,7 +387,10 @@ fn identity_by_p_asserted_identity_and_national_format() {
     let inv = only(&out, "INVITE");
     assert_eq!(inv.uri_str(), "sip:00442079460000@provider.test");
     assert_eq!(inv.from().unwrap().uri.raw, "sip:home@provider.test");
-    assert_eq!(inv.value(HeaderName::PAssertedIdentity), Some("<sip:+4930999@provider.test>"));
+    assert_eq!(
+        inv.value(HeaderName::PAssertedIdentity),
+        Some("<sip:+4930999@provider.test>")
+    );
 }
 
 #[test]
@@ -293,15 +402,26 @@ fn the_next_provider_is_tried_on_failure_only() {
     let inv = only(&out, "INVITE");
     t.recv(PROV, &reply(inv, 503, &[]));
     let out = t.sent();
-    let second = out.iter().find(|(f, m)| f.remote == addr(PROV2) && m.method_str() == "INVITE");
+    let second = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(PROV2) && m.method_str() == "INVITE");
     assert!(second.is_some(), "503 moves to the next provider");
     // A busy number is the callee's answer: no second provider.
     let out = call_out(&mut t, "0301234568", "fo2");
     let inv = only(&out, "INVITE");
     t.recv(PROV, &reply(inv, 486, &[]));
     let out = t.sent();
-    assert!(!out.iter().any(|(f, m)| f.remote == addr(PROV2) && m.method_str() == "INVITE"));
-    assert_eq!(out.iter().find(|(f, _)| f.remote == addr(ALICE)).unwrap().1.status(), Some(486));
+    assert!(!out
+        .iter()
+        .any(|(f, m)| f.remote == addr(PROV2) && m.method_str() == "INVITE"));
+    assert_eq!(
+        out.iter()
+            .find(|(f, _)| f.remote == addr(ALICE))
+            .unwrap()
+            .1
+            .status(),
+        Some(486)
+    );
 }
 
 #[test]
@@ -309,13 +429,19 @@ fn classes_caps_and_emergency() {
     let mut t = T::new();
     t.register("alice", ALICE, &[]);
     let mut n = germany();
-    n.allow.users.insert("alice".into(), vec![CallClass::National]);
+    n.allow
+        .users
+        .insert("alice".into(), vec![CallClass::National]);
     n.allow.calls_at_once = 1;
     t.registered_trunk(n, vec![trunk("acme", PROV)]);
     let out = t.invite("alice", ALICE, "sip:+442079460000@example.test", "x1");
     let refused = &out.last().unwrap().1;
     assert_eq!(refused.status(), Some(403));
-    assert!(refused.reason().contains("International"), "{}", refused.reason());
+    assert!(
+        refused.reason().contains("International"),
+        "{}",
+        refused.reason()
+    );
     // Emergency goes out whatever the class, as dialled.
     let out = call_out(&mut t, "112", "em1");
     assert_eq!(only(&out, "INVITE").uri_str(), "sip:112@provider.test");
@@ -342,11 +468,21 @@ Call-ID: in1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{PROV}>\r\nContent-Length
     );
     t.recv(PROV, &inv);
     let out = t.sent();
-    assert!(out.iter().any(|(f, m)| f.remote == addr(BOB) && m.method_str() == "INVITE"), "bob rings");
+    assert!(
+        out.iter()
+            .any(|(f, m)| f.remote == addr(BOB) && m.method_str() == "INVITE"),
+        "bob rings"
+    );
     // From the provider's address, to a number it does not own: not the provider's call.
     let inv = inv
-        .replace(&format!("sip:{SECRET}acme@127.0.0.1:5060"), "sip:+4930555@127.0.0.1:5060")
-        .replace("<sip:+4930999@provider.test>", "<sip:+4930555@provider.test>")
+        .replace(
+            &format!("sip:{SECRET}acme@127.0.0.1:5060"),
+            "sip:+4930555@127.0.0.1:5060",
+        )
+        .replace(
+            "<sip:+4930999@provider.test>",
+            "<sip:+4930555@provider.test>",
+        )
         .replace("in1", "in2")
         .replace("z9hG4bKin1", "z9hG4bKin2");
     t.recv(PROV, &inv);
@@ -354,7 +490,12 @@ Call-ID: in1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{PROV}>\r\nContent-Length
     assert!(!out.iter().any(|(f, _)| f.remote == addr(BOB)));
     // Someone else's address calling the number: a stranger, who gets the 404 of any
     // unknown user (no open door through the numbers).
-    let stranger = inv.replace(&format!("Via: SIP/2.0/UDP {PROV}"), "Via: SIP/2.0/UDP 127.0.0.1:7100").replace("in2", "in3");
+    let stranger = inv
+        .replace(
+            &format!("Via: SIP/2.0/UDP {PROV}"),
+            "Via: SIP/2.0/UDP 127.0.0.1:7100",
+        )
+        .replace("in2", "in3");
     t.recv("127.0.0.1:7100", &stranger);
     let out = t.sent();
     assert!(!out.iter().any(|(f, _)| f.remote == addr(BOB)));

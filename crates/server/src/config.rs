@@ -136,6 +136,12 @@ pub struct Config {
     pub speeddial: Vec<SpeedDialSpec>,
     /// Dial-plan rules, in order (`[[dialplan]]`).
     pub dialplan: Vec<RuleSpec>,
+    /// Telephone numbers: country code, prefixes, classes, emergency numbers, ENUM
+    /// (`[numbers]`).
+    pub numbers: crate::core::numbers::NumberSettings,
+    /// The folder of provider files (`NAME.toml` each). Default: `providers.d` beside the
+    /// config file, or in the data folder when there is no config file.
+    pub providers_dir: Option<PathBuf>,
 }
 
 /// The `[registrar]` table: how long registrations last and how many are kept.
@@ -498,6 +504,8 @@ impl Default for Config {
             forward: vec![],
             speeddial: vec![],
             dialplan: vec![],
+            numbers: Default::default(),
+            providers_dir: None,
         }
     }
 }
@@ -584,6 +592,21 @@ impl Config {
             forwards: self.forward.clone(),
             speed_dials: self.speeddial.clone(),
             rules: self.dialplan.clone(),
+            dids: vec![],
+        }
+    }
+
+    /// The folder of provider files.
+    pub fn providers_path(&self) -> PathBuf {
+        if let Some(d) = &self.providers_dir {
+            return match &self.path {
+                Some(p) if d.is_relative() => p.parent().unwrap_or(Path::new(".")).join(d),
+                _ => d.clone(),
+            };
+        }
+        match self.path.as_ref().and_then(|p| p.parent()) {
+            Some(dir) => dir.join("providers.d"),
+            None => self.data_dir.join("providers.d"),
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// What the CLI may ask the running daemon: one line on the socket, the same enum on both
 /// sides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Uptime, users, registrations, transactions and counters.
     Status,
@@ -32,10 +32,14 @@ pub enum Command {
     Bans,
     /// Lift the ban on this address's source (`lift-ban ADDRESS` on the wire).
     LiftBan(std::net::IpAddr),
+    /// The providers and their registrations.
+    Providers,
+    /// Register to a provider (or ping a peer) now (`provider-test NAME` on the wire).
+    ProviderTest(String),
 }
 
 impl Command {
-    const WORDS: [Command; 7] = [
+    const WORDS: [Command; 8] = [
         Command::Status,
         Command::Registrations,
         Command::Calls,
@@ -43,10 +47,11 @@ impl Command {
         Command::Reload,
         Command::ReloadUsers,
         Command::Bans,
+        Command::Providers,
     ];
 
     /// The command's word on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Command::Status => "status",
             Command::Registrations => "registrations",
@@ -56,13 +61,16 @@ impl Command {
             Command::ReloadUsers => "reload-users",
             Command::Bans => "bans",
             Command::LiftBan(_) => "lift-ban",
+            Command::Providers => "providers",
+            Command::ProviderTest(_) => "provider-test",
         }
     }
 
     /// The whole line on the wire: the word, and its argument if it takes one.
-    pub fn to_line(self) -> String {
+    pub fn to_line(&self) -> String {
         match self {
             Command::LiftBan(ip) => format!("lift-ban {ip}"),
+            Command::ProviderTest(name) => format!("provider-test {name}"),
             other => other.as_str().to_string(),
         }
     }
@@ -71,6 +79,7 @@ impl Command {
     pub fn parse(line: &str) -> Option<Command> {
         match line.split_once(' ') {
             Some(("lift-ban", ip)) => ip.trim().parse().ok().map(Command::LiftBan),
+            Some(("provider-test", name)) => Some(Command::ProviderTest(name.trim().to_string())),
             Some(_) => None,
             None => Command::WORDS.into_iter().find(|c| c.as_str() == line),
         }

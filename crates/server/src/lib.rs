@@ -25,3 +25,4 @@ pub use hedgewitch_core::plan;
 pub use sip;
 pub mod mmsg;
 pub mod phone_admin;
+pub mod providers;

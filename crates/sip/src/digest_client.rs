@@ -153,9 +153,14 @@ mod tests {
         assert!(!ch.qop_auth);
         let v = ch.answer("u", "p", "INVITE", "sip:x@r", "c", 1);
         let creds = Credentials::parse(&v).unwrap();
-        assert!(verify(&creds, "INVITE", &ha1(Algorithm::Md5, "u", "r", "p")));
-        let ch = Challenge::parse("Digest realm=\"r\",nonce=\"n\", qop=\"auth,auth-int\", stale=TRUE")
-            .unwrap();
+        assert!(verify(
+            &creds,
+            "INVITE",
+            &ha1(Algorithm::Md5, "u", "r", "p")
+        ));
+        let ch =
+            Challenge::parse("Digest realm=\"r\",nonce=\"n\", qop=\"auth,auth-int\", stale=TRUE")
+                .unwrap();
         assert!(ch.qop_auth && ch.stale);
         assert!(Challenge::parse("Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"").is_err());
         assert!(Challenge::parse("Basic realm=\"r\"").is_err());

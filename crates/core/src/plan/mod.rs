@@ -43,7 +43,7 @@ pub enum Dialed {
     /// A SIP URI outside the domain.
     Remote(String),
     /// A telephone number, out through a provider (or ENUM).
-    Number(NumberCall),
+    Number(Box<NumberCall>),
     /// Refuse with this status and reason (a `reject` rule, or a feature code without the
     /// number it needs).
     Reject(u16, String),
@@ -429,12 +429,12 @@ impl Directory {
         if caller.is_some() {
             // Before anything else: no rule, speed dial or extension may take it.
             if let Some(e) = self.numbers.emergency(dialed) {
-                return Dialed::Number(NumberCall {
+                return Dialed::Number(Box::new(NumberCall {
                     dialled: e.to_string(),
                     e164: None,
                     providers: vec![],
                     emergency: true,
-                });
+                }));
             }
             if let Some(f) = self.feature(dialed) {
                 return f;
@@ -506,12 +506,12 @@ impl Directory {
                 }
                 RuleAction::Provider if caller.is_none() => continue,
                 RuleAction::Provider => {
-                    return Dialed::Number(NumberCall {
+                    return Dialed::Number(Box::new(NumberCall {
                         e164: self.numbers.normalise(&rewritten),
                         dialled: rewritten,
                         providers: r.spec.providers.clone(),
                         emergency: false,
-                    })
+                    }))
                 }
                 RuleAction::Reject => {
                     return Dialed::Reject(
@@ -528,12 +528,12 @@ impl Directory {
         }
         // A telephone number no rule routed: out through the providers, in their order.
         match (caller, self.numbers.normalise(&number)) {
-            (Some(_), Some(e164)) => Dialed::Number(NumberCall {
+            (Some(_), Some(e164)) => Dialed::Number(Box::new(NumberCall {
                 dialled: number,
                 e164: Some(e164),
                 providers: vec![],
                 emergency: false,
-            }),
+            })),
             _ => Dialed::NotFound,
         }
     }
@@ -669,7 +669,9 @@ fn rule(r: &RuleSpec) -> Result<Rule, String> {
         }
         RuleAction::Provider => {
             if r.providers.is_empty() {
-                return Err("action `provider` needs `providers`, the providers to try in order".into());
+                return Err(
+                    "action `provider` needs `providers`, the providers to try in order".into(),
+                );
             }
         }
         RuleAction::Reject => {

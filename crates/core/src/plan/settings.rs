@@ -312,6 +312,8 @@ pub struct PlanSettings {
     pub speed_dials: Vec<SpeedDialSpec>,
     /// Dial-plan rules, tried in order.
     pub rules: Vec<RuleSpec>,
+    /// The household's numbers mapped with `hedgewitch did` (the store's only).
+    pub dids: Vec<crate::numbers::DidSpec>,
 }
 
 impl PlanSettings {
@@ -340,6 +342,7 @@ impl PlanSettings {
             }
         }
         out.rules = file.rules.iter().chain(&stored.rules).cloned().collect();
+        out.dids = stored.dids.clone();
         out
     }
 }

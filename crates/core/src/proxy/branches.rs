@@ -470,9 +470,10 @@ impl Core {
                 }
                 HeaderName::Other
                     if from.is_some()
-                        && msg.text(h.line).get(..21).is_some_and(|n| {
-                            n.eq_ignore_ascii_case("P-Preferred-Identity:")
-                        }) => {}
+                        && msg
+                            .text(h.line)
+                            .get(..21)
+                            .is_some_and(|n| n.eq_ignore_ascii_case("P-Preferred-Identity:")) => {}
                 // §22.3: credentials for our own realm end here; the callee has no use for
                 // them and should not get a digest to attack offline.
                 HeaderName::ProxyAuthorization if self.is_our_realm(msg.text(h.value)) => {}

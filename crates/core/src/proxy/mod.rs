@@ -334,7 +334,7 @@ impl Core {
             Ok(a) => a,
             Err(d) => return d,
         };
-        if let Some(d) = self.from_provider(msg, &admitted, flow) {
+        if let Some(d) = self.provider_call(msg, &admitted, flow) {
             return Some(d);
         }
         let bound = match self.leave(now, msg, &admitted) {
@@ -476,11 +476,11 @@ impl Core {
     /// or from its addresses for one of its numbers, rings what the number is mapped to.
     /// No digest is asked: the provider vouches for its callers, and such a request can
     /// only reach local targets (never go out again).
-    fn from_provider(&mut self, msg: &Message, a: &Admitted<'_>, flow: Flow) -> Option<Decision> {
+    fn provider_call(&mut self, msg: &Message, a: &Admitted<'_>, flow: Flow) -> Option<Decision> {
         if a.dialog_route || msg.to().is_some_and(|t| t.tag().is_some()) {
             return None;
         }
-        let (trunk, number) = self.from_trunk(msg, flow.remote)?;
+        let (trunk, number) = self.trunk_caller(msg, flow.remote)?;
         Some(match msg.method() {
             Some(Method::Options) => Decision::OptionsHere,
             Some(Method::Register) => Decision::Reply(403, "Forbidden"),

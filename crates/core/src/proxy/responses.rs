@@ -299,7 +299,12 @@ impl Core {
         let from_line = to_trunk
             .then(|| self.tx.server(server).and_then(|st| st.request.as_ref()))
             .flatten()
-            .and_then(|m| m.headers.iter().find(|h| h.name == HeaderName::From).map(|h| m.text(h.line).to_string()));
+            .and_then(|m| {
+                m.headers
+                    .iter()
+                    .find(|h| h.name == HeaderName::From)
+                    .map(|h| m.text(h.line).to_string())
+            });
         if status < 200 {
             let mut cancel = false;
             if let Some(b) = ctx.branches.get_mut(idx) {
@@ -316,7 +321,13 @@ impl Core {
             }
             if forward {
                 let body = self.media_for_response(&resp, from, in_flow);
-                let data = upstream_bytes_from(&resp, None, body.as_deref(), fix_contact, from_line.as_deref());
+                let data = upstream_bytes_from(
+                    &resp,
+                    None,
+                    body.as_deref(),
+                    fix_contact,
+                    from_line.as_deref(),
+                );
                 self.send_server_response(now, server, status, data);
             }
             return;
@@ -357,7 +368,13 @@ impl Core {
                 self.call_answered(&resp, from);
             }
             let body = self.media_for_response(&resp, from, in_flow);
-            let data = upstream_bytes_from(&resp, None, body.as_deref(), fix_contact, from_line.as_deref());
+            let data = upstream_bytes_from(
+                &resp,
+                None,
+                body.as_deref(),
+                fix_contact,
+                from_line.as_deref(),
+            );
             self.send_server_response(now, server, status, data);
             if invite {
                 self.cancel_all(now, ctx_id);
@@ -469,7 +486,13 @@ impl Core {
     /// A provider challenged a request we forwarded to it: send it again on the same branch
     /// with the account's credentials (once per challenge; the same CSeq, as the caller's
     /// dialog expects). False when it is not a provider's branch or cannot be answered.
-    fn answer_trunk_challenge(&mut self, now: Instant, ctx_id: CtxId, idx: usize, resp: &Message) -> bool {
+    fn answer_trunk_challenge(
+        &mut self,
+        now: Instant,
+        ctx_id: CtxId,
+        idx: usize,
+        resp: &Message,
+    ) -> bool {
         let Some(ctx) = self.proxy.contexts.get(&ctx_id) else {
             return false;
         };
@@ -508,7 +531,10 @@ impl Core {
         r.extra.retain(|(n, _)| !n.ends_with("Authorization"));
         r.extra.push(cred);
         let extra = r.extra.clone();
-        let hop = Hop { flow, ..r.hop.clone() };
+        let hop = Hop {
+            flow,
+            ..r.hop.clone()
+        };
         tracing::debug!(provider = %trunk, "answering the provider's challenge");
         self.add_branches_at(now, ctx_id, vec![hop], &extra, Some(idx));
         true

@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-
-
 /// Where a provider's registration is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum RegState {

@@ -49,7 +49,10 @@ impl Core {
         let refusal = if !self.plan.may_call_outside(user) {
             Some((403, "Calls Outside The Domain Not Allowed".to_string()))
         } else if !numbers.allows(user, class) {
-            Some((403, format!("Forbidden ({} Calls Not Allowed)", title(class.as_str()))))
+            Some((
+                403,
+                format!("Forbidden ({} Calls Not Allowed)", title(class.as_str())),
+            ))
         } else {
             None
         };
@@ -95,7 +98,13 @@ impl Core {
             let chosen = trunks.numbers().emergency_provider.clone();
             chosen
                 .into_iter()
-                .chain(trunks.list.iter().filter(|t| t.settings.calls.outgoing).map(|t| t.settings.name.clone()))
+                .chain(
+                    trunks
+                        .list
+                        .iter()
+                        .filter(|t| t.settings.calls.outgoing)
+                        .map(|t| t.settings.name.clone()),
+                )
                 .take(1)
                 .collect()
         } else if call.providers.is_empty() {
@@ -117,7 +126,9 @@ impl Core {
             }
             match self.trunk_hop(now, &name, call) {
                 Some(h) => hops.push(h),
-                None => tracing::info!(provider = %name, "provider not reachable yet (DNS); trying the next"),
+                None => {
+                    tracing::info!(provider = %name, "provider not reachable yet (DNS); trying the next")
+                }
             }
         }
         hops
@@ -201,7 +212,14 @@ impl Core {
         }
         t.session.nc += 1;
         let a = &t.settings.account;
-        let value = ch.answer(&a.auth_user, &a.password, sent.method_str(), sent.uri_str(), &cnonce, 1);
+        let value = ch.answer(
+            &a.auth_user,
+            &a.password,
+            sent.method_str(),
+            sent.uri_str(),
+            &cnonce,
+            1,
+        );
         Some((out, value))
     }
 
@@ -211,7 +229,13 @@ impl Core {
     }
 
     /// A call out through `trunk` started ringing there: it counts until it ends.
-    pub(crate) fn outside_call_started(&mut self, now: Instant, call_id: &str, user: &str, trunk: &str) {
+    pub(crate) fn outside_call_started(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        user: &str,
+        trunk: &str,
+    ) {
         let day = self.unix(now) / 86400;
         let trunks = &mut self.agent.trunks;
         if trunks.calls.contains_key(call_id) {
@@ -262,7 +286,11 @@ impl Core {
     /// Whose a new request is: a provider's, when it is sent to the secret of our Contact
     /// there, or comes from the provider's addresses for one of its numbers. Returns the
     /// provider and the number called.
-    pub(crate) fn from_trunk(&self, msg: &Message, source: std::net::SocketAddr) -> Option<(String, String)> {
+    pub(crate) fn trunk_caller(
+        &self,
+        msg: &Message,
+        source: std::net::SocketAddr,
+    ) -> Option<(String, String)> {
         let trunks = &self.agent.trunks;
         if trunks.is_empty() {
             return None;
@@ -279,7 +307,12 @@ impl Core {
         let name = trunks.by_source(source)?;
         let t = trunks.get(name)?;
         let numbers = trunks.numbers();
-        let owns = |n: &str| t.settings.dids.iter().any(|d| numbers.same_number(&d.number, n));
+        let owns = |n: &str| {
+            t.settings
+                .dids
+                .iter()
+                .any(|d| numbers.same_number(&d.number, n))
+        };
         [ruser, to_user]
             .into_iter()
             .find(|n| !n.is_empty() && owns(n))

@@ -54,7 +54,10 @@ impl Core {
         }
         // Providers are tried in the order given (their files' names).
         let rank = |n: &str| order.iter().position(|o| o == n);
-        self.agent.trunks.list.sort_by_key(|t| rank(&t.settings.name));
+        self.agent
+            .trunks
+            .list
+            .sort_by_key(|t| rank(&t.settings.name));
     }
 
     /// The providers, for `hedgewitch providers`.
@@ -100,7 +103,12 @@ impl Core {
                 return flows.first().copied();
             }
         }
-        let target = t.settings.peer.proxy.as_ref().unwrap_or(&t.settings.peer.registrar);
+        let target = t
+            .settings
+            .peer
+            .proxy
+            .as_ref()
+            .unwrap_or(&t.settings.peer.registrar);
         let uri = Uri::parse(target).ok()?;
         if let Some(flow) = self.resolve(&uri) {
             let t = self.agent.trunks.get_mut(name)?;
@@ -242,7 +250,10 @@ impl Core {
         w.header("Contact", &contacts);
         w.header_num("Expires", u64::from(expires));
         w.header("Supported", "path");
-        w.header("User-Agent", concat!("hedgewitch/", env!("CARGO_PKG_VERSION")));
+        w.header(
+            "User-Agent",
+            concat!("hedgewitch/", env!("CARGO_PKG_VERSION")),
+        );
         if let Some((ch, proxy, answered)) = &mut t.session.challenge {
             t.session.nc += 1;
             let value = ch.answer(
@@ -254,7 +265,11 @@ impl Core {
                 t.session.nc,
             );
             *answered = true;
-            let h = if *proxy { "Proxy-Authorization" } else { "Authorization" };
+            let h = if *proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
             w.header(h, &value);
         }
         t.session.contact = (expires > 0).then_some(contact);
@@ -265,7 +280,9 @@ impl Core {
         let id = self.send_request(now, flow, &branch, "REGISTER", data);
         if self.tx.has_client(id) {
             let trunks = &mut self.agent.trunks;
-            trunks.by_tx.insert(id, (name.to_string(), Purpose::Register));
+            trunks
+                .by_tx
+                .insert(id, (name.to_string(), Purpose::Register));
         }
     }
 
@@ -288,7 +305,8 @@ impl Core {
         };
         t.ping_at = None;
         let every = t.settings.keepalive;
-        let wanted = t.settings.register.is_none() || matches!(t.state, RegState::Registered { .. });
+        let wanted =
+            t.settings.register.is_none() || matches!(t.state, RegState::Registered { .. });
         let to = t.settings.peer.registrar.clone();
         if every > 0 {
             let at = now + Duration::from_secs(u64::from(every));
@@ -334,7 +352,9 @@ impl Core {
                 // Behind NAT, the provider saw another address than ours: register that one.
                 if let (Some(seen), Some(flow)) = (seen_as(msg), flow) {
                     if t.session.public != Some(seen) && seen != flow.local {
-                        let own = self.listener_for(flow.transport, &flow.remote).map(|l| l.host);
+                        let own = self
+                            .listener_for(flow.transport, &flow.remote)
+                            .map(|l| l.host);
                         if own != Some(seen.ip()) || seen.port() != flow.local.port() {
                             tracing::info!(provider = %name, public = %seen,
                                 "the provider sees us at another address (NAT); registering that one");
@@ -389,7 +409,11 @@ impl Core {
                     HeaderName::ProxyAuthenticate
                 };
                 let realm_ok = |c: &Challenge| {
-                    t.settings.peer.realm.as_deref().is_none_or(|r| r == c.realm)
+                    t.settings
+                        .peer
+                        .realm
+                        .as_deref()
+                        .is_none_or(|r| r == c.realm)
                 };
                 let ch = msg
                     .values(header)
@@ -397,12 +421,18 @@ impl Core {
                     .filter(|c| realm_ok(c))
                     .max_by_key(|c| c.algorithm == sip::digest::Algorithm::Sha256);
                 let Some(ch) = ch else {
-                    self.trunk_failed_with(now, &name, format!("{status} with no digest challenge we can answer"));
+                    self.trunk_failed_with(
+                        now,
+                        &name,
+                        format!("{status} with no digest challenge we can answer"),
+                    );
                     return true;
                 };
-                let same = t.session.challenge.as_ref().is_some_and(|(old, _, answered)| {
-                    *answered && old.nonce == ch.nonce
-                });
+                let same = t
+                    .session
+                    .challenge
+                    .as_ref()
+                    .is_some_and(|(old, _, answered)| *answered && old.nonce == ch.nonce);
                 let refused = t.session.challenge.as_ref().is_some_and(|(_, _, a)| *a) && !ch.stale;
                 if same || refused {
                     t.session.challenge = None;
@@ -426,7 +456,9 @@ impl Core {
                         t.session.expires = m;
                         self.send_register(now, &name, flow, None);
                     }
-                    _ => self.trunk_failed_with(now, &name, "423 with no usable Min-Expires".into()),
+                    _ => {
+                        self.trunk_failed_with(now, &name, "423 with no usable Min-Expires".into())
+                    }
                 }
             }
             403 => {

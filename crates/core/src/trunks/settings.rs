@@ -20,15 +20,7 @@ pub enum Identity {
     Ppi,
 }
 
-/// A number of the household and what it rings.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DidSpec {
-    /// The number, in any form (`+4930123456`, `030123456`).
-    pub number: String,
-    /// A user, group or extension.
-    pub target: String,
-}
+pub use crate::numbers::DidSpec;
 
 /// A provider as the core uses it (defaults filled in, checked).
 #[derive(Clone, Debug, PartialEq, Eq)]

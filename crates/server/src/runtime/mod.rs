@@ -279,8 +279,9 @@ fn bind(
 async fn run(cfg: Config) -> Result<(), String> {
     let store = SqliteStore::open(&cfg.db_path())?;
     let users = store.users()?;
+    let stored = store.plan()?;
     let plan = cfg
-        .build_plan(&users, &store.plan()?)
+        .build_plan(&users, &stored)
         .map_err(|e| format!("the dial plan is not valid: {e}"))?;
     for u in users.iter().filter(|u| u.realm != cfg.domain) {
         tracing::warn!(user = %u.name, realm = %u.realm,
@@ -328,10 +329,17 @@ async fn run(cfg: Config) -> Result<(), String> {
         h.update(b"hedgewitch turn secret");
         t.secret = h.finalize().to_vec();
     }
+    let key = core_cfg.route_key;
+    let trunks = crate::providers::load(&cfg.providers_path(), &key, &stored.dids)?;
     let mut core = Core::with_plan(core_cfg, users, bindings, secret(), now, unix_now(), plan);
+    for t in &trunks {
+        tracing::info!(provider = %t.name, registers = t.register.is_some(), "provider");
+    }
+    core.set_trunks(now, trunks, cfg.numbers.clone());
     let mut reloader = Reloader {
         running: cfg.clone(),
         started: cfg.clone(),
+        key,
     };
     let mut edge = Edge {
         udp,
@@ -571,6 +579,8 @@ fn answer(
         }
         // `reload-users` is what `hedgewitch user ...` sends: the store only.
         Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),
+        Command::Providers => serde_json::to_value(core.trunks(now)).unwrap_or_default(),
+        Command::ProviderTest(name) => serde_json::json!({ "found": core.retry_trunk(now, &name) }),
         Command::LiftBan(ip) => serde_json::json!({ "lifted": core.lift_ban(now, ip) }),
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {
             reloader.reload(core, edge)

@@ -15,6 +15,8 @@ pub(super) struct Reloader {
     /// The settings the server started with: those that need a restart are in force as
     /// they were then, and are named at each reload for as long as the file differs.
     pub(super) started: Config,
+    /// The data folder's key (providers' Contact secrets are made from it).
+    pub(super) key: [u8; 32],
 }
 
 /// What a reload did.
@@ -66,6 +68,8 @@ impl Reloader {
     ) -> Result<Reloaded, String> {
         let (users, stored) = load(edge)?;
         let plan = self.running.build_plan(&users, &stored)?;
+        let trunks =
+            crate::providers::load(&self.running.providers_path(), &self.key, &stored.dids)?;
         let done = Reloaded {
             users: users.len(),
             groups: stored.groups.len() + self.running.group.len(),
@@ -74,6 +78,11 @@ impl Reloader {
         };
         core.set_users(users);
         core.set_plan(plan);
+        core.set_trunks(
+            std::time::Instant::now(),
+            trunks,
+            self.running.numbers.clone(),
+        );
         Ok(done)
     }
 
@@ -109,6 +118,7 @@ impl Reloader {
             ..new.clone()
         };
         let plan = live.build_plan(&users, &stored)?;
+        let trunks = crate::providers::load(&live.providers_path(), &self.key, &stored.dids)?;
         // Certificates are read again on every reload: a renewal replaces the files at the
         // same paths, with nothing changed in the config file.
         let (new_tls, _) = super::effective_tls(&new)?;
@@ -155,6 +165,7 @@ impl Reloader {
                     || new.calls != old.calls,
                 "dial plan",
             ),
+            (new.numbers != old.numbers, "numbers"),
         ] {
             if changed {
                 applied.push(key);
@@ -175,6 +186,7 @@ impl Reloader {
         };
         core.set_users(users);
         core.set_plan(plan);
+        core.set_trunks(std::time::Instant::now(), trunks, live.numbers.clone());
         if !done.restart.is_empty() {
             tracing::warn!(
                 "changed in the config file but applied only after a restart: {}",

@@ -209,6 +209,7 @@ impl SqliteStore {
                     .speed_dials
                     .push(serde_json::from_str(&value).map_err(bad)?),
                 "rule" => out.rules.push(serde_json::from_str(&value).map_err(bad)?),
+                "did" => out.dids.push(serde_json::from_str(&value).map_err(bad)?),
                 _ => {}
             }
         }
@@ -265,6 +266,16 @@ impl SqliteStore {
     /// None); false if there was none.
     pub fn remove_speed_dial(&self, user: Option<&str>, code: &str) -> StoreResult<bool> {
         self.delete_plan("speeddial", &speed_key(user, code))
+    }
+
+    /// Maps one of the household's numbers (new, or replacing its mapping).
+    pub fn put_did(&self, d: &crate::core::trunks::settings::DidSpec) -> StoreResult<()> {
+        self.put_plan("did", &d.number, d)
+    }
+
+    /// Removes a number's mapping; false if there was none.
+    pub fn remove_did(&self, number: &str) -> StoreResult<bool> {
+        self.delete_plan("did", number)
     }
 
     /// Replaces the stored dial-plan rules, in order.
@@ -619,6 +630,7 @@ mod tests {
             target: None,
             status: Some(403),
             reason: Some("No".into()),
+            providers: vec![],
         };
         s.set_rules(&[r.clone(), r.clone()]).unwrap();
         let p = s.plan().unwrap();

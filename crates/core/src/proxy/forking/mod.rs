@@ -379,7 +379,10 @@ impl Core {
                     resolve: None,
                 }));
                 if stages.is_empty() {
-                    return Expanded::Reply(480, "Temporarily Unavailable (No Provider Reachable)".into());
+                    return Expanded::Reply(
+                        480,
+                        "Temporarily Unavailable (No Provider Reachable)".into(),
+                    );
                 }
             }
             Dialed::Reject(code, reason) => return Expanded::Reply(*code, reason.clone()),
@@ -628,7 +631,9 @@ impl Core {
         }
         // A provider's own answer (a busy or unknown number) ends the call; only its failure
         // moves it to the next provider.
-        let trunk_answered = self.hunt_mut(ctx_id).is_some_and(|h| h.reach == Reach::Trunk)
+        let trunk_answered = self
+            .hunt_mut(ctx_id)
+            .is_some_and(|h| h.reach == Reach::Trunk)
             && best.is_some_and(|s| s != 408 && s < 500);
         if outcome(best) != Outcome::Global && !trunk_answered && self.hunt_advance(now, ctx_id) {
             return;
