@@ -21,7 +21,7 @@ pub enum ProviderCommand {
         profile: Option<String>,
         /// The provider's SIP domain (the host of your account's address).
         #[arg(long)]
-        domain: String,
+        provider_domain: String,
         /// Your account's user name.
         #[arg(long)]
         user: Option<String>,
@@ -139,7 +139,7 @@ pub fn provider(cfg: &Config, cmd: ProviderCommand) -> Result<(), String> {
         ProviderCommand::Add {
             name,
             profile,
-            domain,
+            provider_domain,
             user,
             auth_user,
             password_stdin,
@@ -163,7 +163,7 @@ pub fn provider(cfg: &Config, cmd: ProviderCommand) -> Result<(), String> {
             };
             let spec = ProviderSpec {
                 profile: profile.clone(),
-                domain: Some(domain),
+                domain: Some(provider_domain),
                 user,
                 auth_user,
                 password,

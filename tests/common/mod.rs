@@ -16,6 +16,7 @@ pub mod baresip;
 pub mod browser;
 pub mod dnsmasq;
 pub mod jssip;
+pub mod kamailio;
 pub mod natlab;
 
 use serde_json::Value;
@@ -759,6 +760,17 @@ impl Sipp {
         s = s.key("domain", &srv.domain).key("server", &srv.addr());
         s.args.push(srv.addr());
         s
+    }
+
+    /// Sends to another server than the test's own (a provider), for `domain`.
+    pub fn to(mut self, addr: &str, domain: &str) -> Sipp {
+        let own = self
+            .args
+            .iter()
+            .rposition(|a| !a.starts_with('-'))
+            .expect("the target");
+        self.args[own] = addr.to_string();
+        self.key("domain", domain).key("server", addr)
     }
 
     /// Local SIP port (`-p`).

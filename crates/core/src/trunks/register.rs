@@ -98,11 +98,13 @@ impl Core {
     /// missing or old (None until it comes).
     pub(crate) fn trunk_flow(&mut self, now: Instant, name: &str) -> Option<Flow> {
         let t = self.agent.trunks.get(name)?;
-        if let Some((flows, until)) = &t.hops {
-            if *until > now {
-                return flows.first().copied();
-            }
-        }
+        // An old answer is used while DNS is asked again: a call must not fail because the
+        // provider's records are being refreshed.
+        let stale = match &t.hops {
+            Some((flows, until)) if *until > now => return flows.first().copied(),
+            Some((flows, _)) => flows.first().copied(),
+            None => None,
+        };
         let target = t
             .settings
             .peer
@@ -116,7 +118,7 @@ impl Core {
             return Some(flow);
         }
         if self.agent.trunks.resolving.values().any(|n| n == name) {
-            return None;
+            return stale;
         }
         let host = match uri.host {
             Host::Name(n) => n.to_ascii_lowercase(),
@@ -130,7 +132,7 @@ impl Core {
         let id = self.id();
         self.agent.trunks.resolving.insert(id, name.to_string());
         self.out.push(Action::Resolve { id, query });
-        None
+        stale
     }
 
     /// A DNS answer for a provider (false: the lookup was not a provider's).
