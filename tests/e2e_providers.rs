@@ -9,7 +9,13 @@
 //! - a phone dials a national number: the provider's side gets an INVITE in E.164 that passed
 //!   its digest challenge, with the caller shown as the profile asks; the BYE reaches both;
 //! - the provider sends a call to the household's number: the mapped ring group rings;
-//! - `provider add`, `did add`, `provider test` from the command line.
+//! - `provider add`, `did add`, `provider test` from the command line;
+//! - ENUM: a number published in a test `e164.arpa` zone (dnsmasq NAPTR) reaches a user of a
+//!   second hedgewitch domain by URI, not through the provider;
+//! - fail-over to the second provider when the first answers 503 or is down;
+//! - the fraud guards: a user without the international class gets 403 for `+44...`, the
+//!   emergency number goes out even for that user, the calls-at-once cap refuses the call
+//!   over it.
 
 mod common;
 
@@ -64,7 +70,7 @@ fn wait_state(srv: &Server, name: &str, state: &str, within: Duration) -> Value 
 fn config(providers: &Path) -> String {
     format!(
         "providers_dir = \"{}\"\n\
-         [numbers]\ncountry_code = \"49\"\n\
+         [numbers]\ncountry_code = \"49\"\nenum_suffixes = []\n\
          [[group]]\nname = \"family\"\nextension = \"200\"\nmembers = [\"bob\", \"carol\"]\n",
         providers.display()
     )
@@ -212,7 +218,7 @@ fn providers_and_numbers_from_the_command_line() {
     let kam_addr = format!("{HOST}:{}", free_port());
     let _kam = Kamailio::start(&dir, &kam_addr, PASSWORD, "127.0.0.1:9");
     let srv = Server::start(ServerOpts {
-        extra_config: "[numbers]\ncountry_code = \"49\"\n".into(),
+        extra_config: "[numbers]\ncountry_code = \"49\"\nenum_suffixes = []\n".into(),
         ..Default::default()
     });
     let r = srv.cli(&["providers"]);
@@ -286,4 +292,228 @@ fn providers_and_numbers_from_the_command_line() {
         &srv, "acme"
     )
     .is_null()));
+}
+
+/// Two providers: `a-first` (a peer at `first`, whatever is there) and `b-second` (Kamailio,
+/// registered). A call to a number fails over from the first to the second.
+#[test]
+fn the_second_provider_takes_the_call_when_the_first_fails() {
+    if !peers_available(&["sipp", "kamailio"]) {
+        return;
+    }
+    let dir = test_dir();
+    let providers = dir.join("providers.d");
+    let kam_addr = format!("{HOST}:{}", free_port());
+    let pstn_port = free_port();
+    let _kam = Kamailio::start(&dir, &kam_addr, PASSWORD, &format!("{HOST}:{pstn_port}"));
+    let first_port = free_port();
+    std::fs::create_dir_all(&providers).unwrap();
+    let first = |port: u16| {
+        std::fs::write(
+            providers.join("a-first.toml"),
+            format!(
+                "profile = \"generic-e164\"\ndomain = \"first.test\"\n\
+                 registrar = \"sip:{HOST}:{port}\"\nregister = false\noutgoing = true\nkeepalive = 0\n"
+            ),
+        )
+        .unwrap()
+    };
+    first(first_port);
+    provider_file(&providers, "b-second", &kam_addr, PASSWORD, "");
+    let srv = Server::start(ServerOpts {
+        extra_config: config(&providers),
+        ..Default::default()
+    });
+    wait_state(&srv, "b-second", "registered", Duration::from_secs(15));
+    assert_eq!(provider(&srv, "a-first")["state"], "peer");
+    let pstn_call = |name: &str| {
+        let pstn = srv
+            .sipp(name, "uas_pstn.xml")
+            .port(pstn_port)
+            .subst("NUMBER_RE", r"\+49301234567")
+            .subst("CALLER_RE", r"sip:\+4930999@provider\.test")
+            .subst("IDENTITY_HEADER", "From")
+            .spawn_listening();
+        let alice = uac_as_alice(&srv, "uac_call.xml", "0301234567").run();
+        assert_both_ok(&alice, &pstn.wait());
+    };
+    // The first answers 503: the second carries the call.
+    let busy = srv
+        .sipp("first_503", "uas_busy.xml")
+        .port(first_port)
+        .replace("486 Busy Here", "503 Service Unavailable")
+        .spawn_listening();
+    pstn_call("pstn_after_503");
+    let busy = busy.wait();
+    assert!(
+        busy.status.is_some_and(|s| s.success()),
+        "{}",
+        busy.report()
+    );
+    // The first is down (nothing listens there): the second carries the call.
+    pstn_call("pstn_after_down");
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    assert!(
+        log.contains("a-first") || log.contains("first.test"),
+        "the first was tried"
+    );
+}
+
+#[test]
+fn classes_emergency_and_the_cap_on_calls_at_once() {
+    if !peers_available(&["sipp", "kamailio"]) {
+        return;
+    }
+    let dir = test_dir();
+    let providers = dir.join("providers.d");
+    let kam_addr = format!("{HOST}:{}", free_port());
+    let pstn_port = free_port();
+    let _kam = Kamailio::start(&dir, &kam_addr, PASSWORD, &format!("{HOST}:{pstn_port}"));
+    provider_file(&providers, "acme", &kam_addr, PASSWORD, "");
+    let srv = Server::start(ServerOpts {
+        extra_config: format!(
+            "{}[numbers.allow]\ncalls_at_once = 1\n[numbers.allow.users]\nbob = [\"national\"]\n",
+            config(&providers)
+        ),
+        ..Default::default()
+    });
+    wait_state(&srv, "acme", "registered", Duration::from_secs(15));
+    let as_bob = |name: &str, scenario: &str, callee: &str| {
+        srv.sipp(name, scenario)
+            .port(free_port())
+            .key("user", BOB.name)
+            .key("callee", callee)
+            .auth(&BOB, &format!("{callee}@{DOMAIN}"))
+    };
+    // bob may not call abroad: 403, logged with user, number and source.
+    as_bob("bob_abroad", "uac_rejected.xml", "+442079460000")
+        .subst("FINAL", "403")
+        .run()
+        .assert_ok();
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("call to a number refused"))
+        .expect("a log line for the refusal");
+    assert!(
+        line.contains("user=bob")
+            && line.contains("+442079460000")
+            && line.contains("source=127.0.0.1"),
+        "{line}"
+    );
+    // The emergency number goes out through the provider even for bob.
+    let pstn = srv
+        .sipp("pstn_112", "uas_pstn.xml")
+        .port(pstn_port)
+        .subst("NUMBER_RE", "112")
+        .subst("CALLER_RE", r"sip:\+4930999@provider\.test")
+        .subst("IDENTITY_HEADER", "From")
+        .spawn_listening();
+    let bob = as_bob("bob_112", "uac_call.xml", "112").run();
+    assert_both_ok(&bob, &pstn.wait());
+    // One call at once: while alice's first call is up, her second is refused.
+    let pstn = srv
+        .sipp("pstn_long", "uas_pstn.xml")
+        .port(pstn_port)
+        .subst("NUMBER_RE", r"\+49301234567")
+        .subst("CALLER_RE", r"sip:\+4930999@provider\.test")
+        .subst("IDENTITY_HEADER", "From")
+        .spawn_listening();
+    let long = uac_as_alice(&srv, "uac_call.xml", "0301234567")
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            "<pause milliseconds=\"4000\"/>",
+        )
+        .spawn();
+    assert!(poll_until(Duration::from_secs(10), || provider(
+        &srv, "acme"
+    )["calls"]
+        == 1));
+    uac_as_alice(&srv, "uac_rejected.xml", "0301234568")
+        .subst("FINAL", "403")
+        .run()
+        .assert_ok();
+    assert_both_ok(&long.wait(), &pstn.wait());
+}
+
+/// ENUM: the number is published in the test's own `e164.arpa` zone with a SIP URI at a
+/// second domain; the call goes there by URI (RFC 3263), not to the provider (a peer on a
+/// dead port, which would fail it).
+#[test]
+fn a_number_published_in_enum_reaches_another_domain_by_uri() {
+    if !peers_available(&["sipp", "dnsmasq"]) {
+        return;
+    }
+    const ALPHA_IP: &str = "127.0.0.2";
+    const BETA_IP: &str = "127.0.0.3";
+    let dir = test_dir();
+    let (alpha_port, beta_port) = (free_port(), free_port());
+    let dns = common::dnsmasq::Dnsmasq::start(
+        &dir,
+        &[
+            format!("--host-record=sip.beta.test,{BETA_IP}"),
+            "--naptr-record=beta.test,10,10,S,SIP+D2U,,_sip._udp.beta.test".to_string(),
+            format!("--srv-host=_sip._udp.beta.test,sip.beta.test,{beta_port},10,0"),
+            // +49 30 1234567, RFC 6116: digits reversed under e164.arpa.
+            "--naptr-record=7.6.5.4.3.2.1.0.3.9.4.e164.arpa,10,10,U,E2U+sip,!^.*$!sip:bob@beta.test!"
+                .to_string(),
+        ],
+    );
+    let providers = dir.join("providers.d");
+    std::fs::create_dir_all(&providers).unwrap();
+    std::fs::write(
+        providers.join("dead.toml"),
+        format!(
+            "profile = \"generic-e164\"\ndomain = \"dead.test\"\nregistrar = \"sip:{HOST}:9\"\n\
+             register = false\noutgoing = true\nkeepalive = 0\n"
+        ),
+    )
+    .unwrap();
+    let dns_cfg = format!("[dns]\nservers = [\"127.0.0.1:{}\"]\n", dns.port);
+    let alpha = Server::start(ServerOpts {
+        domain: Some("alpha.test".into()),
+        ip: Some(ALPHA_IP.into()),
+        port: Some(alpha_port),
+        users: vec![ALICE],
+        extra_config: format!(
+            "providers_dir = \"{}\"\n{dns_cfg}[numbers]\ncountry_code = \"49\"\n",
+            providers.display()
+        ),
+        ..Default::default()
+    });
+    let beta = Server::start(ServerOpts {
+        domain: Some("beta.test".into()),
+        ip: Some(BETA_IP.into()),
+        port: Some(beta_port),
+        users: vec![BOB],
+        extra_config: dns_cfg,
+        ..Default::default()
+    });
+    let bob_port = free_port();
+    beta.sipp("register_bob", "register.xml")
+        .port(bob_port)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, &beta.domain)
+        .run()
+        .assert_ok();
+    let bob = beta
+        .sipp("bob", "uas_answer.xml")
+        .port(bob_port)
+        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+        .spawn_listening();
+    let alice = alpha
+        .sipp("alice", "uac_call.xml")
+        .port(free_port())
+        .key("user", ALICE.name)
+        .key("callee", "0301234567")
+        .replace("127\\.0\\.0\\.1", "127\\.0\\.0\\.[0-9]+")
+        .auth(&ALICE, "0301234567@alpha.test")
+        .run();
+    assert_both_ok(&alice, &bob.wait());
+    let log = std::fs::read_to_string(&alpha.log).unwrap();
+    assert!(
+        log.contains("ENUM: calling the number's SIP address"),
+        "{log}"
+    );
 }

@@ -107,7 +107,7 @@ request_route {
     }
     consume_credentials();
     xlog("L_INFO", "OUT call to $rU from $fu as $ai\n");
-    if (!($rU =~ "^\+[1-9][0-9]{4,14}$")) {
+    if (!($rU =~ "^\+[1-9][0-9]{4,14}$") && $rU != "112") {
         sl_send_reply("484", "Address Incomplete (E.164 Please)");
         exit;
     }

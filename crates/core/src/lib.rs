@@ -95,6 +95,15 @@ pub enum Action {
         /// What to look up.
         query: DnsQuery,
     },
+    /// Look up a number's ENUM records (RFC 6116): NAPTR at each of `domains` in turn,
+    /// until one has records; the answer comes back through `handle_enum(id, ...)`, empty
+    /// when there is none.
+    ResolveEnum {
+        /// Names the lookup in `handle_enum`.
+        id: u64,
+        /// The number's ENUM domains, one per configured suffix, in order.
+        domains: Vec<String>,
+    },
     /// Bind up to `count` more RTP/RTCP port pairs (an even port and the one above) of an
     /// address family for the media relay, and report the RTP ports bound through
     /// `handle_relay_reserved` (fewer than asked when the range is used up).

@@ -259,6 +259,77 @@ impl NumberSettings {
     }
 }
 
+/// A NAPTR record found for an ENUM domain (RFC 6116 §2.4, RFC 3403).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnumRecord {
+    /// Lower first; only the lowest order with a usable record counts.
+    pub order: u16,
+    /// Lower first within an order.
+    pub preference: u16,
+    /// `u`: terminal, the regexp gives a URI.
+    pub flags: String,
+    /// The enumservice, `E2U+sip` for SIP.
+    pub services: String,
+    /// `!ERE!replacement!`.
+    pub regexp: String,
+}
+
+/// The SIP URI an ENUM answer gives for an E.164 number (digits only), if any: terminal
+/// `E2U+sip` records, best first (order, then preference), their regexp applied to
+/// `+digits` (RFC 3402 §3.2: the first character is the delimiter, `\1`..`\9` back
+/// references in the replacement). Only a `sip:` or `sips:` URI counts.
+pub fn enum_target(e164: &str, records: &[EnumRecord]) -> Option<String> {
+    let aus = format!("+{e164}");
+    let mut usable: Vec<&EnumRecord> = records
+        .iter()
+        .filter(|r| r.flags.eq_ignore_ascii_case("u"))
+        .filter(|r| {
+            let s = r.services.to_ascii_lowercase();
+            s.split(':').next() == Some("e2u+sip") || s == "sip+e2u"
+        })
+        .collect();
+    usable.sort_by_key(|r| (r.order, r.preference));
+    usable
+        .into_iter()
+        .find_map(|r| apply_enum_regexp(&aus, &r.regexp))
+        .filter(|uri| {
+            let l = uri.to_ascii_lowercase();
+            (l.starts_with("sip:") || l.starts_with("sips:")) && sip::uri::Uri::parse(uri).is_ok()
+        })
+}
+
+/// `!ERE!replacement!flags` applied to `aus`; None when it does not match or is malformed.
+fn apply_enum_regexp(aus: &str, rule: &str) -> Option<String> {
+    let delim = rule.chars().next()?;
+    if delim.is_ascii_alphanumeric() || delim == '\\' {
+        return None;
+    }
+    let parts: Vec<&str> = rule[delim.len_utf8()..].split(delim).collect();
+    let (ere, repl) = match parts.as_slice() {
+        [ere, repl, flags] if flags.is_empty() || flags.eq_ignore_ascii_case("i") => (*ere, *repl),
+        _ => return None,
+    };
+    let re = regex_lite::Regex::new(ere).ok()?;
+    let caps = re.captures(aus)?;
+    let mut out = String::new();
+    let mut chars = repl.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    let i = d.to_digit(10)? as usize;
+                    out.push_str(caps.get(i).map_or("", |m| m.as_str()));
+                }
+                Some(other) => out.push(other),
+                None => return None,
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 /// The ENUM domain of an E.164 number under `suffix` (RFC 6116 §2.4): digits reversed,
 /// dot-separated.
 pub fn enum_domain(e164: &str, suffix: &str) -> String {
@@ -372,6 +443,50 @@ mod tests {
         assert!(n.same_number("+49301234567", "49301234567"));
         assert!(n.same_number("0301234567", "+49 30 1234567"));
         assert!(!n.same_number("0301234567", "+49301234568"));
+    }
+
+    #[test]
+    fn enum_answers_become_sip_uris() {
+        let rec = |order, pref, services: &str, regexp: &str| EnumRecord {
+            order,
+            preference: pref,
+            flags: "u".into(),
+            services: services.into(),
+            regexp: regexp.into(),
+        };
+        let e = "4930123456";
+        let records = vec![
+            rec(10, 20, "E2U+sip", "!^.*$!sip:second@beta.test!"),
+            rec(10, 10, "E2U+sip", "!^.*$!sip:bob@beta.test!"),
+            rec(5, 10, "E2U+mailto", "!^.*$!mailto:bob@beta.test!"),
+        ];
+        assert_eq!(
+            enum_target(e, &records).as_deref(),
+            Some("sip:bob@beta.test")
+        );
+        // Back references, another delimiter.
+        let r = [rec(1, 1, "E2U+sip", r"#^\+49(.*)$#sip:\1@beta.test#")];
+        assert_eq!(
+            enum_target(e, &r).as_deref(),
+            Some("sip:30123456@beta.test")
+        );
+        // Not SIP, no match, not terminal, not a URI: nothing.
+        assert_eq!(
+            enum_target(e, &[rec(1, 1, "E2U+tel", "!^.*$!tel:+1!")]),
+            None
+        );
+        assert_eq!(
+            enum_target(e, &[rec(1, 1, "E2U+sip", "!^\\+1.*$!sip:x@y!")]),
+            None
+        );
+        let mut nt = rec(1, 1, "E2U+sip", "!^.*$!sip:x@y!");
+        nt.flags = String::new();
+        assert_eq!(enum_target(e, &[nt]), None);
+        assert_eq!(
+            enum_target(e, &[rec(1, 1, "E2U+sip", "!^.*$!http://x!")]),
+            None
+        );
+        assert_eq!(enum_target(e, &[rec(1, 1, "E2U+sip", "garbage")]), None);
     }
 
     #[test]

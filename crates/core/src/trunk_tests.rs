@@ -51,9 +51,11 @@ fn trunk(name: &str, at: &str) -> TrunkSettings {
     }
 }
 
+/// Numbers dialled in Germany; no ENUM unless a test turns it on.
 fn germany() -> NumberSettings {
     NumberSettings {
         country_code: "49".into(),
+        enum_suffixes: vec![],
         ..Default::default()
     }
 }
@@ -499,4 +501,68 @@ Call-ID: in1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{PROV}>\r\nContent-Length
     t.recv("127.0.0.1:7100", &stranger);
     let out = t.sent();
     assert!(!out.iter().any(|(f, _)| f.remote == addr(BOB)));
+}
+
+#[test]
+fn enum_first_then_the_providers() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    let mut n = germany();
+    n.enum_suffixes = vec!["e164.test".into()];
+    t.registered_trunk(n, vec![trunk("acme", PROV)]);
+    // A number ENUM knows: its SIP URI is called, not the provider.
+    let out = call_out(&mut t, "0301234567", "e1");
+    assert!(
+        out.iter().all(|(_, m)| m.method_str() != "INVITE"),
+        "nothing rings before ENUM answers"
+    );
+    let asked: Vec<(u64, Vec<String>)> = t
+        .stash
+        .drain(..)
+        .filter_map(|a| match a {
+            Action::ResolveEnum { id, domains } => Some((id, domains)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].1,
+        vec!["7.6.5.4.3.2.1.0.3.9.4.e164.test".to_string()]
+    );
+    let rec = crate::numbers::EnumRecord {
+        order: 10,
+        preference: 10,
+        flags: "u".into(),
+        services: "E2U+sip".into(),
+        regexp: "!^.*$!sip:bob@127.0.0.1:6001!".into(),
+    };
+    t.core
+        .handle_enum(t.now, asked[0].0, vec![rec], Duration::from_secs(300));
+    let out = t.sent();
+    let inv = only(&out, "INVITE");
+    assert_eq!(inv.uri_str(), "sip:bob@127.0.0.1:6001");
+    assert!(
+        inv.from().unwrap().uri.raw.contains("alice@example.test"),
+        "no provider identity"
+    );
+    // The same number again: the answer is remembered for its TTL.
+    let out = call_out(&mut t, "0301234567", "e2");
+    assert_eq!(only(&out, "INVITE").uri_str(), "sip:bob@127.0.0.1:6001");
+    // A number ENUM does not know goes to the provider.
+    call_out(&mut t, "0309999999", "e3");
+    let id = t
+        .stash
+        .drain(..)
+        .find_map(|a| match a {
+            Action::ResolveEnum { id, .. } => Some(id),
+            _ => None,
+        })
+        .unwrap();
+    t.core
+        .handle_enum(t.now, id, vec![], Duration::from_secs(60));
+    let out = t.sent();
+    assert_eq!(
+        only(&out, "INVITE").uri_str(),
+        "sip:+49309999999@provider.test"
+    );
 }

@@ -4,6 +4,7 @@
 //! for their TTL. The resolver reads the system configuration unless `[dns] servers` names
 //! servers to ask.
 
+use crate::core::numbers::EnumRecord;
 use crate::core::Transport;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -272,6 +273,32 @@ impl Dns {
                 read(&r.data)
             })
             .collect()
+    }
+
+    /// ENUM (RFC 6116): the NAPTR records of the first of `domains` that has any, and the
+    /// shortest TTL met; none when no domain has records or DNS fails.
+    pub async fn enum_records(&self, domains: &[String]) -> (Vec<EnumRecord>, Duration) {
+        let mut ttl = Duration::from_secs(3600);
+        for d in domains {
+            let name = format!("{}.", d.trim_end_matches('.'));
+            let found = self
+                .records(&name, RecordType::NAPTR, &mut ttl, |d| match d {
+                    RData::NAPTR(n) => Some(EnumRecord {
+                        order: n.order,
+                        preference: n.preference,
+                        flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                        services: String::from_utf8_lossy(&n.services).into_owned(),
+                        regexp: String::from_utf8_lossy(&n.regexp).into_owned(),
+                    }),
+                    _ => None,
+                })
+                .await;
+            if !found.is_empty() {
+                return (found, ttl);
+            }
+        }
+        // A miss is kept for a while too (negative caching, a minute).
+        (vec![], Duration::from_secs(60))
     }
 
     async fn naptr(&self, name: &str, ttl: &mut Duration) -> Vec<Naptr> {

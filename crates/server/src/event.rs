@@ -97,6 +97,15 @@ pub enum Event {
         /// How long the answer may be reused.
         ttl: Duration,
     },
+    /// ENUM answered a lookup of the core's (NAPTR records of a number).
+    Enum {
+        /// The core's number for the lookup.
+        id: u64,
+        /// The records found (none: no SIP address known).
+        records: Vec<crate::core::numbers::EnumRecord>,
+        /// How long the answer may be reused.
+        ttl: Duration,
+    },
     /// SIGHUP: re-read the config file and the store.
     Reload,
     /// SIGTERM or SIGINT: stop the server.

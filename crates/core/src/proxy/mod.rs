@@ -91,6 +91,8 @@ pub(crate) struct Proxy {
     >,
     /// Lookups in flight: id -> the hunt waiting for them.
     resolving: std::collections::HashMap<u64, forking::Resolving>,
+    /// ENUM answers until their TTL runs out: E.164 number -> its SIP URI, if any.
+    enum_cache: std::collections::HashMap<String, (Option<String>, Instant)>,
 }
 
 impl Proxy {

@@ -37,7 +37,7 @@ impl Core {
         invite: bool,
     ) -> Result<(), Refusal> {
         if call.emergency {
-            tracing::warn!(user, number = %call.dialled, %source, "emergency call");
+            tracing::warn!(user = %user, number = %call.dialled, %source, "emergency call");
             return Ok(());
         }
         let numbers = self.agent.trunks.numbers();
@@ -81,7 +81,7 @@ impl Core {
         match refusal {
             Some(r) => {
                 self.counters.forwarded.outside_limited += 1;
-                tracing::warn!(user, number = %call.dialled, %source, class = class.as_str(),
+                tracing::warn!(user = %user, number = %call.dialled, %source, class = class.as_str(),
                     status = r.0, "call to a number refused: {}", r.1);
                 Err(r)
             }
@@ -174,6 +174,10 @@ impl Core {
         let s = &t.settings;
         let domain = &s.peer.domain;
         let number = s.calls.caller_id.as_deref().unwrap_or(&s.account.user);
+        if number.is_empty() {
+            // A peer with no account and no number to show (a PBX): the caller as is.
+            return (None, None);
+        }
         let account = format!("sip:{}@{domain}", s.account.user);
         let shown = format!("<sip:{number}@{domain}>");
         match s.calls.identity {

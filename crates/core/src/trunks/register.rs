@@ -77,8 +77,12 @@ impl Core {
         if t.settings.register.is_some() {
             t.state = RegState::Waiting("asked to register now".into());
         }
-        t.ping_at = Some(now);
-        self.trunk_step(now, name);
+        if t.settings.register.is_none() {
+            // A peer: one keep-alive now shows whether it answers.
+            self.trunk_ping(now, name);
+        } else {
+            self.trunk_step(now, name);
+        }
         true
     }
 
@@ -180,7 +184,10 @@ impl Core {
         };
         t.next_at = None;
         if t.settings.register.is_none() {
-            return self.trunk_ping(now, name);
+            if t.settings.keepalive > 0 {
+                self.trunk_ping(now, name);
+            }
+            return;
         }
         if matches!(t.state, RegState::Refused(_)) {
             return;

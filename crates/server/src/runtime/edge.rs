@@ -126,6 +126,18 @@ impl Edge {
                         }
                     }
                 }
+                Action::ResolveEnum { id, domains } => {
+                    let events = self.events.clone();
+                    let dns = self.dns.clone();
+                    tokio::spawn(async move {
+                        let (records, ttl) = match dns {
+                            Some(dns) => dns.enum_records(&domains).await,
+                            None => (vec![], Duration::from_secs(60)),
+                        };
+                        tracing::debug!(domains = ?domains, records = records.len(), "ENUM");
+                        let _ = events.send(Event::Enum { id, records, ttl }).await;
+                    });
+                }
                 Action::SaveForward(f) => {
                     if self.store.send(StoreOp::Forward(f)).is_err() {
                         tracing::error!(

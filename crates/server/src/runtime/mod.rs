@@ -526,6 +526,7 @@ fn handle_event(
             edge.remember_tls_names(&host, &targets);
             core.handle_resolved(now, id, targets, ttl)
         }
+        Event::Enum { id, records, ttl } => core.handle_enum(now, id, records, ttl),
         Event::Reload => match reloader.reload(core, edge) {
             Ok(r) => tracing::info!("reloaded on SIGHUP: {r}"),
             Err(e) => {

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod numbers;
 mod targets;
 
 /// Why a call moved on to another target: RFC 5806 reason and RFC 4458 cause.
@@ -69,6 +70,8 @@ pub(crate) struct Stage {
     pub ring: Option<Duration>,
     /// A URI of another domain whose servers DNS must find first (RFC 3263).
     pub resolve: Option<String>,
+    /// An E.164 number ENUM is asked about first (RFC 6116); a hit rings its URI.
+    pub enum_of: Option<String>,
 }
 
 /// A DNS lookup a hunt waits for.
@@ -77,6 +80,8 @@ pub(crate) struct Resolving {
     uri: String,
     /// The hunt's stage generation when it was asked (a later stage ignores the answer).
     pub generation: u32,
+    /// An ENUM lookup (`uri` is then the E.164 number), answered by `handle_enum`.
+    pub enum_lookup: bool,
 }
 
 /// One History-Info entry (RFC 7044).
@@ -293,6 +298,7 @@ impl Core {
                     hops,
                     ring,
                     resolve: None,
+                    enum_of: None,
                 });
                 if invite {
                     on_busy = re(&f.busy, Divert::Busy);
@@ -321,6 +327,7 @@ impl Core {
                         hops,
                         ring: if invite { g.timeout } else { None },
                         resolve: None,
+                        enum_of: None,
                     });
                 } else {
                     let n = g.members.len().max(1);
@@ -338,6 +345,7 @@ impl Core {
                             hops: self.member_hops(&m.target, caller, now, 0),
                             ring: Some(m.ring_time),
                             resolve: None,
+                            enum_of: None,
                         });
                     }
                     overall = g.timeout.map(|t| now + t);
@@ -359,25 +367,21 @@ impl Core {
                         hops: vec![h],
                         ring: None,
                         resolve: None,
+                        enum_of: None,
                     }),
                     // A domain name: DNS first (RFC 3263), then the branch.
                     None if dns_query(uri).is_some() => stages.push_back(Stage {
                         hops: vec![],
                         ring: None,
                         resolve: Some(uri.clone()),
+                        enum_of: None,
                     }),
                     None => return Expanded::Reply(500, "Cannot Resolve Target".into()),
                 }
             }
             Dialed::Number(call) => {
-                // One stage per provider, in order: the next is tried only when one fails
-                // (408, 5xx, unreachable), never after the callee's own answer.
                 reach = Reach::Trunk;
-                stages.extend(self.number_hops(now, call).into_iter().map(|h| Stage {
-                    hops: vec![h],
-                    ring: None,
-                    resolve: None,
-                }));
+                stages = self.number_stages(now, call);
                 if stages.is_empty() {
                     return Expanded::Reply(
                         480,
@@ -451,12 +455,17 @@ impl Core {
             let Some(stage) = h.stages.pop_front() else {
                 return false;
             };
-            if stage.hops.is_empty() && stage.resolve.is_none() {
+            if stage.hops.is_empty() && stage.resolve.is_none() && stage.enum_of.is_none() {
                 continue;
             }
             h.stage_start = start;
             h.generation = h.generation.wrapping_add(1);
             let generation = h.generation;
+            if let Some(e164) = stage.enum_of {
+                // Nothing rings until ENUM answers (`handle_enum`).
+                self.enum_ask(ctx_id, generation, e164);
+                return true;
+            }
             if let Some(uri) = stage.resolve {
                 // Nothing rings until DNS answers (`handle_resolved`).
                 let Some(query) = dns_query(&uri) else {
@@ -469,6 +478,7 @@ impl Core {
                         ctx_id,
                         uri,
                         generation,
+                        enum_lookup: false,
                     },
                 );
                 self.out.push(Action::Resolve { id, query });

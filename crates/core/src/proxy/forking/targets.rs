@@ -231,7 +231,7 @@ impl Core {
         if self.trunk_resolved(now, id, &targets, ttl) {
             return;
         }
-        let Some(p) = self.proxy.resolving.remove(&id) else {
+        let Some(p) = self.proxy.resolving.remove(&id).filter(|p| !p.enum_lookup) else {
             return;
         };
         if let Some(q) = dns_query(&p.uri) {
