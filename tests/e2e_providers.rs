@@ -12,7 +12,11 @@
 //! - `provider add`, `did add`, `provider test` from the command line;
 //! - ENUM: a number published in a test `e164.arpa` zone (dnsmasq NAPTR) reaches a user of a
 //!   second hedgewitch domain by URI, not through the provider;
+//! - an IP-PBX peered without registration: numbers a rule routes go to it as dialled, and
+//!   its calls from its address reach our extensions with no digest;
 //! - fail-over to the second provider when the first answers 503 or is down;
+//! - behind a NAT (the test's NAT lab), hedgewitch registers to the provider on the public
+//!   side and receives a call through its NAT mapping;
 //! - the fraud guards: a user without the international class gets 403 for `+44...`, the
 //!   emergency number goes out even for that user, the calls-at-once cap refuses the call
 //!   over it.
@@ -516,4 +520,115 @@ fn a_number_published_in_enum_reaches_another_domain_by_uri() {
         log.contains("ENUM: calling the number's SIP address"),
         "{log}"
     );
+}
+
+/// hedgewitch at home behind a NAT (nftables masquerade, random ports); the provider on the
+/// public side. The registration names the address the NAT gives us (learnt from the
+/// answer's Via), keep-alives hold the mapping, and a call to the household's number comes
+/// in through it, with its ACK and BYE.
+#[test]
+fn behind_nat_the_provider_reaches_us_through_the_mapping() {
+    if !peers_available(&["sipp", "kamailio", "ip", "nft"]) {
+        return;
+    }
+    use common::natlab::{NatLab, SERVER_IP};
+    let lab = NatLab::new(1)
+        .unwrap_or_else(|e| panic!("cannot build the NAT namespaces (root is needed): {e}"));
+    let home = lab.home(1);
+    let dir = test_dir();
+    let providers = dir.join("providers.d");
+    let kam_addr = format!("{SERVER_IP}:5070");
+    let _kam = Kamailio::start_in(
+        Some(&lab.public_ns()),
+        &dir,
+        &kam_addr,
+        PASSWORD,
+        "127.0.0.1:9",
+    );
+    provider_file(&providers, "acme", &kam_addr, PASSWORD, "keepalive = 10\n");
+    let srv = Server::start(ServerOpts {
+        netns: Some((home.ns.clone(), home.ip.clone())),
+        port: Some(5060),
+        extra_config: config(&providers),
+        ..Default::default()
+    });
+    let p = wait_state(&srv, "acme", "registered", Duration::from_secs(15));
+    let contact = p["contact"].as_str().unwrap();
+    assert!(
+        contact.contains(&format!("@{}:", home.public_ip)),
+        "the Contact names the NAT's address: {p}"
+    );
+    // bob's phone at home; the outside caller on the public side calls the number.
+    let bob_port = 5062;
+    srv.sipp("register_bob", "register.xml")
+        .in_netns(&home.ns, &home.ip)
+        .port(bob_port)
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, DOMAIN)
+        .run()
+        .assert_ok();
+    let bob = srv
+        .sipp("bob", "uas_answer.xml")
+        .in_netns(&home.ns, &home.ip)
+        .port(bob_port)
+        .replace("127\\.0\\.0\\.1", "100\\.64\\.1\\.2")
+        .spawn_listening();
+    let caller = srv
+        .sipp("outside_caller", "uac_plain_call.xml")
+        .in_netns(&lab.public_ns(), SERVER_IP)
+        .to(&kam_addr, PROVIDER_DOMAIN)
+        .port(5080)
+        .key("user", "+4930111")
+        .key("callee", DID)
+        .run();
+    assert_both_ok(&caller, &bob.wait());
+}
+
+#[test]
+fn a_peered_pbx_gets_its_numbers_and_reaches_our_extensions() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let dir = test_dir();
+    let providers = dir.join("providers.d");
+    std::fs::create_dir_all(&providers).unwrap();
+    let pbx_port = free_port();
+    std::fs::write(
+        providers.join("pbx.toml"),
+        format!(
+            "profile = \"ip-pbx\"\ndomain = \"pbx.test\"\nregistrar = \"sip:{HOST}:{pbx_port}\"\nkeepalive = 0\n"
+        ),
+    )
+    .unwrap();
+    let srv = Server::start(ServerOpts {
+        extra_config: format!(
+            "providers_dir = \"{}\"\n[numbers]\nenum_suffixes = []\n\
+             [[dialplan]]\nmatch = \"2XX\"\naction = \"provider\"\nproviders = [\"pbx\"]\n",
+            providers.display()
+        ),
+        ..Default::default()
+    });
+    assert_eq!(provider(&srv, "pbx")["state"], "peer");
+    // alice dials 201, an extension of the PBX: it gets 201 as dialled, from alice.
+    let pbx = srv
+        .sipp("pbx_callee", "uas_pstn.xml")
+        .port(pbx_port)
+        .subst("NUMBER_RE", "201")
+        .replace("@provider\\.test SIP", "@pbx\\.test SIP")
+        .subst("CALLER_RE", r"sip:alice@example\.test")
+        .subst("IDENTITY_HEADER", "From")
+        .spawn_listening();
+    let alice = uac_as_alice(&srv, "uac_call.xml", "201").run();
+    assert_both_ok(&alice, &pbx.wait());
+    // The PBX calls bob's extension from its address: no digest, bob rings.
+    let bob_port = register_udp(&srv, &BOB);
+    let bob = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
+    let pbx_caller = srv
+        .sipp("pbx_caller", "uac_plain_call.xml")
+        .port(pbx_port)
+        .key("user", "201")
+        .key("callee", BOB.extension)
+        .run();
+    assert_both_ok(&pbx_caller, &bob.wait());
 }

@@ -119,6 +119,8 @@ request_route {
 "#;
 
 pub struct Kamailio {
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     child: Option<Child>,
     dir: PathBuf,
     cfg: PathBuf,
@@ -130,6 +132,17 @@ impl Kamailio {
     /// Starts the provider on `addr` (`127.0.0.1:PORT`) with the account's password; calls
     /// out go to `pstn` (`127.0.0.1:PORT`, a SIPp callee).
     pub fn start(dir: &Path, addr: &str, password: &str, pstn: &str) -> Kamailio {
+        Kamailio::start_in(None, dir, addr, password, pstn)
+    }
+
+    /// The same inside a network namespace (the NAT lab's public side).
+    pub fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        addr: &str,
+        password: &str,
+        pstn: &str,
+    ) -> Kamailio {
         let rundir = dir.join("kamailio");
         fs::create_dir_all(&rundir).expect("kamailio folder");
         let (ip, port) = addr.rsplit_once(':').expect("addr");
@@ -142,6 +155,7 @@ impl Kamailio {
         let cfg = rundir.join("kamailio.cfg");
         fs::write(&cfg, text).expect("kamailio.cfg");
         let mut k = Kamailio {
+            netns: netns.map(str::to_string),
             child: None,
             log: rundir.join("kamailio.log"),
             dir: rundir,
@@ -158,7 +172,16 @@ impl Kamailio {
             .append(true)
             .open(&self.log)
             .expect("kamailio log");
-        let child = Command::new("kamailio")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "kamailio"]);
+                c
+            }
+            None => Command::new("kamailio"),
+        };
+        // `ip netns exec` becomes kamailio: its pid's socket table is the namespace's.
+        let child = cmd
             .arg("-f")
             .arg(&self.cfg)
             .args(["-DD", "-E", "-n", "2", "-m", "64", "-M", "8", "-Y"])
@@ -201,7 +224,9 @@ impl Kamailio {
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse().ok())
                 .unwrap_or(0);
-            poll_until(Duration::from_secs(10), || !udp_port_bound(port));
+            if self.netns.is_none() {
+                poll_until(Duration::from_secs(10), || !udp_port_bound(port));
+            }
         }
     }
 

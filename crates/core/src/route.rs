@@ -36,14 +36,16 @@ impl Core {
                     || self.cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(n)))
                     && port_ok(port)
             }
-            Host::Ip(ip) => self.cfg.listeners.iter().any(|l| {
-                // Behind a wildcard listener, loopback reaches us too.
-                let same = l.host == *ip
-                    || l.addr.ip() == *ip
-                    || (l.addr.ip().is_unspecified() && ip.is_loopback());
-                // No port in the URI: lenient, any of ours (phones often omit it).
-                same && port.is_none_or(|p| l.addr.port() == p)
-            }),
+            Host::Ip(ip) => {
+                self.cfg.listeners.iter().any(|l| {
+                    // Behind a wildcard listener, loopback reaches us too.
+                    let same = l.host == *ip
+                        || l.addr.ip() == *ip
+                        || (l.addr.ip().is_unspecified() && ip.is_loopback());
+                    // No port in the URI: lenient, any of ours (phones often omit it).
+                    same && port.is_none_or(|p| l.addr.port() == p)
+                }) || self.agent.trunks.is_public_address(*ip, port)
+            }
         }
     }
 

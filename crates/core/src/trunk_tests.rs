@@ -566,3 +566,35 @@ fn enum_first_then_the_providers() {
         "sip:+49309999999@provider.test"
     );
 }
+
+#[test]
+fn a_peered_pbx_is_known_by_its_exact_address() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let mut pbx = trunk("pbx", PROV);
+    pbx.register = None;
+    pbx.keepalive = 0;
+    pbx.account.user = String::new();
+    pbx.calls.caller_id = None;
+    pbx.dids.clear();
+    t.core.set_trunks(t.now, vec![pbx], germany());
+    assert_eq!(t.core.trunks(t.now)[0].state, "peer");
+    let inv = |src: &str, id: &str| {
+        format!(
+            "INVITE sip:102@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{id}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:201@pbx.test>;tag={id}\r\nTo: <sip:102@127.0.0.1>\r\n\
+Call-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:201@{src}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // From the PBX's own address: bob's extension rings, no digest.
+    t.recv(PROV, &inv(PROV, "p1"));
+    let out = t.sent();
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.method_str() == "INVITE"));
+    // From another port of the same host: an outsider, who reaches nobody by extension.
+    t.recv("127.0.0.1:7001", &inv("127.0.0.1:7001", "p2"));
+    let out = t.sent();
+    assert!(!out.iter().any(|(f, _)| f.remote == addr(BOB)));
+    assert_eq!(out.last().unwrap().1.status(), Some(404));
+}

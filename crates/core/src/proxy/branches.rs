@@ -328,9 +328,15 @@ impl Core {
     }
 
     pub(crate) fn record_route_for(&self, flow: Flow, token: &str) -> String {
-        let host = self
-            .listener_for(flow.transport, &flow.remote)
-            .map_or(flow.local.ip(), |l| l.host);
+        // Behind NAT, a provider reaches us only at the address it sees us at.
+        let (host, port) = match self.agent.trunks.public_toward(flow.remote) {
+            Some(p) => (p.ip(), p.port()),
+            None => (
+                self.listener_for(flow.transport, &flow.remote)
+                    .map_or(flow.local.ip(), |l| l.host),
+                flow.local.port(),
+            ),
+        };
         let t = match flow.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
@@ -338,11 +344,7 @@ impl Core {
             Transport::Ws => ";transport=ws",
             Transport::Wss => ";transport=wss",
         };
-        format!(
-            "<sip:{}:{}{t};lr;hw={token}>",
-            bracket(host),
-            flow.local.port()
-        )
+        format!("<sip:{}:{port}{t};lr;hw={token}>", bracket(host))
     }
 
     /// The signature our Record-Route carries for a dialog: a keyed hash of its Call-ID.

@@ -145,18 +145,48 @@ impl Trunks {
         self.list.is_empty()
     }
 
-    /// The provider whose requests come from `remote`, by its addresses (as configured
-    /// and as DNS gave them).
+    /// The provider whose requests come from `remote`: its configured `addresses` by IP;
+    /// a registered provider's servers (as DNS gave them) by IP, since its proxies may send
+    /// from any port; a peer (a PBX, which sends from its SIP port) by its exact address.
     pub(crate) fn by_source(&self, remote: SocketAddr) -> Option<&str> {
         self.list
             .iter()
             .find(|t| {
+                let peer = t.settings.register.is_none();
                 t.settings.peer.addresses.contains(&remote.ip())
-                    || t.hops
-                        .as_ref()
-                        .is_some_and(|(f, _)| f.iter().any(|f| f.remote.ip() == remote.ip()))
+                    || t.hops.as_ref().is_some_and(|(f, _)| {
+                        f.iter().any(|f| {
+                            f.remote.ip() == remote.ip()
+                                && (!peer || f.remote.port() == remote.port())
+                        })
+                    })
             })
             .map(|t| t.settings.name.as_str())
+    }
+
+    /// Whether the provider is a peer (no registration: a PBX).
+    pub(crate) fn is_peer(&self, name: &str) -> bool {
+        self.get(name)
+            .is_some_and(|t| t.settings.register.is_none())
+    }
+
+    /// Our address as the provider at `remote` sees it, when we sit behind NAT and learnt
+    /// it from its answers: what our Record-Route facing it must name.
+    pub(crate) fn public_toward(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        if self.list.is_empty() {
+            return None;
+        }
+        let name = self.by_source(remote)?;
+        self.get(name)?.session.public
+    }
+
+    /// Whether `ip` (and `port`, when given) is our public address at some provider.
+    pub(crate) fn is_public_address(&self, ip: std::net::IpAddr, port: Option<u16>) -> bool {
+        self.list.iter().any(|t| {
+            t.session
+                .public
+                .is_some_and(|p| p.ip() == ip && port.is_none_or(|x| x == p.port()))
+        })
     }
 
     /// The provider whose Contact secret `user` is.

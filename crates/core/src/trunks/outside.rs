@@ -309,6 +309,10 @@ impl Core {
             return Some((name.to_string(), to_user));
         }
         let name = trunks.by_source(source)?;
+        if trunks.is_peer(name) && !ruser.is_empty() {
+            // A peered PBX may call any of our users, extensions and groups.
+            return Some((name.to_string(), ruser));
+        }
         let t = trunks.get(name)?;
         let numbers = trunks.numbers();
         let owns = |n: &str| {
@@ -336,6 +340,12 @@ impl Core {
             .find(|d| numbers.same_number(&d.number, number))
             .map(|d| d.target.as_str())
             .filter(|t| !t.is_empty());
+        // A peered PBX dials our users, extensions and groups as they are.
+        if mapped.is_none() && t.settings.register.is_none() {
+            if let Dialed::Local(local) = self.plan.target(number, None) {
+                return Some(local);
+            }
+        }
         let target = mapped
             .or(t.settings.default_target.as_deref())
             .or(numbers.default_target.as_deref())?;

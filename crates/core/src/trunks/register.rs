@@ -165,7 +165,13 @@ impl Core {
         let Some(t) = self.agent.trunks.get_mut(&name) else {
             return true;
         };
-        if flows.is_empty() {
+        if flows.is_empty() && t.hops.is_some() {
+            // DNS failed this time: the servers it gave before serve a while longer.
+            tracing::warn!(provider = %name, "DNS found no server for the provider; keeping the previous answer");
+            if let Some((_, until)) = &mut t.hops {
+                *until = now + Duration::from_secs(60);
+            }
+        } else if flows.is_empty() {
             let why = "DNS found no server for the provider".to_string();
             tracing::warn!(provider = %name, "{why}");
             self.trunk_retry_later(now, &name, why);
@@ -186,6 +192,9 @@ impl Core {
         if t.settings.register.is_none() {
             if t.settings.keepalive > 0 {
                 self.trunk_ping(now, name);
+            } else {
+                // Its address is known from now on: its calls in are recognised by it.
+                self.trunk_flow(now, name);
             }
             return;
         }
