@@ -13,7 +13,7 @@
 mod common;
 
 use common::{poll_until, run_bounded, tail, test_dir, wait_bounded, Ran};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -427,6 +427,43 @@ fn the_debian_package_installs_serves_and_purges() {
         status["users"], 2,
         "the daemon did not reload the store: {status}"
     );
+
+    // 6b. A provider added by root: written as hedgewitch into /etc/hedgewitch/providers.d
+    //     (which postinst made), private, and loaded by the running daemon.
+    let r = must(
+        "hedgewitch provider add as root",
+        run(
+            &dir,
+            "provider-add",
+            &mut admin(&[
+                "provider",
+                "add",
+                "pbx",
+                "--profile",
+                "ip-pbx",
+                "--provider-domain",
+                "127.0.0.1",
+            ]),
+            None,
+            Duration::from_secs(20),
+        ),
+    );
+    assert!(!r.stderr.contains("did not reload"), "{}", r.stderr);
+    let file = Path::new("/etc/hedgewitch/providers.d/pbx.toml");
+    let meta = std::fs::metadata(file).expect("the provider file");
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid), "owned by hedgewitch");
+    assert_eq!(meta.permissions().mode() & 0o077, 0, "private");
+    let r = must(
+        "hedgewitch providers as root",
+        run(
+            &dir,
+            "providers",
+            &mut admin(&["providers", "--json"]),
+            None,
+            Duration::from_secs(10),
+        ),
+    );
+    assert!(r.stdout.contains("\"pbx\""), "{}", r.stdout);
 
     // 7. Stopped by its PID, then purged: nothing of the package stays.
     guard.stop_daemon();

@@ -367,30 +367,35 @@ impl Core {
     /// (a cracked account goes out in bursts), and one from an address they never went out
     /// from is logged.
     fn limit(&mut self, now: Instant, msg: &Message, flow: Flow, decision: Decision) -> Decision {
-        if let Decision::Hunt {
-            target: Dialed::Number(call),
-            hunt,
-            ..
-        } = &decision
-        {
-            let Some(user) = hunt.caller.clone() else {
-                return Decision::Reply(404, "Not Found");
-            };
-            let invite = msg.method() == Some(Method::Invite);
-            return match self.number_allowed(now, &user, call, flow.remote, invite) {
-                Ok(()) => decision,
-                Err((code, reason)) => Decision::ReplyOwned(code, reason),
-            };
-        }
-        let Decision::Hunt {
-            target: Dialed::Remote(uri),
-            hunt,
-            ..
-        } = &decision
-        else {
-            return decision;
+        let (target, user) = match &decision {
+            Decision::Hunt {
+                target: Dialed::Remote(uri),
+                hunt,
+                ..
+            } => (uri.clone(), hunt.caller.clone()),
+            Decision::Hunt {
+                target: Dialed::Number(call),
+                hunt,
+                ..
+            } => {
+                // Numbers: the user's classes and caps first (emergency calls pass).
+                let Some(user) = hunt.caller.clone() else {
+                    return Decision::Reply(404, "Not Found");
+                };
+                let invite = msg.method() == Some(Method::Invite);
+                if let Err((code, reason)) =
+                    self.number_allowed(now, &user, call, flow.remote, invite)
+                {
+                    return Decision::ReplyOwned(code, reason);
+                }
+                if call.emergency {
+                    return decision;
+                }
+                (call.dialled.clone(), Some(user))
+            }
+            _ => return decision,
         };
-        let Some(user) = hunt.caller.clone() else {
+        let Some(user) = user else {
             return decision;
         };
         let call = msg.method() == Some(Method::Invite);
@@ -401,7 +406,7 @@ impl Core {
                 tracing::warn!(
                     user,
                     source = %flow.remote,
-                    target = %uri,
+                    %target,
                     method = msg.method_str(),
                     "request out of the domain from an address this user never used before"
                 );
@@ -412,7 +417,7 @@ impl Core {
                 tracing::warn!(
                     user,
                     source = %flow.remote,
-                    target = %uri,
+                    %target,
                     method = msg.method_str(),
                     "user over their rate of requests out of the domain; refused"
                 );
