@@ -598,3 +598,49 @@ Call-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:201@{src}>\r\nContent-Length: 0
     assert!(!out.iter().any(|(f, _)| f.remote == addr(BOB)));
     assert_eq!(out.last().unwrap().1.status(), Some(404));
 }
+
+#[test]
+fn a_provider_at_its_limit_is_skipped_and_the_daily_count_holds() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("bob", BOB, &[]);
+    let mut n = germany();
+    n.allow.calls_per_day = 2;
+    let mut a = trunk("a", PROV);
+    a.calls.max_calls = 1;
+    t.registered_trunk(n, vec![a, trunk("b", PROV2)]);
+    // alice's first call takes provider a's only slot; bob's goes to b.
+    let out = call_out(&mut t, "0301234567", "d1");
+    assert_eq!(
+        out.iter()
+            .find(|(_, m)| m.method_str() == "INVITE")
+            .unwrap()
+            .0
+            .remote,
+        addr(PROV)
+    );
+    let out = t.invite("bob", BOB, "sip:0301234568@example.test", "d2");
+    let inv = out
+        .iter()
+        .find(|(_, m)| m.method_str() == "INVITE" && m.is_request())
+        .unwrap();
+    assert_eq!(inv.0.remote, addr(PROV2), "a is at its limit");
+    // alice's second call of the day goes (b), her third is refused.
+    let out = call_out(&mut t, "0301234569", "d3");
+    assert!(out.iter().any(|(_, m)| m.method_str() == "INVITE"));
+    for (_, m) in &out {
+        if m.method_str() == "INVITE" {
+            t.recv(PROV2, &reply(m, 486, &[]));
+        }
+    }
+    t.sent();
+    let out = t.invite("alice", ALICE, "sip:0301234560@example.test", "d4");
+    let refused = &out.last().unwrap().1;
+    assert_eq!(refused.status(), Some(403));
+    assert!(refused.reason().contains("Daily"), "{}", refused.reason());
+    // The next day she may call again.
+    t.advance(Duration::from_secs(86400));
+    t.sent();
+    let out = call_out(&mut t, "0301234561", "d5");
+    assert!(out.iter().any(|(_, m)| m.method_str() == "INVITE"));
+}
