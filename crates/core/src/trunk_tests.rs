@@ -159,10 +159,20 @@ fn registers_with_digest_and_refreshes_before_expiry() {
         "{contact}"
     );
     assert_eq!(t.core.trunks(t.now)[0].state, "registering");
-    for alg in [Algorithm::Sha256] {
-        let ch = challenge("provider.test", "n1", alg, false, Some("op"));
-        t.recv(PROV, &reply(reg, 401, &[format!("WWW-Authenticate: {ch}")]));
-    }
+    let md5 = challenge("provider.test", "n1", Algorithm::Md5, false, Some("op"));
+    let sha = challenge("provider.test", "n1", Algorithm::Sha256, false, Some("op"));
+    // Offered both, the stronger is taken.
+    t.recv(
+        PROV,
+        &reply(
+            reg,
+            401,
+            &[
+                format!("WWW-Authenticate: {md5}"),
+                format!("WWW-Authenticate: {sha}"),
+            ],
+        ),
+    );
     let out = t.sent();
     let again = only(&out, "REGISTER");
     let creds = Credentials::parse(again.value(HeaderName::Authorization).unwrap()).unwrap();
