@@ -654,3 +654,38 @@ fn a_provider_at_its_limit_is_skipped_and_the_daily_count_holds() {
     let out = call_out(&mut t, "0301234561", "d5");
     assert!(out.iter().any(|(_, m)| m.method_str() == "INVITE"));
 }
+
+#[test]
+fn a_users_forwarding_to_their_mobile_goes_out_if_they_may_call_it() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    let mut n = germany();
+    n.mobile = vec!["+4917".into()];
+    t.registered_trunk(n, vec![trunk("acme", PROV)]);
+    // bob has no phone registered: his calls go to his mobile.
+    let mut plan = t.core.plan.forward("bob");
+    plan.unavailable = Some("01701234567".into());
+    t.core.plan.set_forward(plan);
+    let out = t.invite("alice", ALICE, "sip:bob@example.test", "fw1");
+    let inv = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(PROV) && m.method_str() == "INVITE")
+        .expect("the call goes out to bob's mobile");
+    assert_eq!(inv.1.uri_str(), "sip:+491701234567@provider.test");
+    assert!(
+        out.iter().any(|(_, m)| m.status() == Some(181)),
+        "the caller hears it is forwarded"
+    );
+    // Without the mobile class, bob's forwarding reaches nobody.
+    let mut n = germany();
+    n.mobile = vec!["+4917".into()];
+    n.allow
+        .users
+        .insert("bob".into(), vec![CallClass::National]);
+    t.core.set_trunks(t.now, vec![trunk("acme", PROV)], n);
+    let out = t.invite("alice", ALICE, "sip:bob@example.test", "fw2");
+    assert!(!out
+        .iter()
+        .any(|(f, m)| f.remote == addr(PROV) && m.method_str() == "INVITE"));
+    assert!(out.iter().any(|(_, m)| m.status() == Some(480)));
+}

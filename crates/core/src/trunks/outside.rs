@@ -214,7 +214,7 @@ impl Core {
             tracing::warn!(provider = %name, status, "the provider refused our credentials for a call");
             return None;
         }
-        t.session.nc += 1;
+        // A fresh client nonce each time, so the count starts at 1.
         let a = &t.settings.account;
         let value = ch.answer(
             &a.auth_user,

@@ -524,6 +524,10 @@ impl Core {
             .as_deref()
             .is_none_or(|o| self.plan.may_call_outside(o));
         let domain = self.cfg.domain.clone();
+        let number_ok = match &dialed {
+            Dialed::Number(call) => self.forward_to_number_allowed(now, ctx_id, &r, call),
+            _ => false,
+        };
         let Some(h) = self.hunt_mut(ctx_id) else {
             return false;
         };
@@ -551,6 +555,7 @@ impl Core {
                 tracing::info!(target = %r.target, owner = ?r.owner, "forwarding outside the domain not allowed for this user");
                 return false;
             }
+            Dialed::Number(call) if number_ok => format!("sip:{}@{domain}", call.dialled),
             _ => {
                 tracing::info!(target = %r.target, "forwarding target reaches nobody");
                 return false;

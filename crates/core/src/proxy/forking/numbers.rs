@@ -3,7 +3,7 @@
 //! providers in order, each a stage of its own that is tried only when the one before
 //! failed (408, 5xx, unreachable). ENUM answers are kept for their TTL.
 
-use super::{Resolving, Stage};
+use super::{Resolving, Retarget, Stage};
 use crate::handles::CtxId;
 use crate::numbers::{enum_domain, enum_target, EnumRecord, NumberCall};
 use crate::{Action, Core};
@@ -45,6 +45,30 @@ impl Core {
             enum_of: None,
         }));
         stages
+    }
+
+    /// A user's forwarding to a telephone number (their mobile): allowed when the user
+    /// may call that number themselves (classes, caps); a group's fallback, set by the
+    /// administrator, never names numbers this way.
+    pub(super) fn forward_to_number_allowed(
+        &mut self,
+        now: Instant,
+        ctx_id: CtxId,
+        r: &Retarget,
+        call: &NumberCall,
+    ) -> bool {
+        let Some(owner) = r.owner.clone() else {
+            return false;
+        };
+        let Some(source) = self
+            .proxy
+            .contexts
+            .get(&ctx_id)
+            .map(|c| c.template.in_flow.remote)
+        else {
+            return false;
+        };
+        self.number_allowed(now, &owner, call, source, true).is_ok()
     }
 
     /// A stage ringing another domain's URI: at once when its server is known, else after
