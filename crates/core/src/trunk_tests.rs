@@ -689,3 +689,42 @@ fn a_users_forwarding_to_their_mobile_goes_out_if_they_may_call_it() {
         .any(|(f, m)| f.remote == addr(PROV) && m.method_str() == "INVITE"));
     assert!(out.iter().any(|(_, m)| m.status() == Some(480)));
 }
+
+#[test]
+fn a_407_to_register_and_the_service_route_of_calls_out() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.core
+        .set_trunks(t.now, vec![trunk("acme", PROV)], germany());
+    let out = t.sent();
+    let reg = &out[0].1;
+    let ch = challenge("provider.test", "pn", Algorithm::Md5, false, None);
+    t.recv(
+        PROV,
+        &reply(reg, 407, &[format!("Proxy-Authenticate: {ch}")]),
+    );
+    let out = t.sent();
+    let again = only(&out, "REGISTER");
+    let creds = Credentials::parse(again.value(HeaderName::ProxyAuthorization).unwrap()).unwrap();
+    assert!(verify(
+        &creds,
+        "REGISTER",
+        &ha1(Algorithm::Md5, "home", "provider.test", "pw")
+    ));
+    // RFC 3608: the registrar's Service-Route is the route of our calls out.
+    t.recv(
+        PROV,
+        &reply(
+            again,
+            200,
+            &["Service-Route: <sip:edge.provider.test;lr>".into()],
+        ),
+    );
+    assert_eq!(t.core.trunks(t.now)[0].state, "registered");
+    let out = call_out(&mut t, "0301234567", "sr1");
+    let inv = only(&out, "INVITE");
+    assert_eq!(
+        inv.value(HeaderName::Route),
+        Some("<sip:edge.provider.test;lr>")
+    );
+}
