@@ -484,7 +484,11 @@ impl Core {
     /// No digest is asked: the provider vouches for its callers, and such a request can
     /// only reach local targets (never go out again).
     fn provider_call(&mut self, msg: &Message, a: &Admitted<'_>, flow: Flow) -> Option<Decision> {
-        if a.dialog_route || msg.to().is_some_and(|t| t.tag().is_some()) {
+        // Most servers have no provider: nothing of the request is read then.
+        if self.agent.trunks.is_empty()
+            || a.dialog_route
+            || msg.to().is_some_and(|t| t.tag().is_some())
+        {
             return None;
         }
         let (trunk, number) = self.trunk_caller(msg, flow.remote)?;
