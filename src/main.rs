@@ -88,6 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Messages waiting for users whose phones were off, per user.
+    Messages {
+        #[arg(long)]
+        json: bool,
+    },
     /// The SIP providers and peered PBXs: registered or not, since when, and why.
     Providers {
         #[arg(long)]
@@ -232,6 +237,15 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
         Command::Providers { json } => provider_cli::status(&cfg, json),
+        Command::Messages { json } => {
+            let v = control::request(&cfg.control_path(), control::Command::Messages)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_messages(&v);
+            }
+            Ok(())
+        }
         Command::Provider(cmd) => provider_cli::provider(&cfg, cmd),
         Command::Did(cmd) => provider_cli::did(&cfg, cmd),
         Command::Tls(TlsCommand::SelfSigned { out, names }) => {
@@ -325,6 +339,28 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_messages(v: &serde_json::Value) {
+    let list = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        println!("no messages are waiting");
+        return;
+    }
+    println!("{:<24} {:>6} {:>9}  FROM", "USER", "COUNT", "BYTES");
+    for m in list {
+        let senders: Vec<&str> = m["senders"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:>6} {:>9}  {}",
+            m["user"].as_str().unwrap_or("?"),
+            m["count"].as_u64().unwrap_or(0),
+            m["bytes"].as_u64().unwrap_or(0),
+            senders.join(", ")
+        );
     }
 }
 

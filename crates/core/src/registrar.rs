@@ -191,6 +191,7 @@ impl Core {
         let user_agent = msg.value(HeaderName::UserAgent).unwrap_or("").to_string();
         let unix = self.unix(now);
         let mut changes = vec![];
+        let mut fresh = None;
         let any_outbound = wanted
             .iter()
             .any(|w| w.instance.as_ref().is_some_and(|i| i.reg_id.is_some()));
@@ -213,6 +214,7 @@ impl Core {
                     }
                 }
                 if let Some(i) = existing.filter(|&i| list[i].contact != w.contact) {
+                    fresh = Some(w.contact.clone());
                     changes.push(Action::DeleteBinding {
                         aor: owner.clone(),
                         contact: list[i].contact.clone(),
@@ -249,7 +251,10 @@ impl Core {
                 )));
                 match existing {
                     Some(i) => list[i] = binding,
-                    None => list.push(binding),
+                    None => {
+                        fresh = Some(binding.contact.clone());
+                        list.push(binding);
+                    }
                 }
             }
             while list.len() > self.cfg.registrar.max_contacts {
@@ -301,6 +306,10 @@ impl Core {
         }
         let gruu = supports(msg, "gruu");
         self.registered_with(now, key, &owner, extra, gruu);
+        if let Some(contact) = fresh {
+            // A phone that just came: messages that waited for the user go to it now.
+            self.deliver_waiting(now, &owner, Some(&contact));
+        }
     }
 
     /// 200 OK listing every current contact with its remaining time (§10.3 step 8).

@@ -1657,6 +1657,8 @@ mod federation_tests;
 mod forking_tests;
 #[path = "guard_tests.rs"]
 mod guard_tests;
+#[path = "mailbox_tests.rs"]
+mod mailbox_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
 #[path = "trunk_tests.rs"]

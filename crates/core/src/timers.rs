@@ -28,6 +28,10 @@ pub(crate) enum TimerRef {
     TurnSweep,
     /// A provider's registration or keep-alive may be due (by name).
     Trunk(String),
+    /// Waiting messages may have grown too old.
+    MailboxSweep,
+    /// The store has not said whether it kept this message: it did not.
+    MailboxStore(u64),
 }
 
 #[derive(Default)]

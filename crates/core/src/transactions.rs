@@ -607,6 +607,7 @@ impl Core {
             (Some(_), None) => {
                 // Each looks for the key among its own requests only.
                 self.trunk_no_answer(now, key);
+                self.delivery_failed(key);
                 self.ping_failed(key);
             }
             _ => {}

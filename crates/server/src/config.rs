@@ -139,6 +139,8 @@ pub struct Config {
     /// Telephone numbers: country code, prefixes, classes, emergency numbers, ENUM
     /// (`[numbers]`).
     pub numbers: crate::core::numbers::NumberSettings,
+    /// Messages that wait for offline users (`[messages]`).
+    pub messages: crate::core::mailbox::MailboxSettings,
     /// The folder of provider files (`NAME.toml` each). Default: `providers.d` beside the
     /// config file, or in the data folder when there is no config file.
     pub providers_dir: Option<PathBuf>,
@@ -505,6 +507,7 @@ impl Default for Config {
             speeddial: vec![],
             dialplan: vec![],
             numbers: Default::default(),
+            messages: Default::default(),
             providers_dir: None,
         }
     }

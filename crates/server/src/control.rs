@@ -34,12 +34,14 @@ pub enum Command {
     LiftBan(std::net::IpAddr),
     /// The providers and their registrations.
     Providers,
+    /// Messages waiting for offline users, per user.
+    Messages,
     /// Register to a provider (or ping a peer) now (`provider-test NAME` on the wire).
     ProviderTest(String),
 }
 
 impl Command {
-    const WORDS: [Command; 8] = [
+    const WORDS: [Command; 9] = [
         Command::Status,
         Command::Registrations,
         Command::Calls,
@@ -48,6 +50,7 @@ impl Command {
         Command::ReloadUsers,
         Command::Bans,
         Command::Providers,
+        Command::Messages,
     ];
 
     /// The command's word on the wire.
@@ -62,6 +65,7 @@ impl Command {
             Command::Bans => "bans",
             Command::LiftBan(_) => "lift-ban",
             Command::Providers => "providers",
+            Command::Messages => "messages",
             Command::ProviderTest(_) => "provider-test",
         }
     }

@@ -97,6 +97,13 @@ pub enum Event {
         /// How long the answer may be reused.
         ttl: Duration,
     },
+    /// The store kept (or could not keep) a message for an offline user.
+    MessageStored {
+        /// The message.
+        id: u64,
+        /// Whether it is in the store.
+        kept: bool,
+    },
     /// ENUM answered a lookup of the core's (NAPTR records of a number).
     Enum {
         /// The core's number for the lookup.

@@ -107,6 +107,16 @@ impl Proxy {
         self.contexts.keys().copied()
     }
 
+    /// A response context.
+    pub(crate) fn ctx(&self, id: CtxId) -> Option<&ProxyCtx> {
+        self.contexts.get(&id)
+    }
+
+    /// A response context, to change.
+    pub(crate) fn ctx_mut(&mut self, id: CtxId) -> Option<&mut ProxyCtx> {
+        self.contexts.get_mut(&id)
+    }
+
     /// Forgets DNS answers (the DNS servers changed).
     pub(crate) fn clear_dns_cache(&mut self) {
         self.dns_cache.clear();

@@ -238,7 +238,10 @@ impl Core {
         self.client_actions(now, key, actions);
         if ours && disp == Disposition::PassUp && status >= 200 {
             // A request of our own: a keep-alive ping, or a feature-code confirmation.
-            if self.ping_answered(key) || self.trunk_answered(now, key, &msg) {
+            if self.ping_answered(key)
+                || self.trunk_answered(now, key, &msg)
+                || self.delivery_answered(now, key, status)
+            {
                 return;
             }
             // Our CANCELs are ours too: only a MESSAGE is a notification.
@@ -363,6 +366,13 @@ impl Core {
         } else if status < 300 {
             // §16.7 step 5: every 2xx goes upstream at once, even after another one.
             ctx.answered = true;
+            if !invite {
+                // A MESSAGE kept for later reached a phone after all.
+                self.mailbox_late_answer(ctx_id);
+            }
+            let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
+                return;
+            };
             ctx.final_sent = true;
             if invite && dialog_creating {
                 self.call_answered(&resp, from);

@@ -126,6 +126,21 @@ impl Edge {
                         }
                     }
                 }
+                Action::StoreMessage(m) => {
+                    let id = m.id;
+                    let events = self.events.clone();
+                    let done = Box::new(move |kept: bool| {
+                        // The store's thread waits for the loop's queue, never the reverse.
+                        let _ = events.blocking_send(Event::MessageStored { id, kept });
+                    });
+                    if self.store.send(StoreOp::PutMessage(m, done)).is_err() {
+                        tracing::error!("store thread is gone; a message could not be kept");
+                        core.handle_message_stored(std::time::Instant::now(), id, false);
+                    }
+                }
+                Action::DeleteMessage { id } => {
+                    let _ = self.store.send(StoreOp::DeleteMessage(id));
+                }
                 Action::ResolveEnum { id, domains } => {
                     let events = self.events.clone();
                     let dns = self.dns.clone();

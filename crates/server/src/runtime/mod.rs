@@ -288,6 +288,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             "user was created for another realm than `{}`; set its password again (hedgewitch user passwd)", cfg.domain);
     }
     let bindings = store.bindings()?;
+    let waiting = store.waiting_messages()?;
     let store_tx = spawn_store(store);
 
     let (tls_cfg, self_signed) = effective_tls(&cfg)?;
@@ -336,6 +337,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(provider = %t.name, registers = t.register.is_some(), "provider");
     }
     core.set_trunks(now, trunks, cfg.numbers.clone());
+    core.set_mailbox(cfg.messages.clone());
+    core.restore_messages(now, waiting);
     let mut reloader = Reloader {
         running: cfg.clone(),
         started: cfg.clone(),
@@ -527,6 +530,7 @@ fn handle_event(
             core.handle_resolved(now, id, targets, ttl)
         }
         Event::Enum { id, records, ttl } => core.handle_enum(now, id, records, ttl),
+        Event::MessageStored { id, kept } => core.handle_message_stored(now, id, kept),
         Event::Reload => match reloader.reload(core, edge) {
             Ok(r) => tracing::info!("reloaded on SIGHUP: {r}"),
             Err(e) => {
@@ -581,6 +585,7 @@ fn answer(
         // `reload-users` is what `hedgewitch user ...` sends: the store only.
         Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),
         Command::Providers => serde_json::to_value(core.trunks(now)).unwrap_or_default(),
+        Command::Messages => serde_json::to_value(core.waiting_messages()).unwrap_or_default(),
         Command::ProviderTest(name) => serde_json::json!({ "found": core.retry_trunk(now, &name) }),
         Command::LiftBan(ip) => serde_json::json!({ "lifted": core.lift_ban(now, ip) }),
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {

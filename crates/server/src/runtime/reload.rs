@@ -166,6 +166,7 @@ impl Reloader {
                 "dial plan",
             ),
             (new.numbers != old.numbers, "numbers"),
+            (new.messages != old.messages, "messages"),
         ] {
             if changed {
                 applied.push(key);
@@ -187,6 +188,7 @@ impl Reloader {
         core.set_users(users);
         core.set_plan(plan);
         core.set_trunks(std::time::Instant::now(), trunks, live.numbers.clone());
+        core.set_mailbox(live.messages.clone());
         if !done.restart.is_empty() {
             tracing::warn!(
                 "changed in the config file but applied only after a restart: {}",

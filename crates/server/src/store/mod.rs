@@ -2,6 +2,7 @@
 //! `Store` is the trait the daemon and the CLI use; `SqliteStore` is the embedded default.
 //! The proxy never waits on it: it keeps its tables in memory and writes through.
 
+use crate::core::mailbox::WaitingMessage;
 use crate::plan::settings::{ForwardSpec, GroupSpec, PlanSettings, RuleSpec, SpeedDialSpec};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -119,6 +120,17 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 -- Facts about the data folder itself: `domain` is the main domain its passwords were hashed
 -- for (the digest realm), recorded at the first start so the CLI and the daemon agree.
+-- Messages waiting for users whose phones did not take them, delivered in `id` order.
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    date TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    stored_at INTEGER NOT NULL,
+    source TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -266,6 +278,64 @@ impl SqliteStore {
     /// None); false if there was none.
     pub fn remove_speed_dial(&self, user: Option<&str>, code: &str) -> StoreResult<bool> {
         self.delete_plan("speeddial", &speed_key(user, code))
+    }
+
+    /// Keeps a message for a user (committed when this returns).
+    pub fn put_message(&self, m: &WaitingMessage) -> StoreResult<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO messages (id, user, sender, date, content_type, body, stored_at, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    m.id as i64,
+                    m.user,
+                    m.from,
+                    m.date,
+                    m.content_type,
+                    m.body,
+                    m.stored_at as i64,
+                    m.source.to_string()
+                ],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Forgets a message (delivered, replaced or expired).
+    pub fn delete_message(&self, id: u64) -> StoreResult<()> {
+        self.conn
+            .execute("DELETE FROM messages WHERE id = ?1", params![id as i64])
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Every waiting message, oldest first.
+    pub fn waiting_messages(&self) -> StoreResult<Vec<WaitingMessage>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, user, sender, date, content_type, body, stored_at, source
+                 FROM messages ORDER BY id",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(WaitingMessage {
+                    id: r.get::<_, i64>(0)? as u64,
+                    user: r.get(1)?,
+                    from: r.get(2)?,
+                    date: r.get(3)?,
+                    content_type: r.get(4)?,
+                    body: r.get(5)?,
+                    stored_at: r.get::<_, i64>(6)? as u64,
+                    source: r
+                        .get::<_, String>(7)?
+                        .parse()
+                        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
     }
 
     /// Maps one of the household's numbers (new, or replacing its mapping).

@@ -23,6 +23,13 @@ pub enum StoreOp {
     /// Store a user's forwarding as set from a phone (after the writes before it); a failure
     /// is logged, and the forwarding then lasts until the next restart or reload.
     Forward(ForwardSpec),
+    /// Keep a message for an offline user at once, and say whether it was kept.
+    PutMessage(
+        crate::core::mailbox::WaitingMessage,
+        Box<dyn FnOnce(bool) + Send>,
+    ),
+    /// Forget a message (delivered, replaced or expired).
+    DeleteMessage(u64),
 }
 
 /// Most binding writes committed in one transaction.
@@ -146,6 +153,21 @@ pub fn spawn_store(store: SqliteStore) -> std::sync::mpsc::Sender<StoreOp> {
                                 w.flush();
                                 let s = &w.store;
                                 let _ = reply.send(s.users().and_then(|u| Ok((u, s.plan()?))));
+                            }
+                            StoreOp::PutMessage(m, done) => {
+                                let kept = match w.store.put_message(&m) {
+                                    Ok(()) => true,
+                                    Err(e) => {
+                                        tracing::error!(user = %m.user, "cannot store a message for an offline user: {e}");
+                                        false
+                                    }
+                                };
+                                done(kept);
+                            }
+                            StoreOp::DeleteMessage(id) => {
+                                if let Err(e) = w.store.delete_message(id) {
+                                    tracing::error!(message = id, "cannot delete a delivered message: {e}; it may be delivered again after a restart");
+                                }
                             }
                             StoreOp::Forward(f) => {
                                 w.flush();

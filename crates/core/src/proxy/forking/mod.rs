@@ -167,6 +167,11 @@ impl Hunt {
         }
     }
 
+    /// The local user or group being rung now (the last one the call went to).
+    pub(crate) fn current_target(&self) -> Option<&Target> {
+        self.visited.last()
+    }
+
     /// The headers each branch of the current stage carries.
     pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![];
@@ -287,13 +292,18 @@ impl Core {
                         None => Expanded::Reply(480, "Temporarily Unavailable".into()),
                     };
                 }
-                let ring = (invite && f.no_answer.is_some()).then(|| {
-                    Duration::from_secs(u64::from(
-                        f.no_answer_after
-                            .unwrap_or(self.plan.calls.no_answer_after)
-                            .max(1),
-                    ))
-                });
+                let ring = if invite {
+                    f.no_answer.is_some().then(|| {
+                        Duration::from_secs(u64::from(
+                            f.no_answer_after
+                                .unwrap_or(self.plan.calls.no_answer_after)
+                                .max(1),
+                        ))
+                    })
+                } else {
+                    // A silent phone must count as failed well before the sender gives up.
+                    self.message_ring_time()
+                };
                 stages.push_back(Stage {
                     hops,
                     ring,
@@ -512,6 +522,10 @@ impl Core {
                 return;
             }
         }
+        // A MESSAGE nobody's phone took waits for the user instead.
+        if self.mailbox_take(now, ctx_id, best) {
+            return;
+        }
         self.finish_with_best(now, ctx_id);
     }
 
@@ -661,6 +675,10 @@ impl Core {
     }
 
     fn hunt_final_owned(&mut self, now: Instant, ctx_id: CtxId, code: u16, reason: String) {
+        // A MESSAGE for a user with no phone registered waits for them.
+        if code == 480 && self.mailbox_take(now, ctx_id, Some(480)) {
+            return;
+        }
         let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
             return;
         };
