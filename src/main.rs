@@ -88,6 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Who watches whom: presence and busy-lamp subscriptions.
+    Presence {
+        #[arg(long)]
+        json: bool,
+    },
     /// Messages waiting for users whose phones were off, per user.
     Messages {
         #[arg(long)]
@@ -237,6 +242,28 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
         Command::Providers { json } => provider_cli::status(&cfg, json),
+        Command::Presence { json } => {
+            let v = control::request(&cfg.control_path(), control::Command::Presence)?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            let list = v.as_array().map(Vec::as_slice).unwrap_or_default();
+            if list.is_empty() {
+                println!("nobody is watching");
+            }
+            for s in list {
+                println!(
+                    "{:<28} watches {:<28} {:<8} {}{}s left",
+                    s["watcher"].as_str().unwrap_or("?"),
+                    s["entity"].as_str().unwrap_or("?"),
+                    s["event"].as_str().unwrap_or("?"),
+                    if s["allowed"] == true { "" } else { "(neutral) " },
+                    s["expires_in"].as_u64().unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
         Command::Messages { json } => {
             let v = control::request(&cfg.control_path(), control::Command::Messages)?;
             if json {

@@ -19,6 +19,7 @@ mod location;
 pub mod mailbox;
 pub mod numbers;
 pub mod plan;
+pub mod presence;
 mod proxy;
 pub mod records;
 mod registrar;
@@ -252,6 +253,8 @@ pub(crate) struct Agent {
     pub(crate) trunks: trunks::Trunks,
     /// Messages that wait for their user, and their deliveries.
     pub(crate) mailbox: mailbox::Mailbox,
+    /// Presence and busy-lamp subscriptions, publications, NOTIFYs.
+    pub(crate) presence: presence::Presence,
 }
 
 /// What the core was started with: its time origin, and what makes its ids unguessable.
@@ -576,6 +579,8 @@ impl Core {
                 TimerRef::Trunk(name) => self.trunk_timer(now, &name),
                 TimerRef::MailboxSweep => self.mailbox_sweep(now),
                 TimerRef::MailboxStore(id) => self.handle_message_stored(now, id, false),
+                TimerRef::PresenceSweep => self.presence_sweep(now),
+                TimerRef::PresenceNotify(id) => self.notify(now, id, None),
             }
         }
     }
@@ -611,8 +616,8 @@ impl Core {
 
     /// The edge closed stream connection `conn` (the peer left, or a limit cut it off). A
     /// browser registered over it cannot be reached any more: its contacts go at once.
-    pub fn handle_conn_closed(&mut self, conn: ConnId) {
-        self.drop_connection_bindings(conn);
+    pub fn handle_conn_closed(&mut self, now: Instant, conn: ConnId) {
+        self.drop_connection_bindings(now, conn);
         self.turn_connection_closed(conn);
     }
 

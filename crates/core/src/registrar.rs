@@ -310,6 +310,7 @@ impl Core {
             // A phone that just came: messages that waited for the user go to it now.
             self.deliver_waiting(now, &owner, Some(&contact));
         }
+        self.presence_changed(now, &owner);
     }
 
     /// 200 OK listing every current contact with its remaining time (§10.3 step 8).
@@ -362,21 +363,27 @@ impl Core {
         if let Some(next) = self.location.get(aor).iter().map(|b| b.expires).min() {
             self.timers.push(next, TimerRef::Expiry(aor.to_string()));
         }
+        self.presence_changed(now, aor);
     }
 
     /// A stream connection closed: the browsers registered over it (WebSocket contacts,
     /// which nothing else reaches) are gone at once, so that a call to a closed tab fails
     /// now instead of after a timeout.
-    pub(crate) fn drop_connection_bindings(&mut self, conn: crate::ConnId) {
+    pub(crate) fn drop_connection_bindings(&mut self, now: Instant, conn: crate::ConnId) {
+        let mut gone = vec![];
         for (aor, b) in self
             .location
             .take_where(|b| b.flow.conn == Some(conn) && b.flow.transport.is_websocket())
         {
             tracing::info!(user = %aor, contact = %b.contact, "browser's connection closed; registration removed");
+            gone.push(aor.clone());
             self.out.push(Action::DeleteBinding {
                 aor,
                 contact: b.contact,
             });
+        }
+        for aor in gone {
+            self.presence_changed(now, &aor);
         }
     }
 

@@ -1661,6 +1661,8 @@ mod guard_tests;
 mod mailbox_tests;
 #[path = "outbound_tests.rs"]
 mod outbound_tests;
+#[path = "presence_tests.rs"]
+mod presence_tests;
 #[path = "trunk_tests.rs"]
 mod trunk_tests;
 #[path = "turn_tests.rs"]

@@ -32,6 +32,10 @@ pub(crate) enum TimerRef {
     MailboxSweep,
     /// The store has not said whether it kept this message: it did not.
     MailboxStore(u64),
+    /// Subscriptions and publications may have expired.
+    PresenceSweep,
+    /// A subscription's NOTIFY held back by the rate may go now.
+    PresenceNotify(u64),
 }
 
 #[derive(Default)]

@@ -322,6 +322,11 @@ impl Core {
     /// (not its id, which a retransmission answered statelessly would not share), so all
     /// its responses carry the same one and nothing is stored or computed for the transactions
     /// we only forward.
+    pub(crate) fn to_tag_of(&self, key: ServerTxId) -> Option<String> {
+        self.tx.servers.get_keyed(key).map(|(k, _)| self.to_tag(k))
+    }
+
+    /// The To tag of our own responses to a server transaction: see `to_tag_of`.
     pub(crate) fn to_tag(&self, key: &str) -> String {
         let mut h = self.origin.keys.hasher(crate::keys::Purpose::ToTag);
         h.write(key);
@@ -608,6 +613,7 @@ impl Core {
                 // Each looks for the key among its own requests only.
                 self.trunk_no_answer(now, key);
                 self.delivery_failed(key);
+                self.notify_failed(key);
                 self.ping_failed(key);
             }
             _ => {}

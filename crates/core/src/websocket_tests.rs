@@ -91,7 +91,7 @@ fn a_closed_websocket_takes_its_registration_with_it() {
     assert_eq!(t.core.registrations(t.now).len(), 1);
     t.stash.clear();
 
-    t.core.handle_conn_closed(7);
+    t.core.handle_conn_closed(t.now, 7);
     assert!(t.core.registrations(t.now).is_empty());
     let _ = t.sent();
     assert!(
@@ -177,7 +177,7 @@ fn an_instance_that_asks_gets_gruus_that_reach_it_and_only_it() {
     }
 
     // Once the browser is gone, its GRUUs lead nowhere: 480 for a caller of the domain.
-    t.core.handle_conn_closed(7);
+    t.core.handle_conn_closed(t.now, 7);
     let out = t.invite("bob", BOB, &public, "gruu-call-gone");
     assert_eq!(out.last().and_then(|(_, m)| m.status()), Some(480));
     let out = t.invite(

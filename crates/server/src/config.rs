@@ -139,6 +139,8 @@ pub struct Config {
     /// Telephone numbers: country code, prefixes, classes, emergency numbers, ENUM
     /// (`[numbers]`).
     pub numbers: crate::core::numbers::NumberSettings,
+    /// Presence and busy lamps (`[presence]`).
+    pub presence: crate::core::presence::PresenceSettings,
     /// Messages that wait for offline users (`[messages]`).
     pub messages: crate::core::mailbox::MailboxSettings,
     /// The folder of provider files (`NAME.toml` each). Default: `providers.d` beside the
@@ -508,6 +510,7 @@ impl Default for Config {
             dialplan: vec![],
             numbers: Default::default(),
             messages: Default::default(),
+            presence: Default::default(),
             providers_dir: None,
         }
     }

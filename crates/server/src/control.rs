@@ -36,12 +36,14 @@ pub enum Command {
     Providers,
     /// Messages waiting for offline users, per user.
     Messages,
+    /// Presence and busy-lamp subscriptions.
+    Presence,
     /// Register to a provider (or ping a peer) now (`provider-test NAME` on the wire).
     ProviderTest(String),
 }
 
 impl Command {
-    const WORDS: [Command; 9] = [
+    const WORDS: [Command; 10] = [
         Command::Status,
         Command::Registrations,
         Command::Calls,
@@ -51,6 +53,7 @@ impl Command {
         Command::Bans,
         Command::Providers,
         Command::Messages,
+        Command::Presence,
     ];
 
     /// The command's word on the wire.
@@ -66,6 +69,7 @@ impl Command {
             Command::LiftBan(_) => "lift-ban",
             Command::Providers => "providers",
             Command::Messages => "messages",
+            Command::Presence => "presence",
             Command::ProviderTest(_) => "provider-test",
         }
     }

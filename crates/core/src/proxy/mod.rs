@@ -349,6 +349,10 @@ impl Core {
         if let Some(d) = self.provider_call(msg, &admitted, flow) {
             return Some(d);
         }
+        // A refresh or the end of one of our presence subscriptions.
+        if self.presence_in_dialog(now, key, msg) {
+            return None;
+        }
         let bound = match self.leave(now, msg, &admitted) {
             Ok(b) => b,
             Err(d) => return d,
@@ -357,6 +361,9 @@ impl Core {
             Ok(c) => c,
             Err(d) => return d,
         };
+        if bound == Bound::Ours && self.serves_event(now, msg, key, flow, &admitted, &caller) {
+            return None;
+        }
         if bound == Bound::Session {
             return Some(match caller {
                 Caller::User(user) => Decision::SessionInfo(user),
@@ -708,6 +715,32 @@ impl Core {
             hash,
             conceal: false,
         }
+    }
+
+    /// Stage 3b, events: a SUBSCRIBE or PUBLISH for the presence or dialog package of one of
+    /// our users is answered by the presence agent. True when it was.
+    fn serves_event(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerTxId,
+        flow: Flow,
+        a: &Admitted<'_>,
+        caller: &Caller,
+    ) -> bool {
+        if !matches!(msg.method(), Some(Method::Subscribe | Method::Publish)) {
+            return false;
+        }
+        let asker = match caller {
+            Caller::User(u) => crate::presence::Asker::Local(u),
+            Caller::OtherDomain => crate::presence::Asker::Outside,
+            Caller::Unchecked => return false,
+        };
+        let callee = a.uri.user_unescaped().unwrap_or_default();
+        let callee = self
+            .qualify(&callee, self.callee_domain(&a.uri))
+            .into_owned();
+        self.presence_request(now, key, msg, flow, &callee, asker)
     }
 
     /// The served domain a Request-URI names (the main one for our addresses).

@@ -241,6 +241,7 @@ impl Core {
             if self.ping_answered(key)
                 || self.trunk_answered(now, key, &msg)
                 || self.delivery_answered(now, key, status)
+                || self.notify_answered(key, status)
             {
                 return;
             }

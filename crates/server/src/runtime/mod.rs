@@ -338,6 +338,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     core.set_trunks(now, trunks, cfg.numbers.clone());
     core.set_mailbox(cfg.messages.clone());
+    core.set_presence(cfg.presence.clone());
     core.restore_messages(now, waiting);
     let mut reloader = Reloader {
         running: cfg.clone(),
@@ -505,7 +506,7 @@ fn handle_event(
                 .remove(&id)
                 .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed))
             {
-                core.handle_conn_closed(id);
+                core.handle_conn_closed(now, id);
             }
             if edge.conn_by_remote.get(&remote) == Some(&id) {
                 edge.conn_by_remote.remove(&remote);
@@ -586,6 +587,7 @@ fn answer(
         Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),
         Command::Providers => serde_json::to_value(core.trunks(now)).unwrap_or_default(),
         Command::Messages => serde_json::to_value(core.waiting_messages()).unwrap_or_default(),
+        Command::Presence => serde_json::to_value(core.presence_subscriptions(now)).unwrap_or_default(),
         Command::ProviderTest(name) => serde_json::json!({ "found": core.retry_trunk(now, &name) }),
         Command::LiftBan(ip) => serde_json::json!({ "lifted": core.lift_ban(now, ip) }),
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {

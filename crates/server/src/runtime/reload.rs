@@ -167,6 +167,7 @@ impl Reloader {
             ),
             (new.numbers != old.numbers, "numbers"),
             (new.messages != old.messages, "messages"),
+            (new.presence != old.presence, "presence"),
         ] {
             if changed {
                 applied.push(key);
@@ -189,6 +190,7 @@ impl Reloader {
         core.set_plan(plan);
         core.set_trunks(std::time::Instant::now(), trunks, live.numbers.clone());
         core.set_mailbox(live.messages.clone());
+        core.set_presence(live.presence.clone());
         if !done.restart.is_empty() {
             tracing::warn!(
                 "changed in the config file but applied only after a restart: {}",

@@ -771,6 +771,8 @@ impl Core {
         self.out.push(Action::SaveForward(spec));
         self.respond(now, key, code, &reason, &[], None);
         self.notify_user(now, user, &note);
+        // Do-not-disturb shows as busy to the user's watchers.
+        self.presence_changed(now, user);
     }
 
     /// Sends a text MESSAGE from the server to each of a user's phones.

@@ -1,0 +1,280 @@
+//! Presence in virtual time: SUBSCRIBE answered with the state at once and on every change
+//! (registration, PUBLISH, do-not-disturb), refresh, unsubscribe and expiry; PUBLISH with
+//! entity tags; outsiders getting the same neutral answer whether the user exists or not,
+//! unless the user allows them; the bounds.
+
+use super::*;
+use crate::presence::PresenceSettings;
+
+impl T {
+    /// alice subscribes to `uri`'s `event`; everything sent back.
+    fn alice_subscribes(
+        &mut self,
+        uri: &'static str,
+        event: &str,
+        expires: u32,
+        call_id: &'static str,
+    ) -> Vec<(Flow, Message)> {
+        let to = format!("<{uri}>");
+        let mut r = self.req("SUBSCRIBE", uri, "alice", "", ALICE, call_id);
+        let to: &'static str = Box::leak(to.into_boxed_str());
+        r.to = to;
+        r.extra.push(format!("Event: {event}"));
+        r.extra.push(format!("Expires: {expires}"));
+        self.with_auth(&mut r, Algorithm::Md5)
+    }
+
+    /// The NOTIFYs sent to `to`, answered 200.
+    fn notifies(&mut self, out: &[(Flow, Message)], to: &str) -> Vec<Message> {
+        let mut got: Vec<Message> = out
+            .iter()
+            .filter(|(f, m)| f.remote == addr(to) && m.method_str() == "NOTIFY" && m.is_request())
+            .map(|(_, m)| m.clone())
+            .collect();
+        // Retransmissions (UDP) are the same NOTIFY.
+        got.dedup_by_key(|m| (m.call_id().to_string(), m.cseq().map(|c| c.0)));
+        for n in &got {
+            self.recv(to, &answer(n, 200, "OK", "w"));
+        }
+        got
+    }
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(m.body()).into_owned()
+}
+
+fn state(m: &Message) -> String {
+    header_values(m, "Subscription-State").join(",")
+}
+
+#[test]
+fn a_watcher_sees_registrations_publications_and_do_not_disturb() {
+    let mut t = T::new();
+    let out = t.alice_subscribes("sip:bob@example.test", "presence", 600, "s1");
+    let ok = out
+        .iter()
+        .find(|(_, m)| m.status() == Some(200))
+        .expect("200 to SUBSCRIBE");
+    assert!(header_values(&ok.1, "Expires") == vec!["600"]);
+    let n = t.notifies(&out, ALICE);
+    assert_eq!(n.len(), 1, "the state at once");
+    assert!(
+        body(&n[0]).contains("<basic>closed</basic>"),
+        "bob has no phone"
+    );
+    assert!(state(&n[0]).starts_with("active;expires="));
+    assert_eq!(
+        n[0].value(HeaderName::ContentType),
+        Some("application/pidf+xml")
+    );
+    // The NOTIFY is in the subscription's dialog: our tag from the 200, alice's tag back.
+    let our_tag = ok.1.to().unwrap().tag().unwrap().to_string();
+    assert_eq!(n[0].from().unwrap().tag(), Some(our_tag.as_str()));
+    assert_eq!(n[0].to().unwrap().tag(), Some("ftalice"));
+
+    t.register("bob", BOB, &[]);
+    // Within a second of the last NOTIFY, the next waits for the rate.
+    assert!(t.sent().iter().all(|(_, m)| m.method_str() != "NOTIFY"));
+    t.advance(Duration::from_secs(1));
+    let out = t.sent();
+    let n = t.notifies(&out, ALICE);
+    assert!(
+        body(&n[0]).contains("<basic>open</basic>"),
+        "{}",
+        body(&n[0])
+    );
+
+    // bob publishes "away" (RFC 3903).
+    t.advance(Duration::from_secs(2));
+    let away = "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" \
+entity=\"sip:bob@example.test\"><tuple id=\"a\"><status><basic>open</basic></status></tuple>\
+<dm:person id=\"p\"><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>";
+    let mut p = t.req(
+        "PUBLISH",
+        "sip:bob@example.test",
+        "bob",
+        "<sip:bob@example.test>",
+        BOB,
+        "p1",
+    );
+    p.extra.push("Event: presence".into());
+    p.extra.push("Expires: 300".into());
+    p.body = away;
+    let out = t.with_auth(&mut p, Algorithm::Md5);
+    let ok = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(BOB) && m.status() == Some(200))
+        .expect("200 to PUBLISH");
+    let etag = header_values(&ok.1, "SIP-ETag")[0].to_string();
+    let n = t.notifies(&out, ALICE);
+    assert!(body(&n[0]).contains("<rpid:away/>"), "{}", body(&n[0]));
+    // A refresh with the tag and no body keeps it; an unknown tag is 412.
+    let mut r = t.req(
+        "PUBLISH",
+        "sip:bob@example.test",
+        "bob",
+        "<sip:bob@example.test>",
+        BOB,
+        "p2",
+    );
+    r.extra.push("Event: presence".into());
+    r.extra.push(format!("SIP-If-Match: {etag}"));
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    assert!(out.iter().any(|(_, m)| m.status() == Some(200)));
+    let mut r = t.req(
+        "PUBLISH",
+        "sip:bob@example.test",
+        "bob",
+        "<sip:bob@example.test>",
+        BOB,
+        "p3",
+    );
+    r.extra.push("Event: presence".into());
+    r.extra.push("SIP-If-Match: nope".into());
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    assert!(out.iter().any(|(_, m)| m.status() == Some(412)));
+    // Nobody publishes for someone else.
+    let mut r = t.req(
+        "PUBLISH",
+        "sip:bob@example.test",
+        "alice",
+        "<sip:bob@example.test>",
+        ALICE,
+        "p4",
+    );
+    r.extra.push("Event: presence".into());
+    r.body = away;
+    let out = t.with_auth(&mut r, Algorithm::Md5);
+    assert!(out.iter().any(|(_, m)| m.status() == Some(403)));
+}
+
+#[test]
+fn refresh_unsubscribe_and_expiry() {
+    let mut t = T::new();
+    let out = t.alice_subscribes("sip:bob@example.test", "presence", 60, "s2");
+    let ok = out
+        .iter()
+        .find(|(_, m)| m.status() == Some(200))
+        .unwrap()
+        .1
+        .clone();
+    t.notifies(&out, ALICE);
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    // A refresh inside the dialog: 200 and the state again.
+    let to = format!("<sip:bob@example.test>;tag={tag}");
+    let mut r = t.req("SUBSCRIBE", "sip:127.0.0.1:5060", "alice", "", ALICE, "s2");
+    r.to = Box::leak(to.clone().into_boxed_str());
+    r.cseq = 5;
+    r.extra.push("Event: presence".into());
+    r.extra.push("Expires: 120".into());
+    t.recv(ALICE, &r.text());
+    let out = t.sent();
+    assert!(out.iter().any(|(_, m)| m.status() == Some(200)));
+    assert_eq!(t.notifies(&out, ALICE).len(), 1);
+    // Left alone past its time: a last NOTIFY, terminated for timeout.
+    t.advance(Duration::from_secs(130));
+    let out = t.sent();
+    let n = t.notifies(&out, ALICE);
+    assert_eq!(n.len(), 1);
+    assert_eq!(state(&n[0]), "terminated;reason=timeout");
+    assert!(t.core.presence_subscriptions(t.now).is_empty());
+    // Expires: 0 ends one at once.
+    let out = t.alice_subscribes("sip:bob@example.test", "presence", 600, "s3");
+    t.notifies(&out, ALICE);
+    let tag = out
+        .iter()
+        .find(|(_, m)| m.status() == Some(200))
+        .unwrap()
+        .1
+        .to()
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_string();
+    let mut r = t.req("SUBSCRIBE", "sip:127.0.0.1:5060", "alice", "", ALICE, "s3");
+    r.to = Box::leak(format!("<sip:bob@example.test>;tag={tag}").into_boxed_str());
+    r.cseq = 9;
+    r.extra.push("Event: presence".into());
+    r.extra.push("Expires: 0".into());
+    t.recv(ALICE, &r.text());
+    let out = t.sent();
+    let n = t.notifies(&out, ALICE);
+    assert!(state(&n[0]).starts_with("terminated"));
+    // Too short: 423 with Min-Expires.
+    let out = t.alice_subscribes("sip:bob@example.test", "presence", 10, "s4");
+    let r = out
+        .iter()
+        .find(|(_, m)| m.status() == Some(423))
+        .expect("423");
+    assert_eq!(header_values(&r.1, "Min-Expires"), vec!["60"]);
+}
+
+/// A SUBSCRIBE from another domain for `user`; the answers.
+fn outsider_subscribes(t: &mut T, user: &str, call_id: &str) -> Vec<(Flow, Message)> {
+    let src = "127.0.0.1:7400";
+    let msg = format!(
+        "SUBSCRIBE sip:{user}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{call_id}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:eve@elsewhere.test>;tag=e1\r\nTo: <sip:{user}@example.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:eve@{src}>\r\nEvent: presence\r\nExpires: 600\r\n\
+Content-Length: 0\r\n\r\n"
+    );
+    t.recv(src, &msg);
+    t.sent()
+}
+
+#[test]
+fn outsiders_cannot_tell_who_exists_unless_allowed() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let shape = |out: &[(Flow, Message)]| -> Vec<String> {
+        out.iter()
+            .map(|(_, m)| {
+                let b = body(m).replace("bob", "X").replace("nobody", "X");
+                format!(
+                    "{} {} {b}",
+                    m.status()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| m.method_str().to_string()),
+                    state(m)
+                )
+            })
+            .collect()
+    };
+    let a = outsider_subscribes(&mut t, "bob", "o1");
+    let b = outsider_subscribes(&mut t, "nobody", "o2");
+    assert_eq!(
+        shape(&a),
+        shape(&b),
+        "the same answers for a registered user and nobody"
+    );
+    assert!(body(&a.iter().find(|(_, m)| m.is_request()).unwrap().1).contains("closed"));
+    // bob allows eve: she sees him online.
+    let mut s = PresenceSettings::default();
+    s.allow
+        .insert("bob".into(), vec!["eve@elsewhere.test".into()]);
+    t.core.set_presence(s);
+    let c = outsider_subscribes(&mut t, "bob", "o3");
+    let n = c.iter().find(|(_, m)| m.is_request()).unwrap();
+    assert!(body(&n.1).contains("<basic>open</basic>"));
+}
+
+#[test]
+fn subscriptions_are_bounded_per_watcher_and_in_all() {
+    let mut t = T::new();
+    t.core.set_presence(PresenceSettings {
+        per_watcher: 1,
+        ..Default::default()
+    });
+    let out = t.alice_subscribes("sip:bob@example.test", "presence", 600, "b1");
+    assert!(out.iter().any(|(_, m)| m.status() == Some(200)));
+    let out = t.alice_subscribes("sip:carol@example.test", "presence", 600, "b2");
+    assert!(out.iter().any(|(_, m)| m.status() == Some(403)));
+    t.core.set_presence(PresenceSettings {
+        max_subscriptions: 1,
+        ..Default::default()
+    });
+    let out = t.alice_subscribes("sip:carol@example.test", "presence", 600, "b3");
+    assert!(out.iter().any(|(_, m)| m.status() == Some(503)));
+}
