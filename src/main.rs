@@ -258,7 +258,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     s["watcher"].as_str().unwrap_or("?"),
                     s["entity"].as_str().unwrap_or("?"),
                     s["event"].as_str().unwrap_or("?"),
-                    if s["allowed"] == true { "" } else { "(neutral) " },
+                    if s["allowed"] == true {
+                        ""
+                    } else {
+                        "(neutral) "
+                    },
                     s["expires_in"].as_u64().unwrap_or(0)
                 );
             }

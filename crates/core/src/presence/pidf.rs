@@ -91,29 +91,34 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The PIDF document of `entity` (`sip:alice@example.org`) in state `st`.
+/// The PIDF document of `entity` (`sip:alice@example.org`) in state `st`: a tuple with the
+/// basic status and the note, and (with an activity) a person with its RPID activity and
+/// the note again, as phones write it (PJSIP reads the person's note with the activity).
 pub fn compose(entity: &str, st: &Status) -> String {
     let basic = if st.open { "open" } else { "closed" };
+    let note = st
+        .note
+        .clone()
+        .or_else(|| st.activity.map(|a| a.note().to_string()))
+        .map(|n| escape(&n));
     let mut doc = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
          xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
          xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"{}\">\n\
-         <tuple id=\"hw\"><status><basic>{basic}</basic></status></tuple>\n",
+         <tuple id=\"hw\"><status><basic>{basic}</basic></status>",
         escape(entity)
     );
+    if let Some(n) = &note {
+        doc.push_str(&format!("<note>{n}</note>"));
+    }
+    doc.push_str("</tuple>\n");
     if let Some(a) = st.activity {
         doc.push_str(&format!(
-            "<dm:person id=\"p\"><rpid:activities><rpid:{}/></rpid:activities></dm:person>\n",
-            a.element()
+            "<dm:person id=\"p\"><rpid:activities><rpid:{}/></rpid:activities><dm:note>{}</dm:note></dm:person>\n",
+            a.element(),
+            note.unwrap_or_default()
         ));
-    }
-    let note = st
-        .note
-        .clone()
-        .or_else(|| st.activity.map(|a| a.note().to_string()));
-    if let Some(n) = note {
-        doc.push_str(&format!("<note>{}</note>\n", escape(&n)));
     }
     doc.push_str("</presence>\n");
     doc

@@ -587,7 +587,9 @@ fn answer(
         Command::Bans => serde_json::to_value(core.bans(now)).unwrap_or_default(),
         Command::Providers => serde_json::to_value(core.trunks(now)).unwrap_or_default(),
         Command::Messages => serde_json::to_value(core.waiting_messages()).unwrap_or_default(),
-        Command::Presence => serde_json::to_value(core.presence_subscriptions(now)).unwrap_or_default(),
+        Command::Presence => {
+            serde_json::to_value(core.presence_subscriptions(now)).unwrap_or_default()
+        }
         Command::ProviderTest(name) => serde_json::json!({ "found": core.retry_trunk(now, &name) }),
         Command::LiftBan(ip) => serde_json::json!({ "lifted": core.lift_ban(now, ip) }),
         Command::Reload | Command::ReloadUsers => match if command == Command::Reload {
