@@ -215,6 +215,20 @@ impl Location {
         }
     }
 
+    /// Whose live binding has the same host and port as `uri`: their key in the user table.
+    pub fn owner_of(&self, uri: &sip::uri::Uri<'_>, now: Instant) -> Option<&str> {
+        let (aor, contact) = match uri_name(uri) {
+            Some(name) => self.names.get(&name)?,
+            None => self.owners.get(&uri_address(uri)?)?,
+        };
+        let live = self
+            .map
+            .get(aor)?
+            .iter()
+            .any(|b| b.expires > now && b.contact == *contact);
+        live.then_some(aor.as_str())
+    }
+
     /// A live binding whose contact has the same host and port as `uri`, if any.
     pub fn by_address(&self, uri: &sip::uri::Uri<'_>, now: Instant) -> Option<&Binding> {
         let (aor, contact) = match uri_name(uri) {

@@ -278,3 +278,69 @@ fn subscriptions_are_bounded_per_watcher_and_in_all() {
     let out = t.alice_subscribes("sip:carol@example.test", "presence", 600, "b3");
     assert!(out.iter().any(|(_, m)| m.status() == Some(503)));
 }
+
+#[test]
+fn a_busy_lamp_follows_bobs_call_from_the_proxys_own_table() {
+    let mut t = T::new();
+    t.register("bob", BOB, &[]);
+    let out = t.alice_subscribes("sip:bob@example.test", "dialog", 600, "blf1");
+    let n = t.notifies(&out, ALICE);
+    assert_eq!(
+        n[0].value(HeaderName::ContentType),
+        Some("application/dialog-info+xml")
+    );
+    assert!(!body(&n[0]).contains("<dialog "), "no call yet");
+    // carol calls bob: his phone rings.
+    t.advance(Duration::from_secs(2));
+    t.register("carol", "127.0.0.1:5068", &[]);
+    let out = t.invite("carol", "127.0.0.1:5068", "sip:bob@example.test", "call-b");
+    let to_bob = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(BOB) && m.method_str() == "INVITE")
+        .unwrap()
+        .1
+        .clone();
+    let n = t.notifies(&out, ALICE);
+    assert!(
+        body(&n[0]).contains("<state>early</state>")
+            && body(&n[0]).contains("direction=\"recipient\""),
+        "{}",
+        body(&n[0])
+    );
+    // bob answers: confirmed; presence would say on the phone.
+    t.advance(Duration::from_secs(2));
+    t.recv(BOB, &answer(&to_bob, 200, "OK", "bobtag"));
+    let out = t.sent();
+    let n = t.notifies(&out, ALICE);
+    assert!(
+        body(&n[0]).contains("<state>confirmed</state>"),
+        "{}",
+        body(&n[0])
+    );
+    let st = t.core.presence_of(t.now, "bob");
+    assert_eq!(
+        st.activity,
+        Some(crate::presence::pidf::Activity::OnThePhone)
+    );
+    // carol hangs up: terminated.
+    t.advance(Duration::from_secs(2));
+    let mut bye = t.req(
+        "BYE",
+        "sip:bob@127.0.0.1:5064",
+        "carol",
+        "<sip:bob@example.test>;tag=bobtag",
+        "127.0.0.1:5068",
+        "call-b",
+    );
+    bye.cseq = 3;
+    bye.extra.push(format!("Route: <sip:{SERVER};lr>"));
+    t.recv("127.0.0.1:5068", &bye.text());
+    let out = t.sent();
+    let n = t.notifies(&out, ALICE);
+    assert!(
+        body(&n[0]).contains("<state>terminated</state>"),
+        "{}",
+        body(&n[0])
+    );
+    assert_eq!(t.core.presence_of(t.now, "bob").activity, None);
+}

@@ -4,6 +4,7 @@
 //! reports is composed in `serve.rs` from publications, registrations, calls in progress and
 //! do-not-disturb; the documents are written and read by `pidf.rs`.
 
+mod calls;
 pub mod pidf;
 mod serve;
 
@@ -143,6 +144,10 @@ pub(crate) struct Presence {
     published: HashMap<String, Vec<Publication>>,
     /// NOTIFYs in flight -> their subscription.
     notifying: HashMap<ClientTxId, u64>,
+    /// Each user's calls (ringing, answered, just ended).
+    calls: HashMap<String, Vec<calls::UserCall>>,
+    /// Call-ID -> the users in it.
+    by_call: HashMap<String, std::collections::BTreeSet<String>>,
     /// Whether the expiry sweep is armed.
     sweeping: bool,
 }

@@ -398,7 +398,10 @@ impl Core {
             activity: published.iter().filter_map(|p| p.status.activity).max(),
             note: published.iter().rev().find_map(|p| p.status.note.clone()),
         };
-        if self.plan.is_dnd(user) {
+        if self.on_the_phone(user) {
+            st.activity = Some(Activity::OnThePhone);
+            st.note = Some("On the phone".into());
+        } else if self.plan.is_dnd(user) {
             st.activity = Some(
                 st.activity
                     .map_or(Activity::Busy, |a| a.max(Activity::Busy)),
@@ -431,7 +434,10 @@ impl Core {
                 pidf::compose(&s.entity, &self.presence_of(now, user))
             }
             (Package::Presence, _, _) => pidf::compose(&s.entity, &Status::default()),
-            (Package::Dialog, _, _) => pidf::dialog_info(&s.entity, s.version, &[]),
+            (Package::Dialog, Some(user), true) => {
+                pidf::dialog_info(&s.entity, s.version + 1, &self.dialogs_of(now, user))
+            }
+            (Package::Dialog, _, _) => pidf::dialog_info(&s.entity, s.version + 1, &[]),
         };
         if end.is_none() && s.last.as_deref() == Some(body.as_str()) {
             return;

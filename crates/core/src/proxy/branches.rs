@@ -182,6 +182,9 @@ impl Core {
                 return self.finish_with_best(now, ctx_id);
             }
         };
+        if invite && dialog_creating && !self.is_spiral(in_flow) {
+            self.calls_ringing(now, &msg, tried == 0, caller.as_deref(), &hops);
+        }
         let mut shape = BranchShape {
             msg: &msg,
             inbound: in_flow,
@@ -512,6 +515,7 @@ impl Core {
             Some(Method::Invite) if dialog_creating => self.call_begin(now, msg, inbound, hops),
             Some(Method::Bye) => {
                 self.outside_call_ended(msg.call_id());
+                self.call_over(now, msg.call_id());
                 if self.is_the_call(msg) {
                     self.call_end(msg.call_id(), "BYE");
                 }

@@ -377,6 +377,8 @@ impl Core {
             ctx.final_sent = true;
             if invite && dialog_creating {
                 self.call_answered(&resp, from);
+                let callee = self.branch_owner(now, ctx_id, idx);
+                self.call_confirmed(now, resp.call_id(), callee.as_deref());
             }
             let body = self.media_for_response(&resp, from, in_flow);
             let data = upstream_bytes_from(
@@ -633,6 +635,13 @@ impl Core {
         let key = ctx.server;
         let best = ctx.best.take();
         let cancelled = ctx.cancelled;
+        if ctx.invite && !ctx.answered {
+            // Nobody answered: the lamps of everyone it rang go dark.
+            self.call_ended_unanswered(now, key);
+        }
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
+            return;
+        };
         let best = if ctx.conceal && ctx.branches.is_empty() && !cancelled {
             Some(Candidate::Local(404, "Not Found"))
         } else {

@@ -687,6 +687,12 @@ impl Core {
         }
         ctx.final_sent = true;
         let key = ctx.server;
+        if ctx.invite {
+            self.call_ended_unanswered(now, key);
+        }
+        let Some(ctx) = self.proxy.contexts.get_mut(&ctx_id) else {
+            return;
+        };
         if ctx.conceal && ctx.branches.is_empty() {
             self.respond(now, key, 404, "Not Found", &[], None);
         } else {
