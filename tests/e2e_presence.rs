@@ -86,3 +86,46 @@ fn pjsip_buddies_see_online_away_busy_and_offline() {
     );
     assert!(out.contains("DONE"), "{out}");
 }
+
+/// A desk phone's busy-lamp key for alice (SIPp subscribed to her dialog package): it hears
+/// early, confirmed and terminated as bob's call to alice rings, is answered and ends. The
+/// server knows from its own call table; alice's phone is asked nothing.
+#[test]
+fn a_busy_lamp_shows_alices_call_ring_answer_and_end() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts::default());
+    let alice_port = register_udp(&srv, &ALICE);
+    let lamp = srv
+        .sipp("carol_lamp", "watcher_dialog.xml")
+        .port(free_port())
+        .key("user", CAROL.name)
+        .key("callee", ALICE.name)
+        .auth(&CAROL, &format!("{}@{DOMAIN}", ALICE.name))
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    assert!(poll_until(Duration::from_secs(10), || srv
+        .cli_json("presence")
+        .as_array()
+        .is_some_and(|a| a.len() == 1)));
+    // alice's phone rings 2 s before answering; bob hangs up 2 s later (NOTIFYs go at most
+    // one a second, so each state is its own).
+    let alice = srv
+        .sipp("alice_phone", "uas_answer.xml")
+        .port(alice_port)
+        .arg("-d")
+        .arg("2000")
+        .spawn_listening();
+    let bob = srv
+        .sipp("bob_calls", "uac_call.xml")
+        .port(free_port())
+        .key("user", BOB.name)
+        .key("callee", ALICE.name)
+        .auth(&BOB, &format!("{}@{DOMAIN}", ALICE.name))
+        .replace("<pause milliseconds=\"500\"/>", "<pause milliseconds=\"2000\"/>")
+        .run();
+    assert_both_ok(&bob, &alice.wait());
+    let lamp = lamp.wait();
+    assert!(lamp.status.is_some_and(|s| s.success()), "{}", lamp.report());
+}
