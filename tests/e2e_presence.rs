@@ -123,9 +123,16 @@ fn a_busy_lamp_shows_alices_call_ring_answer_and_end() {
         .key("user", BOB.name)
         .key("callee", ALICE.name)
         .auth(&BOB, &format!("{}@{DOMAIN}", ALICE.name))
-        .replace("<pause milliseconds=\"500\"/>", "<pause milliseconds=\"2000\"/>")
+        .replace(
+            "<pause milliseconds=\"500\"/>",
+            "<pause milliseconds=\"2000\"/>",
+        )
         .run();
     assert_both_ok(&bob, &alice.wait());
     let lamp = lamp.wait();
-    assert!(lamp.status.is_some_and(|s| s.success()), "{}", lamp.report());
+    assert!(
+        lamp.status.is_some_and(|s| s.success()),
+        "{}",
+        lamp.report()
+    );
 }

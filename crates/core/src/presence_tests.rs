@@ -344,3 +344,65 @@ fn a_busy_lamp_follows_bobs_call_from_the_proxys_own_table() {
     );
     assert_eq!(t.core.presence_of(t.now, "bob").activity, None);
 }
+
+#[test]
+fn a_colleague_picks_up_a_call_ringing_at_alice() {
+    let mut t = T::new();
+    t.register("alice", ALICE, &[]);
+    t.register("carol", "127.0.0.1:5068", &[]);
+    // bob calls alice; her phone rings.
+    let out = t.invite("bob", BOB, "sip:alice@example.test", "pick-1");
+    let to_alice = out
+        .iter()
+        .find(|(f, m)| f.remote == addr(ALICE) && m.method_str() == "INVITE")
+        .unwrap()
+        .1
+        .clone();
+    t.recv(ALICE, &answer(&to_alice, 180, "Ringing", "at"));
+    t.sent();
+    // carol dials *8 and alice's extension.
+    let out = t.invite(
+        "carol",
+        "127.0.0.1:5068",
+        "sip:*8101@example.test",
+        "pick-2",
+    );
+    let picked = out
+        .iter()
+        .find(|(f, m)| f.remote == addr("127.0.0.1:5068") && m.status().is_some_and(|s| s >= 400))
+        .expect("the pickup request is answered");
+    assert!(
+        picked.1.reason().contains("Picked Up"),
+        "{}",
+        picked.1.reason()
+    );
+    assert!(
+        out.iter()
+            .any(|(f, m)| f.remote == addr(ALICE) && m.method_str() == "CANCEL"),
+        "alice stops ringing"
+    );
+    let to_carol = out
+        .iter()
+        .find(|(f, m)| f.remote == addr("127.0.0.1:5068") && m.method_str() == "INVITE")
+        .expect("carol's phone gets bob's call")
+        .1
+        .clone();
+    assert_eq!(to_carol.call_id(), "pick-1");
+    assert!(header_values(&to_carol, "Call-Info")[0].contains("answer-after=0"));
+    // carol answers: bob is connected to her.
+    t.recv("127.0.0.1:5068", &answer(&to_carol, 200, "OK", "ct"));
+    let out = t.sent();
+    assert!(out
+        .iter()
+        .any(|(f, m)| f.remote == addr(BOB) && m.status() == Some(200)));
+    // Nothing rings at alice now: another pickup finds nothing.
+    let out = t.invite(
+        "carol",
+        "127.0.0.1:5068",
+        "sip:*8101@example.test",
+        "pick-3",
+    );
+    assert!(out
+        .iter()
+        .any(|(_, m)| m.reason().contains("Nothing To Pick Up")));
+}

@@ -95,6 +95,8 @@ pub enum FeatureRequest {
     Forward(ForwardKind, Option<String>),
     /// Turn do-not-disturb on (true) or off (false).
     Dnd(bool),
+    /// Answer, on one's own phones, a call ringing at this user or extension.
+    Pickup(String),
 }
 
 /// What the plan keeps per user: small, since a domain may have 100,000 of them (the name
@@ -558,6 +560,11 @@ impl Directory {
             Code::Set(k) => Dialed::Feature(FeatureRequest::Forward(k, Some(rest.to_string()))),
             Code::Clear(k) => Dialed::Feature(FeatureRequest::Forward(k, None)),
             Code::Dnd(on) => Dialed::Feature(FeatureRequest::Dnd(on)),
+            Code::Pickup if rest.is_empty() => Dialed::Reject(
+                484,
+                format!("Address Incomplete: dial {code} and an extension"),
+            ),
+            Code::Pickup => Dialed::Feature(FeatureRequest::Pickup(rest.to_string())),
         })
     }
 
@@ -604,11 +611,12 @@ enum Code {
     Set(ForwardKind),
     Clear(ForwardKind),
     Dnd(bool),
+    Pickup,
 }
 
 impl Code {
     fn takes_target(self) -> bool {
-        matches!(self, Code::Set(_))
+        matches!(self, Code::Set(_) | Code::Pickup)
     }
 }
 
@@ -625,6 +633,7 @@ fn feature_list(f: &FeatureCodes) -> Vec<(Code, String)> {
         (Code::Clear(Unavailable), &f.forward_unavailable_off),
         (Code::Dnd(true), &f.dnd_on),
         (Code::Dnd(false), &f.dnd_off),
+        (Code::Pickup, &f.pickup),
     ]
     .into_iter()
     .filter(|(_, c)| !c.is_empty())

@@ -244,6 +244,8 @@ pub struct FeatureCodes {
     pub dnd_on: String,
     /// Turns do-not-disturb off.
     pub dnd_off: String,
+    /// Followed by an extension or user: answer the call ringing there (call pickup).
+    pub pickup: String,
 }
 
 impl Default for FeatureCodes {
@@ -259,6 +261,7 @@ impl Default for FeatureCodes {
             forward_unavailable_off: "*95".into(),
             dnd_on: "*78".into(),
             dnd_off: "*79".into(),
+            pickup: "*8".into(),
         }
     }
 }

@@ -56,6 +56,13 @@ pub(crate) fn rank(status: u16) -> (u8, u8, u16) {
 
 /// One branch of a response context: its client transaction, where it is in its life, and
 /// when Timer C (or the give-up after a CANCEL) is due.
+impl Branch {
+    /// Ringing: answered provisionally, no CANCEL asked for.
+    pub(crate) fn state_is_ringing(&self) -> bool {
+        self.state.is_ringing()
+    }
+}
+
 pub(crate) struct Branch {
     pub client: ClientTxId,
     /// Private to the proxy: changed only through `BranchState`'s transitions.
@@ -104,6 +111,11 @@ impl Proxy {
     /// The ids of the contexts in progress.
     #[cfg(test)]
     pub(crate) fn context_ids(&self) -> impl Iterator<Item = CtxId> + '_ {
+        self.contexts.keys().copied()
+    }
+
+    /// The ids of the contexts in progress.
+    pub(crate) fn ctx_ids(&self) -> impl Iterator<Item = CtxId> + '_ {
         self.contexts.keys().copied()
     }
 

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod numbers;
+mod pickup;
 mod targets;
 
 /// Why a call moved on to another target: RFC 5806 reason and RFC 4458 cause.
@@ -712,6 +713,7 @@ impl Core {
     ) {
         let mut spec = self.plan.forward(user);
         let (code, reason, note) = match req {
+            FeatureRequest::Pickup(target) => return self.pickup(now, key, user, &target),
             FeatureRequest::Dnd(on) => {
                 spec.dnd = on;
                 if on {
