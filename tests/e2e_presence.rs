@@ -136,3 +136,43 @@ fn a_busy_lamp_shows_alices_call_ring_answer_and_end() {
         lamp.report()
     );
 }
+
+/// Call pickup: bob calls alice, her phone rings; carol dials *8101 (alice's extension)
+/// from another phone; alice's phone stops ringing (CANCEL), carol's phone gets bob's call
+/// and answers it, and bob is connected to carol until he hangs up.
+#[test]
+fn star_eight_picks_up_a_call_ringing_at_alice() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let srv = Server::start(ServerOpts::default());
+    let alice_port = register_udp(&srv, &ALICE);
+    let carol_port = register_udp(&srv, &CAROL);
+    let alice = start_uas(&srv, &ALICE, alice_port, "uas_ring_cancel.xml");
+    let carol = start_uas(&srv, &CAROL, carol_port, "uas_answer.xml");
+    let bob = srv
+        .sipp("bob_calls_alice", "uac_call.xml")
+        .port(free_port())
+        .key("user", BOB.name)
+        .key("callee", ALICE.name)
+        .auth(&BOB, &format!("{}@{DOMAIN}", ALICE.name))
+        .spawn();
+    // Once alice's phone rings, carol picks the call up.
+    let ringing = srv.dir.join(format!("uas_alice_{alice_port}_uas_ring_cancel_messages.log"));
+    assert!(
+        poll_until(Duration::from_secs(10), || std::fs::read_to_string(&ringing)
+            .is_ok_and(|t| t.contains("SIP/2.0 180"))),
+        "alice's phone never rang"
+    );
+    srv.sipp("carol_picks_up", "uac_rejected.xml")
+        .port(free_port())
+        .key("user", CAROL.name)
+        .key("callee", "*8101")
+        .auth(&CAROL, &format!("*8101@{DOMAIN}"))
+        .subst("FINAL", "480")
+        .run()
+        .assert_ok();
+    assert_both_ok(&bob.wait(), &carol.wait());
+    let alice = alice.wait();
+    assert!(alice.status.is_some_and(|s| s.success()), "{}", alice.report());
+}
