@@ -1,7 +1,8 @@
 //! Presence with PJSIP (pjsua2) as the phones: alice and bob watch each other (buddies with
 //! subscriptions); each sees the other online once registered; bob publishes "away" and
-//! alice sees it; bob turns do-not-disturb on with *78 and alice sees him busy; bob leaves
-//! and alice sees him offline.
+//! alice sees it; bob turns do-not-disturb on with *78 and alice sees him busy; off again,
+//! alice calls him and sees him on the phone while the call lasts; bob leaves and alice sees
+//! him offline. Busy lamps (SIPp watching the dialog package) and call pickup (*8) too.
 
 mod common;
 
@@ -76,6 +77,10 @@ fn pjsip_buddies_see_online_away_busy_and_offline() {
     assert!(
         at("online -") < at("online away") && at("online away") < at("online busy"),
         "{bob_as_alice_saw:?}"
+    );
+    assert!(
+        at("online busy") < at("online on-the-phone"),
+        "a call in progress shows bob on the phone: {bob_as_alice_saw:?}"
     );
     // (Still in do-not-disturb, which the server keeps: offline and busy.)
     assert!(
@@ -158,10 +163,14 @@ fn star_eight_picks_up_a_call_ringing_at_alice() {
         .auth(&BOB, &format!("{}@{DOMAIN}", ALICE.name))
         .spawn();
     // Once alice's phone rings, carol picks the call up.
-    let ringing = srv.dir.join(format!("uas_alice_{alice_port}_uas_ring_cancel_messages.log"));
+    let ringing = srv.dir.join(format!(
+        "uas_alice_{alice_port}_uas_ring_cancel_messages.log"
+    ));
     assert!(
-        poll_until(Duration::from_secs(10), || std::fs::read_to_string(&ringing)
-            .is_ok_and(|t| t.contains("SIP/2.0 180"))),
+        poll_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &ringing
+        )
+        .is_ok_and(|t| t.contains("SIP/2.0 180"))),
         "alice's phone never rang"
     );
     srv.sipp("carol_picks_up", "uac_rejected.xml")
@@ -174,5 +183,77 @@ fn star_eight_picks_up_a_call_ringing_at_alice() {
         .assert_ok();
     assert_both_ok(&bob.wait(), &carol.wait());
     let alice = alice.wait();
-    assert!(alice.status.is_some_and(|s| s.success()), "{}", alice.report());
+    assert!(
+        alice.status.is_some_and(|s| s.success()),
+        "{}",
+        alice.report()
+    );
+}
+
+/// Another domain: alice at alpha.test watches bob at beta.test, who allows her (two
+/// servers, the test's DNS): the SUBSCRIBE goes through alpha to beta's presence agent, and
+/// the NOTIFY back through both proxies shows bob online. carol at alpha, whom bob did not
+/// allow, gets a closed document for bob, the same as for a name beta does not have.
+#[test]
+fn a_watcher_of_another_domain_sees_what_the_user_allows() {
+    if !peers_available(&["sipp", "dnsmasq"]) {
+        return;
+    }
+    const ALPHA_IP: &str = "127.0.0.2";
+    const BETA_IP: &str = "127.0.0.3";
+    let dir = test_dir();
+    let (alpha_port, beta_port) = (free_port(), free_port());
+    let dns = common::dnsmasq::Dnsmasq::start(
+        &dir,
+        &[
+            format!("--host-record=sip.alpha.test,{ALPHA_IP}"),
+            format!("--host-record=sip.beta.test,{BETA_IP}"),
+            "--naptr-record=alpha.test,10,10,S,SIP+D2U,,_sip._udp.alpha.test".to_string(),
+            "--naptr-record=beta.test,10,10,S,SIP+D2U,,_sip._udp.beta.test".to_string(),
+            format!("--srv-host=_sip._udp.alpha.test,sip.alpha.test,{alpha_port},10,0"),
+            format!("--srv-host=_sip._udp.beta.test,sip.beta.test,{beta_port},10,0"),
+        ],
+    );
+    let dns_cfg = format!("[dns]\nservers = [\"127.0.0.1:{}\"]\n", dns.port);
+    let alpha = Server::start(ServerOpts {
+        domain: Some("alpha.test".into()),
+        ip: Some(ALPHA_IP.into()),
+        port: Some(alpha_port),
+        users: vec![ALICE, CAROL],
+        extra_config: dns_cfg.clone(),
+        ..Default::default()
+    });
+    let beta = Server::start(ServerOpts {
+        domain: Some("beta.test".into()),
+        ip: Some(BETA_IP.into()),
+        port: Some(beta_port),
+        users: vec![BOB],
+        extra_config: format!("{dns_cfg}[presence.allow]\nbob = [\"alice@alpha.test\"]\n"),
+        ..Default::default()
+    });
+    beta.sipp("register_bob", "register.xml")
+        .port(free_port())
+        .key("user", BOB.name)
+        .key("expires", "3600")
+        .auth(&BOB, &beta.domain)
+        .run()
+        .assert_ok();
+    let watch = |who: &TestUser, callee: &str, basic: &str| {
+        alpha
+            .sipp(
+                &format!("{}_watches_{}", who.name, callee.replace('@', "_")),
+                "watcher_presence.xml",
+            )
+            .port(free_port())
+            .key("user", who.name)
+            .key("callee", callee)
+            .auth(who, callee)
+            .subst("BASIC", basic)
+            .timeout(Duration::from_secs(20))
+            .run()
+            .assert_ok();
+    };
+    watch(&ALICE, "bob@beta.test", "open");
+    watch(&CAROL, "bob@beta.test", "closed");
+    watch(&CAROL, "nobody@beta.test", "closed");
 }

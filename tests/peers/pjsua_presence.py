@@ -4,7 +4,9 @@ subscriptions); bob publishes his presence. Steps, each printed as it is seen:
   1. both register: each sees the other online;
   2. bob publishes "away": alice sees bob away;
   3. bob dials *78 (do-not-disturb on): alice sees bob busy;
-  4. bob unregisters: alice sees bob offline.
+  4. bob dials *79 (do-not-disturb off), then alice calls bob and he answers: alice sees
+     bob on the phone, and away again once she hangs up;
+  5. bob unregisters: alice sees bob offline.
 
 usage: pjsua_presence.py SERVER_PORT LOCAL_PORT DOMAIN ALICE_PASSWORD BOB_PASSWORD
 """
@@ -71,15 +73,35 @@ class Call(pj.Call):
             say("bob", "DIALLED", ci.lastStatusCode, ci.lastReason)
 
 
+class Talk(pj.Call):
+    """A call between the two (bob's side answers it)."""
+
+    def __init__(self, acc, name, call_id=pj.PJSUA_INVALID_ID):
+        super().__init__(acc, call_id)
+        self.name = name
+
+    def onCallState(self, prm):
+        ci = self.getInfo()
+        say(self.name, "CALL", ci.stateText)
+
+
 class Account(pj.Account):
     def __init__(self, name):
         super().__init__()
         self.name = name
         self.reg = None
+        self.calls = []
 
     def onRegState(self, prm):
         self.reg = prm.code
         say(self.name, "REG", prm.code)
+
+    def onIncomingCall(self, prm):
+        call = Talk(self, self.name, prm.callId)
+        self.calls.append(call)
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        call.answer(op)
 
 
 def account(name, password, publish):
@@ -144,6 +166,16 @@ pump(ep, 10, lambda: "online away" in bob_seen_by_alice.seen)
 call = Call(bob)
 call.makeCall(f"sip:*78@{domain}", pj.CallOpParam(True))
 pump(ep, 10, lambda: "online busy" in bob_seen_by_alice.seen)
+
+call = Call(bob)
+call.makeCall(f"sip:*79@{domain}", pj.CallOpParam(True))
+pump(ep, 10, lambda: bob_seen_by_alice.seen[-1:] == ["online away"])
+
+talk = Talk(alice, "alice")
+talk.makeCall(f"sip:bob@{domain}", pj.CallOpParam(True))
+pump(ep, 10, lambda: "online on-the-phone" in bob_seen_by_alice.seen)
+talk.hangup(pj.CallOpParam())
+pump(ep, 10, lambda: bob_seen_by_alice.seen[-1:] == ["online away"])
 
 # bob's phone goes: its publication and registration go with it.
 bob.shutdown()
