@@ -257,3 +257,110 @@ fn a_watcher_of_another_domain_sees_what_the_user_allows() {
     watch(&CAROL, "bob@beta.test", "closed");
     watch(&CAROL, "nobody@beta.test", "closed");
 }
+
+/// baresip's presence module and a pjsua2 buddy watch each other: alice (baresip, her
+/// contact bob marked for presence) and bob (pjsua2, alice his buddy). Each sees the other
+/// online; bob publishes "away" and baresip shows the change; alice sets herself offline
+/// (baresip publishes it) and bob sees her offline although her phone is still registered.
+#[test]
+fn baresip_and_pjsip_watch_each_other() {
+    if !peers_available(&["baresip", "sox"]) {
+        return;
+    }
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let srv = Server::start(ServerOpts::default());
+    let tone = common::baresip::make_tone(&srv);
+    let sip_port = free_ports(2);
+    let alice = common::baresip::Baresip::launch(common::baresip::Phone {
+        dir: srv.dir.join("baresip-alice"),
+        name: "alice",
+        host: HOST.to_string(),
+        ipv6: false,
+        sip_port,
+        console: free_port(),
+        rtp: free_ports(40),
+        netns: None,
+        account: format!(
+            "<sip:alice@{DOMAIN}>;auth_user=alice;auth_pass={};outbound=\"sip:{};transport=udp\";regint=600;pubint=600\n",
+            ALICE.password,
+            srv.addr()
+        ),
+        contacts: format!("\"Bob\" <sip:bob@{DOMAIN}>;presence=p2p\n"),
+        tone: &tone,
+        config_extra: "module_app presence.so\n".into(),
+    });
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pjsua_bob_watches.py");
+    let dir = srv.dir.join("pjsua-bob");
+    std::fs::create_dir_all(&dir).unwrap();
+    let go = dir.join("go");
+    let bob = Command::new(&python)
+        .arg(&script)
+        .args([
+            srv.port.to_string(),
+            free_port().to_string(),
+            DOMAIN.to_string(),
+            BOB.password.to_string(),
+            "30".to_string(),
+        ])
+        .arg(&go)
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap())
+        .spawn()
+        .expect("pjsua2 script");
+    let mut bob = ChildGuard(bob);
+    let bob_out = || std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+    // baresip lists its contacts with their presence on its console.
+    let bob_on_alices_phone = |status: &str| {
+        let status = status.to_string();
+        let mut listed = String::new();
+        let ok = poll_until(Duration::from_secs(20), || {
+            listed = alice.console_reply("/contacts", Duration::from_millis(300));
+            listed
+                .lines()
+                .any(|l| l.contains("<sip:bob@example.test>") && l.contains(&status))
+        });
+        assert!(
+            ok,
+            "alice's baresip never listed bob as {status}:\n{listed}"
+        );
+    };
+    // Each online to the other.
+    assert!(
+        poll_until(Duration::from_secs(20), || bob_out()
+            .contains("bob SEES alice online")),
+        "bob never saw alice online:\n{}",
+        bob_out()
+    );
+    bob_on_alices_phone("Online");
+    // bob publishes "away"; baresip shows it (as it shows away: "Offline").
+    std::fs::write(&go, "").unwrap();
+    bob_on_alices_phone("Offline");
+    // alice sets herself offline on her phone: it publishes that, and bob sees it although
+    // her phone is still registered.
+    alice.command("/presence_offline");
+    assert!(
+        poll_until(Duration::from_secs(20), || bob_out().contains("DONE")),
+        "bob never saw alice offline:\n{}",
+        bob_out()
+    );
+    assert!(bob_out().contains("bob SEES alice offline"));
+    assert_eq!(
+        srv.registrations_of("alice").len(),
+        1,
+        "alice's phone is still registered"
+    );
+    let _ = bob.0.wait();
+}
+
+/// A child process killed when the test ends, however it ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -472,7 +472,11 @@ fn svwar_learns_no_user_and_outsiders_cannot_tell_who_exists() {
             .collect();
         assert_eq!(answers[0], answers[1], "{method}");
         // SUBSCRIBE to presence: the presence agent's same 200 (and neutral NOTIFY) for all.
-        let expected = if method == "SUBSCRIBE" { " 200 " } else { " 404 " };
+        let expected = if method == "SUBSCRIBE" {
+            " 200 "
+        } else {
+            " 404 "
+        };
         assert!(answers[0].contains(expected), "{method}: {}", answers[0]);
     }
 }

@@ -283,6 +283,28 @@ impl Baresip {
         );
     }
 
+    /// Sends a console command to a phone on loopback and returns what the console answers
+    /// within `wait` (`/contacts` lists the contacts with their presence).
+    pub fn console_reply(&self, cmd: &str, wait: Duration) -> String {
+        let s = UdpSocket::bind((HOST, 0)).expect("console socket");
+        s.send_to(format!("{cmd}\n").as_bytes(), (HOST, self.console))
+            .expect("send console command");
+        let deadline = std::time::Instant::now() + wait;
+        let mut reply = String::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => reply.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => break,
+            }
+        }
+        clean(&reply)
+    }
+
     /// Waits (bounded) until the output satisfies `cond`.
     pub fn wait_for(&mut self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
         let ok = poll_until(timeout, || cond(&self.output()) || self.exited());

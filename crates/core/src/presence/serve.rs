@@ -1,7 +1,8 @@
 //! The presence agent at work: SUBSCRIBE (new, refreshed, ended) and PUBLISH for local
 //! users answered here, NOTIFYs sent at once and on every change (at most one per
-//! `notify_interval_ms`), expiry, and the state reported: what devices published, made
-//! `open` by any registration, `busy` by do-not-disturb. Watchers of the same domain see
+//! `notify_interval_ms`), expiry, and the state reported: what devices published (with
+//! nothing published, `open` while a phone is registered), `on-the-phone` during an answered
+//! call, `busy` in do-not-disturb. Watchers of the same domain see
 //! it; watchers of other domains only when the user allows them, and otherwise get a
 //! neutral document, the same whether the user exists, is registered or not.
 
@@ -393,8 +394,13 @@ impl Core {
             .map(|l| l.iter().filter(|p| p.expires > now).collect())
             .unwrap_or_default();
         let registered = !self.location.lookup(user, now).is_empty();
+        // What the devices say wins; with nothing published, a registration means online.
         let mut st = Status {
-            open: registered || published.iter().any(|p| p.status.open),
+            open: if published.is_empty() {
+                registered
+            } else {
+                published.iter().any(|p| p.status.open)
+            },
             activity: published.iter().filter_map(|p| p.status.activity).max(),
             note: published.iter().rev().find_map(|p| p.status.note.clone()),
         };
