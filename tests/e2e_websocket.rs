@@ -96,7 +96,7 @@ fn browsers_register_over_websockets_and_message_each_other_and_phones() {
     );
 
     // bob's tab closes (the agent dies; its connection is reset): his registration goes at
-    // once, and a message for him fails now, not after a timeout.
+    // once, and a message for him is kept for his next login now (202), not after a timeout.
     bob.kill();
     assert!(
         poll_until(Duration::from_secs(5), || srv
@@ -107,9 +107,10 @@ fn browsers_register_over_websockets_and_message_each_other_and_phones() {
     );
     let sent_at = Instant::now();
     alice.message(&format!("sip:bob@{DOMAIN}"), "are you there?");
-    let failed = alice.wait_event("failed", Duration::from_secs(10), |_| true);
-    assert_eq!(failed["status"], 480, "{failed}");
+    let kept = alice.wait_event("sent", Duration::from_secs(10), |e| e["status"] == 202);
+    assert_eq!(kept["status"], 202, "{kept}");
     assert!(sent_at.elapsed() < Duration::from_secs(5));
+    assert_eq!(srv.cli_json("messages")[0]["user"], "bob");
 }
 
 #[test]
