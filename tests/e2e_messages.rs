@@ -152,3 +152,50 @@ fn the_oldest_goes_past_the_bound_and_a_restart_keeps_the_rest() {
     assert_eq!(waiting(&srv)[0]["count"], 2, "kept across the restart");
     bob_comes_online(&srv, &python, &["two", "three"]);
 }
+
+/// A message too big for UDP (3,000 bytes: over RFC 3261 §18.1.1's 1,300, under the 4,000
+/// PJSIP takes at most) waits like any other, and reaches bob's phone, registered over UDP,
+/// over TCP when it comes online.
+#[test]
+fn a_large_message_waits_and_comes_over_tcp() {
+    if !peers_available(&["sipp"]) {
+        return;
+    }
+    let Some(python) = pjsua_python() else {
+        return;
+    };
+    let srv = Server::start(ServerOpts::default());
+    let big = "x".repeat(3000);
+    uac_as_alice(&srv, "uac_message.xml", "bob")
+        .replace("Hello bob, the hedgewitch says hi.", &big)
+        .replace("<recv response=\"200\"/>", "<recv response=\"202\"/>")
+        .tcp()
+        .port(free_port())
+        .run()
+        .assert_ok();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pjsua_inbox.py");
+    let ran = run_bounded(
+        Command::new(&python).arg(&script).args([
+            srv.port.to_string(),
+            free_port().to_string(),
+            DOMAIN.to_string(),
+            BOB.name.to_string(),
+            BOB.password.to_string(),
+            "1".to_string(),
+            "20".to_string(),
+        ]),
+        None,
+        &srv.dir.join("pjsua-bob-big"),
+        Duration::from_secs(40),
+    );
+    let out = ran.stdout.clone();
+    assert!(ran.success(), "pjsua failed:\n{out}\n{}", ran.stderr);
+    assert!(
+        // SIPp's scenario ends the body with CRLF: 3,002 bytes, carried whole.
+        out.lines()
+            .any(|l| l == "IM <sip:alice@example.test> text/plain dated <3002 bytes>"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l == "VIA tcp"), "not over TCP:\n{out}");
+}

@@ -31,7 +31,10 @@ class Account(pj.Account):
     def onInstantMessage(self, prm):
         self.got += 1
         dated = "Date:" in prm.rdata.wholeMsg
-        say("IM", prm.fromUri, prm.contentType, "dated" if dated else "undated", prm.msgBody)
+        tcp = prm.rdata.info.startswith("TCP") or " TCP " in prm.rdata.info
+        body = prm.msgBody if len(prm.msgBody) < 200 else f"<{len(prm.msgBody)} bytes>"
+        say("IM", prm.fromUri, prm.contentType, "dated" if dated else "undated", body)
+        say("VIA", "tcp" if "TCP" in prm.rdata.wholeMsg.split("\r\n")[1] else "udp")
 
 
 ep = pj.Endpoint()
@@ -46,6 +49,8 @@ tcfg = pj.TransportConfig()
 tcfg.port = int(local_port)
 tcfg.boundAddress = "127.0.0.1"
 ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+# TCP on the same port too: a message too big for UDP comes over TCP (RFC 3261 §18.1.1).
+ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
 ep.libStart()
 ep.audDevManager().setNullDev()
 
