@@ -316,10 +316,12 @@ def section(res, args, command):
     return "\n".join(out) + "\n"
 
 
-def write_section(path, text):
+def write_section(path, text, start=START, end=END):
+    """Replaces the section between `start` and `end` (each bench its own markers), or
+    appends it when there is none."""
     old = open(path).read() if os.path.exists(path) else ""
-    if START in old and END in old:
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):].lstrip("\n")
+    if start in old and end in old:
+        new = old[:old.index(start)] + text + old[old.index(end) + len(end):].lstrip("\n")
     else:
         new = old.rstrip("\n") + "\n\n" + text
     with open(path + ".tmp", "w") as f:

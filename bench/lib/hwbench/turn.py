@@ -239,6 +239,6 @@ def main(argv):
     if not args.no_write:
         with open(os.path.join(BENCH_DIR, "results", "turn.json"), "w") as f:
             json.dump(result, f, indent=1)
-        write_section(os.path.join(REPO, "BENCHMARKS.md"), text)
+        write_section(os.path.join(REPO, "BENCHMARKS.md"), text, START, END)
         log("wrote BENCHMARKS.md (TURN section) and bench/results/turn.json")
     return 0
