@@ -119,7 +119,7 @@ pub(crate) struct Subscription {
     expires: Instant,
     version: u32,
     /// The last body sent, and when the next NOTIFY may go.
-    last: Option<String>,
+    last: Option<u64>,
     next_at: Instant,
 }
 
@@ -140,6 +140,8 @@ pub(crate) struct Presence {
     by_dialog: HashMap<(String, String), u64>,
     /// Watched user -> subscriptions: a change looks at its watchers only.
     by_target: HashMap<String, Vec<u64>>,
+    /// Subscriptions each watcher holds (its bound is checked without a scan).
+    per_watcher: HashMap<String, usize>,
     /// What each user's devices published.
     published: HashMap<String, Vec<Publication>>,
     /// NOTIFYs in flight -> their subscription.
@@ -187,6 +189,7 @@ impl Presence {
         if let Some(t) = &s.target {
             self.by_target.entry(t.clone()).or_default().push(id);
         }
+        *self.per_watcher.entry(s.watcher.clone()).or_default() += 1;
         self.subs.insert(id, s);
     }
 
@@ -196,6 +199,12 @@ impl Presence {
         };
         self.by_dialog
             .remove(&(s.dialog.call_id, s.dialog.local_tag));
+        if let Some(n) = self.per_watcher.get_mut(&s.watcher) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_watcher.remove(&s.watcher);
+            }
+        }
         if let Some(t) = s.target {
             if let Some(ids) = self.by_target.get_mut(&t) {
                 ids.retain(|x| *x != id);
@@ -204,6 +213,11 @@ impl Presence {
                 }
             }
         }
+    }
+
+    /// Subscriptions `watcher` holds.
+    fn held_by(&self, watcher: &str) -> usize {
+        self.per_watcher.get(watcher).copied().unwrap_or(0)
     }
 
     /// Whether `watcher` (`user@domain`) may see `user`'s presence from another domain.
