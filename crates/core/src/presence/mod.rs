@@ -215,6 +215,11 @@ impl Presence {
         }
     }
 
+    /// Whether anyone watches anything (calls are followed only then).
+    pub(crate) fn watched(&self) -> bool {
+        !self.subs.is_empty()
+    }
+
     /// Subscriptions `watcher` holds.
     fn held_by(&self, watcher: &str) -> usize {
         self.per_watcher.get(watcher).copied().unwrap_or(0)

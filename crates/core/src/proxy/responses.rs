@@ -377,8 +377,10 @@ impl Core {
             ctx.final_sent = true;
             if invite && dialog_creating {
                 self.call_answered(&resp, from);
-                let callee = self.branch_owner(now, ctx_id, idx);
-                self.call_confirmed(now, resp.call_id(), callee.as_deref());
+                if self.agent.presence.watched() {
+                    let callee = self.branch_owner(now, ctx_id, idx);
+                    self.call_confirmed(now, resp.call_id(), callee.as_deref());
+                }
             }
             let body = self.media_for_response(&resp, from, in_flow);
             let data = upstream_bytes_from(
