@@ -88,8 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Who watches whom: presence and busy-lamp subscriptions.
+    /// Who watches whom (presence and busy-lamp subscriptions), or which watchers of other
+    /// domains a user lets see their presence.
     Presence {
+        #[command(subcommand)]
+        rule: Option<PresenceCommand>,
         #[arg(long)]
         json: bool,
     },
@@ -116,6 +119,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PresenceCommand {
+    /// Let a watcher of another domain (`bob@example.net`, or `*@example.net`) see USER's
+    /// presence.
+    Allow { user: String, watcher: String },
+    /// Take that back.
+    Disallow { user: String, watcher: String },
+    /// The watchers users let see them.
+    Allowed,
 }
 
 #[derive(Subcommand)]
@@ -242,7 +256,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Speeddial(cmd) => plan_cli::speed_dial(&cfg, cmd),
         Command::Dialplan(cmd) => plan_cli::dial_plan(&cfg, cmd),
         Command::Providers { json } => provider_cli::status(&cfg, json),
-        Command::Presence { json } => {
+        Command::Presence {
+            rule: Some(rule), ..
+        } => presence_rule(&cfg, rule),
+        Command::Presence { rule: None, json } => {
             let v = control::request(&cfg.control_path(), control::Command::Presence)?;
             if json {
                 println!("{v}");
@@ -371,6 +388,54 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn presence_rule(cfg: &Config, rule: PresenceCommand) -> Result<(), String> {
+    let store = SqliteStore::open(&cfg.db_path())?;
+    match rule {
+        PresenceCommand::Allow { user, watcher } => {
+            if store.user(&user)?.is_none() {
+                return Err(format!("no user `{user}`"));
+            }
+            let ok = watcher
+                .split_once('@')
+                .is_some_and(|(n, d)| !n.is_empty() && !d.is_empty() && !d.contains(['@', ' ']));
+            if !ok {
+                return Err(format!(
+                    "`{watcher}` is not a watcher address (name@domain, or *@domain)"
+                ));
+            }
+            store.put_presence_allow(&hedgewitch_server::plan::settings::PresenceAllow {
+                user: user.clone(),
+                watcher: watcher.clone(),
+            })?;
+            notify_daemon(cfg);
+            println!("{watcher} may see {user}'s presence");
+        }
+        PresenceCommand::Disallow { user, watcher } => {
+            if !store.remove_presence_allow(&user, &watcher)? {
+                return Err(format!("{watcher} was not allowed to see {user}"));
+            }
+            notify_daemon(cfg);
+            println!("{watcher} no longer sees {user}'s presence");
+        }
+        PresenceCommand::Allowed => {
+            let settings = cfg.presence_settings(&store.plan()?);
+            let mut rows: Vec<(&String, &String)> = settings
+                .allow
+                .iter()
+                .flat_map(|(u, ws)| ws.iter().map(move |w| (u, w)))
+                .collect();
+            rows.sort();
+            if rows.is_empty() {
+                println!("no watcher of another domain is allowed");
+            }
+            for (u, w) in rows {
+                println!("{u:<24} {w}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_messages(v: &serde_json::Value) {

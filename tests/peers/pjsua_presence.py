@@ -6,7 +6,7 @@ subscriptions); bob publishes his presence. Steps, each printed as it is seen:
   3. bob dials *78 (do-not-disturb on): alice sees bob busy;
   4. bob dials *79 (do-not-disturb off), then alice calls bob and he answers: alice sees
      bob on the phone, and away again once she hangs up;
-  5. bob unregisters: alice sees bob offline.
+  5. alice (who never published) unregisters: bob sees her offline.
 
 usage: pjsua_presence.py SERVER_PORT LOCAL_PORT DOMAIN ALICE_PASSWORD BOB_PASSWORD
 """
@@ -177,10 +177,10 @@ pump(ep, 10, lambda: "online on-the-phone" in bob_seen_by_alice.seen)
 talk.hangup(pj.CallOpParam())
 pump(ep, 10, lambda: bob_seen_by_alice.seen[-1:] == ["online away"])
 
-# bob's phone goes: its publication and registration go with it.
-bob.shutdown()
-pump(ep, 10, lambda: bob_seen_by_alice.seen[-1:] == ["offline -"])
-say("DONE")
+# alice's phone goes; she never published: offline once unregistered.
 alice.shutdown()
+pump(ep, 10, lambda: alice_seen_by_bob.seen[-1:] == ["offline -"])
+say("DONE")
+bob.shutdown()
 pump(ep, 1)
 os._exit(0)

@@ -599,7 +599,24 @@ impl Config {
             speed_dials: self.speeddial.clone(),
             rules: self.dialplan.clone(),
             dids: vec![],
+            presence_allow: vec![],
         }
+    }
+
+    /// The presence settings in force: the file's, with the watchers users allowed from the
+    /// command line added.
+    pub fn presence_settings(
+        &self,
+        stored: &PlanSettings,
+    ) -> crate::core::presence::PresenceSettings {
+        let mut p = self.presence.clone();
+        for a in &stored.presence_allow {
+            let list = p.allow.entry(a.user.clone()).or_default();
+            if !list.contains(&a.watcher) {
+                list.push(a.watcher.clone());
+            }
+        }
+        p
     }
 
     /// The folder of provider files.

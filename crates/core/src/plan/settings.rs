@@ -317,6 +317,19 @@ pub struct PlanSettings {
     pub rules: Vec<RuleSpec>,
     /// The household's numbers mapped with `hedgewitch did` (the store's only).
     pub dids: Vec<crate::numbers::DidSpec>,
+    /// Watchers of other domains users let see their presence, from `hedgewitch presence
+    /// allow` (the store's only; the file's are `[presence.allow]`).
+    pub presence_allow: Vec<PresenceAllow>,
+}
+
+/// One watcher of another domain a user lets see their presence.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceAllow {
+    /// The user watched.
+    pub user: String,
+    /// The watcher: `name@domain`, or `*@domain` for a whole domain.
+    pub watcher: String,
 }
 
 impl PlanSettings {
@@ -346,6 +359,7 @@ impl PlanSettings {
         }
         out.rules = file.rules.iter().chain(&stored.rules).cloned().collect();
         out.dids = stored.dids.clone();
+        out.presence_allow = stored.presence_allow.clone();
         out
     }
 }

@@ -338,7 +338,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     core.set_trunks(now, trunks, cfg.numbers.clone());
     core.set_mailbox(cfg.messages.clone());
-    core.set_presence(cfg.presence.clone());
+    core.set_presence(cfg.presence_settings(&stored));
     core.restore_messages(now, waiting);
     let mut reloader = Reloader {
         running: cfg.clone(),

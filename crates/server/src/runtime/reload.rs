@@ -83,6 +83,7 @@ impl Reloader {
             trunks,
             self.running.numbers.clone(),
         );
+        core.set_presence(self.running.presence_settings(&stored));
         Ok(done)
     }
 
@@ -190,7 +191,7 @@ impl Reloader {
         core.set_plan(plan);
         core.set_trunks(std::time::Instant::now(), trunks, live.numbers.clone());
         core.set_mailbox(live.messages.clone());
-        core.set_presence(live.presence.clone());
+        core.set_presence(live.presence_settings(&stored));
         if !done.restart.is_empty() {
             tracing::warn!(
                 "changed in the config file but applied only after a restart: {}",

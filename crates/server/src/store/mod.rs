@@ -222,6 +222,9 @@ impl SqliteStore {
                     .push(serde_json::from_str(&value).map_err(bad)?),
                 "rule" => out.rules.push(serde_json::from_str(&value).map_err(bad)?),
                 "did" => out.dids.push(serde_json::from_str(&value).map_err(bad)?),
+                "presence" => out
+                    .presence_allow
+                    .push(serde_json::from_str(&value).map_err(bad)?),
                 _ => {}
             }
         }
@@ -336,6 +339,16 @@ impl SqliteStore {
             })
             .map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)
+    }
+
+    /// Lets a watcher of another domain see a user's presence.
+    pub fn put_presence_allow(&self, a: &crate::plan::settings::PresenceAllow) -> StoreResult<()> {
+        self.put_plan("presence", &format!("{} {}", a.user, a.watcher), a)
+    }
+
+    /// Takes that back; false if it was not there.
+    pub fn remove_presence_allow(&self, user: &str, watcher: &str) -> StoreResult<bool> {
+        self.delete_plan("presence", &format!("{user} {watcher}"))
     }
 
     /// Maps one of the household's numbers (new, or replacing its mapping).
