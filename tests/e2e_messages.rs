@@ -29,23 +29,6 @@ fn alice_sends(srv: &Server, text: &str, status: u16) {
     let _ = name;
 }
 
-/// The Python that has pjsua2: `HEDGEWITCH_PJSUA_PYTHON` (set by scripts/test), else python3.
-fn pjsua_python() -> Option<String> {
-    let py = std::env::var("HEDGEWITCH_PJSUA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import pjsua2"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    if std::env::var("HEDGEWITCH_SKIP_PEERS").is_ok_and(|v| v == "1") {
-        println!("skipped: pjsua2 not importable (HEDGEWITCH_SKIP_PEERS=1)");
-        return None;
-    }
-    panic!("pjsua2 is not importable by `{py}`: run scripts/test, or set HEDGEWITCH_SKIP_PEERS=1");
-}
-
 /// bob's pjsua2 phone comes online and must receive `texts`, in order, from alice, each with
 /// a Date header.
 fn bob_comes_online(srv: &Server, python: &str, texts: &[&str]) {

@@ -9,26 +9,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// The Python that has pjsua2: `HEDGEWITCH_PJSUA_PYTHON` (set by scripts/test), else python3.
-fn pjsua_python() -> Option<String> {
-    let py = std::env::var("HEDGEWITCH_PJSUA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import pjsua2"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    if std::env::var("HEDGEWITCH_SKIP_PEERS").is_ok_and(|v| v == "1") {
-        println!("skipped: pjsua2 not importable (HEDGEWITCH_SKIP_PEERS=1)");
-        return None;
-    }
-    panic!(
-        "pjsua2 is not importable by `{py}`. Run scripts/test, which installs pjsua2-python \
-         from PyPI into a virtual environment, or set HEDGEWITCH_SKIP_PEERS=1."
-    );
-}
-
 #[test]
 fn pjsip_registers_calls_and_messages_with_sha256_digest() {
     let Some(python) = pjsua_python() else {

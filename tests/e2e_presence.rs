@@ -10,22 +10,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn pjsua_python() -> Option<String> {
-    let py = std::env::var("HEDGEWITCH_PJSUA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import pjsua2"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    if std::env::var("HEDGEWITCH_SKIP_PEERS").is_ok_and(|v| v == "1") {
-        println!("skipped: pjsua2 not importable (HEDGEWITCH_SKIP_PEERS=1)");
-        return None;
-    }
-    panic!("pjsua2 is not importable by `{py}`: run scripts/test, or set HEDGEWITCH_SKIP_PEERS=1");
-}
-
 #[test]
 fn pjsip_buddies_see_online_away_busy_and_offline() {
     let Some(python) = pjsua_python() else {

@@ -128,6 +128,26 @@ fn in_path(tool: &str) -> bool {
     })
 }
 
+/// The Python that has pjsua2: `HEDGEWITCH_PJSUA_PYTHON` (set by scripts/test), else python3.
+pub fn pjsua_python() -> Option<String> {
+    let py = std::env::var("HEDGEWITCH_PJSUA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import pjsua2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    if std::env::var("HEDGEWITCH_SKIP_PEERS").is_ok_and(|v| v == "1") {
+        println!("skipped: pjsua2 not importable (HEDGEWITCH_SKIP_PEERS=1)");
+        return None;
+    }
+    panic!(
+        "pjsua2 is not importable by `{py}`. Run scripts/test, which installs pjsua2-python \
+         from PyPI into a virtual environment, or set HEDGEWITCH_SKIP_PEERS=1."
+    );
+}
+
 /// True when every tool is installed. When one is missing: with `HEDGEWITCH_SKIP_PEERS=1`
 /// prints "skipped" and returns false (the test then returns early); otherwise fails the test.
 pub fn peers_available(tools: &[&str]) -> bool {

@@ -406,3 +406,21 @@ fn a_colleague_picks_up_a_call_ringing_at_alice() {
         .iter()
         .any(|(_, m)| m.reason().contains("Nothing To Pick Up")));
 }
+
+#[test]
+fn outsiders_are_bounded_per_source_whatever_their_from_says() {
+    let mut t = T::new();
+    t.core.set_presence(PresenceSettings {
+        per_source: 1,
+        ..Default::default()
+    });
+    let out = outsider_subscribes(&mut t, "bob", "ps1");
+    assert!(out.iter().any(|(_, m)| m.status() == Some(200)));
+    // Another name in From changes nothing: the source holds its share.
+    let out = outsider_subscribes(&mut t, "carol", "ps2");
+    assert!(
+        out.iter().any(|(_, m)| m.status() == Some(503)),
+        "{:?}",
+        out.iter().map(|m| first_line(&m.1)).collect::<Vec<_>>()
+    );
+}

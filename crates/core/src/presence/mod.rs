@@ -25,6 +25,9 @@ pub struct PresenceSettings {
     pub max_subscriptions: usize,
     /// Subscriptions one watcher may hold; past it, 403.
     pub per_watcher: usize,
+    /// Subscriptions one source (an address, an IPv6 /64) may hold, trusted networks
+    /// aside; past it, 503. A watcher's name is only what its From says.
+    pub per_source: usize,
     /// Shorter subscriptions get 423 (Interval Too Brief).
     pub min_expires: u32,
     /// Longer subscriptions are shortened to this.
@@ -43,6 +46,7 @@ impl Default for PresenceSettings {
             enabled: true,
             max_subscriptions: 100_000,
             per_watcher: 200,
+            per_source: 1000,
             min_expires: 60,
             max_expires: 3600,
             notify_interval_ms: 1000,
@@ -142,6 +146,8 @@ pub(crate) struct Presence {
     by_target: HashMap<String, Vec<u64>>,
     /// Subscriptions each watcher holds (its bound is checked without a scan).
     per_watcher: HashMap<String, usize>,
+    /// Subscriptions each source holds.
+    per_source: HashMap<std::net::IpAddr, usize>,
     /// What each user's devices published.
     published: HashMap<String, Vec<Publication>>,
     /// NOTIFYs in flight -> their subscription.
@@ -190,6 +196,10 @@ impl Presence {
             self.by_target.entry(t.clone()).or_default().push(id);
         }
         *self.per_watcher.entry(s.watcher.clone()).or_default() += 1;
+        *self
+            .per_source
+            .entry(crate::flow::source_key(s.dialog.flow.remote.ip()))
+            .or_default() += 1;
         self.subs.insert(id, s);
     }
 
@@ -199,6 +209,13 @@ impl Presence {
         };
         self.by_dialog
             .remove(&(s.dialog.call_id, s.dialog.local_tag));
+        let src = crate::flow::source_key(s.dialog.flow.remote.ip());
+        if let Some(n) = self.per_source.get_mut(&src) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&src);
+            }
+        }
         if let Some(n) = self.per_watcher.get_mut(&s.watcher) {
             *n -= 1;
             if *n == 0 {
@@ -223,6 +240,14 @@ impl Presence {
     /// Subscriptions `watcher` holds.
     fn held_by(&self, watcher: &str) -> usize {
         self.per_watcher.get(watcher).copied().unwrap_or(0)
+    }
+
+    /// Subscriptions made from `ip`'s source.
+    fn held_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_source
+            .get(&crate::flow::source_key(ip))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether `watcher` (`user@domain`) may see `user`'s presence from another domain.

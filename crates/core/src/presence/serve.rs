@@ -197,6 +197,17 @@ impl Core {
             );
             return;
         }
+        let trusted = self.auth.guard().is_trusted(flow.remote.ip());
+        if !trusted && p.held_from(flow.remote.ip()) >= p.settings.per_source {
+            tracing::warn!(watcher = %watcher, source = %flow.remote, "subscription refused: the source holds presence.per_source");
+            self.answer_and_forget(
+                key,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "60".into())],
+            );
+            return;
+        }
         if p.held_by(&watcher) >= p.settings.per_watcher {
             tracing::warn!(watcher = %watcher, source = %flow.remote, "subscription refused: the watcher holds presence.per_watcher");
             self.answer_and_forget(key, 403, "Forbidden (Too Many Subscriptions)", &[]);
