@@ -49,6 +49,16 @@ fn provider_file(dir: &Path, name: &str, kamailio: &str, password: &str, extra: 
     .unwrap();
 }
 
+/// A caller on the provider's network calls the household's number through Kamailio.
+fn outside_call(srv: &Server, kam_addr: &str, name: &str) -> SippOutcome {
+    srv.sipp(name, "uac_plain_call.xml")
+        .to(kam_addr, PROVIDER_DOMAIN)
+        .port(free_port())
+        .key("user", "+4930111")
+        .key("callee", DID)
+        .run()
+}
+
 fn provider(srv: &Server, name: &str) -> Value {
     let v = srv.cli_json("providers");
     v.as_array()
@@ -149,13 +159,7 @@ fn a_provider_file_registers_and_carries_calls_both_ways() {
     let carol_port = register_udp(&srv, &CAROL);
     let bob = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
     let carol = start_uas(&srv, &CAROL, carol_port, "uas_ring_cancel.xml");
-    let caller = srv
-        .sipp("outside_caller", "uac_plain_call.xml")
-        .to(&kam_addr, PROVIDER_DOMAIN)
-        .port(free_port())
-        .key("user", "+4930111")
-        .key("callee", DID)
-        .run();
+    let caller = outside_call(&srv, &kam_addr, "outside_caller");
     let bob = bob.wait();
     assert_both_ok(&caller, &bob);
     let carol = carol.wait();
@@ -177,13 +181,7 @@ fn a_provider_file_registers_and_carries_calls_both_ways() {
     wait_state(&srv, "acme", "registered", Duration::from_secs(20));
     // Registered at the provider again: a call to the number reaches bob.
     let bob = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
-    let caller = srv
-        .sipp("outside_caller_again", "uac_plain_call.xml")
-        .to(&kam_addr, PROVIDER_DOMAIN)
-        .port(free_port())
-        .key("user", "+4930111")
-        .key("callee", DID)
-        .run();
+    let caller = outside_call(&srv, &kam_addr, "outside_caller_again");
     assert_both_ok(&caller, &bob.wait());
 }
 
@@ -280,13 +278,7 @@ fn providers_and_numbers_from_the_command_line() {
     assert!(list.contains(DID) && list.contains("bob"), "{list}");
     let bob_port = register_udp(&srv, &BOB);
     let bob = start_uas(&srv, &BOB, bob_port, "uas_answer.xml");
-    let caller = srv
-        .sipp("outside_caller", "uac_plain_call.xml")
-        .to(&kam_addr, PROVIDER_DOMAIN)
-        .port(free_port())
-        .key("user", "+4930111")
-        .key("callee", DID)
-        .run();
+    let caller = outside_call(&srv, &kam_addr, "outside_caller");
     assert_both_ok(&caller, &bob.wait());
 
     // Removed: unregistered and gone from `providers`.
